@@ -1,0 +1,38 @@
+# aaren-rl developer targets. `make test` works on a fresh machine: it builds .venv itself.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-slow lint demo bench bench-full clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Torch first, pinned (override TORCH=... for a CUDA build), so no dependency pulls a different build.
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_aaren.py --quick
+
+bench-full: $(STAMP)
+	$(PY) benchmarks/bench_aaren.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
