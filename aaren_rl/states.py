@@ -1,0 +1,102 @@
+"""Recurrent states of the backbones: what one backbone call hands to the next.
+
+Both state types support `reset(rows)` (rows of the batch whose episode starts again: one line in a
+vectorised rollout loop), `detach()` (truncate gradients) and `nbytes` (memory held).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def _rows_mask(rows: Tensor, batch_size: int, device: torch.device) -> Tensor:
+    """A bool [B] mask from a bool mask or a list of row indices."""
+    rows = torch.as_tensor(rows, device=device)
+    if rows.dtype == torch.bool:
+        if rows.shape != (batch_size,):
+            raise ValueError(
+                f"reset: a boolean `rows` mask must have shape [{batch_size}], got {list(rows.shape)}"
+            )
+        return rows
+    mask = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    mask[rows.long()] = True
+    return mask
+
+
+@dataclass(frozen=True)
+class AarenState:
+    """Aaren state of every layer, constant in size however many tokens were seen.
+
+    m [L, B, H] running max of scores, u [L, B, H] denominator, w [L, B, H, Dh] numerator.
+    """
+
+    m: Tensor
+    u: Tensor
+    w: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.m.shape[1]
+
+    def layer(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        return self.m[i], self.u[i], self.w[i]
+
+    @classmethod
+    def from_layers(cls, layers: list[tuple[Tensor, Tensor, Tensor]]) -> AarenState:
+        m, u, w = zip(*layers, strict=True)
+        return cls(torch.stack(m), torch.stack(u), torch.stack(w))
+
+    def reset(self, rows: Tensor) -> AarenState:
+        """The same state with `rows` (bool mask [B] or indices) emptied, as if no token had been seen."""
+        mask = _rows_mask(rows, self.batch_size, self.m.device)
+        return AarenState(
+            self.m.masked_fill(mask[None, :, None], float("-inf")),
+            self.u.masked_fill(mask[None, :, None], 0.0),
+            self.w.masked_fill(mask[None, :, None, None], 0.0),
+        )
+
+    def detach(self) -> AarenState:
+        return AarenState(self.m.detach(), self.u.detach(), self.w.detach())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.m, self.u, self.w))
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """Key/value cache of a causal Transformer: grows by one entry per token (up to an optional window).
+
+    keys, values: one [B, H, T, Dh] tensor per layer; valid [B, T] marks the entries each row may
+    attend to (False for entries from before the row's last reset).
+    """
+
+    keys: tuple[Tensor, ...]
+    values: tuple[Tensor, ...]
+    valid: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.valid.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.valid.shape[1]
+
+    def reset(self, rows: Tensor) -> KVCache:
+        """The same cache with `rows` (bool mask [B] or indices) emptied."""
+        mask = _rows_mask(rows, self.batch_size, self.valid.device)
+        return KVCache(self.keys, self.values, self.valid & ~mask[:, None])
+
+    def detach(self) -> KVCache:
+        return KVCache(
+            tuple(k.detach() for k in self.keys), tuple(v.detach() for v in self.values), self.valid
+        )
+
+    @property
+    def nbytes(self) -> int:
+        tensors = (*self.keys, *self.values, self.valid)
+        return sum(t.numel() * t.element_size() for t in tensors)
