@@ -1,0 +1,150 @@
+"""The decision model: Decision Transformer (Chen et al. 2021) with a pluggable sequence backbone.
+
+Tokens per timestep t are the return-to-go R_t, the state s_t and the action a_t, each linearly
+embedded, plus a learned timestep embedding; they are interleaved R_1 s_1 a_1 R_2 s_2 a_2 ... and
+the action a_t is predicted from the backbone output at the s_t token (tanh head rescaled to the
+action bounds). The backbone is `aaren_rl.AarenBackbone` (the product) or `TransformerBackbone`
+(the baseline); both map [B, N, D] -> [B, N, D] with a carried state.
+
+The model owns its input normalisation (dataset state mean/std, return scale) and the action
+bounds as buffers, so a checkpoint (safetensors weights + the JSON of `DecisionModelConfig`) is
+everything a policy needs to act.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from aaren_rl import AarenBackbone, TransformerBackbone
+
+BACKBONES = ("aaren", "transformer")
+
+
+@dataclass
+class DecisionModelConfig:
+    """Everything needed to build a `DecisionModel` (saved as JSON next to the weights).
+
+    Defaults are the reference Decision Transformer hyperparameters (DESIGN.md section 3).
+    """
+
+    obs_dim: int
+    act_dim: int
+    backbone: str = "aaren"  # "aaren" | "transformer"
+    embed_dim: int = 128
+    num_layers: int = 3
+    num_heads: int = 1
+    ffn_mult: int = 4
+    dropout: float = 0.1
+    context_steps: int = 20  # K: the Transformer's training window and acting window, in timesteps
+    max_timestep: int = 1000  # size of the timestep embedding; later timesteps are clamped to the last
+    return_scale: float = 1e-3  # returns-to-go are multiplied by this before embedding
+    action_low: list[float] = field(default_factory=list)  # per-dimension action bounds (default [-1, 1])
+    action_high: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.action_low:
+            self.action_low = [-1.0] * self.act_dim
+        if not self.action_high:
+            self.action_high = [1.0] * self.act_dim
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class DecisionModel(nn.Module):
+    """Embeds (R, s, a, t) sequences into interleaved tokens, runs the backbone, predicts actions."""
+
+    def __init__(self, config: DecisionModelConfig):
+        super().__init__()
+        if config.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {config.backbone!r}")
+        self.config = c = config
+        self.embed_return = nn.Linear(1, c.embed_dim)
+        self.embed_state = nn.Linear(c.obs_dim, c.embed_dim)
+        self.embed_action = nn.Linear(c.act_dim, c.embed_dim)
+        self.embed_timestep = nn.Embedding(c.max_timestep, c.embed_dim)
+        self.embed_ln = nn.LayerNorm(c.embed_dim)
+        args = (c.embed_dim, c.num_layers, c.num_heads, c.ffn_mult, c.dropout)
+        self.backbone = AarenBackbone(*args) if c.backbone == "aaren" else TransformerBackbone(*args)
+        self.predict_action = nn.Linear(c.embed_dim, c.act_dim)
+        # Data statistics and action bounds: saved with the weights, not trained.
+        self.register_buffer("state_mean", torch.zeros(c.obs_dim))
+        self.register_buffer("state_std", torch.ones(c.obs_dim))
+        self.register_buffer("action_low", torch.tensor(c.action_low, dtype=torch.float32))
+        self.register_buffer("action_high", torch.tensor(c.action_high, dtype=torch.float32))
+
+    def set_state_stats(self, mean, std) -> None:
+        """Store the dataset's observation mean/std used to normalise states."""
+        self.state_mean.copy_(torch.as_tensor(mean, dtype=self.state_mean.dtype))
+        self.state_std.copy_(torch.as_tensor(std, dtype=self.state_std.dtype))
+
+    # ---- tokens ---------------------------------------------------------------------------------
+
+    def _time(self, timesteps: Tensor) -> Tensor:
+        return self.embed_timestep(timesteps.clamp(0, self.config.max_timestep - 1))
+
+    def embed_returns(self, returns_to_go: Tensor, timesteps: Tensor) -> Tensor:
+        """[...] raw returns-to-go -> [..., D] tokens (embedding LayerNorm included)."""
+        x = (returns_to_go * self.config.return_scale).unsqueeze(-1).to(self.embed_return.weight.dtype)
+        return self.embed_ln(self.embed_return(x) + self._time(timesteps))
+
+    def embed_states(self, observations: Tensor, timesteps: Tensor) -> Tensor:
+        """[..., obs_dim] raw observations -> [..., D] tokens."""
+        x = ((observations - self.state_mean) / self.state_std).to(self.embed_state.weight.dtype)
+        return self.embed_ln(self.embed_state(x) + self._time(timesteps))
+
+    def embed_actions(self, actions: Tensor, timesteps: Tensor) -> Tensor:
+        """[..., act_dim] actions in env units -> [..., D] tokens."""
+        x = self.unit_actions(actions).to(self.embed_action.weight.dtype)
+        return self.embed_ln(self.embed_action(x) + self._time(timesteps))
+
+    # ---- actions --------------------------------------------------------------------------------
+
+    def unit_actions(self, actions: Tensor) -> Tensor:
+        """Env-unit actions -> [-1, 1] (the tanh head's range), clipped to the bounds."""
+        scaled = 2 * (actions - self.action_low) / (self.action_high - self.action_low) - 1
+        return scaled.clamp(-1.0, 1.0)
+
+    def action_head(self, hidden: Tensor) -> Tensor:
+        """Backbone outputs at s_t tokens -> actions in [-1, 1] (rescale with `to_env_actions`)."""
+        return torch.tanh(self.predict_action(hidden))
+
+    def to_env_actions(self, unit: Tensor) -> Tensor:
+        return self.action_low + (unit + 1) * 0.5 * (self.action_high - self.action_low)
+
+    # ---- training form --------------------------------------------------------------------------
+
+    def forward(
+        self,
+        returns_to_go: Tensor,
+        observations: Tensor,
+        actions: Tensor,
+        timesteps: Tensor,
+        state=None,
+    ) -> tuple[Tensor, object]:
+        """Whole sequences at once: R [B, T], s [B, T, obs], a [B, T, act], t [B, T] (long).
+
+        Returns the predicted actions in [-1, 1] at every step [B, T, act] (prediction t sees
+        R_<=t, s_<=t, a_<t) and the backbone state after the last token (for continuation).
+        Padding must come after the real steps (causality keeps it out of their predictions).
+        """
+        b, t = returns_to_go.shape
+        tokens = torch.stack(
+            [
+                self.embed_returns(returns_to_go, timesteps),
+                self.embed_states(observations, timesteps),
+                self.embed_actions(actions, timesteps),
+            ],
+            dim=2,
+        ).reshape(b, 3 * t, self.config.embed_dim)
+        hidden, state = self.backbone(tokens, state)
+        return self.action_head(hidden[:, 1::3]), state
+
+    def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None):
+        return self.backbone.init_state(batch_size, device, dtype)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

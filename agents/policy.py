@@ -1,0 +1,206 @@
+"""Acting with a trained `DecisionModel`, batched over environments.
+
+`DecisionAgent.act(observations, state, episode_start, rewards) -> (actions, state)` is the one
+entry point the evaluation loop uses (and what an SB3-style `predict` wraps): the state is passed
+in and out, rows whose `episode_start` is set begin a new episode (return-to-go = target,
+timestep 0, empty memory), and `rewards` are the rewards the previous actions earned
+(R_t = R_{t-1} - r_{t-1}).
+
+Two ways to act, chosen by the backbone:
+- "recurrent" (Aaren): per env step the new tokens [a_{t-1}, R_t, s_t] go through the backbone
+  once with the carried constant-size state; at an episode's first step only [R_1, s_1]. This is
+  exactly the training sequence R_1 s_1 a_1 R_2 ..., so the chosen action equals the parallel
+  forward's prediction. When some rows start and others continue in the same step, the action
+  tokens of the continuing rows go through first (one extra call on those rows only), then
+  [R_t, s_t] for all rows: exact, and one call per step otherwise.
+- "window" (Transformer baseline, the reference DT way): every step re-runs the last K timesteps
+  (right-padded, so causality keeps the padding out) and reads the prediction at the last one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from aaren_rl import AarenState
+from agents.model import DecisionModel
+
+
+@dataclass(frozen=True)
+class Window:
+    """The last K timesteps of each row (left-aligned; `length` real entries, the rest stale)."""
+
+    returns_to_go: Tensor  # [n, K]
+    observations: Tensor  # [n, K, obs_dim]
+    actions: Tensor  # [n, K, act_dim]
+    timesteps: Tensor  # [n, K]
+    length: Tensor  # [n] long
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in vars(self).values())
+
+
+@dataclass(frozen=True)
+class AgentState:
+    """Per-env acting state: return-to-go, timestep and last action of the current step, plus memory
+    (an `AarenState` in recurrent mode, a `Window` in window mode)."""
+
+    returns_to_go: Tensor  # [n]
+    timesteps: Tensor  # [n] long
+    actions: Tensor  # [n, act_dim] the actions chosen at `timesteps` (env units)
+    memory: AarenState | Window
+
+    @property
+    def num_envs(self) -> int:
+        return self.returns_to_go.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held per batch: constant for the recurrent agent, K steps for the window agent."""
+        own = sum(t.numel() * t.element_size() for t in (self.returns_to_go, self.timesteps, self.actions))
+        return own + self.memory.nbytes
+
+
+def _take_rows(state: AarenState, rows: Tensor) -> AarenState:
+    return AarenState(state.m[:, rows], state.u[:, rows], state.w[:, rows])
+
+
+def _put_rows(state: AarenState, rows: Tensor, part: AarenState) -> AarenState:
+    m, u, w = state.m.clone(), state.u.clone(), state.w.clone()
+    m[:, rows], u[:, rows], w[:, rows] = part.m, part.u, part.w
+    return AarenState(m, u, w)
+
+
+class DecisionAgent:
+    """A trained decision model ready to act in `num_envs` environments at once, towards `target_return`.
+
+    mode: "recurrent" (default for Aaren; O(1) memory and time per step) or "window" (default for
+    the Transformer; re-runs the last `context_steps` timesteps). Call `eval()`-mode inference only.
+    """
+
+    def __init__(self, model: DecisionModel, target_return: float, mode: str | None = None):
+        default = "recurrent" if model.config.backbone == "aaren" else "window"
+        mode = mode or default
+        if mode not in ("recurrent", "window"):
+            raise ValueError(f"mode must be 'recurrent' or 'window', got {mode!r}")
+        if mode == "recurrent" and model.config.backbone != "aaren":
+            raise ValueError("recurrent acting needs the Aaren backbone; use mode='window' for the Transformer")
+        self.model = model.eval()
+        self.target_return = float(target_return)
+        self.mode = mode
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.state_mean.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.state_mean.dtype
+
+    def initial_state(self, num_envs: int) -> AgentState:
+        """A state for `num_envs` rows; pass episode_start=True for all of them on the first `act`."""
+        c, dev, dt = self.model.config, self.device, self.dtype
+        if self.mode == "recurrent":
+            memory = self.model.init_state(num_envs, dev, dt)
+        else:
+            k = c.context_steps
+            memory = Window(
+                torch.zeros(num_envs, k, device=dev, dtype=dt),
+                torch.zeros(num_envs, k, c.obs_dim, device=dev, dtype=dt),
+                torch.zeros(num_envs, k, c.act_dim, device=dev, dtype=dt),
+                torch.zeros(num_envs, k, device=dev, dtype=torch.long),
+                torch.zeros(num_envs, device=dev, dtype=torch.long),
+            )
+        return AgentState(
+            torch.zeros(num_envs, device=dev, dtype=dt),
+            torch.zeros(num_envs, device=dev, dtype=torch.long),
+            torch.zeros(num_envs, c.act_dim, device=dev, dtype=dt),
+            memory,
+        )
+
+    @torch.no_grad()
+    def act(
+        self,
+        observations: np.ndarray,
+        state: AgentState | None = None,
+        episode_start: np.ndarray | None = None,
+        rewards: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, AgentState]:
+        """Actions [n, act_dim] (env units, numpy) for observations [n, obs_dim], and the next state.
+
+        state None starts every row. episode_start [n] bool marks rows at their first step;
+        rewards [n] are the rewards earned by the previous actions (ignored on starting rows).
+        """
+        obs = torch.as_tensor(np.asarray(observations), device=self.device, dtype=self.dtype)
+        if obs.dim() != 2 or obs.shape[1] != self.model.config.obs_dim:
+            raise ValueError(
+                f"observations must have shape [num_envs, {self.model.config.obs_dim}], got {list(obs.shape)}"
+            )
+        n = obs.shape[0]
+        if state is None:
+            state, start = self.initial_state(n), torch.ones(n, dtype=torch.bool, device=self.device)
+        else:
+            if state.num_envs != n:
+                raise ValueError(f"state holds {state.num_envs} envs but observations has {n} rows")
+            start = torch.zeros(n, dtype=torch.bool, device=self.device)
+            if episode_start is not None:
+                start = torch.as_tensor(np.asarray(episode_start, dtype=bool), device=self.device)
+        reward = torch.zeros(n, device=self.device, dtype=self.dtype)
+        if rewards is not None:
+            reward = torch.as_tensor(np.asarray(rewards), device=self.device, dtype=self.dtype)
+        rtg = torch.where(start, torch.full_like(reward, self.target_return), state.returns_to_go - reward)
+        t = torch.where(start, torch.zeros_like(state.timesteps), state.timesteps + 1)
+        if self.mode == "recurrent":
+            unit, memory = self._act_recurrent(state, start, rtg, obs, t)
+        else:
+            unit, memory = self._act_window(state.memory, start, rtg, obs, t)
+        actions = self.model.to_env_actions(unit)
+        if self.mode == "window":  # the window holds a_t for the next step's re-run
+            last = memory.length - 1
+            acts = memory.actions.clone()
+            acts[torch.arange(n, device=self.device), last] = actions
+            memory = replace(memory, actions=acts)
+        return actions.cpu().numpy(), AgentState(rtg, t, actions, memory)
+
+    def _act_recurrent(
+        self, state: AgentState, start: Tensor, rtg: Tensor, obs: Tensor, t: Tensor
+    ) -> tuple[Tensor, AarenState]:
+        model, backbone = self.model, self.model.backbone
+        memory = state.memory.reset(start)
+        new = torch.stack([model.embed_returns(rtg, t), model.embed_states(obs, t)], dim=1)  # [n, 2, D]
+        cont = ~start
+        if bool(cont.all()):
+            a_tok = model.embed_actions(state.actions, state.timesteps).unsqueeze(1)
+            hidden, memory = backbone(torch.cat([a_tok, new], dim=1), memory)
+        else:
+            if bool(cont.any()):  # continuing rows take their a_{t-1} token first
+                rows = cont.nonzero().squeeze(1)
+                a_tok = model.embed_actions(state.actions[rows], state.timesteps[rows]).unsqueeze(1)
+                _, part = backbone(a_tok, _take_rows(memory, rows))
+                memory = _put_rows(memory, rows, part)
+            hidden, memory = backbone(new, memory)
+        return model.action_head(hidden[:, -1]), memory
+
+    def _act_window(
+        self, window: Window, start: Tensor, rtg: Tensor, obs: Tensor, t: Tensor
+    ) -> tuple[Tensor, Window]:
+        k = self.model.config.context_steps
+        length = torch.where(start, torch.zeros_like(window.length), window.length)
+        full = length == k
+        fields = [window.returns_to_go, window.observations, window.actions, window.timesteps]
+        fields = [torch.where(_expand(full, f), f.roll(-1, dims=1), f) for f in fields]
+        slot = torch.clamp(length, max=k - 1)
+        rows = torch.arange(len(slot), device=slot.device)
+        for f, value in zip(fields, (rtg, obs, torch.zeros_like(fields[2][:, 0]), t), strict=True):
+            f[rows, slot] = value
+        window = Window(*fields, length=slot + 1)
+        pred, _ = self.model(window.returns_to_go, window.observations, window.actions, window.timesteps)
+        return pred[rows, slot], window
+
+
+def _expand(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))

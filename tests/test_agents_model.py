@@ -1,0 +1,98 @@
+"""Acting is exact: the recurrent (Aaren) and window (Transformer) acting paths equal the parallel forward."""
+
+import numpy as np
+import pytest
+import torch
+
+from agents.model import DecisionModel, DecisionModelConfig
+from agents.policy import DecisionAgent
+
+OBS, ACT, TARGET = 5, 3, 7.5
+# Per env row: the lengths of its consecutive episodes (rows end episodes at different steps).
+SCHEDULE = [[60], [17, 43], [5, 30, 25], [1, 59], [1, 1, 58]]
+STEPS = 60
+
+
+def make_model(backbone: str, context_steps: int = 20) -> DecisionModel:
+    torch.manual_seed(0)
+    config = DecisionModelConfig(
+        obs_dim=OBS, act_dim=ACT, backbone=backbone, embed_dim=32, num_layers=2, num_heads=2,
+        context_steps=context_steps, max_timestep=40, return_scale=0.1,  # episodes of 60 clamp t >= 39
+        action_low=[-2.0, 0.0, -1.0], action_high=[1.0, 3.0, 1.0],
+    )
+    model = DecisionModel(config).double().eval()
+    model.set_state_stats(torch.randn(OBS), torch.rand(OBS) + 0.5)
+    return model
+
+
+def rollout(agent: DecisionAgent) -> dict[str, np.ndarray]:
+    """Act step by step on synthetic observations/rewards following SCHEDULE; record everything."""
+    rng = np.random.default_rng(1)
+    n = len(SCHEDULE)
+    starts = np.zeros((STEPS, n), dtype=bool)
+    for row, lengths in enumerate(SCHEDULE):
+        starts[np.cumsum([0, *lengths[:-1]]), row] = True
+    obs = rng.normal(size=(STEPS, n, OBS))
+    rewards = rng.normal(size=(STEPS, n))
+    actions = np.zeros((STEPS, n, ACT))
+    state = None
+    for t in range(STEPS):
+        prev_r = rewards[t - 1] if t else None
+        actions[t], state = agent.act(obs[t], state, episode_start=starts[t], rewards=prev_r)
+    return {"starts": starts, "obs": obs, "rewards": rewards, "actions": actions}
+
+
+def episodes(rec: dict[str, np.ndarray]):
+    """Yield (row, slice, returns-to-go, timesteps) for every recorded episode."""
+    for row, lengths in enumerate(SCHEDULE):
+        begin = 0
+        for length in lengths:
+            s = slice(begin, begin + length)
+            r = rec["rewards"][s, row]
+            rtg = TARGET - np.concatenate([[0.0], np.cumsum(r)[:-1]])
+            yield row, s, rtg, np.arange(length)
+            begin += length
+
+
+def parallel(model, rtg, obs, act, ts) -> np.ndarray:
+    t = lambda a: torch.as_tensor(a)[None]  # noqa: E731
+    with torch.no_grad():
+        unit, _ = model(t(rtg), t(obs), t(act), t(ts))
+    return model.to_env_actions(unit)[0].numpy()
+
+
+def test_recurrent_acting_equals_parallel_forward_across_batched_episodes():
+    model = make_model("aaren")
+    rec = rollout(DecisionAgent(model, TARGET))
+    assert rec["actions"].std() > 0.05  # not a degenerate constant policy
+    for row, s, rtg, ts in episodes(rec):
+        pred = parallel(model, rtg, rec["obs"][s, row], rec["actions"][s, row], ts)
+        np.testing.assert_allclose(rec["actions"][s, row], pred, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("k", [1, 4, 20])
+def test_window_acting_equals_full_forward_on_last_k_steps(k):
+    model = make_model("transformer", context_steps=k)
+    rec = rollout(DecisionAgent(model, TARGET))
+    for row, s, rtg, ts in episodes(rec):
+        obs, act = rec["obs"][s, row], rec["actions"][s, row]
+        for i in range(len(ts)):
+            w = slice(max(0, i - k + 1), i + 1)
+            pred = parallel(model, rtg[w], obs[w], act[w], ts[w])[-1]
+            np.testing.assert_allclose(act[i], pred, rtol=0, atol=1e-9)
+
+
+def test_recurrent_state_is_constant_size():
+    agent = DecisionAgent(make_model("aaren"), TARGET)
+    state = None
+    obs = np.zeros((2, OBS))
+    sizes = []
+    for t in range(50):
+        _, state = agent.act(obs, state, episode_start=np.array([t == 0, t == 0]), rewards=np.ones(2))
+        sizes.append(state.nbytes)
+    assert len(set(sizes)) == 1
+
+
+def test_recurrent_mode_needs_aaren():
+    with pytest.raises(ValueError, match="Aaren backbone"):
+        DecisionAgent(make_model("transformer"), TARGET, mode="recurrent")
