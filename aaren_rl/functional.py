@@ -31,7 +31,13 @@ from torch import Tensor
 AarenScanState = tuple[Tensor, Tensor, Tensor]
 """(m [B, H], u [B, H], w [B, H, Dh]): running max, scaled denominator, scaled numerator."""
 
-DEFAULT_CHUNK_SIZE = 128
+ONE_BLOCK_MAX = 128
+"""Sequences up to this length are done as one exact C x C block (and the recurrent step, N = 1)."""
+
+
+def auto_chunk_size(n: int) -> int:
+    """A chunk size in [64, 256] that pads the sequence least, then is closest to 128 (fastest on CPU)."""
+    return min(range(64, 257), key=lambda c: ((-n) % c, abs(c - 128)))
 
 
 def _safe_range(dtype: torch.dtype) -> float:
@@ -92,6 +98,18 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def _masked_exp(logits: Tensor, mask: Tensor) -> Tensor:
+    """exp(logits) where mask is true, exactly 0 elsewhere (masked before exp: no inf, no NaN gradient)."""
+    return logits.masked_fill(~mask, float("-inf")).exp()
+
+
+def _exact_weights(s: Tensor, run_max: Tensor) -> Tensor:
+    """[..., C, C] weights e^{s_j - M_k} of token j in row k (j <= k), each <= 1: one exact block."""
+    c = s.shape[-1]
+    causal = torch.ones(c, c, dtype=torch.bool, device=s.device).tril()
+    return _masked_exp(s.unsqueeze(-2) - run_max.unsqueeze(-1), causal)
+
+
 def _rows_exact(
     s: Tensor, v: Tensor, run_max: Tensor, m_in: Tensor, u_in: Tensor, w_in: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -100,9 +118,7 @@ def _rows_exact(
     s [..., C], v [..., C, Dh], run_max [..., C] (includes m_in), entering state m_in [...], u_in [...],
     w_in [..., Dh]. O(C^2) per block; exact for any score range.
     """
-    c = s.shape[-1]
-    causal = torch.ones(c, c, dtype=torch.bool, device=s.device).tril()
-    weights = (s.unsqueeze(-2) - run_max.unsqueeze(-1)).masked_fill(~causal, float("-inf")).exp()
+    weights = _exact_weights(s, run_max)
     carry = (m_in.unsqueeze(-1) - run_max).exp()
     num = weights @ v + carry.unsqueeze(-1) * w_in.unsqueeze(-2)
     den = weights.sum(-1) + carry * u_in.unsqueeze(-1)
@@ -112,68 +128,147 @@ def _rows_exact(
 def _scan_one_block(
     s: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor
 ) -> tuple[Tensor, AarenScanState]:
-    """Short sequences (and the O(1) recurrent step, N = 1): one exact block."""
-    run_max = torch.maximum(s.detach().cummax(-1).values, m0.detach().unsqueeze(-1))
-    num, den = _rows_exact(s, v, run_max, m0.detach(), u0, w0)
+    """Short sequences (and the O(1) recurrent step, N = 1): one exact block, differentiated by autograd."""
+    run_max = torch.maximum(s.detach().cummax(-1).values, m0.unsqueeze(-1))
+    num, den = _rows_exact(s, v, run_max, m0, u0, w0)
     out = num / den.unsqueeze(-1)
     return out, (run_max[..., -1], den[..., -1], num[..., -1, :])
 
 
-def _scan_chunked(
-    s: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor, chunk: int
-) -> tuple[Tensor, AarenScanState]:
+def _chunk_views(s: Tensor, v: Tensor, run_max: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
+    """[B, H, nc, C] / [B, H, nc, C, Dh] views, padding the end with tokens of score -inf (weight 0)."""
     b, h, n = s.shape
-    dh = v.shape[-1]
-    m0 = m0.detach()
-    run_max = torch.maximum(s.detach().cummax(-1).values, m0.unsqueeze(-1))
     pad = (-n) % chunk
-    if pad:  # padded tokens get score -inf (weight 0) and keep the last running max
+    if pad:
         s = torch.nn.functional.pad(s, (0, pad), value=float("-inf"))
         v = torch.nn.functional.pad(v, (0, 0, 0, pad))
         run_max = torch.cat([run_max, run_max[..., -1:].expand(b, h, pad)], dim=-1)
     nc = (n + pad) // chunk
-    s = s.view(b, h, nc, chunk)
-    v = v.view(b, h, nc, chunk, dh)
-    run_max = run_max.view(b, h, nc, chunk)
-    chunk_max = run_max[..., -1]  # r_c: the running max at each chunk's end
+    return s.view(b, h, nc, chunk), v.view(b, h, nc, chunk, v.shape[-1]), run_max.view(b, h, nc, chunk)
 
-    # Step 2: rows relative to r_c by cumulative sums.
-    p = (s - chunk_max.unsqueeze(-1)).exp()
-    local_num = (p.unsqueeze(-1) * v).cumsum(-2)
-    local_den = p.cumsum(-1)
 
-    # Step 3: inclusive chunk-end states relative to r_c, from the chunk totals and the entering state.
-    causal = torch.ones(nc, nc, dtype=torch.bool, device=s.device).tril()
-    decay = (chunk_max.unsqueeze(-2) - chunk_max.unsqueeze(-1)).masked_fill(~causal, float("-inf")).exp()
-    from_start = (m0.unsqueeze(-1) - chunk_max).exp()  # [b, h, nc]
-    end_num = decay @ local_num[..., -1, :] + from_start.unsqueeze(-1) * w0.unsqueeze(-2)
-    end_den = (decay @ local_den[..., -1:]).squeeze(-1) + from_start * u0.unsqueeze(-1)
+class _ChunkedScan(torch.autograd.Function):
+    """The chunked scan (module docstring, steps 2-4) with a hand-written backward.
 
-    # State entering chunk c (relative to r_{c-1}), then rescaled to r_c and added to every row.
-    enter_max = torch.cat([m0.unsqueeze(-1), chunk_max[..., :-1]], dim=-1)
-    enter_num = torch.cat([w0.unsqueeze(-2), end_num[..., :-1, :]], dim=-2)
-    enter_den = torch.cat([u0.unsqueeze(-1), end_den[..., :-1]], dim=-1)
-    carry = (enter_max - chunk_max).exp()
-    num = local_num + (carry.unsqueeze(-1) * enter_num).unsqueeze(-2)
-    den = local_den + (carry * enter_den).unsqueeze(-1)
-    out = num / den.clamp_min(torch.finfo(den.dtype).tiny).unsqueeze(-1)
+    The backward is the same kind of scan run in reverse: with g_k the gradient of out_k and u_k the
+    row denominator, d values_j = sum_{k>=j} e^{s_j - M_k} g_k / u_k and d scores_j = values_j .
+    d values_j - sum_{k>=j} e^{s_j - M_k} (g_k . out_k) / u_k (plus the returned state's gradients
+    as a last row). It keeps only the inputs, the output and 1/u, and makes about half the passes
+    over [N, Dh] data that autograd's graph of the forward would.
+    """
 
-    # Step 4: exact recomputation of chunks whose rows could underflow relative to r_c.
-    unsafe = (chunk_max - run_max[..., 0]) > _safe_range(s.dtype)
-    if unsafe.any():
-        idx = unsafe.flatten().nonzero().squeeze(1)
-        rows_num, rows_den = _rows_exact(
-            s.reshape(-1, chunk)[idx],
-            v.reshape(-1, chunk, dh)[idx],
-            run_max.reshape(-1, chunk)[idx],
-            enter_max.reshape(-1)[idx],
-            enter_den.reshape(-1)[idx],
-            enter_num.reshape(-1, dh)[idx],
+    @staticmethod
+    def forward(ctx, s: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor, chunk: int):
+        b, h, n = s.shape
+        dh = v.shape[-1]
+        run_max = torch.maximum(s.cummax(-1).values, m0.unsqueeze(-1))
+        s, v, run_max = _chunk_views(s, v, run_max, chunk)
+        nc = s.shape[2]
+        chunk_max = run_max[..., -1]  # r_c: the running max at each chunk's end
+        unsafe = ((chunk_max - run_max[..., 0]) > _safe_range(s.dtype)).flatten().nonzero().squeeze(1)
+
+        # Step 2: rows relative to r_c by cumulative sums.
+        p = (s - chunk_max.unsqueeze(-1)).exp()
+        num = (p.unsqueeze(-1) * v).cumsum_(-2)
+        den = p.cumsum(-1)
+
+        # Step 3: inclusive chunk-end states relative to r_c, from chunk totals and the entering state.
+        causal = torch.ones(nc, nc, dtype=torch.bool, device=s.device).tril()
+        decay = _masked_exp(chunk_max.unsqueeze(-2) - chunk_max.unsqueeze(-1), causal)  # e^{r_c' - r_c}
+        from_start = (m0.unsqueeze(-1) - chunk_max).exp()
+        end_num = decay @ num[..., -1, :] + from_start.unsqueeze(-1) * w0.unsqueeze(-2)
+        end_den = (decay @ den[..., -1:]).squeeze(-1) + from_start * u0.unsqueeze(-1)
+
+        # The state entering chunk c (relative to r_{c-1}), rescaled to r_c and added to every row.
+        enter_max = torch.cat([m0.unsqueeze(-1), chunk_max[..., :-1]], dim=-1)
+        enter_num = torch.cat([w0.unsqueeze(-2), end_num[..., :-1, :]], dim=-2)
+        enter_den = torch.cat([u0.unsqueeze(-1), end_den[..., :-1]], dim=-1)
+        carry = (enter_max - chunk_max).exp()
+        num += (carry.unsqueeze(-1) * enter_num).unsqueeze(-2)
+        den += (carry * enter_den).unsqueeze(-1)
+        den.clamp_min_(torch.finfo(den.dtype).tiny)
+        out = num.div_(den.unsqueeze(-1))
+        inv_u = (run_max - chunk_max.unsqueeze(-1)).exp_().div_(den)  # 1 / u_k relative to M_k
+
+        # Step 4: exact recomputation of chunks whose rows could underflow relative to r_c.
+        if unsafe.numel():
+            rows_num, rows_den = _rows_exact(
+                s.reshape(-1, chunk)[unsafe],
+                v.reshape(-1, chunk, dh)[unsafe],
+                run_max.reshape(-1, chunk)[unsafe],
+                enter_max.reshape(-1)[unsafe],
+                enter_den.reshape(-1)[unsafe],
+                enter_num.reshape(-1, dh)[unsafe],
+            )
+            out.view(-1, chunk, dh)[unsafe] = rows_num / rows_den.unsqueeze(-1)
+            inv_u.view(-1, chunk)[unsafe] = rows_den.reciprocal()
+
+        ctx.save_for_backward(s, v, run_max, out, inv_u, m0, unsafe)
+        ctx.n = n
+        return out.view(b, h, nc * chunk, dh)[:, :, :n], end_den[..., -1], end_num[..., -1, :]
+
+    @staticmethod
+    def backward(ctx, g_out: Tensor | None, g_u: Tensor | None, g_w: Tensor | None):
+        s, v, run_max, out, inv_u, m0, unsafe = ctx.saved_tensors
+        b, h, nc, chunk = s.shape
+        dh, n = v.shape[-1], ctx.n
+        g_out = torch.zeros_like(out.view(b, h, -1, dh)[:, :, :n]) if g_out is None else g_out
+        g_u = torch.zeros_like(m0) if g_u is None else g_u
+        g_w = torch.zeros_like(out[:, :, 0, 0]) if g_w is None else g_w
+        g = torch.nn.functional.pad(g_out, (0, 0, 0, nc * chunk - n)).view(b, h, nc, chunk, dh)
+        chunk_max, chunk_min = run_max[..., -1], run_max[..., 0]  # r_c and X_c
+        final_max = chunk_max[..., -1]
+
+        # Per-row gradients of the numerator (vector) and denominator (scalar), divided by u_k.
+        g_den = -torch.linalg.vecdot(g, out) * inv_u
+        to_min = (chunk_min.unsqueeze(-1) - run_max).exp()  # e^{X_c - M_k} <= 1
+        q = g * (to_min * inv_u).unsqueeze(-1)
+        q_den = g_den * to_min
+
+        # Reverse cumulative sums inside each chunk, relative to X_c; index 0 holds the chunk total.
+        rev_num = q.flip(-2).cumsum_(-2).flip(-2)
+        rev_den = q_den.flip(-1).cumsum_(-1).flip(-1)
+        total_num, total_den = rev_num[..., 0, :].clone(), rev_den[..., 0].clone()
+
+        # Sums over later chunks and the returned state, relative to r_c: R_c = sum_{c'>c} e^{r_c - X_c'} T_c'.
+        later = torch.ones(nc, nc, dtype=torch.bool, device=s.device).triu(1)
+        cross = _masked_exp(chunk_max.unsqueeze(-1) - chunk_min.unsqueeze(-2), later)
+        to_final = (chunk_max - final_max.unsqueeze(-1)).exp()
+        after_num = cross @ total_num + to_final.unsqueeze(-1) * g_w.unsqueeze(-2)
+        after_den = (cross @ total_den.unsqueeze(-1)).squeeze(-1) + to_final * g_u.unsqueeze(-1)
+
+        # Rows: A_j = e^{s_j - X_c} L_j + e^{s_j - r_c} R_c (and the same for the denominator).
+        from_min = (s - chunk_min.unsqueeze(-1)).exp()
+        from_max = (s - chunk_max.unsqueeze(-1)).exp()
+        grad_v = rev_num.mul_(from_min.unsqueeze(-1)).addcmul_(
+            from_max.unsqueeze(-1), after_num.unsqueeze(-2)
         )
-        out = out.reshape(-1, chunk, dh).index_copy(0, idx, rows_num / rows_den.unsqueeze(-1))
+        grad_den = rev_den.mul_(from_min).addcmul_(from_max, after_den.unsqueeze(-1))
+        if unsafe.numel():  # e^{s_j - X_c} may overflow there: sum inside the chunk with exact weights
+            weights_t = _exact_weights(s.reshape(-1, chunk)[unsafe], run_max.reshape(-1, chunk)[unsafe]).mT
+            sel_inv_u = inv_u.reshape(-1, chunk)[unsafe].unsqueeze(-1)
+            sel_from_max = from_max.reshape(-1, chunk)[unsafe]
+            inside_num = weights_t @ (g.reshape(-1, chunk, dh)[unsafe] * sel_inv_u)
+            inside_den = (weights_t @ g_den.reshape(-1, chunk, 1)[unsafe]).squeeze(-1)
+            grad_v.view(-1, chunk, dh)[unsafe] = (
+                inside_num + sel_from_max.unsqueeze(-1) * after_num.reshape(-1, 1, dh)[unsafe]
+            )
+            grad_den.view(-1, chunk)[unsafe] = inside_den + sel_from_max * after_den.reshape(-1, 1)[unsafe]
+        grad_s = torch.linalg.vecdot(v, grad_v) + grad_den
 
-    out = out.reshape(b, h, nc * chunk, dh)[:, :, :n]
-    return out, (chunk_max[..., -1], end_den[..., -1], end_num[..., -1, :])
+        # The entering state acts as a token before the first one, with score m0.
+        from_m0 = (m0.unsqueeze(-1) - chunk_min).exp()
+        m0_to_final = (m0 - final_max).exp()
+        grad_w0 = (from_m0.unsqueeze(-1) * total_num).sum(-2) + m0_to_final.unsqueeze(-1) * g_w
+        grad_u0 = (from_m0 * total_den).sum(-1) + m0_to_final * g_u
+        return (
+            grad_s.view(b, h, -1)[:, :, :n],
+            grad_v.view(b, h, -1, dh)[:, :, :n],
+            None,
+            grad_u0,
+            grad_w0,
+            None,
+        )
 
 
 def aaren_scan(
@@ -181,7 +276,7 @@ def aaren_scan(
     values: Tensor,
     state: AarenScanState | None = None,
     *,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, AarenScanState]:
     """Aaren output for every prefix, continuing from `state`.
 
@@ -189,7 +284,9 @@ def aaren_scan(
         scores: [B, H, N] attention scores q . k_i / sqrt(Dh) of each token.
         values: [B, H, N, Dh] values of each token.
         state: (m [B, H], u [B, H], w [B, H, Dh]) returned by a previous call, or None to start empty.
-        chunk_size: tokens per chunk of the parallel scan (a speed knob; results do not depend on it).
+        chunk_size: tokens per chunk of the parallel scan, default `auto_chunk_size(N)` (a speed knob;
+            results do not depend on it). Sequences of at most `ONE_BLOCK_MAX` tokens (or chunk_size
+            if given) are done as one block.
 
     Returns:
         out [B, H, N, Dh] with out[..., k, :] = softmax(scores[..., :k+1]) @ values[..., :k+1, :]
@@ -207,9 +304,10 @@ def aaren_scan(
     if state is None:
         state = empty_state(b, h, values.shape[-1], device=scores.device, dtype=dtype)
     s, v = scores.to(dtype), values.to(dtype)
-    m0, u0, w0 = (t.to(dtype) for t in state)
-    if n <= chunk_size:
+    m0, u0, w0 = state[0].detach().to(dtype), state[1].to(dtype), state[2].to(dtype)
+    if n <= (chunk_size or ONE_BLOCK_MAX):
         out, new_state = _scan_one_block(s, v, m0, u0, w0)
     else:
-        out, new_state = _scan_chunked(s, v, m0, u0, w0, chunk_size)
+        out, u, w = _ChunkedScan.apply(s, v, m0, u0, w0, chunk_size or auto_chunk_size(n))
+        new_state = (torch.maximum(s.detach().max(-1).values, m0), u, w)
     return out.to(values.dtype), new_state
