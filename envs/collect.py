@@ -33,7 +33,7 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
-from envs.datasets import d4rl_dataset_dir, d4rl_filename, save_dataset
+from envs.datasets import d4rl_dataset_dir, d4rl_filename, episode_return_stats, save_dataset
 from envs.make import MujocoStateInfo, canonical_env_id, d4rl_task
 from envs.scores import reference_scores
 from envs.vector import VecRollout, make_vec_env
@@ -445,9 +445,10 @@ def _write(path: Path, parts: list[Rollouts], metadata: dict[str, Any], overwrit
     metadata = {
         **metadata,
         "behavior_policy": "+".join(name for p in parts for name in p.policy_names),
-        "part_steps": np.array([len(p.arrays["rewards"]) for p in parts], dtype=np.int64),
+        "part_steps": "+".join(str(len(p.arrays["rewards"])) for p in parts),  # aligned with behavior_policy
         "num_cut_episodes": sum(p.num_cut_episodes for p in parts),
         "collector": "aaren-rl envs.collect",
+        **episode_return_stats(arrays["rewards"], arrays["terminals"], arrays["timeouts"]),
     }
     next_obs = arrays.pop("next_observations")
     save_dataset(path, **arrays, next_observations=next_obs, infos=infos, metadata=metadata)
@@ -536,7 +537,8 @@ def collect_recipe(
     missing = [r for r in roles if r != "random" and r not in table]
     if missing:
         raise ValueError(
-            f"No {missing[0]!r} policy for task {task!r}: pass policies={{{missing[0]!r}: 'path/to/model.zip'}}."
+            f"No {missing[0]!r} policy for task {task!r}: pass policies={{{missing[0]!r}: 'path/to/model.zip'}} "
+            f"(CLI: --policy {missing[0]}=path/to/model.zip)."
         )
     path = Path(path) if path is not None else d4rl_dataset_dir() / d4rl_filename(dataset_id)
     if path.exists() and not overwrite:  # fail before minutes of collection, not after
