@@ -1,0 +1,241 @@
+"""Live evaluation: roll a `DecisionAgent` out in vectorised environments and score it.
+
+The agent's state is batched over the envs and reset per env at episode start (`VecRollout`'s
+`episode_start` flags), so the Aaren agent acts through its recurrent path. Each env runs its
+share of the episodes (env i: episodes // num_envs, +1 for the first remainder), which keeps the
+result independent of which episodes finish first. Used by training's periodic evaluation and by
+`scripts/evaluate.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from agents.checkpoint import latest_checkpoint, load_model
+from agents.policy import DecisionAgent
+from envs import VecRollout, make_env, make_vec_env, normalized_score
+from envs.make import d4rl_task
+
+#: DESIGN.md section 3: evaluation target returns per task (the first is the main one).
+DEFAULT_TARGETS: dict[str, tuple[float, ...]] = {
+    "hopper": (3600.0, 1800.0),
+    "halfcheetah": (12000.0, 6000.0),
+    "walker2d": (5000.0, 2500.0),
+}
+
+
+@dataclass
+class EvalResult:
+    """Episodes of one target return: returns, lengths, D4RL-normalised scores and their summaries."""
+
+    target_return: float
+    returns: list[float]
+    lengths: list[int]
+    scores: list[float] | None  # None when no reference scores are known for the env
+
+    @property
+    def return_mean(self) -> float:
+        return float(np.mean(self.returns))
+
+    @property
+    def score_mean(self) -> float | None:
+        return None if self.scores is None else float(np.mean(self.scores))
+
+    def summary(self) -> dict[str, Any]:
+        out = {
+            "target_return": self.target_return,
+            "episodes": len(self.returns),
+            "return_mean": self.return_mean,
+            "return_std": float(np.std(self.returns)),
+            "length_mean": float(np.mean(self.lengths)),
+        }
+        if self.scores is not None:
+            out.update(score_mean=self.score_mean, score_std=float(np.std(self.scores)))
+        return {**out, **asdict(self)}
+
+
+def default_targets(env_name: str, dataset_max_return: float | None = None) -> list[float]:
+    """DESIGN.md's targets for hopper/halfcheetah/walker2d, else the dataset's best return."""
+    task = d4rl_task(env_name)
+    if task in DEFAULT_TARGETS:
+        return list(DEFAULT_TARGETS[task])
+    if dataset_max_return is None:
+        raise ValueError(f"no default target return for {env_name!r}: pass targets explicitly")
+    return [float(dataset_max_return)]
+
+
+def _scores(score_ref: Any, returns: list[float]) -> list[float] | None:
+    try:
+        return [float(s) for s in np.atleast_1d(normalized_score(score_ref, np.array(returns)))]
+    except ValueError:
+        return None
+
+
+def evaluate_agent(
+    agent: DecisionAgent,
+    env_name: str,
+    episodes: int = 10,
+    num_envs: int = 5,
+    *,
+    seed: int = 0,
+    vec_mode: str = "sync",
+    score_ref: Any = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Run `episodes` live episodes of `agent` in `num_envs` vectorised copies of `env_name`.
+
+    score_ref: what `envs.normalized_score` takes (dataset metadata with reference scores, or a
+    name); default the env name.
+    """
+    num_envs = min(num_envs, episodes)
+    quota = np.full(num_envs, episodes // num_envs) + (np.arange(num_envs) < episodes % num_envs)
+    rollout = VecRollout(make_vec_env(env_name, num_envs, vec_mode, seed))
+    returns: list[float] = []
+    lengths: list[int] = []
+    done = np.zeros(num_envs, dtype=np.int64)
+    bar = tqdm(total=episodes, unit="ep", disable=not progress, leave=False,
+               desc=f"eval R={agent.target_return:g}")
+    try:
+        obs, _ = rollout.reset()
+        state, rewards = None, None
+        while (done < quota).any():
+            actions, state = agent.act(obs, state, rollout.episode_start, rewards)
+            step = rollout.step(actions.astype(np.float32))
+            rewards = step.rewards
+            for ep in rollout.pop_finished():
+                if done[ep.env_index] < quota[ep.env_index]:
+                    done[ep.env_index] += 1
+                    returns.append(ep.episode_return)
+                    lengths.append(ep.length)
+                    bar.update(1)
+                    bar.set_postfix(last_return=f"{ep.episode_return:.0f}")
+            obs = step.obs
+    finally:
+        bar.close()
+        rollout.close()
+    return EvalResult(agent.target_return, returns, lengths, _scores(score_ref or env_name, returns))
+
+
+def record_video(agent: DecisionAgent, env_name: str, path: str | os.PathLike, seed: int = 0) -> Path:
+    """One episode rendered to an mp4 (needs imageio; MuJoCo renders headless with MUJOCO_GL=egl)."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        import imageio.v2 as imageio
+    except ImportError as exc:
+        raise RuntimeError("--video needs imageio: pip install 'aaren-rl[video]' (imageio, moviepy)") from exc
+    env = make_env(env_name, render_mode="rgb_array")
+    frames = []
+    try:
+        obs, _ = env.reset(seed=seed)
+        state, reward, done = None, None, False
+        while not done:
+            frames.append(env.render())
+            action, state = agent.act(obs[None], state, np.array([state is None]),
+                                      None if reward is None else np.array([reward]))
+            obs, reward, terminated, truncated, _ = env.step(action[0].astype(np.float32))
+            done = terminated or truncated
+    finally:
+        env.close()
+    path = Path(path)
+    imageio.mimsave(path, frames, fps=int(env.metadata.get("render_fps", 30)))
+    return path
+
+
+def load_policy(
+    run_dir: str | os.PathLike, target_return: float | None = None, device: str = "cpu", mode: str | None = None
+) -> DecisionAgent:
+    """The trained agent of a run (latest checkpoint), ready to act; target default: the run's first target."""
+    model, _ = load_model(latest_checkpoint(run_dir), device)
+    if target_return is None:
+        target_return = run_targets(run_dir)[0]
+    return DecisionAgent(model, target_return, mode=mode)
+
+
+def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The run's dataset statistics (dataset_stats.json): env, reference scores, dataset returns, targets."""
+    path = Path(run_dir) / "dataset_stats.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: is {run_dir} a run directory from scripts/train_offline.py?")
+    return json.loads(path.read_text())
+
+
+def run_targets(run_dir: str | os.PathLike) -> list[float]:
+    return list(read_run_info(run_dir)["eval_targets"])
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    *,
+    episodes: int = 10,
+    num_envs: int = 5,
+    targets: list[float] | None = None,
+    seed: int = 1000,
+    vec_mode: str = "sync",
+    mode: str | None = None,
+    video: bool = False,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a run's latest checkpoint at several targets; write eval.json and eval.png (and a video)."""
+    run_dir = Path(run_dir)
+    info = read_run_info(run_dir)
+    checkpoint = latest_checkpoint(run_dir)
+    model, step = load_model(checkpoint)
+    env_name = info["env"]
+    out = Path(out_dir) if out_dir is not None else run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for target in targets or info["eval_targets"]:
+        agent = DecisionAgent(model, target, mode=mode)
+        results.append(evaluate_agent(agent, env_name, episodes, num_envs, seed=seed, vec_mode=vec_mode,
+                                      score_ref=info["score_ref"], progress=progress))
+    report = {
+        "run_dir": str(run_dir),
+        "checkpoint": str(checkpoint),
+        "step": step,
+        "env": env_name,
+        "backbone": model.config.backbone,
+        "acting": agent.mode,
+        "seed": seed,
+        "dataset_return_mean": info["return_mean"],
+        "dataset_score_mean": info.get("score_mean"),
+        "results": [r.summary() for r in results],
+    }
+    if video:
+        agent = DecisionAgent(model, results[0].target_return, mode=mode)
+        report["video"] = str(record_video(agent, env_name, out / "episode.mp4", seed))
+    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    plot_eval(report, out / "eval.png")
+    report["report_path"] = str(out / "eval.json")
+    return report
+
+
+def plot_eval(report: dict[str, Any], path: Path) -> None:
+    """Bar chart: mean return (or normalised score) per target, with std bars and the dataset's mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    use_score = report["results"][0].get("score_mean") is not None
+    key, label = ("score", "D4RL-normalised score") if use_score else ("return", "return")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    names = [f"R={r['target_return']:g}" for r in report["results"]]
+    ax.bar(names, [r[f"{key}_mean"] for r in report["results"]],
+           yerr=[r[f"{key}_std"] for r in report["results"]], capsize=4, color="tab:blue")
+    dataset = report["dataset_score_mean"] if use_score else report["dataset_return_mean"]
+    if dataset is not None:
+        ax.axhline(dataset, color="tab:gray", ls="--", label="dataset mean")
+        ax.legend()
+    ax.set_ylabel(label)
+    ax.set_title(f"{report['env']} {report['backbone']} ({report['acting']}), step {report['step']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
