@@ -72,7 +72,7 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    name: str = "run"
+    name: str = ""  # run folder name; "" = <dataset>-<backbone>-s<seed>
     output_dir: str = "runs"  # the run directory is <output_dir>/<name>
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -83,8 +83,13 @@ class Config:
         return dataclasses.asdict(self)
 
     @property
+    def run_name(self) -> str:
+        stem = Path(self.data.dataset).name.removesuffix(".hdf5").removesuffix(".h5")
+        return self.name or f"{stem}-{self.model.backbone}-s{self.train.seed}"
+
+    @property
     def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
+        return Path(self.output_dir).expanduser() / self.run_name
 
 
 # ---- loading --------------------------------------------------------------------------------------
@@ -207,7 +212,7 @@ def validate(cfg: Config) -> Config:
     _check(e.episodes >= 1, "eval.episodes", e.episodes, "must be >= 1")
     _check(e.num_envs >= 1, "eval.num_envs", e.num_envs, "must be >= 1")
     _check(e.vec_mode in ("sync", "async"), "eval.vec_mode", e.vec_mode, "use 'sync' or 'async'")
-    _check(bool(cfg.name) and "/" not in cfg.name, "name", cfg.name, "a non-empty folder name without '/'")
+    _check("/" not in cfg.name, "name", cfg.name, "a folder name without '/' (or empty for automatic)")
     return cfg
 
 

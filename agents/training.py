@@ -258,7 +258,7 @@ def train(
     # 4. The loop.
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext())
     model.train()
-    bar = tqdm(total=t.steps, initial=step, disable=not progress, unit="step", desc=f"train {cfg.name}")
+    bar = tqdm(total=t.steps, initial=step, disable=not progress, unit="step", desc=f"train {cfg.run_name}")
     start_step, tokens, tic = step, 0, time.perf_counter()
     while step < t.steps:
         if stop_after is not None and step - start_step >= stop_after:
@@ -296,7 +296,7 @@ def train(
     if step == t.steps and not _read_final_eval(metrics_path, step):
         evaluate(data.targets)
     writer.close()
-    plot_curve(metrics_path, run_dir / "curve.png", cfg.name)
+    plot_curve(metrics_path, run_dir / "curve.png", cfg.run_name)
     return run_dir
 
 

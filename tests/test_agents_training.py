@@ -1,0 +1,122 @@
+"""Training runs: kill-and-resume equality, config errors, checkpoint/architecture checks, load_policy."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from agents import ConfigError, DecisionAgent, load_config, load_policy, train
+from agents.checkpoint import latest_checkpoint
+from envs import save_dataset
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A synthetic Hopper-shaped dataset (11-dim observations, 3-dim actions) of 6 short episodes."""
+    rng = np.random.default_rng(0)
+    lengths = [40, 25, 60, 10, 35, 30]
+    n = sum(lengths)
+    ends = np.cumsum(lengths) - 1
+    timeouts = np.zeros(n, dtype=bool)
+    timeouts[ends] = True
+    path = tmp_path_factory.mktemp("data") / "hopper_tiny.hdf5"
+    save_dataset(
+        path, rng.normal(size=(n, 11)).astype(np.float32), rng.uniform(-1, 1, (n, 3)).astype(np.float32),
+        rng.normal(1, 0.3, n).astype(np.float32), np.zeros(n, dtype=bool), timeouts,
+        metadata={"env_id": "Hopper-v5"},
+    )
+    return path
+
+
+def tiny_config(dataset: Path, out: Path, *extra: str):
+    return load_config(None, [
+        f"data.dataset={dataset}", f"output_dir={out}", "model.embed_dim=16", "model.num_layers=1",
+        "model.context_steps=5", "train.batch_size=3", "train.steps=8", "train.warmup_steps=3",
+        "train.log_every=2", "train.checkpoint_every=4", "train.lr=1e-3", "eval.episodes=1",
+        "eval.num_envs=1", "eval.targets=[100]", *extra,
+    ])
+
+
+def weights(run_dir: Path) -> dict[str, np.ndarray]:
+    return load_file(str(latest_checkpoint(run_dir) / "model.safetensors"))
+
+
+@pytest.mark.parametrize("backbone", ["aaren", "transformer"])
+def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_dataset, tmp_path, backbone):
+    full = train(tiny_config(tiny_dataset, tmp_path, "name=full", f"model.backbone={backbone}"), progress=False)
+    cfg = tiny_config(tiny_dataset, tmp_path, "name=killed", f"model.backbone={backbone}")
+    killed = train(cfg, progress=False, stop_after=6)  # dies 2 steps after the step-4 checkpoint
+    assert json.loads((latest_checkpoint(killed) / "model.json").read_text())["step"] == 4
+    train(resume=killed, progress=False)
+    a, b = weights(full), weights(killed)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    steps = [r["step"] for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())
+             if "train/loss" in r]
+    assert steps == [2, 4, 6, 8]  # the killed session's step-6 line was dropped and rewritten once
+    for name in ("config.yaml", "dataset_stats.json", "curve.png"):
+        assert (killed / name).is_file()
+    assert list((killed / "tb").iterdir())
+
+
+def test_load_policy_acts_and_rejects_mismatched_architecture(tiny_dataset, tmp_path):
+    run = train(tiny_config(tiny_dataset, tmp_path, "name=p"), progress=False)
+    agent = load_policy(run, target_return=50.0)
+    assert isinstance(agent, DecisionAgent) and agent.mode == "recurrent"
+    actions, state = agent.act(np.zeros((2, 11), dtype=np.float32))
+    assert actions.shape == (2, 3) and np.all(np.abs(actions) <= 1)
+    meta_path = latest_checkpoint(run) / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["model"]["num_layers"] = 2
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not match the architecture"):
+        load_policy(run)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.stepz=3", "unknown config key 'train.stepz': did you mean train.steps"),
+        ("train.steps=many", "train.steps = 'many'"),
+        ("train.lr=-1", "train.lr = -1.0 is impossible"),
+        ("model.backbone=lstm", "model.backbone = 'lstm'"),
+        ("model.num_heads=3", "must divide model.embed_dim"),
+        ("eval.targets=[a]", "eval.targets[0]"),
+    ],
+)
+def test_bad_config_values_raise_one_clear_error(tiny_dataset, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        tiny_config(tiny_dataset, tmp_path, override)
+
+
+def test_dataset_that_does_not_fit_the_env_is_a_config_error(tiny_dataset, tmp_path):
+    cfg = tiny_config(tiny_dataset, tmp_path, "data.env=HalfCheetah-v5")
+    with pytest.raises(ConfigError, match="data.env = 'HalfCheetah-v5'"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run").exists()  # nothing was started
+    with pytest.raises(ConfigError, match="cannot be loaded"):
+        train(tiny_config(tmp_path / "missing.hdf5", tmp_path), progress=False)
+
+
+def test_existing_run_directory_needs_resume(tiny_dataset, tmp_path):
+    cfg = tiny_config(tiny_dataset, tmp_path, "name=once", "train.steps=4")
+    train(cfg, progress=False)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(cfg, progress=False)
+
+
+def test_shipped_configs_load(tmp_path):
+    names = [f"{t}-{d}" for t in ("hopper", "halfcheetah", "walker2d")
+             for d in ("medium", "medium-expert", "expert", "mixed")] + ["quickstart"]
+    for name in names:  # 3 tasks x 4 datasets x 2 backbones (an override), plus the quickstart
+        for backbone in ("aaren", "transformer"):
+            cfg = load_config(CONFIGS / f"{name}.yaml", [f"model.backbone={backbone}"])
+            assert cfg.data.dataset and cfg.model.backbone == backbone and backbone in cfg.run_name
+    assert load_config(CONFIGS / "hopper-medium.yaml").train.lr == 1e-4  # from base.yaml
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
