@@ -453,7 +453,7 @@ def _read_minari(dataset_id: str) -> tuple[dict[str, np.ndarray], dict[str, Any]
     env_id = getattr(getattr(ds, "env_spec", None), "id", None)
     if env_id:
         metadata["env_id"] = env_id
-    for key in ("ref_min_score", "ref_max_score", "algorithm_name", "author"):
+    for key in ("ref_min_score", "ref_max_score", "algorithm_name"):
         if meta.get(key) is not None:
             metadata[key] = meta[key]
     return _check_arrays(arrays, f"minari:{dataset_id}"), metadata
