@@ -25,7 +25,7 @@ import time
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -273,7 +273,8 @@ class Rollouts:
     episode_lengths: np.ndarray
     num_cut_episodes: int  # episodes cut by the end of collection (marked as timeouts)
     steps_per_second: float
-    policy_names: list[str] = field(default_factory=list)
+    policy_name: str
+    policy_algo: str
 
 
 def rollout_policy(
@@ -416,7 +417,8 @@ def _record(
         np.array(lengths, dtype=np.int64),
         int(cut.sum()),
         num_steps / elapsed,
-        [policy.name],
+        policy.name,
+        policy.algo,
     )
 
 
@@ -444,7 +446,8 @@ def _write(path: Path, parts: list[Rollouts], metadata: dict[str, Any], overwrit
     lengths = np.concatenate([p.episode_lengths for p in parts])
     metadata = {
         **metadata,
-        "behavior_policy": "+".join(name for p in parts for name in p.policy_names),
+        "behavior_policy": "+".join(p.policy_name for p in parts),
+        "behavior_algo": "+".join(p.policy_algo for p in parts),
         "part_steps": "+".join(str(len(p.arrays["rewards"])) for p in parts),  # aligned with behavior_policy
         "num_cut_episodes": sum(p.num_cut_episodes for p in parts),
         "collector": "aaren-rl envs.collect",

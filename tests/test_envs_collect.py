@@ -33,7 +33,11 @@ def test_tqc_hopper_returns_match_experts_readme(tmp_path):
     assert len(result.episode_returns) >= 1
     assert np.all(np.abs(result.episode_returns - 3650) < 0.1 * 3650), result.episode_returns
     ds = load_dataset(result.path, env="hopper-expert-v2")
-    assert len(ds) == 2000 and ds.metadata["behavior_policy"] == "tqc-Hopper"
+    assert (
+        len(ds) == 2000
+        and ds.metadata["behavior_policy"] == "tqc-Hopper"
+        and ds.metadata["behavior_algo"] == "tqc"
+    )
     assert ds.metadata["env_id"] == "Hopper-v5" and ds.metadata["ref_max_score"] == 3234.3
     np.testing.assert_allclose(ds.episode_returns, result.episode_returns, rtol=1e-5)
     assert np.all(ds.normalized_score(ds.episode_returns) > 100)
@@ -84,18 +88,23 @@ def test_same_seed_gives_identical_files(tmp_path):
 
 
 @needs_experts
-def test_recipe_medium_expert_is_deterministic_and_concatenated(tmp_path):
+@pytest.mark.parametrize(
+    ("recipe", "policies", "deterministic"),
+    [("medium-expert", "sac-Hopper+tqc-Hopper", True), ("mixed", "random+a2c-Hopper+sac-Hopper", False)],
+)
+def test_recipes_are_deterministic_and_concatenated(tmp_path, recipe, policies, deterministic):
     kwargs = dict(num_envs=2, seed=1, experts=EXPERTS, progress=False)
-    a = collect_recipe("hopper-medium-expert-v2", tmp_path / "a.hdf5", 1200, **kwargs)
-    b = collect_recipe("hopper-medium-expert-v2", tmp_path / "b.hdf5", 1200, **kwargs)
-    assert a.path.read_bytes() == b.path.read_bytes()
+    a = collect_recipe(f"hopper-{recipe}-v2", tmp_path / "a.hdf5", 1200, **kwargs)
+    b = collect_recipe(f"hopper-{recipe}-v2", tmp_path / "b.hdf5", 1200, **kwargs)
+    assert a.path.read_bytes() == b.path.read_bytes()  # stochastic policies too: torch's RNG is seeded
     ds = load_quiet(a.path)
-    assert (
-        ds.metadata["behavior_policy"] == "sac-Hopper+tqc-Hopper" and ds.metadata["recipe"] == "medium-expert"
+    assert ds.metadata["behavior_policy"] == policies and ds.metadata["recipe"] == recipe
+    assert ds.metadata["deterministic"] is deterministic and len(ds) == 1200
+    assert ds.metadata["part_steps"] == "+".join(
+        [str(1200 // len(policies.split("+")))] * len(policies.split("+"))
     )
-    assert ds.metadata["part_steps"] == "600+600" and len(ds) == 1200
     with pytest.raises(FileExistsError, match="--overwrite"):
-        collect_recipe("hopper-medium-expert-v2", tmp_path / "a.hdf5", 1200, **kwargs)
+        collect_recipe(f"hopper-{recipe}-v2", tmp_path / "a.hdf5", 1200, **kwargs)
 
 
 def test_recipe_default_path_is_the_d4rl_location(tmp_path, monkeypatch):
