@@ -1,0 +1,301 @@
+"""AarenPPO: PPO whose actor and critic carry Aaren memory, inside Stable-Baselines3.
+
+    from agents.ppo import AarenPPO
+    model = AarenPPO("MlpAarenPolicy", "aaren_rl/CartPoleNoVel-v1", n_steps=128).learn(50_000)
+    actions, state = model.predict(obs, state=state, episode_start=episode_starts)
+
+In the style of sb3-contrib's RecurrentPPO, with the LSTM replaced by Aaren:
+- acting is the O(1) recurrent update: one token per env step with the carried state, per-env rows
+  reset where an episode starts;
+- the rollout buffer cuts each env's column of steps into sequences at episode starts (and at the
+  rollout start) and stores only the state entering the rollout: a sequence starting at an episode
+  start enters with the empty state, the first sequence of each env with the carried state;
+- training re-runs every stored sequence of a minibatch in parallel with the prefix scan (padded at
+  the end); minibatches are whole sequences, about `batch_size` real steps each. RecurrentPPO
+  re-runs its LSTM step by step instead.
+
+The PPO update itself is SB3's `PPO.train`, unchanged: a minibatch's `observations` are the padded
+sequences with their entering states (`RolloutSequences`), and every other field, as well as the
+values and log-probs the policy returns, covers the real steps only, so every loss term is masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
+from torch import Tensor
+
+from agents.ppo_policy import AarenActorCriticPolicy, ActorCriticState, RolloutSequences
+
+SelfAarenPPO = TypeVar("SelfAarenPPO", bound="AarenPPO")
+
+
+class AarenRolloutBufferSamples(NamedTuple):
+    """RolloutBufferSamples for sequences: `observations` padded [S, T, ...] with entering states and
+    mask; the other fields on the real steps only, in mask order."""
+
+    observations: RolloutSequences
+    actions: Tensor
+    old_values: Tensor
+    old_log_prob: Tensor
+    advantages: Tensor
+    returns: Tensor
+
+
+class AarenRolloutBuffer(RolloutBuffer):
+    """RolloutBuffer that yields whole sequences (cut at episode starts) with their entering states.
+
+    Arrays stay [n_steps, n_envs, ...]; `initial_state` is the policy state entering step 0 (set by
+    the algorithm), the only memory stored.
+    """
+
+    initial_state: ActorCriticState | None
+
+    def reset(self) -> None:
+        super().reset()
+        self.initial_state = None
+        self._tensors: dict[str, Tensor] | None = None
+
+    def sequences(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(env, first step, length) of every sequence: each env's column cut at episode starts."""
+        starts = self.episode_starts.astype(bool)
+        starts[0] = True
+        flat_starts = np.flatnonzero(starts.T.ravel())  # env-major: index = env * n_steps + step
+        lengths = np.diff(np.append(flat_starts, starts.size))
+        return flat_starts // self.buffer_size, flat_starts % self.buffer_size, lengths
+
+    def get(self, batch_size: int | None = None) -> Generator[AarenRolloutBufferSamples, None, None]:  # type: ignore[override]
+        """Shuffled minibatches of whole sequences, each about `batch_size` real steps (at least one
+        sequence); None: everything at once."""
+        assert self.full and self.initial_state is not None, "the rollout is not complete"
+        if self._tensors is None:
+            names = ("observations", "actions", "values", "log_probs", "advantages", "returns", "episode_starts")
+            self._tensors = {name: self.to_torch(getattr(self, name)) for name in names}
+        env, first, length = self.sequences()
+        order = np.random.permutation(len(length))
+        offsets = np.cumsum(length[order]) - length[order]
+        group = offsets // (batch_size or self.buffer_size * self.n_envs)
+        for g in np.unique(group):
+            chosen = order[group == g]
+            yield self._sequence_samples(env[chosen], first[chosen], length[chosen])
+
+    def _sequence_samples(self, env: np.ndarray, first: np.ndarray, length: np.ndarray) -> AarenRolloutBufferSamples:
+        assert self._tensors is not None and self.initial_state is not None
+        data = self._tensors
+        env_t, first_t, length_t = (torch.as_tensor(a, device=self.device) for a in (env, first, length))
+        offsets = torch.arange(int(length.max()), device=self.device)
+        steps = (first_t[:, None] + offsets).clamp(max=self.buffer_size - 1)  # [S, T]
+        mask = offsets < length_t[:, None]
+        envs = env_t[:, None].expand_as(steps)
+        real_steps, real_envs = steps[mask], envs[mask]
+        entering = self.initial_state.select(env_t).reset(data["episode_starts"][first_t, env_t].bool())
+        return AarenRolloutBufferSamples(
+            observations=RolloutSequences(data["observations"][steps, envs], entering, mask),
+            actions=data["actions"][real_steps, real_envs],
+            old_values=data["values"][real_steps, real_envs],
+            old_log_prob=data["log_probs"][real_steps, real_envs],
+            advantages=data["advantages"][real_steps, real_envs],
+            returns=data["returns"][real_steps, real_envs],
+        )
+
+
+class AarenPPO(PPO):
+    """PPO with an `AarenActorCriticPolicy` ("MlpAarenPolicy"); arguments as SB3's PPO.
+
+    Defaults follow RecurrentPPO (n_steps 128, batch_size 128). `batch_size` counts real steps of
+    whole sequences, so minibatches vary a little in size. `predict` takes and returns the memory
+    state (see AarenActorCriticPolicy.predict).
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpAarenPolicy": AarenActorCriticPolicy}
+    policy: AarenActorCriticPolicy
+    rollout_buffer: AarenRolloutBuffer
+
+    def __init__(
+        self,
+        policy: str | type[AarenActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 3e-4,
+        n_steps: int = 128,
+        batch_size: int = 128,
+        n_epochs: int = 10,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_range: float | Schedule = 0.2,
+        clip_range_vf: float | Schedule | None = None,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        target_kl: float | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        self._last_policy_state: ActorCriticState | None = None
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            clip_range=clip_range,
+            clip_range_vf=clip_range_vf,
+            normalize_advantage=normalize_advantage,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=AarenRolloutBuffer,
+            target_kl=target_kl,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        if not isinstance(self.policy, AarenActorCriticPolicy):
+            raise ValueError(f"AarenPPO needs an AarenActorCriticPolicy, got {type(self.policy).__name__}")
+
+    def _excluded_save_params(self) -> list[str]:
+        # The acting state belongs to the envs of this process; a loaded model starts afresh.
+        return [*super()._excluded_save_params(), "_last_policy_state"]
+
+    def _setup_learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> tuple[int, BaseCallback]:
+        total_timesteps, callback = super()._setup_learn(total_timesteps, *args, **kwargs)
+        state = self._last_policy_state
+        if state is None or state.batch_size != self.n_envs:
+            self._last_policy_state = self.policy.initial_state(self.n_envs)
+        return total_timesteps, callback
+
+    def _env_actions(self, actions: np.ndarray) -> np.ndarray:
+        """Policy actions -> env actions: unsquash, or clip Gaussian samples to the Box bounds."""
+        if not isinstance(self.action_space, spaces.Box):
+            return actions
+        if self.policy.squash_output:
+            return self.policy.unscale_action(actions)
+        return np.clip(actions, self.action_space.low, self.action_space.high)
+
+    def _starts(self, dones: np.ndarray) -> Tensor:
+        return torch.as_tensor(dones, dtype=torch.bool, device=self.device)
+
+    def _bootstrap_timeouts(
+        self, rewards: np.ndarray, dones: np.ndarray, infos: list[dict], state: ActorCriticState
+    ) -> None:
+        """Add gamma * V(terminal observation) to the rewards of truncated episodes (SB3 #633); the
+        critic reads the terminal observation as the next token of the episode."""
+        rows = [
+            i
+            for i, done in enumerate(dones)
+            if done
+            and infos[i].get("terminal_observation") is not None
+            and infos[i].get("TimeLimit.truncated", False)
+        ]
+        if not rows:
+            return
+        terminal = np.stack([infos[i]["terminal_observation"] for i in rows])
+        with torch.no_grad():
+            values = self.policy.predict_values(
+                obs_as_tensor(terminal, self.device),
+                state.select(torch.as_tensor(rows, device=self.device)),
+                torch.zeros(len(rows), dtype=torch.bool, device=self.device),
+            )
+        rewards[rows] += self.gamma * values.flatten().cpu().numpy()
+
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
+        """SB3's rollout loop with the memory state carried from step to step."""
+        assert isinstance(rollout_buffer, AarenRolloutBuffer), "AarenPPO needs an AarenRolloutBuffer"
+        assert self._last_obs is not None and self._last_policy_state is not None, "call learn()"
+        self.policy.set_training_mode(False)
+        rollout_buffer.reset()
+        rollout_buffer.initial_state = self._last_policy_state
+        if self.use_sde:
+            self.policy.reset_noise(env.num_envs)
+        callback.on_rollout_start()
+
+        n_steps = 0
+        while n_steps < n_rollout_steps:
+            if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
+                self.policy.reset_noise(env.num_envs)
+            with torch.no_grad():
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+                actions, values, log_probs, state = self.policy(
+                    obs_tensor, self._last_policy_state, self._starts(self._last_episode_starts)
+                )
+            actions = actions.cpu().numpy()
+            new_obs, rewards, dones, infos = env.step(self._env_actions(actions))
+            self.num_timesteps += env.num_envs
+
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+
+            if isinstance(self.action_space, spaces.Discrete):
+                actions = actions.reshape(-1, 1)
+            self._bootstrap_timeouts(rewards, dones, infos, state)
+            rollout_buffer.add(
+                self._last_obs,  # type: ignore[arg-type]
+                actions,
+                rewards,
+                self._last_episode_starts,  # type: ignore[arg-type]
+                values,
+                log_probs,
+            )
+            self._last_obs, self._last_episode_starts, self._last_policy_state = new_obs, dones, state
+
+        with torch.no_grad():
+            values = self.policy.predict_values(
+                obs_as_tensor(new_obs, self.device), state, self._starts(dones)  # type: ignore[arg-type]
+            )
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    def learn(
+        self: SelfAarenPPO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "AarenPPO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfAarenPPO:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
