@@ -1,0 +1,47 @@
+"""Train an offline decision agent (Aaren backbone, or the Transformer baseline) from a YAML config."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from agents import ConfigError, load_config, train
+
+EPILOG = """
+examples:
+  python scripts/train_offline.py --config configs/quickstart.yaml
+  python scripts/train_offline.py --config configs/hopper-medium.yaml --set model.backbone=transformer
+  python scripts/train_offline.py --config configs/hopper-medium.yaml --set train.steps=500 train.device=cuda
+  python scripts/train_offline.py --resume runs/hopper-medium-v2-aaren-s0          # continue a killed run
+
+The run directory (<output_dir>/<name>, default runs/<dataset>-<backbone>-s<seed>) gets config.yaml,
+dataset_stats.json, checkpoints/ (safetensors), tb/ (tensorboard --logdir runs), metrics.jsonl and
+curve.png. Keys: see configs/base.yaml; a config may include another with `base: file.yaml`.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="YAML experiment config, e.g. configs/hopper-medium.yaml")
+    source.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override config keys, e.g. --set train.steps=500 model.backbone=transformer")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
+    args = parser.parse_args(argv)
+    try:
+        if args.resume:
+            run_dir = train(resume=args.resume, overrides=args.overrides, progress=not args.no_progress)
+        else:
+            run_dir = train(load_config(args.config, args.overrides), progress=not args.no_progress)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    print(f"run directory: {run_dir}\n  curve: {run_dir / 'curve.png'}\n  tensorboard --logdir {run_dir / 'tb'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
