@@ -26,6 +26,9 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
+from envs.download import DownloadError, d4rl_base_url, is_published_d4rl_id, offline_mode
+from envs.download import download as download_file
+from envs.errors import DatasetError
 from envs.make import canonical_env_id, d4rl_task, make_env
 from envs.scores import normalized_score, reference_scores
 
@@ -35,10 +38,6 @@ REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 STATE_STD_FLOOR = 1e-6
 _COLLECT_HINT = "make one with `python scripts/collect_dataset.py <task>-<recipe>-v2` (see --help)"
 _CHUNK = 1 << 16  # rows per chunk for memory-bounded passes over large arrays
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used; the message names the file, key and row at fault and a fix."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -53,34 +52,67 @@ def d4rl_dataset_dir() -> Path:
 _D4RL_ID = re.compile(r"^(?P<name>[A-Za-z0-9]+(?:-[A-Za-z0-9]+)+?)(?:-(?P<version>v\d+))?$")
 
 
-def d4rl_filename(dataset_id: str) -> str:
-    """File name D4RL uses for a gym-mujoco dataset id: ``hopper-medium-replay-v2`` -> ``hopper_medium_replay-v2.hdf5``.
-
-    A missing version suffix means ``-v2``.
-    """
+def parse_d4rl_id(dataset_id: str) -> tuple[str, str, str]:
+    """``hopper-medium-replay-v2`` -> ``("hopper", "medium-replay", "v2")``; a missing version means v2."""
     match = _D4RL_ID.match(dataset_id.strip())
     if match is None:
         raise DatasetError(
             f"{dataset_id!r} is not a D4RL dataset id (expected '<env>-<dataset>-v<k>', e.g. 'hopper-medium-v2')."
         )
     env, _, dataset = match["name"].lower().partition("-")
-    return f"{env}_{dataset.replace('-', '_')}-{match['version'] or 'v2'}.hdf5"
+    return env, dataset, match["version"] or "v2"
 
 
-def resolve_d4rl_path(dataset_id: str) -> Path:
-    """The local file for a D4RL dataset id, or a :class:`DatasetError` saying where it looked and how to get one.
+def d4rl_filename(dataset_id: str) -> str:
+    """File name D4RL uses for a gym-mujoco dataset id: ``hopper-medium-replay-v2`` -> ``hopper_medium_replay-v2.hdf5``."""
+    env, dataset, version = parse_d4rl_id(dataset_id)
+    return f"{env}_{dataset.replace('-', '_')}-{version}.hdf5"
 
-    This is the single place ids become files (a downloader hooks in here).
+
+def resolve_d4rl_path(dataset_id: str, *, download: bool = True, base_url: str | None = None) -> Path:
+    """The local file for a D4RL dataset id, downloaded and cached on first use when D4RL publishes it.
+
+    Looks in ``$D4RL_DATASET_DIR`` (else ``~/.d4rl/datasets``). A missing file that D4RL publishes
+    (gym-mujoco v2: hopper/halfcheetah/walker2d/ant x random/medium/medium-replay/medium-expert/
+    expert/full-replay) is fetched from ``base_url`` (default ``$AAREN_RL_D4RL_URL``, else D4RL's
+    site) and verified before it lands, unless ``download=False`` or ``$AAREN_RL_OFFLINE=1``.
+    Otherwise a :class:`DatasetError` says where it looked and how to get the file.
     """
     path = d4rl_dataset_dir() / d4rl_filename(dataset_id)
-    if not path.is_file():
+    if path.is_file():
+        return path
+    task, dataset, version = parse_d4rl_id(dataset_id)
+    where = (
+        f"looked for {path} ($D4RL_DATASET_DIR={os.environ.get('D4RL_DATASET_DIR', '<unset>')}, "
+        "default ~/.d4rl/datasets)"
+    )
+    if not is_published_d4rl_id(task, dataset, version):
         raise DatasetError(
-            f"D4RL dataset {dataset_id!r} not found: looked for {path} "
-            f"($D4RL_DATASET_DIR={os.environ.get('D4RL_DATASET_DIR', '<unset>')}, default ~/.d4rl/datasets). "
-            f"Fix: copy the original D4RL file {path.name} there, point $D4RL_DATASET_DIR at its folder, "
-            f"or {_COLLECT_HINT}."
+            f"D4RL dataset {dataset_id!r} not found: {where}; D4RL does not publish it. "
+            f"Fix: place a D4RL-format file {path.name} there, or {_COLLECT_HINT}."
         )
-    return path
+    url = f"{d4rl_base_url(base_url)}/{path.name}"
+    by_hand = (
+        f"fetch {url} by hand into {path.parent} (e.g. `curl -fL -o {path} {url}`), or point "
+        f"$D4RL_DATASET_DIR at a folder holding {path.name}"
+    )
+    if not download or offline_mode():
+        why = "download=False" if not download else "$AAREN_RL_OFFLINE is set"
+        raise DatasetError(
+            f"D4RL dataset {dataset_id!r} not found: {where}, and downloading is off ({why}). "
+            f"Fix: {by_hand}, allow the download, or {_COLLECT_HINT}."
+        )
+
+    def validate(part: Path) -> None:
+        try:
+            load_dataset(part, env=task)
+        except DatasetError as exc:
+            raise DatasetError(f"{url}: the downloaded file is not a usable D4RL {task} dataset ({exc})") from exc
+
+    try:
+        return download_file(url, path, validate=validate)
+    except DownloadError as exc:
+        raise DownloadError(f"D4RL dataset {dataset_id!r} ({where}): {exc} Or {by_hand}.") from exc
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,7 +341,11 @@ def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_dataset(
-    source: str | os.PathLike | Mapping[str, Any], *, env: str | gym.Env | None = None
+    source: str | os.PathLike | Mapping[str, Any],
+    *,
+    env: str | gym.Env | None = None,
+    download: bool = True,
+    base_url: str | None = None,
 ) -> OfflineDataset:
     """Load and validate an offline dataset.
 
@@ -317,7 +353,10 @@ def load_dataset(
     :func:`resolve_d4rl_path`); a dict like the d4rl package's ``env.get_dataset()``; or
     ``"minari:<dataset_id>"`` for a local Minari dataset (needs the ``minari`` extra).
     ``env`` (a name for :func:`envs.make_env` or an env) checks that observation and action sizes fit
-    the environment the dataset will be evaluated in. Any problem raises one :class:`DatasetError`.
+    the environment the dataset will be evaluated in. A D4RL id whose file is missing is downloaded
+    once and cached (``download=False`` or ``$AAREN_RL_OFFLINE=1`` forbid it; ``base_url`` or
+    ``$AAREN_RL_D4RL_URL`` point at a mirror), and so is a Minari dataset (needs ``minari[hf]``).
+    Any problem raises one :class:`DatasetError`.
     """
     if isinstance(source, Mapping):
         label = "<dict>"
@@ -327,12 +366,12 @@ def load_dataset(
         path = Path(text).expanduser()
         if text.startswith("minari:"):
             label = text
-            arrays, metadata = _read_minari(text.removeprefix("minari:"))
+            arrays, metadata = _read_minari(text.removeprefix("minari:"), download and not offline_mode())
         elif path.suffix in (".hdf5", ".h5") or path.exists() or os.sep in text:
             label = str(path)
             arrays, metadata = _read_hdf5(path)
         else:
-            path = resolve_d4rl_path(text)
+            path = resolve_d4rl_path(text, download=download, base_url=base_url)
             label = str(path)
             arrays, metadata = _read_hdf5(path)
             metadata.setdefault("dataset_id", text)
@@ -413,21 +452,29 @@ def _from_mapping(data: Mapping[str, Any], label: str) -> tuple[dict[str, np.nda
     return _check_arrays({k: np.asarray(data[k]) for k in REQUIRED_KEYS}, label), metadata
 
 
-def _read_minari(dataset_id: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """A local Minari dataset flattened to D4RL layout (one Python step per episode, not per step)."""
+def _read_minari(dataset_id: str, download: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A Minari dataset flattened to D4RL layout (one Python step per episode, not per step).
+
+    With ``download``, Minari fetches a dataset that is not local (needs ``minari[hf]``).
+    """
     try:
         import minari
     except ImportError as exc:
         raise DatasetError(
             f"minari:{dataset_id}: Minari is not installed. Fix: pip install 'aaren-rl[minari]' "
-            "(or pip install 'minari[hdf5]')."
+            "(or pip install 'minari[hdf5,hf]')."
         ) from exc
     try:
-        ds = minari.load_dataset(dataset_id, download=False)
+        ds = minari.load_dataset(dataset_id, download=download)
     except Exception as exc:  # minari raises several types for a missing/unreadable local dataset
+        how = (
+            "downloading needs network access and minari[hf] (pip install 'minari[hdf5,hf]')"
+            if download
+            else "downloading is off (download=False or $AAREN_RL_OFFLINE); run `minari download <id>` first"
+        )
         raise DatasetError(
-            f"minari:{dataset_id}: cannot load the local Minari dataset ({exc}). Fix: check `minari list local` "
-            "and $MINARI_DATASETS_PATH; download it first with `minari download <id>`."
+            f"minari:{dataset_id}: cannot load the Minari dataset ({exc}). Fix: check `minari list local` "
+            f"and $MINARI_DATASETS_PATH; {how}."
         ) from exc
     parts: dict[str, list[np.ndarray]] = {k: [] for k in REQUIRED_KEYS}
     for episode in ds.iterate_episodes():
