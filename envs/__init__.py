@@ -13,6 +13,7 @@ from envs.datasets import (
     resolve_d4rl_path,
     save_dataset,
 )
+from envs.download import DownloadError
 from envs.make import canonical_env_id, make_env
 from envs.scores import normalized_score, reference_scores
 from envs.vector import EnvWorkerError, EpisodeRecord, VecRollout, VecStep, make_vec_env
@@ -20,6 +21,7 @@ from envs.vector import EnvWorkerError, EpisodeRecord, VecRollout, VecStep, make
 __all__ = [
     "CollectResult",
     "DatasetError",
+    "DownloadError",
     "EnvWorkerError",
     "EpisodeRecord",
     "OfflineDataset",
