@@ -58,6 +58,7 @@ def test_run_writes_json_and_png(bench, tmp_path):
     assert goals["aaren_state_bytes_constant_batch2"]["pass"] is True
     png = (tmp_path / "aaren_core.png").read_bytes()
     assert png.startswith(b"\x89PNG")
+    assert (tmp_path / "aaren_core.json").stat().st_mode & 0o044 == 0o044  # readable by others
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
     assert "Goals" in bench.format_table(results)
 
