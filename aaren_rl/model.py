@@ -53,13 +53,21 @@ class Aaren(nn.Module):
             batch_size, self.num_heads, self.head_dim, device=device, dtype=dtype or torch.float32
         )
 
-    def forward(self, x: Tensor, state: AarenScanState | None = None) -> tuple[Tensor, AarenScanState]:
-        """x [B, N, D] -> (y [B, N, D], state). Output k depends on x[:, :k+1] and the state only."""
+    def forward(
+        self, x: Tensor, state: AarenScanState | None = None, score_bias: Tensor | None = None
+    ) -> tuple[Tensor, AarenScanState]:
+        """x [B, N, D] -> (y [B, N, D], state). Output k depends on x[:, :k+1] and the state only.
+
+        score_bias: optional [B, H, N] (broadcastable) added to the scores, e.g. slope * timestep for a
+        recency preference (ALiBi-like), which the input-independent query cannot express by itself.
+        """
         _check_x(x, self.embed_dim, "Aaren")
         b, n, _ = x.shape
         keys = self.key(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, N, Dh]
         values = self.value(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
         scores = torch.einsum("bhnd,hd->bhn", keys, self.query.to(keys.dtype)) / math.sqrt(self.head_dim)
+        if score_bias is not None:
+            scores = scores + score_bias.to(scores.dtype).expand_as(scores)
         out, state = aaren_scan(scores, values, state)
         y = out.transpose(1, 2).reshape(b, n, self.embed_dim)
         return self.dropout(self.proj(y)), state
@@ -156,13 +164,16 @@ class AarenBackbone(nn.Module):
             [blk.mixer.init_state(batch_size, device, dtype) for blk in self.blocks]
         )
 
-    def forward(self, x: Tensor, state: AarenState | None = None) -> tuple[Tensor, AarenState]:
+    def forward(
+        self, x: Tensor, state: AarenState | None = None, score_bias: Tensor | None = None
+    ) -> tuple[Tensor, AarenState]:
+        """score_bias: optional [B, H, N] added to the scores of every layer (see `Aaren.forward`)."""
         _check_x(x, self.embed_dim, type(self).__name__)
         if state is not None:
             _check_state(state, AarenState, x.shape[0], type(self).__name__)
         layer_states = []
         for i, blk in enumerate(self.blocks):
-            x, layer_state = blk(x, None if state is None else state.layer(i))
+            x, layer_state = blk(x, None if state is None else state.layer(i), score_bias)
             layer_states.append(layer_state)
         return self.ln_f(x), AarenState.from_layers(layer_states)
 

@@ -9,9 +9,10 @@ at once with the parallel prefix scan from each sequence's entering state (`Roll
 gives the same log-probs and values as acting did, to float tolerance.
 
 The token of step t also carries a learned embedding of t (the step within the episode, as in the
-Decision Transformer). Aaren's query is input-independent, so without it the memory would be a
-weighted average of the past that cannot tell recent observations from old ones (velocities could
-not be recovered).
+Decision Transformer), and each head adds a learned recency slope times t to its scores. Aaren's
+query is input-independent, so without that the memory is a weighted average of the past that
+cannot tell recent observations from old ones: on CartPole without velocities it stayed at random
+return (28 after 80k steps, against RecurrentPPO's 78 after 20k); with it, it learns.
 
 By default the actor and the critic have separate memories (as RecurrentPPO's default LSTMs), so
 value-loss gradients do not shape the actor's memory; `share_memory=True` uses one memory for both
@@ -80,7 +81,12 @@ class RolloutSequences(NamedTuple):
 
 
 class AarenMemory(nn.Module):
-    """Features [B, N, F] and their episode timesteps [B, N] -> latents [B, N, embed_dim], new state."""
+    """Features [B, N, F] and their episode timesteps [B, N] -> latents [B, N, embed_dim], new state.
+
+    Each head h adds recency[h] * timestep to its attention scores (learned; initialised to 0 for the
+    first head, 1, 1/2, 1/4, ... for the others, like ALiBi's slopes): its output is then an
+    exponentially decaying average of the past, so recent observations (velocities) can be read.
+    """
 
     def __init__(
         self,
@@ -96,11 +102,13 @@ class AarenMemory(nn.Module):
         self.max_timestep = max_timestep
         self.embed = nn.Linear(features_dim, embed_dim)
         self.timestep = nn.Embedding(max_timestep, embed_dim)
+        self.recency = nn.Parameter(torch.tensor([0.0] + [2.0**-i for i in range(num_heads - 1)]))
         self.backbone = AarenBackbone(embed_dim, num_layers, num_heads, ffn_mult, dropout)
 
     def forward(self, features: Tensor, timesteps: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
         tokens = self.embed(features) + self.timestep(timesteps.clamp(max=self.max_timestep - 1))
-        return self.backbone(tokens, state)
+        score_bias = self.recency[:, None] * timesteps[:, None, :].to(self.recency.dtype)  # [B, H, N]
+        return self.backbone(tokens, state, score_bias)
 
 
 class AarenActorCriticPolicy(ActorCriticPolicy):
@@ -134,7 +142,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         optimizer_kwargs: dict[str, Any] | None = None,
         embed_dim: int = 64,
         num_layers: int = 1,
-        num_heads: int = 2,
+        num_heads: int = 4,
         ffn_mult: int = 2,
         dropout: float = 0.0,
         max_timestep: int = 1024,

@@ -13,14 +13,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 from agents.ppo import AarenPPO
 from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE, RememberCueEnv, cartpole_no_velocity
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not oversubscribe shared CPUs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SMALL = dict(embed_dim=16, num_layers=2, num_heads=2, ffn_mult=2, net_arch=dict(pi=[16], vf=[16]))
 
@@ -141,3 +134,21 @@ def test_memory_tasks() -> None:
 @pytest.mark.slow
 def test_learn_cartpole_without_velocity_beats_random() -> None:
     raise NotImplementedError
+
+
+def test_score_bias_continues_exactly_token_by_token() -> None:
+    """AarenBackbone's score_bias (the recency slopes) keeps parallel == recurrent, in float64."""
+    from aaren_rl import AarenBackbone
+
+    torch.manual_seed(0)
+    backbone = AarenBackbone(16, num_layers=2, num_heads=2, dropout=0.0).double()
+    x = torch.randn(3, 40, 16, dtype=torch.float64)
+    bias = torch.tensor([0.0, 3.0], dtype=torch.float64)[:, None] * torch.arange(40.0, dtype=torch.float64)
+    bias = bias.expand(3, 2, 40)  # slope 3 per step: scores up to 120 apart
+    y, _ = backbone(x, score_bias=bias)
+    state, steps = backbone.init_state(3, dtype=torch.float64), []
+    for t in range(40):
+        y_t, state = backbone(x[:, t : t + 1], state, bias[:, :, t : t + 1])
+        steps.append(y_t)
+    torch.testing.assert_close(torch.cat(steps, dim=1), y, atol=1e-10, rtol=1e-10)
+    assert not torch.allclose(backbone(x)[0], y)
