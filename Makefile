@@ -28,6 +28,11 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Fresh machine -> behaviour policy (SB3, a few minutes) -> cached D4RL-format data -> Aaren agent
+# trained and evaluated live; under 10 minutes on 2 cores, a second run reuses ~/.cache/aaren-rl.
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_aaren.py --quick
 

@@ -41,7 +41,7 @@ from agents.checkpoint import (
     write_text_atomic,
 )
 from agents.config import Config, ConfigError, apply_overrides, dump_config, from_dict, read_yaml
-from agents.evaluation import default_targets, evaluate_agent
+from agents.evaluation import default_targets, evaluate_agent, evaluate_run
 from agents.model import DecisionModel, DecisionModelConfig
 from agents.policy import DecisionAgent
 from envs import DatasetError, OfflineDataset, load_dataset, make_env, normalized_score
@@ -237,17 +237,18 @@ def train(
             if key != "step" and isinstance(value, (int, float)):
                 writer.add_scalar(key, value, row["step"])
 
-    def evaluate(targets: list[float]) -> None:
+    def log_eval(result: dict[str, Any]) -> None:
+        row = {"step": step, "eval/target": result["target_return"], "eval/return_mean": result["return_mean"],
+               "eval/return_std": result["return_std"]}
+        if "score_mean" in result:
+            row["eval/score_mean"] = result["score_mean"]
+        log(row)
+
+    def evaluate_now(target: float) -> None:
         model.eval()
-        for target in targets:
-            result = evaluate_agent(DecisionAgent(model, target), data.env, cfg.eval.episodes,
-                                    cfg.eval.num_envs, seed=cfg.eval.seed, vec_mode=cfg.eval.vec_mode,
-                                    score_ref=data.score_ref, progress=progress)
-            row = {"step": step, "eval/target": target, "eval/return_mean": result.return_mean,
-                   "eval/return_std": float(np.std(result.returns))}
-            if result.scores is not None:
-                row["eval/score_mean"] = result.score_mean
-            log(row)
+        log_eval(evaluate_agent(DecisionAgent(model, target), data.env, cfg.eval.episodes, cfg.eval.num_envs,
+                                seed=cfg.eval.seed, vec_mode=cfg.eval.vec_mode, score_ref=data.score_ref,
+                                progress=progress).summary())
         model.train()
 
     def checkpoint() -> None:
@@ -289,12 +290,15 @@ def train(
         if step % t.checkpoint_every == 0 or step == t.steps:
             checkpoint()
         if t.eval_every and step % t.eval_every == 0 and step != t.steps:
-            evaluate(data.targets[:1])
+            evaluate_now(data.targets[0])
     bar.close()
 
-    # 5. Final evaluation at every target and the learning curve.
-    if step == t.steps and not _read_final_eval(metrics_path, step):
-        evaluate(data.targets)
+    # 5. Final evaluation of the saved checkpoint at every target (eval/eval.json, eval.png), the curve.
+    if not _read_final_eval(metrics_path, step):
+        report = evaluate_run(run_dir, episodes=cfg.eval.episodes, num_envs=cfg.eval.num_envs, targets=data.targets,
+                              seed=cfg.eval.seed, vec_mode=cfg.eval.vec_mode, progress=progress)
+        for result in report["results"]:
+            log_eval(result)
     writer.close()
     plot_curve(metrics_path, run_dir / "curve.png", cfg.run_name)
     return run_dir
