@@ -1,6 +1,6 @@
 """An SB3 actor-critic policy whose actor and critic remember the episode with Aaren backbones.
 
-    observation -> features extractor -> AarenMemory (linear embed + timestep embedding + AarenBackbone)
+    observation -> features extractor -> AarenMemory (linear embed + AarenBackbone with recency slopes)
                 -> MLP extractor -> action distribution / value head
 
 Acting feeds one token per env step through the backbone with the carried constant-size state
@@ -8,11 +8,12 @@ Acting feeds one token per env step through the backbone with the carried consta
 at once with the parallel prefix scan from each sequence's entering state (`RolloutSequences`), and
 gives the same log-probs and values as acting did, to float tolerance.
 
-The token of step t also carries a learned embedding of t (the step within the episode, as in the
-Decision Transformer), and each head adds a learned recency slope times t to its scores. Aaren's
-query is input-independent, so without that the memory is a weighted average of the past that
-cannot tell recent observations from old ones: on CartPole without velocities it stayed at random
-return (28 after 80k steps, against RecurrentPPO's 78 after 20k); with it, it learns.
+Each head adds a learned recency slope times the step's episode timestep to its scores (ALiBi-like).
+Aaren's query is input-independent, so without that the memory is a weighted average of the past
+that cannot tell recent observations from old ones: on CartPole without velocities it stayed at
+random return (28 after 80k steps, against RecurrentPPO's 78 after 20k). A learned timestep
+embedding (as in the Decision Transformer) was tried too and hurt: random per-step vectors swamp
+the observation early in training.
 
 By default the actor and the critic have separate memories (as RecurrentPPO's default LSTMs), so
 value-loss gradients do not shape the actor's memory; `share_memory=True` uses one memory for both
@@ -96,19 +97,15 @@ class AarenMemory(nn.Module):
         num_heads: int,
         ffn_mult: int,
         dropout: float,
-        max_timestep: int,
     ):
         super().__init__()
-        self.max_timestep = max_timestep
         self.embed = nn.Linear(features_dim, embed_dim)
-        self.timestep = nn.Embedding(max_timestep, embed_dim)
         self.recency = nn.Parameter(torch.tensor([0.0] + [2.0**-i for i in range(num_heads - 1)]))
         self.backbone = AarenBackbone(embed_dim, num_layers, num_heads, ffn_mult, dropout)
 
     def forward(self, features: Tensor, timesteps: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
-        tokens = self.embed(features) + self.timestep(timesteps.clamp(max=self.max_timestep - 1))
         score_bias = self.recency[:, None] * timesteps[:, None, :].to(self.recency.dtype)  # [B, H, N]
-        return self.backbone(tokens, state, score_bias)
+        return self.backbone(self.embed(features), state, score_bias)
 
 
 class AarenActorCriticPolicy(ActorCriticPolicy):
@@ -116,7 +113,6 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
 
     embed_dim, num_layers, num_heads, ffn_mult, dropout: the AarenBackbone (dropout 0 keeps the
         PPO ratio exactly 1 before the first update).
-    max_timestep: size of the timestep embedding; later steps share the last entry.
     share_memory: one memory for actor and critic instead of one each.
     Other arguments as SB3's ActorCriticPolicy; `net_arch` sizes the MLPs after the memory.
     """
@@ -145,7 +141,6 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         num_heads: int = 4,
         ffn_mult: int = 2,
         dropout: float = 0.0,
-        max_timestep: int = 1024,
         share_memory: bool = False,
     ):
         if isinstance(observation_space, spaces.Dict):
@@ -157,7 +152,6 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             num_heads=num_heads,
             ffn_mult=ffn_mult,
             dropout=dropout,
-            max_timestep=max_timestep,
         )
         self.share_memory = share_memory
         extra = {} if features_extractor_class is None else {"features_extractor_class": features_extractor_class}

@@ -57,12 +57,12 @@ class RememberCueEnv(gym.Env):
     the query are ignored; the episode ends after the answer.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
-    def __init__(self, num_cues: int = 4, delay: int = 10):
+    def __init__(self, num_cues: int = 4, delay: int = 10, render_mode: str | None = None):
         if num_cues < 2 or delay < 0:
             raise ValueError(f"RememberCue needs num_cues >= 2 and delay >= 0, got {num_cues}, {delay}")
-        self.num_cues, self.delay = num_cues, delay
+        self.num_cues, self.delay, self.render_mode = num_cues, delay, render_mode
         self.observation_space = spaces.Box(0.0, 1.0, shape=(num_cues + 1,), dtype=np.float32)
         self.action_space = spaces.Discrete(num_cues)
         self._cue, self._t = 0, 0
@@ -73,6 +73,10 @@ class RememberCueEnv(gym.Env):
             obs[self._cue] = 1.0
         obs[-1] = float(self._t == self.delay + 1)
         return obs
+
+    def render(self) -> np.ndarray:
+        """The observation as a strip of grey squares (16 px each), for video recorders."""
+        return np.kron(self._obs()[None, :, None] * 255, np.ones((16, 16, 3))).astype(np.uint8)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)

@@ -1,0 +1,278 @@
+"""AarenPPO vs sb3-contrib's RecurrentPPO (LSTM) vs PPO (MLP) on partially observable tasks.
+
+Every algorithm gets the same tasks, env steps, seeds and PPO hyperparameters (per task, after
+rl-zoo's RecurrentPPO settings); the memories are sized alike (Aaren width 64, one layer, 4 heads;
+LSTM 64 hidden units; separate actor and critic memories for both). Measured per run: the final
+deterministic return (fresh eval envs), and the wall-clock of learn() split into acting (rollout
+collection) and training (the PPO updates). Torch runs on one thread for every algorithm.
+
+Goal (issue 5): AarenPPO reaches RecurrentPPO's return and trains >= 1.5x faster in wall-clock.
+"Reaches" is recorded as (aaren - random) / (lstm - random) >= 0.9 on the seed means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from agents.ppo import AarenPPO  # noqa: E402
+from benchmarks.common import load_average, machine_info, write_json, write_png  # noqa: E402
+from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE  # noqa: E402
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+ALGOS = ("aaren", "lstm", "mlp")
+MEMORY = dict(ortho_init=False, activation_fn=torch.nn.ReLU, net_arch=dict(pi=[64], vf=[64]))
+AAREN_KWARGS = dict(embed_dim=64, num_layers=1, num_heads=4, ffn_mult=2)
+LSTM_KWARGS = dict(lstm_hidden_size=64, enable_critic_lstm=True)
+
+
+@dataclass(frozen=True)
+class Task:
+    env_id: str
+    n_envs: int
+    ppo: dict[str, Any]
+    normalize_reward: bool = False  # VecNormalize on rewards only (training); evaluation sees raw rewards
+
+
+TASKS = {
+    "CartPoleNoVel": Task(
+        CARTPOLE_NO_VEL, 8,
+        dict(n_steps=32, batch_size=256, gamma=0.98, gae_lambda=0.8, n_epochs=20, learning_rate=1e-3),
+    ),
+    "PendulumNoVel": Task(
+        PENDULUM_NO_VEL, 4,
+        dict(n_steps=1024, batch_size=256, gamma=0.9, gae_lambda=0.95, n_epochs=10, learning_rate=1e-3),
+        normalize_reward=True,
+    ),
+    "RememberCue": Task(
+        REMEMBER_CUE, 8,
+        dict(n_steps=32, batch_size=256, gamma=0.98, gae_lambda=0.8, n_epochs=20, learning_rate=1e-3),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    steps: dict[str, int]  # env steps per task
+    seeds: tuple[int, ...] = (0, 1, 2)
+    eval_episodes: int = 10
+    algos: tuple[str, ...] = ALGOS
+    threads: int = 1
+    notes: str = ""
+
+
+QUICK = Settings(
+    steps={"CartPoleNoVel": 20_000, "RememberCue": 10_000},
+    notes="quick: CartPoleNoVel and RememberCue only, short budgets (< ~15 min on 2 shared cores)",
+)
+FULL = Settings(
+    steps={"CartPoleNoVel": 100_000, "PendulumNoVel": 100_000, "RememberCue": 30_000},
+    eval_episodes=20,
+    notes="full: rl-zoo-sized budget for CartPoleNoVel, half of it for PendulumNoVel",
+)
+
+
+class PhaseTimer(BaseCallback):
+    """Wall-clock seconds spent collecting rollouts (the rest of learn() is training)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.collect_s = 0.0
+        self._start = 0.0
+
+    def _on_rollout_start(self) -> None:
+        self._start = time.perf_counter()
+
+    def _on_rollout_end(self) -> None:
+        self.collect_s += time.perf_counter() - self._start
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def make_env(task: Task, seed: int, training: bool) -> VecEnv:
+    env = make_vec_env(task.env_id, n_envs=task.n_envs if training else 4, seed=seed)
+    if training and task.normalize_reward:
+        env = VecNormalize(env, norm_obs=False, norm_reward=True, gamma=task.ppo["gamma"])
+    return env
+
+
+def make_model(algo: str, task: Task, seed: int) -> BaseAlgorithm:
+    env = make_env(task, seed, training=True)
+    common = dict(env=env, seed=seed, device="cpu", **task.ppo)
+    if algo == "aaren":
+        return AarenPPO("MlpAarenPolicy", policy_kwargs={**MEMORY, **AAREN_KWARGS}, **common)
+    if algo == "lstm":
+        from sb3_contrib import RecurrentPPO
+
+        return RecurrentPPO("MlpLstmPolicy", policy_kwargs={**MEMORY, **LSTM_KWARGS}, **common)
+    if algo == "mlp":
+        return PPO("MlpPolicy", policy_kwargs=MEMORY, **common)
+    raise ValueError(f"unknown algorithm {algo!r}; choose from {ALGOS}")
+
+
+def random_return(task: Task, episodes: int, seed: int) -> float:
+    """Mean return of uniformly random actions (the floor the memory tasks are measured against)."""
+    env = make_env(task, seed, training=False)
+    env.action_space.seed(seed)
+    returns, current = [], np.zeros(env.num_envs)
+    env.reset()
+    while len(returns) < episodes:
+        _, rewards, dones, _ = env.step(np.stack([env.action_space.sample() for _ in range(env.num_envs)]))
+        current += rewards
+        returns.extend(current[dones])
+        current[dones] = 0.0
+    env.close()
+    return float(np.mean(returns[:episodes]))
+
+
+def run_one(name: str, algo: str, seed: int, settings: Settings) -> dict[str, Any]:
+    task = TASKS[name]
+    model = make_model(algo, task, seed)
+    timer = PhaseTimer()
+    start = time.perf_counter()
+    model.learn(settings.steps[name], callback=timer)
+    wall = time.perf_counter() - start
+    eval_env = make_env(task, 10_000 + seed, training=False)
+    returns, _ = evaluate_policy(
+        model, eval_env, n_eval_episodes=settings.eval_episodes, deterministic=True, return_episode_rewards=True
+    )
+    eval_env.close()
+    model.env.close()
+    return {
+        "task": name, "algo": algo, "seed": seed, "env_steps": model.num_timesteps,
+        "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
+        "wall_s": wall, "collect_s": timer.collect_s, "train_s": wall - timer.collect_s,
+    }
+
+
+def summarize(runs: list[dict], randoms: dict[str, float]) -> dict[str, Any]:
+    """Per task and algorithm: seed means/stds; then Aaren vs LSTM ratios and the goal verdicts."""
+    table: dict[str, Any] = {}
+    for name in dict.fromkeys(r["task"] for r in runs):
+        rows = {}
+        for algo in dict.fromkeys(r["algo"] for r in runs if r["task"] == name):
+            mine = [r for r in runs if r["task"] == name and r["algo"] == algo]
+            rows[algo] = {
+                "seeds": len(mine),
+                **{f"{k}_mean": float(np.mean([r[k] for r in mine])) for k in
+                   ("return_mean", "wall_s", "collect_s", "train_s")},
+                "return_seed_std": float(np.std([r["return_mean"] for r in mine])),
+            }
+        entry: dict[str, Any] = {"random_return": randoms[name], "algos": rows}
+        if "aaren" in rows and "lstm" in rows:
+            a, lstm, floor = rows["aaren"], rows["lstm"], randoms[name]
+            gap = lstm["return_mean_mean"] - floor
+            entry["return_fraction_of_lstm"] = (a["return_mean_mean"] - floor) / gap if abs(gap) > 1e-9 else None
+            entry["speedup_wall_vs_lstm"] = lstm["wall_s_mean"] / a["wall_s_mean"]
+            entry["speedup_train_vs_lstm"] = lstm["train_s_mean"] / a["train_s_mean"]
+            entry["goal_return_reached"] = bool((entry["return_fraction_of_lstm"] or 0.0) >= 0.9)
+            entry["goal_speedup_1_5x"] = bool(entry["speedup_wall_vs_lstm"] >= 1.5)
+        table[name] = entry
+    return table
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(results["summary"])
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.5 * len(tasks), 7), squeeze=False)
+    for col, name in enumerate(tasks):
+        entry = results["summary"][name]
+        algos = list(entry["algos"])
+        x = np.arange(len(algos))
+        ax = axes[0, col]
+        ax.bar(x, [entry["algos"][a]["return_mean_mean"] for a in algos],
+               yerr=[entry["algos"][a]["return_seed_std"] for a in algos], color="C0", capsize=4)
+        ax.axhline(entry["random_return"], color="gray", ls="--", label="random")
+        ax.set_xticks(x, algos)
+        ax.set_title(f"{name}: final return ({results['settings']['steps'][name]} steps)")
+        ax.legend()
+        ax = axes[1, col]
+        collect = [entry["algos"][a]["collect_s_mean"] for a in algos]
+        train = [entry["algos"][a]["train_s_mean"] for a in algos]
+        ax.bar(x, collect, label="acting (rollouts)", color="C1")
+        ax.bar(x, train, bottom=collect, label="training (updates)", color="C2")
+        ax.set_xticks(x, algos)
+        ax.set_ylabel("seconds (mean over seeds)")
+        ax.set_title("wall-clock of learn()")
+        ax.legend()
+    fig.tight_layout()
+    write_png(fig, path)
+    plt.close(fig)
+
+
+def format_table(results: dict) -> str:
+    lines = [f"{'task':<14} {'algo':<6} {'return':>16} {'wall s':>8} {'act s':>7} {'train s':>8}"]
+    for name, entry in results["summary"].items():
+        for algo, row in entry["algos"].items():
+            lines.append(
+                f"{name:<14} {algo:<6} {row['return_mean_mean']:>9.1f} ± {row['return_seed_std']:<5.1f}"
+                f" {row['wall_s_mean']:>8.1f} {row['collect_s_mean']:>7.1f} {row['train_s_mean']:>8.1f}"
+            )
+        if "speedup_wall_vs_lstm" in entry:
+            frac = entry["return_fraction_of_lstm"]
+            lines.append(
+                f"{'':<14} random {entry['random_return']:.1f}; aaren/lstm return fraction "
+                f"{'n/a' if frac is None else f'{frac:.2f}'}, speedup wall {entry['speedup_wall_vs_lstm']:.2f}x, "
+                f"train {entry['speedup_train_vs_lstm']:.2f}x"
+            )
+    return "\n".join(lines)
+
+
+def run(settings: Settings, out_dir: Path, name: str) -> dict:
+    """All runs (results rewritten after each, so an interrupted benchmark keeps what it measured)."""
+    torch.set_num_threads(settings.threads)
+    results: dict[str, Any] = {
+        "machine": machine_info("cpu"),
+        "settings": dataclasses.asdict(settings),
+        "hyperparameters": {k: {**dataclasses.asdict(t)} for k, t in TASKS.items() if k in settings.steps},
+        "memory": {"aaren": AAREN_KWARGS, "lstm": LSTM_KWARGS, "shared": {**MEMORY, "activation_fn": "ReLU"}},
+        "runs": [],
+    }
+    randoms = {t: random_return(TASKS[t], settings.eval_episodes, 10_000) for t in settings.steps}
+    jobs = [(t, a, s) for t in settings.steps for s in settings.seeds for a in settings.algos]
+    start = time.perf_counter()
+    for task, algo, seed in (bar := tqdm(jobs, desc="runs")):
+        bar.set_postfix(task=task, algo=algo, seed=seed)
+        results["runs"].append(run_one(task, algo, seed, settings))
+        results["summary"] = summarize(results["runs"], randoms)
+        results["total_wall_s"] = time.perf_counter() - start
+        results["machine"]["load_average_at_end"] = load_average()
+        write_json(out_dir / f"{name}.json", results)
+    plot(results, out_dir / f"{name}.png")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK.notes}; full: {FULL.notes}")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON and PNG")
+    args = parser.parse_args(argv)
+    settings, name = (QUICK, "ppo_memory_quick") if args.quick else (FULL, "ppo_memory")
+    results = run(settings, args.out, name)
+    print(format_table(results))
+    print(f"\nwrote {args.out / (name + '.json')} and {args.out / (name + '.png')} in {results['total_wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
