@@ -78,8 +78,8 @@ class Settings:
 
 
 QUICK = Settings(
-    steps={"CartPoleNoVel": 20_000, "RememberCue": 10_000},
-    notes="quick: CartPoleNoVel and RememberCue only, short budgets (< ~15 min on 2 shared cores)",
+    steps={"CartPoleNoVel": 40_000, "RememberCue": 10_000},
+    notes="quick: CartPoleNoVel and RememberCue only, short budgets (about 15 min on 2 shared cores)",
 )
 FULL = Settings(
     steps={"CartPoleNoVel": 100_000, "PendulumNoVel": 100_000, "RememberCue": 30_000},
