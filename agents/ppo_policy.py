@@ -31,7 +31,7 @@ from gymnasium import spaces
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, MlpExtractor
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, MlpExtractor
 from torch import Tensor, nn
 
 from aaren_rl import AarenBackbone, AarenState
@@ -130,7 +130,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         full_std: bool = True,
         use_expln: bool = False,
         squash_output: bool = False,
-        features_extractor_class: type[BaseFeaturesExtractor] | None = None,
+        features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
         features_extractor_kwargs: dict[str, Any] | None = None,
         share_features_extractor: bool = True,
         normalize_images: bool = True,
@@ -154,7 +154,6 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             dropout=dropout,
         )
         self.share_memory = share_memory
-        extra = {} if features_extractor_class is None else {"features_extractor_class": features_extractor_class}
         super().__init__(
             observation_space,
             action_space,
@@ -167,12 +166,12 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             full_std=full_std,
             use_expln=use_expln,
             squash_output=squash_output,
+            features_extractor_class=features_extractor_class,
             features_extractor_kwargs=features_extractor_kwargs,
             share_features_extractor=share_features_extractor,
             normalize_images=normalize_images,
             optimizer_class=optimizer_class,
             optimizer_kwargs=optimizer_kwargs,
-            **extra,
         )
 
     def _get_constructor_parameters(self) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
 from agents.ppo import AarenPPO
+from agents.ppo_policy import AarenActorCriticPolicy
 from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE, RememberCueEnv, cartpole_no_velocity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -56,7 +59,9 @@ def test_save_load_predict_round_trip(tmp_path) -> None:
     model.learn(64)
     model.save(tmp_path / "aaren_ppo.zip")
     loaded = AarenPPO.load(tmp_path / "aaren_ppo.zip", device="cpu")
-    assert loaded.policy._get_constructor_parameters()["embed_dim"] == 16
+    params = loaded.policy._get_constructor_parameters()
+    assert set(params) == set(inspect.signature(AarenActorCriticPolicy).parameters)  # every argument
+    assert params["embed_dim"] == 16 and params["net_arch"] == SMALL["net_arch"]
 
     obs = env.reset()
     state_a = state_b = None
