@@ -81,6 +81,11 @@ def test_save_load_predict_round_trip(tmp_path) -> None:
     single, single_state = loaded.predict(obs[0], deterministic=True)  # one unbatched observation
     assert single.shape == () and single_state[0].shape[1] == 1 and single == fresh[0]
 
+    # Training goes on after loading, also with another number of envs.
+    resumed = AarenPPO.load(tmp_path / "aaren_ppo.zip", env=make_vec_env(CARTPOLE_NO_VEL, n_envs=3, seed=1))
+    resumed.learn(96, reset_num_timesteps=False)
+    assert resumed.num_timesteps == 64 + 96
+
 
 def test_predict_state_equals_training_state() -> None:
     """predict's step-by-step state and actions equal the policy's acting path on the same episode."""
