@@ -120,3 +120,27 @@ def test_shipped_configs_load(tmp_path):
     assert load_config(CONFIGS / "hopper-medium.yaml").train.lr == 1e-4  # from base.yaml
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_scripts_train_resume_and_evaluate(tiny_dataset, tmp_path, capsys):
+    import importlib.util
+
+    def script(name):
+        spec = importlib.util.spec_from_file_location(name, CONFIGS.parent / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.main
+
+    train_main, evaluate_main = script("train_offline"), script("evaluate")
+    common = ["--set", f"data.dataset={tiny_dataset}", f"output_dir={tmp_path}", "name=cli",
+              "model.embed_dim=16", "model.num_layers=1", "train.batch_size=2", "train.log_every=1",
+              "eval.episodes=1", "eval.num_envs=1", "eval.targets=[50]", "--no-progress"]
+    assert train_main(["--config", str(CONFIGS / "quickstart.yaml"), *common[:-1], "train.steps=2", "--no-progress"]) == 0
+    assert train_main(["--resume", str(tmp_path / "cli"), "--set", "train.steps=3", "--no-progress"]) == 0
+    assert json.loads((latest_checkpoint(tmp_path / "cli") / "model.json").read_text())["step"] == 3
+    assert train_main(["--config", str(CONFIGS / "quickstart.yaml"), "--set", "train.lr=fast"]) == 2
+    assert "config error: train.lr = 'fast'" in capsys.readouterr().err
+    assert evaluate_main(["--run", str(tmp_path / "cli"), "--episodes", "2", "--envs", "2", "--target", "10", "20"]) == 0
+    report = json.loads((tmp_path / "cli" / "eval" / "eval.json").read_text())
+    assert [r["target_return"] for r in report["results"]] == [10.0, 20.0]
+    assert report["acting"] == "recurrent" and (tmp_path / "cli" / "eval" / "eval.png").is_file()
