@@ -27,13 +27,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
-import os
-import platform
 import statistics
-import subprocess
-import tempfile
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,9 +37,11 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from aaren_rl import AarenBackbone, TransformerBackbone, aaren_scan
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, load_average, machine_info, ratio, sync, time_interleaved, write_json, write_png  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+from aaren_rl import AarenBackbone, TransformerBackbone, aaren_scan  # noqa: E402
+
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 SCAN_GOAL_N = 3000
 SPEEDUP_GOAL = 8.0  # sdpa / aaren at N = SCAN_GOAL_N, at least
@@ -81,50 +78,6 @@ QUICK = Settings(
 FULL = Settings(
     scan_lengths=(60, 600, 3000, 10000), tokens_seen=(10, 100, 1000, 10000), steps=50, sdpa_budget_s=600.0
 )
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _time_call(fn: Callable[[], object], device: str) -> float:
-    """Wall-clock seconds of one call, with the device synchronised before and after."""
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def time_interleaved(
-    fns: dict[str, Callable[[], object]],
-    device: str,
-    min_reps: int,
-    max_reps: int,
-    budget_s: float,
-    progress: bool = False,
-    desc: str = "",
-) -> dict[str, list[float]]:
-    """Per-call seconds of each function: one warm-up call each, then round-robin repetitions.
-
-    Each function gets budget_s / (its warm-up time) repetitions, clamped to [min_reps, max_reps].
-    The round-robin order rotates every round, so no function is always first.
-    """
-    warm = {name: _time_call(fn, device) for name, fn in fns.items()}
-    reps = {name: max(min_reps, min(max_reps, int(budget_s / max(t, 1e-9)))) for name, t in warm.items()}
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
-    for i in tqdm(range(max(reps.values())), desc=desc, disable=not progress, leave=False):
-        shift = i % len(names)
-        for name in names[shift:] + names[:shift]:
-            if i < reps[name]:
-                times[name].append(_time_call(fns[name], device))
-    return times
-
-
-def _ratio(num: float | None, den: float | None) -> float | None:
-    return None if num is None or den is None else num / den
 
 
 def _scan_fns(settings: Settings, n: int, device: str, with_sdpa: bool) -> dict[str, Callable[[], None]]:
@@ -186,9 +139,9 @@ def bench_scan(settings: Settings, device: str, progress: bool = False) -> dict:
                 "aaren_s": med["aaren"],
                 "sdpa_s": med.get("sdpa"),
                 "floor_s": med["floor"],
-                "speedup_vs_sdpa": _ratio(med.get("sdpa"), med["aaren"]),
+                "speedup_vs_sdpa": ratio(med.get("sdpa"), med["aaren"]),
                 "floor_ratio": med["aaren"] / med["floor"],
-                "speedup_vs_sdpa_from_min_times": _ratio(best.get("sdpa"), best["aaren"]),
+                "speedup_vs_sdpa_from_min_times": ratio(best.get("sdpa"), best["aaren"]),
                 "floor_ratio_from_min_times": best["aaren"] / best["floor"],
                 "sdpa_skipped": skip_reason,
                 "times_s": times,
@@ -222,10 +175,10 @@ def bench_backbones(settings: Settings, device: str, progress: bool = False) -> 
             for name, model in models.items():
                 for t in settings.tokens_seen:
                     x = torch.randn(batch, t, settings.width, generator=gen).to(device)
-                    _sync(device)
+                    sync(device)
                     start = time.perf_counter()
                     _, states[name, t] = model(x, None)
-                    _sync(device)
+                    sync(device)
                     build_s[name, t] = time.perf_counter() - start
                     fns[f"{name}@{t}"] = lambda m=model, x=x_step, s=states[name, t]: m(x, s)
             times = time_interleaved(
@@ -315,12 +268,12 @@ def evaluate_goals(scan: dict, backbone: dict) -> dict:
     for batch in dict.fromkeys(c["batch"] for c in aaren):
         by_t = {c["tokens_seen"]: c for c in aaren if c["batch"] == batch}
         lo, hi = by_t.get(FLAT_T[0]), by_t.get(FLAT_T[1])
-        flat = _ratio(_field(hi, "step_s"), _field(lo, "step_s"))
+        flat = ratio(_field(hi, "step_s"), _field(lo, "step_s"))
         goals[f"aaren_step_flat_batch{batch}"] = {
             "tokens_seen": list(FLAT_T),
             "target": f"latency(t={FLAT_T[1]}) / latency(t={FLAT_T[0]}) <= {FLAT_GOAL}",
             "value": flat,
-            "value_from_min_times": _ratio(_field(hi, "step_min_s"), _field(lo, "step_min_s")),
+            "value_from_min_times": ratio(_field(hi, "step_min_s"), _field(lo, "step_min_s")),
             "pass": None if flat is None else flat <= FLAT_GOAL,
         }
         sizes = sorted({c["state_bytes"] for c in aaren if c["batch"] == batch})
@@ -332,71 +285,6 @@ def evaluate_goals(scan: dict, backbone: dict) -> dict:
     checked = [g["pass"] for g in goals.values() if g["pass"] is not None]
     goals["all_measured_pass"] = bool(checked) and all(checked)
     return goals
-
-
-def _git_commit() -> dict:
-    """HEAD commit and whether aaren_rl/ has uncommitted changes (None outside a git checkout)."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "aaren_rl"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "aaren_rl_dirty": None}
-    return {"commit": head, "aaren_rl_dirty": bool(dirty)}
-
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def _load_average() -> list[float] | None:
-    """1, 5 and 15 minute load averages: other processes competing for the cores make timings noisy."""
-    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-
-
-def machine_info(device: str) -> dict:
-    """Where and when the benchmark ran."""
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": _load_average(),
-        "torch": torch.__version__,
-        "num_threads": torch.get_num_threads(),
-        "device": device,
-        "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **_git_commit(),
-    }
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then os.replace it onto `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Atomically write `data` as indented JSON."""
-    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def plot(results: dict, path: Path) -> None:
@@ -445,7 +333,7 @@ def plot(results: dict, path: Path) -> None:
         f"Aaren core — {m['cpu_model']}, {m['num_threads']} threads{load}, {m['device']}, {m['date']}"
     )
     fig.tight_layout()
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    write_png(fig, path)
     plt.close(fig)
 
 
@@ -498,7 +386,7 @@ def run(settings: Settings, device: str, out_dir: Path, progress: bool = False) 
     results["backbone"] = bench_backbones(settings, device, progress)
     results["goals"] = evaluate_goals(results["scan"], results["backbone"])
     results["total_wall_s"] = time.perf_counter() - start
-    results["machine"]["load_average_at_end"] = _load_average()
+    results["machine"]["load_average_at_end"] = load_average()
     write_json(out_dir / "aaren_core.json", results)
     plot(results, out_dir / "aaren_core.png")
     return results

@@ -1,0 +1,330 @@
+"""Benchmark of whole decision agents (issue 6, items 2-4): acting, rollouts and training, side by side.
+
+1. Acting: per-step latency and memory of the Aaren agent (recurrent: one backbone call per step
+   with a constant-size state) against the Transformer agent acting the reference DT way (re-run
+   the last K = 20 timesteps every step) and with its KV cache (the state grows by 3 tokens a step).
+   Acting runs on one torch thread, as the evaluation loop does. Each agent is driven for `max_steps` steps of one long episode on random observations (speed
+   does not depend on the weights or the data), batch 1 and 16; the latency at episode length t is
+   the median over the `window` steps after t, the memory the agent state's bytes at t. This is the
+   paper's cumulative-time / memory-vs-tokens figure for whole agents.
+2. Rollout throughput: 16 vectorised Hopper-v5 envs driven by the Aaren agent against the same envs
+   driven by random actions (the env-only ceiling): environment steps per second.
+3. Training throughput: supervised steps (actions predicted) and tokens per second of one
+   forward + backward + AdamW step, Aaren-DT on whole 1000-step trajectories against
+   Transformer-DT on K = 20 windows, at the reference width; and the peak memory of each (peak RSS
+   of a fresh process on CPU, torch's peak allocation on CUDA).
+
+Writes <out>/agents_speed.json and <out>/agents_speed.png. Untrained models: this measures speed only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_info, ratio, write_json, write_png  # noqa: E402
+
+from agents.evaluation import single_thread  # noqa: E402
+from agents.model import DecisionModel, DecisionModelConfig  # noqa: E402
+from agents.policy import DecisionAgent  # noqa: E402
+from envs import VecRollout, make_vec_env  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+OBS_DIM, ACT_DIM = 11, 3  # Hopper
+ACTING_GOALS = {1: 3.0, 16: 5.0}  # Aaren step at least this many times faster than the K-window step
+FLAT_GOAL = 1.1  # Aaren latency at the longest episode over the shortest, at most
+ROLLOUT_GOAL = 0.5  # Aaren-driven env steps/s over random-driven, at least
+AGENTS = (("aaren", "recurrent"), ("transformer", "window"), ("transformer", "recurrent"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    lengths: tuple[int, ...] = (10, 100, 1000, 10000)
+    batch_sizes: tuple[int, ...] = (1, 16)
+    window: int = 20
+    rollout_envs: int = 16
+    rollout_steps: int = 300
+    train_episode_len: int = 1000
+    train_aaren_batch: int = 4
+    train_window_batch: int = 64
+    train_reps: int = 5
+    kv_max_steps: int = 10000
+
+
+QUICK = Settings(lengths=(10, 100, 1000, 3000), kv_max_steps=3000, rollout_steps=150, train_reps=3)
+
+
+def _model(backbone: str, **kw) -> DecisionModel:
+    torch.manual_seed(0)
+    return DecisionModel(
+        DecisionModelConfig(obs_dim=OBS_DIM, act_dim=ACT_DIM, backbone=backbone, **kw)
+    ).eval()
+
+
+def _label(backbone: str, mode: str) -> str:
+    return {"recurrent": "aaren" if backbone == "aaren" else "transformer-kv"}.get(mode, "transformer-window")
+
+
+def bench_acting(settings: Settings) -> list[dict]:
+    """Per-step latency and state bytes at each episode length, for each agent and batch size."""
+    rng = np.random.default_rng(0)
+    cases = []
+    for batch in settings.batch_sizes:
+        for backbone, mode in AGENTS:
+            max_steps = max(settings.lengths) + settings.window
+            if backbone == "transformer" and mode == "recurrent":
+                max_steps = min(max_steps, settings.kv_max_steps + settings.window)
+            agent = DecisionAgent(_model(backbone), target_return=3600.0, mode=mode)
+            obs = rng.standard_normal((max_steps, batch, OBS_DIM)).astype(np.float32)
+            rewards = np.ones(batch, dtype=np.float32)
+            state, times, nbytes = None, [], []
+            with torch.inference_mode():
+                for t in range(max_steps):
+                    start = time.perf_counter()
+                    _, state = agent.act(obs[t], state, None, rewards if t else None)
+                    times.append(time.perf_counter() - start)
+                    nbytes.append(state.nbytes)
+            cumulative = np.cumsum(times)
+            for length in settings.lengths:
+                if length + settings.window > max_steps:
+                    continue
+                cases.append(
+                    {
+                        "agent": _label(backbone, mode),
+                        "batch": batch,
+                        "episode_length": length,
+                        "step_seconds": statistics.median(times[length : length + settings.window]),
+                        "state_bytes": nbytes[length],
+                        "cumulative_seconds": float(cumulative[length]),
+                    }
+                )
+    return cases
+
+
+def acting_ratios(cases: list[dict], settings: Settings) -> list[dict]:
+    """Transformer latency over Aaren latency at each (batch, length), and Aaren's flatness."""
+    by = {(c["agent"], c["batch"], c["episode_length"]): c for c in cases}
+    rows = []
+    for batch in settings.batch_sizes:
+        for length in settings.lengths:
+            aaren = by.get(("aaren", batch, length))
+            if aaren is None:
+                continue
+            row = {"batch": batch, "episode_length": length}
+            for other in ("transformer-window", "transformer-kv"):
+                case = by.get((other, batch, length))
+                row[f"{other}_over_aaren"] = ratio(case and case["step_seconds"], aaren["step_seconds"])
+            rows.append(row)
+        first, last = (
+            by.get(("aaren", batch, settings.lengths[0])),
+            by.get(("aaren", batch, settings.lengths[-1])),
+        )
+        if first and last:
+            rows.append(
+                {"batch": batch, "aaren_flatness": ratio(last["step_seconds"], first["step_seconds"])}
+            )
+    return rows
+
+
+def bench_rollout(settings: Settings) -> dict:
+    """Env steps per second of 16 Hopper-v5 envs driven by the Aaren agent vs by random actions."""
+    agent = DecisionAgent(_model("aaren"), target_return=3600.0)
+    result = {}
+    for driver in ("random", "aaren"):
+        rollout = VecRollout(make_vec_env("Hopper-v5", settings.rollout_envs, "sync", seed=0))
+        obs, _ = rollout.reset()
+        action_rng = np.random.default_rng(0)
+        state, rewards = None, None
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(settings.rollout_steps):
+                if driver == "random":
+                    actions = action_rng.uniform(-1, 1, (settings.rollout_envs, ACT_DIM)).astype(np.float32)
+                else:
+                    actions, state = agent.act(obs, state, rollout.episode_start, rewards)
+                step = rollout.step(actions.astype(np.float32))
+                obs, rewards = step.obs, step.rewards
+        elapsed = time.perf_counter() - start
+        rollout.close()
+        result[f"{driver}_env_steps_per_second"] = settings.rollout_envs * settings.rollout_steps / elapsed
+    result["aaren_over_random"] = ratio(
+        result["aaren_env_steps_per_second"], result["random_env_steps_per_second"]
+    )
+    return result
+
+
+def _train_case(backbone: str, settings: Settings, device: str) -> dict:
+    """One training-throughput case, in a fresh process so that its peak memory is its own."""
+    torch.manual_seed(0)
+    model = DecisionModel(DecisionModelConfig(obs_dim=OBS_DIM, act_dim=ACT_DIM, backbone=backbone)).to(device)
+    model.train()
+    if backbone == "aaren":
+        batch, length = settings.train_aaren_batch, settings.train_episode_len
+    else:
+        batch, length = settings.train_window_batch, model.config.context_steps
+    gen = torch.Generator().manual_seed(0)
+    inputs = (
+        torch.rand(batch, length, generator=gen).to(device) * 3600,
+        torch.randn(batch, length, OBS_DIM, generator=gen).to(device),
+        torch.rand(batch, length, ACT_DIM, generator=gen).to(device) * 2 - 1,
+        torch.arange(length).expand(batch, length).to(device),
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    times = []
+    for _ in range(settings.train_reps + 1):
+        start = time.perf_counter()
+        pred, _ = model(*inputs)
+        loss = (pred - inputs[2]).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times[1:])
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    return {
+        "agent": backbone,
+        "batch": batch,
+        "sequence_steps": length,
+        "step_seconds": seconds,
+        "supervised_steps_per_second": batch * length / seconds,
+        "tokens_per_second": 3 * batch * length / seconds,
+        "peak_memory_bytes": peak,
+        "peak_memory_kind": "torch.cuda.max_memory_allocated" if device == "cuda" else "process peak RSS",
+    }
+
+
+def bench_training(settings: Settings, device: str) -> dict:
+    cases = {}
+    for backbone in ("aaren", "transformer"):  # a fresh process each, so that peak memory is its own
+        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+            cases[backbone] = pool.submit(_train_case, backbone, settings, device).result()
+    return {
+        "cases": list(cases.values()),
+        "aaren_over_transformer_tokens_per_second": ratio(
+            cases["aaren"]["tokens_per_second"], cases["transformer"]["tokens_per_second"]
+        ),
+    }
+
+
+def evaluate_goals(acting: list[dict], rollout: dict) -> dict:
+    goals = {}
+    for batch, target in ACTING_GOALS.items():
+        speedups = [
+            r["transformer-window_over_aaren"]
+            for r in acting
+            if r.get("batch") == batch and "episode_length" in r
+        ]
+        speedups = [s for s in speedups if s is not None]
+        if speedups:
+            value = statistics.median(speedups)
+            goals[f"acting_speedup_batch{batch}"] = {
+                "goal": f">= {target}",
+                "value": value,
+                "met": value >= target,
+            }
+    for row in acting:
+        if "aaren_flatness" in row:
+            value = row["aaren_flatness"]
+            goals[f"aaren_flat_batch{row['batch']}"] = {
+                "goal": f"<= {FLAT_GOAL}",
+                "value": value,
+                "met": value <= FLAT_GOAL,
+            }
+    value = rollout["aaren_over_random"]
+    goals["rollout_ceiling"] = {"goal": f">= {ROLLOUT_GOAL}", "value": value, "met": value >= ROLLOUT_GOAL}
+    return goals
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    styles = {"aaren": "C0", "transformer-window": "C1", "transformer-kv": "C3"}
+    for case_key, ax, ylabel in (
+        ("step_seconds", axes[0], "seconds per env step"),
+        ("cumulative_seconds", axes[1], "cumulative seconds"),
+        ("state_bytes", axes[2], "agent state bytes"),
+    ):
+        for agent, color in styles.items():
+            for batch, ls in zip(sorted({c["batch"] for c in results["acting"]}), ("-", "--"), strict=False):
+                pts = sorted(
+                    (c["episode_length"], c[case_key])
+                    for c in results["acting"]
+                    if c["agent"] == agent and c["batch"] == batch
+                )
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), ls, color=color, marker="o", label=f"{agent} B={batch}")
+        ax.set(xscale="log", yscale="log", xlabel="episode length (env steps)", ylabel=ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[0].set_title("acting latency")
+    axes[1].set_title("cumulative acting time")
+    axes[2].set_title("acting memory")
+    fig.tight_layout()
+    write_png(fig, path)
+    plt.close(fig)
+
+
+def run(settings: Settings, device: str, out_dir: Path) -> dict:
+    with single_thread():  # as the evaluation loop acts: per-step batches are too small for threads
+        acting = bench_acting(settings)
+        rollout = bench_rollout(settings)
+    ratios = acting_ratios(acting, settings)
+    training = bench_training(settings, device)
+    results = {
+        "machine": machine_info(device),
+        "settings": dataclasses.asdict(settings),
+        "acting": acting,
+        "acting_ratios": ratios,
+        "rollout": rollout,
+        "training": training,
+        "goals": evaluate_goals(ratios, rollout),
+    }
+    write_json(out_dir / "agents_speed.json", results)
+    plot(results, out_dir / "agents_speed.png")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Writes agents_speed.json and agents_speed.png into --out. Speed is reported as ratios "
+        "measured side by side in this run; absolute times depend on the machine and its load.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="shorter episodes (up to 3000 steps) and fewer repetitions"
+    )
+    parser.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda"), help="device for the training case"
+    )
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output folder")
+    args = parser.parse_args(argv)
+    results = run(QUICK if args.quick else Settings(), args.device, args.out)
+    for name, goal in results["goals"].items():
+        print(f"{name:28s} {goal['value']:.2f} (goal {goal['goal']}): {'met' if goal['met'] else 'NOT met'}")
+    print(f"wrote {args.out / 'agents_speed.json'} and {args.out / 'agents_speed.png'}")
+
+
+if __name__ == "__main__":
+    main()
