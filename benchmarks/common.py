@@ -128,6 +128,12 @@ def write_json(path: Path, data: dict) -> None:
     _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
+def write_text(path: Path, text: str) -> None:
+    """Atomically write a text file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
 def write_png(fig, path: Path) -> None:
     """Atomically save a matplotlib figure as PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,285 @@
+"""Quality benchmark (issue 6, item 5): Aaren-DT against Transformer-DT, same data, budget and seeds.
+
+Datasets are made here with the collection tool from the SB3 behaviour policies in ../shared/experts
+(D4RL recipes: medium = a policy at about 1/3 of expert, medium-expert = medium + expert halves),
+written in the D4RL format and cached. Every (task, dataset, backbone, seed) is trained with the
+reference DT hyperparameters of configs/base.yaml and the same number of gradient steps and
+supervised timesteps per step: the Transformer sees `batch_size` K-windows (batch_size x K steps),
+the Aaren agent whole episodes from their first step, as many as hold about the same number of
+steps on average. Each run ends with a live evaluation at the task's target returns (envs on
+Gymnasium v5); the table reports the best target's D4RL-normalised score, mean +- std over seeds.
+
+The default protocol is sized to finish in about 1.5 hours on 2 CPU cores (see QUICK); `--full`
+is the papers' protocol (100k steps, 1M-transition datasets, all three tasks), unchanged code.
+Interrupted? Run the same command again: finished runs are kept, unfinished ones resume.
+
+Writes <out>/quality.json, <out>/quality.png (scores and learning curves) and <out>/quality.md; the
+datasets and run directories (checkpoints, TensorBoard logs) go to --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, machine_info, write_json, write_png, write_text  # noqa: E402
+
+from agents import load_config, train  # noqa: E402
+from envs import collect_recipe, experts_dir, load_dataset  # noqa: E402
+
+BACKBONES = ("aaren", "transformer")
+GOAL_POINTS = 1.0  # Aaren's mean score may trail the Transformer's by at most this much
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    tasks: tuple[str, ...] = ("hopper", "halfcheetah", "walker2d")
+    datasets: tuple[str, ...] = ("medium", "medium-expert")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    transitions: int = 1_000_000
+    steps: int = 100_000
+    warmup_steps: int = 10_000
+    batch_size: int = 64
+    eval_every: int = 10_000
+    eval_episodes: int = 10
+
+
+QUICK = Settings(
+    tasks=("hopper",), transitions=100_000, steps=1_000, warmup_steps=200, eval_every=250, eval_episodes=5
+)
+
+
+def make_dataset(task: str, dataset: str, settings: Settings, data_dir: Path) -> Path:
+    """Collect (once) the D4RL-format dataset for task x recipe from the shared expert policies."""
+    path = data_dir / f"{task}_{dataset.replace('-', '_')}-{settings.transitions}.hdf5"
+    if not path.is_file():
+        collect_recipe(f"{task}-{dataset}-v2", path, settings.transitions, num_envs=4, seed=0)
+    return path
+
+
+def aaren_batch(dataset_path: Path, settings: Settings, context_steps: int) -> int:
+    """Whole episodes per Aaren batch holding about batch_size x K steps (the Transformer's batch)."""
+    lengths = load_dataset(dataset_path).episode_lengths
+    return max(1, round(settings.batch_size * context_steps / float(lengths.mean())))
+
+
+def run_one(
+    task: str, dataset: str, backbone: str, seed: int, data_path: Path, settings: Settings, work: Path
+) -> dict:
+    """Train and evaluate one run (or resume / reuse it); returns its summary."""
+    name = f"{task}-{dataset}-{backbone}-s{seed}"
+    run_dir = work / "runs" / name
+    base = load_config(REPO / "configs" / f"{task}-{dataset}.yaml")
+    batch = (
+        aaren_batch(data_path, settings, base.model.context_steps)
+        if backbone == "aaren"
+        else settings.batch_size
+    )
+    overrides = [
+        f"name={name}",
+        f"output_dir={work / 'runs'}",
+        f"data.dataset={data_path}",
+        f"model.backbone={backbone}",
+        f"train.steps={settings.steps}",
+        f"train.warmup_steps={settings.warmup_steps}",
+        f"train.batch_size={batch}",
+        f"train.seed={seed}",
+        f"train.eval_every={settings.eval_every}",
+        f"train.checkpoint_every={settings.eval_every}",
+        f"eval.episodes={settings.eval_episodes}",
+    ]
+    report_path = run_dir / "eval" / "eval.json"
+    start = time.perf_counter()
+    if not report_path.is_file():
+        if (run_dir / "config.yaml").is_file():
+            train(resume=run_dir)
+        else:
+            train(load_config(REPO / "configs" / f"{task}-{dataset}.yaml", overrides))
+    report = json.loads(report_path.read_text())
+    best = max(report["results"], key=lambda r: r["score_mean"])
+    curve = [
+        (row["step"], row["eval/score_mean"])
+        for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "eval/score_mean" in row and row["step"] < settings.steps
+    ]
+    return {
+        "task": task,
+        "dataset": dataset,
+        "backbone": backbone,
+        "seed": seed,
+        "batch_size": batch,
+        "best_target": best["target_return"],
+        "score": best["score_mean"],
+        "return": best["return_mean"],
+        "dataset_score": report["dataset_score_mean"],
+        "curve": curve,
+        "seconds_this_session": time.perf_counter() - start,
+        "run_dir": str(run_dir),
+    }
+
+
+def summarise(runs: list[dict]) -> tuple[list[dict], dict]:
+    """Mean +- std per (task, dataset, backbone); the average gap and the goal."""
+    table = []
+    for task, dataset in dict.fromkeys((r["task"], r["dataset"]) for r in runs):
+        mine = [r for r in runs if (r["task"], r["dataset"]) == (task, dataset)]
+        groups = {b: [r["score"] for r in mine if r["backbone"] == b] for b in BACKBONES}
+        if not all(groups.values()):
+            continue  # a partial report: this pair has not run with both backbones yet
+        row = {"task": task, "dataset": dataset, "dataset_score": mine[0]["dataset_score"]}
+        for backbone, scores in groups.items():
+            row[backbone] = {
+                "mean": statistics.mean(scores),
+                "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                "seeds": len(scores),
+            }
+        row["aaren_minus_transformer"] = row["aaren"]["mean"] - row["transformer"]["mean"]
+        table.append(row)
+    gap = statistics.mean(r["aaren_minus_transformer"] for r in table) if table else float("nan")
+    goal = {
+        "goal": f"aaren - transformer >= -{GOAL_POINTS} points on average",
+        "value": gap,
+        "met": gap >= -GOAL_POINTS,
+    }
+    return table, goal
+
+
+def markdown(table: list[dict], goal: dict, settings: Settings, done: int, planned: int) -> str:
+    lines = [
+        "| task | dataset | dataset score | Aaren-DT | Transformer-DT | Aaren - Transformer |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in table:
+        a, t = row["aaren"], row["transformer"]
+        lines.append(
+            f"| {row['task']} | {row['dataset']} | {row['dataset_score']:.1f} | {a['mean']:.1f} ± {a['std']:.1f} | "
+            f"{t['mean']:.1f} ± {t['std']:.1f} | {row['aaren_minus_transformer']:+.1f} |"
+        )
+    lines.append("")
+    lines.append(
+        f"D4RL-normalised scores on Gymnasium v5 tasks, best target return, mean ± std over seeds "
+        f"({done} of {planned} planned runs done); {settings.steps:,} gradient steps, {settings.transitions:,}-transition datasets, "
+        f"{settings.eval_episodes} evaluation episodes per target. Average gap {goal['value']:+.2f} points "
+        f"(goal: {goal['goal']}: {'met' if goal['met'] else 'not met'})."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], table: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 1 + len(table), figsize=(5 * (1 + len(table)), 4.2))
+    ax = axes[0]
+    x = np.arange(len(table))
+    for i, backbone in enumerate(BACKBONES):
+        means = [row[backbone]["mean"] for row in table]
+        stds = [row[backbone]["std"] for row in table]
+        ax.bar(x + (i - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=3, label=f"{backbone}-DT")
+    ax.scatter(
+        x,
+        [row["dataset_score"] for row in table],
+        color="k",
+        marker="_",
+        s=400,
+        label="dataset mean",
+        zorder=3,
+    )
+    ax.set_xticks(x, [f"{row['task']}\n{row['dataset']}" for row in table])
+    ax.set(ylabel="D4RL-normalised score", title="final score (best target)")
+    ax.legend(fontsize=8)
+    for ax, row in zip(axes[1:], table, strict=True):
+        for backbone, color in zip(BACKBONES, ("C0", "C1"), strict=True):
+            curves = [
+                r["curve"]
+                for r in runs
+                if (r["task"], r["dataset"], r["backbone"]) == (row["task"], row["dataset"], backbone)
+            ]
+            curves = [c for c in curves if c]
+            if not curves:
+                continue
+            steps = [s for s, _ in curves[0]]
+            values = np.array([[v for _, v in c[: len(steps)]] for c in curves if len(c) >= len(steps)])
+            mean, std = values.mean(0), values.std(0)
+            ax.plot(steps, mean, color=color, label=f"{backbone}-DT")
+            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
+        ax.set(xlabel="gradient step", ylabel="score (first target)", title=f"{row['task']} {row['dataset']}")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    write_png(fig, path)
+    plt.close(fig)
+
+
+def report(runs: list[dict], settings: Settings, out: Path, planned: int) -> dict:
+    """Write the JSON, PNG and markdown table of the runs so far (partial until all `planned` ran)."""
+    table, goal = summarise(runs)
+    results = {
+        "machine": machine_info("cpu"),
+        "settings": dataclasses.asdict(settings),
+        "complete": len(runs) == planned,
+        "runs_done": len(runs),
+        "runs_planned": planned,
+        "runs": runs,
+        "table": table,
+        "goal": goal,
+    }
+    write_json(out / "quality.json", results)
+    if table:
+        plot(runs, table, out / "quality.png")
+        write_text(out / "quality.md", markdown(table, goal, settings, len(runs), planned))
+    return results
+
+
+def run(settings: Settings, out: Path, work: Path) -> dict:
+    """Seeds outermost, so that a report written after each run soon covers every task and dataset."""
+    experts_dir()  # fails early with a clear message when ../shared/experts is missing
+    pairs = [(t, d) for t in settings.tasks for d in settings.datasets]
+    data = {pair: make_dataset(*pair, settings, work / "data") for pair in pairs}
+    planned = len(settings.seeds) * len(pairs) * len(BACKBONES)
+    runs: list[dict] = []
+    for seed in settings.seeds:
+        for task, dataset in pairs:
+            for backbone in BACKBONES:
+                runs.append(run_one(task, dataset, backbone, seed, data[task, dataset], settings, work))
+                results = report(runs, settings, out, planned)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument(
+        "--full", action="store_true", help="the full protocol: 100k steps, 1M transitions, 3 tasks"
+    )
+    parser.add_argument("--tasks", nargs="+", help="override the tasks (hopper halfcheetah walker2d)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="override the seeds")
+    parser.add_argument("--steps", type=int, help="override the gradient steps per run")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "benchmarks" / "results", help="folder of the report files"
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("~/.cache/aaren-rl/quality").expanduser(),
+        help="folder of the datasets and run directories (reused: finished runs are kept)",
+    )
+    args = parser.parse_args(argv)
+    settings = Settings() if args.full else QUICK
+    changes = {"tasks": tuple(args.tasks or ()), "seeds": tuple(args.seeds or ()), "steps": args.steps}
+    settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v})
+    run(settings, args.out, args.work)
+    print((args.out / "quality.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
