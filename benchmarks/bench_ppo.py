@@ -3,7 +3,8 @@
 Every algorithm gets the same tasks, env steps, seeds and PPO hyperparameters (per task, after
 rl-zoo's RecurrentPPO settings); the memories are sized alike (Aaren width 64, one layer, 4 heads;
 LSTM 64 hidden units; separate actor and critic memories for both). Measured per run: the final
-deterministic return (fresh eval envs), and the wall-clock of learn() split into acting (rollout
+deterministic return (fresh eval envs), the mean return of the last 100 training episodes
+(stochastic policy; steadier than one final evaluation), and the wall-clock of learn() split into acting (rollout
 collection) and training (the PPO updates). Torch runs on one thread for every algorithm.
 
 Goal (issue 5): AarenPPO reaches RecurrentPPO's return and trains >= 1.5x faster in wall-clock.
@@ -52,16 +53,19 @@ class Task:
 
 TASKS = {
     "CartPoleNoVel": Task(
-        CARTPOLE_NO_VEL, 8,
+        CARTPOLE_NO_VEL,
+        8,
         dict(n_steps=32, batch_size=256, gamma=0.98, gae_lambda=0.8, n_epochs=20, learning_rate=1e-3),
     ),
     "PendulumNoVel": Task(
-        PENDULUM_NO_VEL, 4,
+        PENDULUM_NO_VEL,
+        4,
         dict(n_steps=1024, batch_size=256, gamma=0.9, gae_lambda=0.95, n_epochs=10, learning_rate=1e-3),
         normalize_reward=True,
     ),
     "RememberCue": Task(
-        REMEMBER_CUE, 8,
+        REMEMBER_CUE,
+        8,
         dict(n_steps=32, batch_size=256, gamma=0.98, gae_lambda=0.8, n_epochs=20, learning_rate=1e-3),
     ),
 }
@@ -151,14 +155,26 @@ def run_one(name: str, algo: str, seed: int, settings: Settings) -> dict[str, An
     wall = time.perf_counter() - start
     eval_env = make_env(task, 10_000 + seed, training=False)
     returns, _ = evaluate_policy(
-        model, eval_env, n_eval_episodes=settings.eval_episodes, deterministic=True, return_episode_rewards=True
+        model,
+        eval_env,
+        n_eval_episodes=settings.eval_episodes,
+        deterministic=True,
+        return_episode_rewards=True,
     )
     eval_env.close()
     model.env.close()
+    train_returns = [info["r"] for info in model.ep_info_buffer]
     return {
-        "task": name, "algo": algo, "seed": seed, "env_steps": model.num_timesteps,
-        "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
-        "wall_s": wall, "collect_s": timer.collect_s, "train_s": wall - timer.collect_s,
+        "task": name,
+        "algo": algo,
+        "seed": seed,
+        "env_steps": model.num_timesteps,
+        "return_mean": float(np.mean(returns)),
+        "return_std": float(np.std(returns)),
+        "train_return_last100": float(np.mean(train_returns)) if train_returns else None,
+        "wall_s": wall,
+        "collect_s": timer.collect_s,
+        "train_s": wall - timer.collect_s,
     }
 
 
@@ -171,15 +187,19 @@ def summarize(runs: list[dict], randoms: dict[str, float]) -> dict[str, Any]:
             mine = [r for r in runs if r["task"] == name and r["algo"] == algo]
             rows[algo] = {
                 "seeds": len(mine),
-                **{f"{k}_mean": float(np.mean([r[k] for r in mine])) for k in
-                   ("return_mean", "wall_s", "collect_s", "train_s")},
+                **{
+                    f"{k}_mean": float(np.mean([r[k] for r in mine]))
+                    for k in ("return_mean", "train_return_last100", "wall_s", "collect_s", "train_s")
+                },
                 "return_seed_std": float(np.std([r["return_mean"] for r in mine])),
             }
         entry: dict[str, Any] = {"random_return": randoms[name], "algos": rows}
         if "aaren" in rows and "lstm" in rows:
             a, lstm, floor = rows["aaren"], rows["lstm"], randoms[name]
             gap = lstm["return_mean_mean"] - floor
-            entry["return_fraction_of_lstm"] = (a["return_mean_mean"] - floor) / gap if abs(gap) > 1e-9 else None
+            entry["return_fraction_of_lstm"] = (
+                (a["return_mean_mean"] - floor) / gap if abs(gap) > 1e-9 else None
+            )
             entry["speedup_wall_vs_lstm"] = lstm["wall_s_mean"] / a["wall_s_mean"]
             entry["speedup_train_vs_lstm"] = lstm["train_s_mean"] / a["train_s_mean"]
             entry["goal_return_reached"] = bool((entry["return_fraction_of_lstm"] or 0.0) >= 0.9)
@@ -201,8 +221,13 @@ def plot(results: dict, path: Path) -> None:
         algos = list(entry["algos"])
         x = np.arange(len(algos))
         ax = axes[0, col]
-        ax.bar(x, [entry["algos"][a]["return_mean_mean"] for a in algos],
-               yerr=[entry["algos"][a]["return_seed_std"] for a in algos], color="C0", capsize=4)
+        ax.bar(
+            x,
+            [entry["algos"][a]["return_mean_mean"] for a in algos],
+            yerr=[entry["algos"][a]["return_seed_std"] for a in algos],
+            color="C0",
+            capsize=4,
+        )
         ax.axhline(entry["random_return"], color="gray", ls="--", label="random")
         ax.set_xticks(x, algos)
         ax.set_title(f"{name}: final return ({results['settings']['steps'][name]} steps)")
@@ -222,12 +247,12 @@ def plot(results: dict, path: Path) -> None:
 
 
 def format_table(results: dict) -> str:
-    lines = [f"{'task':<14} {'algo':<6} {'return':>16} {'wall s':>8} {'act s':>7} {'train s':>8}"]
+    lines = [f"{'task':<14} {'algo':<6} {'eval return':>16} {'train ret':>9} {'wall s':>8} {'act s':>7} {'train s':>8}"]
     for name, entry in results["summary"].items():
         for algo, row in entry["algos"].items():
             lines.append(
                 f"{name:<14} {algo:<6} {row['return_mean_mean']:>9.1f} ± {row['return_seed_std']:<5.1f}"
-                f" {row['wall_s_mean']:>8.1f} {row['collect_s_mean']:>7.1f} {row['train_s_mean']:>8.1f}"
+                f" {row['train_return_last100_mean']:>9.1f} {row['wall_s_mean']:>8.1f} {row['collect_s_mean']:>7.1f} {row['train_s_mean']:>8.1f}"
             )
         if "speedup_wall_vs_lstm" in entry:
             frac = entry["return_fraction_of_lstm"]
@@ -271,7 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     settings, name = (QUICK, "ppo_memory_quick") if args.quick else (FULL, "ppo_memory")
     results = run(settings, args.out, name)
     print(format_table(results))
-    print(f"\nwrote {args.out / (name + '.json')} and {args.out / (name + '.png')} in {results['total_wall_s']:.0f} s")
+    print(
+        f"\nwrote {args.out / (name + '.json')} and {args.out / (name + '.png')} in {results['total_wall_s']:.0f} s"
+    )
 
 
 if __name__ == "__main__":
