@@ -291,9 +291,20 @@ def run(settings: Settings, out_dir: Path, name: str) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK.notes}; full: {FULL.notes}")
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), help="only these tasks (their budgets)")
+    parser.add_argument("--seeds", type=int, help="only the first SEEDS seeds")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON and PNG")
     args = parser.parse_args(argv)
     settings, name = (QUICK, "ppo_memory_quick") if args.quick else (FULL, "ppo_memory")
+    if args.tasks:
+        missing = [t for t in args.tasks if t not in settings.steps]
+        if missing:
+            parser.error(f"{missing} not in this mode's tasks {list(settings.steps)}")
+        settings = dataclasses.replace(settings, steps={t: settings.steps[t] for t in args.tasks})
+        name += "_" + "_".join(args.tasks)
+    if args.seeds:
+        settings = dataclasses.replace(settings, seeds=settings.seeds[: args.seeds])
+        name += f"_{args.seeds}seed"
     results = run(settings, args.out, name)
     print(format_table(results))
     print(
