@@ -242,14 +242,14 @@ def report(runs: list[dict], settings: Settings, out: Path, planned: int) -> dic
 
 
 def run(settings: Settings, out: Path, work: Path) -> dict:
-    """Seeds outermost, so that a report written after each run soon covers every task and dataset."""
+    """Task and dataset outermost, so that a report written after each run soon has all seeds of a pair."""
     experts_dir()  # fails early with a clear message when ../shared/experts is missing
     pairs = [(t, d) for t in settings.tasks for d in settings.datasets]
     data = {pair: make_dataset(*pair, settings, work / "data") for pair in pairs}
     planned = len(settings.seeds) * len(pairs) * len(BACKBONES)
     runs: list[dict] = []
-    for seed in settings.seeds:
-        for task, dataset in pairs:
+    for task, dataset in pairs:
+        for seed in settings.seeds:
             for backbone in BACKBONES:
                 runs.append(run_one(task, dataset, backbone, seed, data[task, dataset], settings, work))
                 results = report(runs, settings, out, planned)
