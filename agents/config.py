@@ -47,7 +47,8 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     steps: int = 100_000
-    batch_size: int = 64  # sequences per batch: K-windows (Transformer) or whole episodes (Aaren)
+    batch_size: int = 64  # sequences per batch: K-windows (Transformer) or whole episodes (Aaren); under
+    # torchrun the global batch, split evenly across the processes (lr and the result do not change)
     lr: float = 1e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 10_000
@@ -59,6 +60,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     eval_every: int = 0  # 0 = evaluate only at the end
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    dist_timeout: int = 1800  # torchrun: seconds a rank waits for the others before the job fails
 
 
 @dataclass
@@ -155,6 +157,8 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. name=2024
     if hint is float and isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
         try:
             return float(value)
@@ -201,7 +205,7 @@ def validate(cfg: Config) -> Config:
     _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
     _check(m.max_timestep >= 0, "model.max_timestep", m.max_timestep, "must be >= 1, or 0 for automatic")
     _check(m.return_scale > 0, "model.return_scale", m.return_scale, "must be > 0 (reference 0.001)")
-    for key in ("steps", "batch_size", "log_every", "checkpoint_every"):
+    for key in ("steps", "batch_size", "log_every", "checkpoint_every", "dist_timeout"):
         _check(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), "must be >= 1")
     for key in ("warmup_steps", "eval_every", "threads"):
         _check(getattr(t, key) >= 0, f"train.{key}", getattr(t, key), "must be >= 0")

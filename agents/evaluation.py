@@ -93,6 +93,29 @@ def _scores(score_ref: Any, returns: list[float]) -> list[float] | None:
         return None
 
 
+def env_quota(episodes: int, num_envs: int) -> np.ndarray:
+    """Episodes each env copy runs: env i gets episodes // num_envs, +1 for the first remainder."""
+    return np.full(num_envs, episodes // num_envs) + (np.arange(num_envs) < episodes % num_envs)
+
+
+def rank_share(episodes: int, num_envs: int, rank: int, world_size: int) -> tuple[int, int, int]:
+    """One rank's share of an evaluation as (episodes, env copies, index of its first env copy).
+
+    The env copies are split into contiguous blocks across ranks; a block keeps each copy's seed
+    (seed + index) and episode quota, so the ranks together run the episodes of a one-process run.
+    """
+    quota = env_quota(episodes, min(num_envs, episodes))
+    block = np.array_split(np.arange(len(quota)), world_size)[rank]
+    return int(quota[block].sum()), len(block), int(block[0]) if len(block) else 0
+
+
+def merge_results(results: list[EvalResult]) -> EvalResult:
+    """One result from the ranks' shares of an evaluation at the same target."""
+    scores = [s for r in results for s in r.scores or []]
+    return EvalResult(results[0].target_return, [x for r in results for x in r.returns],
+                      [n for r in results for n in r.lengths], None if results[0].scores is None else scores)
+
+
 def evaluate_agent(
     agent: DecisionAgent,
     env_name: str,
@@ -110,7 +133,7 @@ def evaluate_agent(
     name); default the env name.
     """
     num_envs = min(num_envs, episodes)
-    quota = np.full(num_envs, episodes // num_envs) + (np.arange(num_envs) < episodes % num_envs)
+    quota = env_quota(episodes, num_envs)
     rollout = VecRollout(make_vec_env(env_name, num_envs, vec_mode, seed))
     returns: list[float] = []
     lengths: list[int] = []

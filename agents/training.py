@@ -16,6 +16,13 @@ steps. AdamW, linear warm-up, grad-norm clipping (DESIGN.md section 3). The run 
 config.yaml, dataset_stats.json, checkpoints/, tb/ (TensorBoard), metrics.jsonl and curve.png.
 Resuming restores weights, optimizer, scheduler and every RNG (torch and the data sampler), so a
 killed-and-resumed run ends with the same weights as an uninterrupted one.
+
+Under torchrun (`agents.distributed`) the model is wrapped in DistributedDataParallel and
+`train.batch_size` is the global batch: every rank draws the whole batch from the one seeded
+sampler and trains on its own contiguous share of it; the loss divides by the real steps of the
+whole batch (times the world size, since DDP averages the ranks' gradients), so the gradient, and
+the run, is the one-process run's (to float rounding; dropout masks differ). lr is unchanged. Rank 0
+alone writes the run directory and shows progress; logged losses are averaged over the ranks.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -41,7 +49,8 @@ from agents.checkpoint import (
     write_text_atomic,
 )
 from agents.config import Config, ConfigError, apply_overrides, dump_config, from_dict, read_yaml
-from agents.evaluation import default_targets, evaluate_agent, evaluate_run
+from agents.distributed import DistContext, init_distributed
+from agents.evaluation import default_targets, evaluate_agent, evaluate_run, merge_results, rank_share
 from agents.model import DecisionModel, DecisionModelConfig
 from agents.policy import DecisionAgent
 from envs import DatasetError, OfflineDataset, load_dataset, make_env, normalized_score
@@ -119,7 +128,8 @@ def dataset_stats(data: TrainingData) -> dict[str, Any]:
         "score_mean": score,
         "state_mean": ds.state_mean.tolist(),
         "state_std": ds.state_std.tolist(),
-        "metadata": {k: v for k, v in ds.metadata.items() if isinstance(v, (str, int, float, bool))},
+        "metadata": {k: v.item() if isinstance(v, np.generic) else v for k, v in ds.metadata.items()
+                     if isinstance(v, (str, int, float, bool, np.generic))},
     }
 
 
@@ -135,23 +145,38 @@ def build_model(cfg: Config, data: TrainingData) -> DecisionModel:
     return model
 
 
-def sample_batch(cfg: Config, dataset: OfflineDataset, rng: np.random.Generator, device: torch.device) -> dict:
-    """One batch as tensors: whole episodes (Aaren) or K-windows (Transformer); see the module docstring."""
+def sample_batch(
+    cfg: Config, dataset: OfflineDataset, rng: np.random.Generator, device: torch.device, dist: DistContext
+) -> dict:
+    """This rank's share of one global batch as tensors: whole episodes (Aaren, padded to the longest
+    of the share) or K-windows (Transformer); see the module docstring. "num_real" counts the real
+    steps of the whole global batch."""
+    size = cfg.train.batch_size // dist.world_size
+    share = slice(dist.rank * size, (dist.rank + 1) * size)
+    keys = ("returns_to_go", "observations", "actions", "timesteps", "mask")
     if cfg.model.backbone == "aaren":
         p = dataset.episode_lengths / dataset.episode_lengths.sum()
-        batch = dataset.get_episodes(rng.choice(dataset.num_episodes, size=cfg.train.batch_size, p=p))
-    else:
+        episodes = rng.choice(dataset.num_episodes, size=cfg.train.batch_size, p=p)
+        num_real = int(dataset.episode_lengths[episodes].sum())
+        batch = dataset.get_episodes(episodes[share])
+        arrays = {k: getattr(batch, k) for k in keys}
+    else:  # windows are small: draw the whole batch and keep this rank's rows
         batch = dataset.sample_windows(rng, cfg.train.batch_size, cfg.model.context_steps)
-    keys = ("returns_to_go", "observations", "actions", "timesteps", "mask")
-    return {k: torch.as_tensor(getattr(batch, k), device=device) for k in keys}
+        num_real = int(batch.mask.sum())
+        arrays = {k: getattr(batch, k)[share] for k in keys}
+    return {**{k: torch.as_tensor(v, device=device) for k, v in arrays.items()}, "num_real": num_real}
 
 
-def action_loss(model: DecisionModel, batch: dict) -> torch.Tensor:
-    """Masked mean squared error of the predicted actions, in the [-1, 1] action scale."""
+def action_loss(model: DecisionModel | DDP, batch: dict, world_size: int = 1) -> torch.Tensor:
+    """Masked mean squared error of the predicted actions, in the [-1, 1] action scale.
+
+    Divided by the global batch's real steps over `world_size`: DDP averages the ranks' gradients,
+    so their mean is the gradient of the one-process loss over the whole batch.
+    """
     pred, _ = model(batch["returns_to_go"], batch["observations"], batch["actions"], batch["timesteps"])
-    err = (pred.float() - model.unit_actions(batch["actions"])).pow(2).mean(-1)
-    mask = batch["mask"].float()
-    return (err * mask).sum() / mask.sum()
+    target = getattr(model, "module", model).unit_actions(batch["actions"])
+    err = (pred.float() - target).pow(2).mean(-1)
+    return (err * batch["mask"].float()).sum() / (batch["num_real"] / world_size)
 
 
 def warmup_schedule(warmup_steps: int):
@@ -159,8 +184,10 @@ def warmup_schedule(warmup_steps: int):
     return lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
 
 
-def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
+def _rng_state(rng: np.random.Generator, dist: DistContext) -> dict[str, Any]:
+    """The sampler's state (the same on every rank) and every rank's torch state (dropout)."""
+    torch_ranks = dist.gather_objects(torch.get_rng_state())
+    return {"numpy": rng.bit_generator.state, "torch": torch_ranks[0], "torch_ranks": torch_ranks}
 
 
 def _read_metrics(path: Path, upto_step: int) -> list[dict[str, Any]]:
@@ -181,7 +208,7 @@ def train(
     """Train per `cfg` (or continue the run at `resume`, optionally with overrides); returns the run dir.
 
     stop_after: leave after this many steps of this session without finishing (what a kill does,
-    for tests of resuming).
+    for tests of resuming). Under torchrun every process calls this; see the module docstring.
     """
     # 1. Config and data: everything that can be wrong is checked before any work.
     if resume is not None:
@@ -202,16 +229,31 @@ def train(
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    device = torch.device(t.device)
+    dist = init_distributed(t.device, t.dist_timeout)
+    try:
+        return _train(cfg, data, run_dir, dist, resume is not None, progress, stop_after)
+    finally:
+        dist.cleanup()
 
-    # 2. Model, optimizer, warm-up schedule, RNGs.
-    torch.manual_seed(t.seed)
+
+def _train(cfg: Config, data: TrainingData, run_dir: Path, dist: DistContext, resume: bool, progress: bool,
+           stop_after: int | None) -> Path:
+    t, device = cfg.train, dist.device
+    if t.batch_size % dist.world_size:
+        raise ConfigError(f"train.batch_size = {t.batch_size} (the global batch) does not split evenly across "
+                          f"{dist.world_size} processes. Fix: a multiple of {dist.world_size}, or another --nproc_per_node")
+    progress = progress and dist.is_main
+
+    # 2. Model, optimizer, warm-up schedule, RNGs (DDP starts every rank from rank 0's weights; the
+    #    per-rank torch seeds only make the ranks' dropout masks differ).
+    torch.manual_seed(t.seed + dist.rank)
     model = build_model(cfg, data).to(device)
+    net = DDP(model, broadcast_buffers=False) if dist.world_size > 1 else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_schedule(t.warmup_steps))
     rng = np.random.default_rng(t.seed)
     step = 0
-    if resume is not None and (run_dir / "checkpoints" / "latest").is_file():
+    if resume and (run_dir / "checkpoints" / "latest").is_file():
         checkpoint = latest_checkpoint(run_dir)
         loaded, step = load_model(checkpoint, device)
         model.load_state_dict(loaded.state_dict())
@@ -219,18 +261,26 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         rng.bit_generator.state = state["rng"]["numpy"]
-        torch.set_rng_state(state["rng"]["torch"])
+        torch_ranks = state["rng"].get("torch_ranks", [state["rng"]["torch"]])
+        torch.set_rng_state(torch_ranks[dist.rank % len(torch_ranks)])
 
-    # 3. Run directory.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
-    write_text_atomic(run_dir / "dataset_stats.json", json.dumps(dataset_stats(data), indent=2))
+    # 3. Run directory (rank 0 only), with the resolved batch split in dataset_stats.json.
     metrics_path = run_dir / "metrics.jsonl"
-    kept = _read_metrics(metrics_path, step)  # drop what a killed session logged after its checkpoint
-    write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=step or None)
+    writer: SummaryWriter | None = None
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
+        stats = {**dataset_stats(data), "distributed": {
+            "world_size": dist.world_size, "backend": dist.backend, "global_batch_size": t.batch_size,
+            "per_rank_batch_size": t.batch_size // dist.world_size}}
+        write_text_atomic(run_dir / "dataset_stats.json", json.dumps(stats, indent=2))
+        kept = _read_metrics(metrics_path, step)  # drop what a killed session logged after its checkpoint
+        write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step or None)
 
     def log(row: dict[str, Any]) -> None:
+        if writer is None:
+            return
         with metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         for key, value in row.items():
@@ -245,16 +295,20 @@ def train(
         log(row)
 
     def evaluate_now(target: float) -> None:
+        """Each rank runs its share of the eval env copies (`rank_share`); rank 0 logs them together."""
         model.eval()
-        log_eval(evaluate_agent(DecisionAgent(model, target), data.env, cfg.eval.episodes, cfg.eval.num_envs,
-                                seed=cfg.eval.seed, vec_mode=cfg.eval.vec_mode, score_ref=data.score_ref,
-                                progress=progress).summary())
+        episodes, num_envs, first = rank_share(cfg.eval.episodes, cfg.eval.num_envs, dist.rank, dist.world_size)
+        mine = evaluate_agent(DecisionAgent(model, target), data.env, episodes, num_envs, seed=cfg.eval.seed + first,
+                              vec_mode=cfg.eval.vec_mode, score_ref=data.score_ref,
+                              progress=progress) if episodes else None
+        log_eval(merge_results([r for r in dist.gather_objects(mine) if r is not None]).summary())
         model.train()
 
     def checkpoint() -> None:
-        save_checkpoint(run_dir, model, step, {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(rng),
-        })
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": _rng_state(rng, dist)}
+        if dist.is_main:
+            save_checkpoint(run_dir, model, step, state)
 
     # 4. The loop.
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext())
@@ -264,23 +318,24 @@ def train(
     while step < t.steps:
         if stop_after is not None and step - start_step >= stop_after:
             bar.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
             return run_dir
-        batch = sample_batch(cfg, data.dataset, rng, device)
+        batch = sample_batch(cfg, data.dataset, rng, device, dist)
         with autocast:
-            loss = action_loss(model, batch)
+            loss = action_loss(net, batch, dist.world_size)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         optimizer.step()
         scheduler.step()
         step += 1
-        tokens += 3 * int(batch["mask"].sum())
+        tokens += 3 * batch["num_real"]
         bar.update(1)
         if step % t.log_every == 0 or step == t.steps:
             elapsed = time.perf_counter() - tic
             tok_s = tokens / max(elapsed, 1e-9)
-            loss_value = float(loss.detach())
+            loss_value = dist.all_reduce_mean(loss.detach())
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss is {loss_value} at step {step}: lower train.lr or check the data")
             log({"step": step, "train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0],
@@ -292,8 +347,11 @@ def train(
         if t.eval_every and step % t.eval_every == 0 and step != t.steps:
             evaluate_now(data.targets[0])
     bar.close()
+    if not dist.is_main:
+        return run_dir
 
-    # 5. Final evaluation of the saved checkpoint at every target (eval/eval.json, eval.png), the curve.
+    # 5. Final evaluation of the saved checkpoint at every target (eval/eval.json, eval.png), the curve
+    #    (rank 0 alone: the other processes have finished).
     if not _read_final_eval(metrics_path, step):
         report = evaluate_run(run_dir, episodes=cfg.eval.episodes, num_envs=cfg.eval.num_envs, targets=data.targets,
                               seed=cfg.eval.seed, vec_mode=cfg.eval.vec_mode, progress=progress)
