@@ -248,7 +248,7 @@ def _train(cfg: Config, data: TrainingData, run_dir: Path, dist: DistContext, re
     #    per-rank torch seeds only make the ranks' dropout masks differ).
     torch.manual_seed(t.seed + dist.rank)
     model = build_model(cfg, data).to(device)
-    net = DDP(model, broadcast_buffers=False) if dist.world_size > 1 else model
+    net = DDP(model) if dist.world_size > 1 else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_schedule(t.warmup_steps))
     rng = np.random.default_rng(t.seed)

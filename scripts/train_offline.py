@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from agents import ConfigError, load_config, train
 
@@ -13,6 +16,8 @@ examples:
   python scripts/train_offline.py --config configs/hopper-medium.yaml --set model.backbone=transformer
   python scripts/train_offline.py --config configs/hopper-medium.yaml --set train.steps=500 train.device=cuda
   python scripts/train_offline.py --resume runs/hopper-medium-v2-aaren-s0          # continue a killed run
+  torchrun --nproc_per_node=4 scripts/train_offline.py --config configs/hopper-medium.yaml --set train.device=cuda
+                                                     # DDP on 4 GPUs; train.batch_size is the global batch
 
 The run directory (<output_dir>/<name>, default runs/<dataset>-<backbone>-s<seed>) gets config.yaml,
 dataset_stats.json, checkpoints/ (safetensors), tb/ (tensorboard --logdir runs), metrics.jsonl and
@@ -20,6 +25,7 @@ curve.png. Keys: see configs/base.yaml; a config may include another with `base:
 """
 
 
+@record  # under torchrun: a rank's traceback goes into torchrun's failure summary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -39,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    print(f"run directory: {run_dir}\n  curve: {run_dir / 'curve.png'}\n  tensorboard --logdir {run_dir / 'tb'}")
+    if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 wrote the run directory
+        print(f"run directory: {run_dir}\n  curve: {run_dir / 'curve.png'}\n  tensorboard --logdir {run_dir / 'tb'}")
     return 0
 
 

@@ -1,0 +1,180 @@
+"""Training under torchrun (CPU, gloo, loopback): 2 processes equal 1, resume, a failing rank, the splits."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from agents import ConfigError, load_config, train
+from agents.checkpoint import latest_checkpoint
+from agents.distributed import DistContext
+from agents.evaluation import env_quota, rank_share
+from agents.training import sample_batch
+from envs import load_dataset, save_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.embed_dim=32", "model.num_layers=1", "model.dropout=0", "train.batch_size=4", "train.steps=6",
+        "train.warmup_steps=2", "train.log_every=2", "train.checkpoint_every=3", "train.threads=1",
+        "eval.episodes=2", "eval.num_envs=2", "eval.targets=[100]"]
+#: Runs train_offline.py with sample_batch failing on rank 1 at its third call (the test's fault injection).
+FAULTY = """
+import os, runpy, sys
+import agents.training as training
+
+if os.environ["RANK"] == "1":
+    real, calls = training.sample_batch, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("injected fault on rank 1")
+        return real(*args, **kwargs)
+
+    training.sample_batch = failing
+sys.argv[0] = "scripts/train_offline.py"
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+#: Runs train() for 4 steps and leaves, as a kill would (under torchrun: every rank leaves at step 4).
+STOPPED = """
+import sys
+from agents import load_config, train
+
+train(load_config(sys.argv[1], sys.argv[2:]), progress=False, stop_after=4)
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A synthetic Hopper-shaped dataset of 6 episodes of different lengths (so padding differs per rank)."""
+    rng = np.random.default_rng(0)
+    lengths = [40, 25, 60, 10, 35, 30]
+    n = sum(lengths)
+    timeouts = np.zeros(n, dtype=bool)
+    timeouts[np.cumsum(lengths) - 1] = True
+    path = tmp_path_factory.mktemp("data") / "hopper_tiny.hdf5"
+    save_dataset(
+        path, rng.normal(size=(n, 11)).astype(np.float32), rng.uniform(-1, 1, (n, 3)).astype(np.float32),
+        rng.normal(1, 0.3, n).astype(np.float32), np.zeros(n, dtype=bool), timeouts,
+        metadata={"env_id": "Hopper-v5"},
+    )
+    return path
+
+
+def torchrun(script: str | Path, *args: str) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=2 script args` on one torch thread per process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=110)
+
+
+def train_cli(*args: str) -> subprocess.CompletedProcess:
+    result = torchrun("scripts/train_offline.py", *args, "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def settings(dataset: Path, out: Path, name: str, *extra: str) -> list[str]:
+    return [f"data.dataset={dataset}", f"output_dir={out}", f"name={name}", *TINY, *extra]
+
+
+def weights(run_dir: Path) -> dict[str, np.ndarray]:
+    return load_file(str(latest_checkpoint(run_dir) / "model.safetensors"))
+
+
+def max_difference(a: Path, b: Path) -> float:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    return max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
+
+
+def train_steps(run_dir: Path) -> list[int]:
+    rows = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    return [r["step"] for r in rows if "train/loss" in r]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backbone", ["aaren", pytest.param("transformer", marks=pytest.mark.slow)])
+def test_two_processes_train_the_one_process_weights(tiny_dataset, tmp_path, backbone, one_torch_thread):
+    common = settings(tiny_dataset, tmp_path, "", f"model.backbone={backbone}", "train.eval_every=3")
+    train_cli("--config", str(ROOT / "configs/quickstart.yaml"), "--set", *common, "name=two")
+    one = train(load_config(ROOT / "configs/quickstart.yaml", [*common, "name=one"]), progress=False)
+    two = tmp_path / "two"
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["latest", "step_0000003", "step_0000006"]
+    assert max_difference(one, two) < 1e-5  # measured 1.9e-6 (aaren)
+    assert json.loads((two / "dataset_stats.json").read_text())["distributed"] == {
+        "world_size": 2, "backend": "gloo", "global_batch_size": 4, "per_rank_batch_size": 2}
+    rows = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)]
+    assert [sorted(r) for r in rows[0]] == [sorted(r) for r in rows[1]]  # losses, periodic and final evals
+    for a, b in zip(*rows, strict=True):
+        for key in ("train/loss", "train/grad_norm", "eval/return_mean"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4), (a["step"], key)
+    assert (two / "eval" / "eval.json").is_file() and (two / "curve.png").is_file()
+
+
+@pytest.mark.timeout(150)
+def test_two_process_run_resumes_to_the_uninterrupted_weights(tiny_dataset, tmp_path):
+    config = str(ROOT / "configs/quickstart.yaml")
+    common = settings(tiny_dataset, tmp_path, "", "model.dropout=0.1")  # per-rank dropout RNGs restored too
+    train_cli("--config", config, "--set", *common, "name=full")
+    stopped = tmp_path / "stopped.py"
+    stopped.write_text(STOPPED)
+    result = torchrun(stopped, config, *common, "name=killed")
+    assert result.returncode == 0, result.stderr[-3000:]
+    killed = tmp_path / "killed"
+    assert latest_checkpoint(killed).name == "step_0000003" and train_steps(killed) == [2, 4]
+    train_cli("--resume", str(killed))
+    assert max_difference(tmp_path / "full", killed) == 0.0
+    assert train_steps(killed) == [2, 4, 6]
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_rank_ends_the_job_with_its_error(tiny_dataset, tmp_path):
+    faulty = tmp_path / "faulty.py"
+    faulty.write_text(FAULTY)
+    result = torchrun(faulty, "--config", str(ROOT / "configs/quickstart.yaml"), "--set",
+                      *settings(tiny_dataset, tmp_path, "faulty", "train.steps=1000"), "--no-progress")
+    assert result.returncode != 0
+    assert "injected fault on rank 1" in result.stderr
+    assert not (tmp_path / "faulty" / "checkpoints" / "step_0001000").exists()
+
+
+@pytest.mark.parametrize("backbone", ["aaren", "transformer"])
+def test_rank_shares_make_up_the_one_process_batch(tiny_dataset, tmp_path, backbone):
+    cfg = load_config(None, settings(tiny_dataset, tmp_path, "x", f"model.backbone={backbone}", "train.batch_size=6"))
+    dataset = load_dataset(str(tiny_dataset))
+
+    def draw(rank: int, world_size: int) -> dict:
+        return sample_batch(cfg, dataset, np.random.default_rng(0), torch.device("cpu"), DistContext(rank, world_size))
+
+    whole, shares = draw(0, 1), [draw(r, 3) for r in range(3)]
+    assert all(s["num_real"] == whole["num_real"] == int(whole["mask"].sum()) for s in shares)
+    assert sum(int(s["mask"].sum()) for s in shares) == whole["num_real"]
+    for key in ("observations", "actions", "returns_to_go", "timesteps", "mask"):
+        rows = [s[key][i] for s in shares for i in range(2)]
+        for row, full in zip(rows, whole[key], strict=True):  # a share may be padded less than the whole batch
+            torch.testing.assert_close(row, full[: len(row)], rtol=0, atol=0)
+            assert not full[len(row):].any()
+
+
+@pytest.mark.parametrize(("episodes", "num_envs", "world_size"), [(10, 5, 2), (7, 3, 2), (3, 5, 4), (12, 5, 3)])
+def test_rank_shares_of_an_evaluation_are_the_one_process_episodes(episodes, num_envs, world_size):
+    quota, seeds = env_quota(episodes, min(num_envs, episodes)), []
+    for rank in range(world_size):
+        n, envs, first = rank_share(episodes, num_envs, rank, world_size)
+        if n:  # this rank's evaluate_agent(n, envs, seed=seed + first) runs env copies first.. with these quotas
+            assert list(env_quota(n, envs)) == list(quota[first:first + envs])
+            seeds += range(first, first + envs)
+    assert seeds == list(range(len(quota)))
+
+
+def test_global_batch_must_split_evenly(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr("agents.training.init_distributed", lambda *args: DistContext(world_size=3))
+    with pytest.raises(ConfigError, match="train.batch_size = 4 .* does not split evenly across 3 processes"):
+        train(load_config(None, settings(tiny_dataset, tmp_path, "odd")), progress=False)
