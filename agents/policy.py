@@ -79,7 +79,7 @@ class DecisionAgent:
     """A trained decision model ready to act in `num_envs` environments at once, towards `target_return`.
 
     mode: "recurrent" (default for Aaren; O(1) memory and time per step) or "window" (default for
-    the Transformer; re-runs the last `context_steps` timesteps). Call `eval()`-mode inference only.
+    the Transformer; re-runs the last `context_steps` timesteps). The model is put in eval mode.
     """
 
     def __init__(self, model: DecisionModel, target_return: float, mode: str | None = None):
