@@ -87,10 +87,11 @@ def weights(run_dir: Path) -> dict[str, np.ndarray]:
     return load_file(str(latest_checkpoint(run_dir) / "model.safetensors"))
 
 
-def max_difference(a: Path, b: Path) -> float:
+def max_difference(a: Path, b: Path, skip: str = "") -> float:
+    """The largest absolute difference between two runs' final weights (keys containing `skip` left out)."""
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
-    return max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
+    return max(float(np.abs(wa[k] - wb[k]).max()) for k in wa if not skip or skip not in k)
 
 
 def train_steps(run_dir: Path) -> list[int]:
@@ -106,7 +107,10 @@ def test_two_processes_train_the_one_process_weights(tiny_dataset, tmp_path, bac
     one = train(load_config(ROOT / "configs/quickstart.yaml", [*common, "name=one"]), progress=False)
     two = tmp_path / "two"
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["latest", "step_0000003", "step_0000006"]
-    assert max_difference(one, two) < 1e-5  # measured 1.9e-6 (aaren)
+    # The Transformer's key bias has a zero gradient (softmax ignores a shift shared by all keys), so AdamW
+    # turns each run's rounding noise there into lr-sized steps (1.1e-5 apart); every other weight agrees.
+    skip = "mixer.qkv.bias" if backbone == "transformer" else ""
+    assert max_difference(one, two, skip) < 1e-5  # measured 1.9e-6 (aaren), 6e-8 (transformer)
     assert json.loads((two / "dataset_stats.json").read_text())["distributed"] == {
         "world_size": 2, "backend": "gloo", "global_batch_size": 4, "per_rank_batch_size": 2}
     rows = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)]
@@ -141,7 +145,7 @@ def test_a_failing_rank_ends_the_job_with_its_error(tiny_dataset, tmp_path):
     result = torchrun(faulty, "--config", str(ROOT / "configs/quickstart.yaml"), "--set",
                       *settings(tiny_dataset, tmp_path, "faulty", "train.steps=1000"), "--no-progress")
     assert result.returncode != 0
-    assert "injected fault on rank 1" in result.stderr
+    assert "injected fault on rank 1" in result.stderr and "Root Cause" in result.stderr  # torchrun's summary
     assert not (tmp_path / "faulty" / "checkpoints" / "step_0001000").exists()
 
 
