@@ -238,6 +238,7 @@ def train(
 
 def _train(cfg: Config, data: TrainingData, run_dir: Path, dist: DistContext, resume: bool, progress: bool,
            stop_after: int | None) -> Path:
+    """The body of `train` once config, data and process group are ready (on every rank)."""
     t, device = cfg.train, dist.device
     if t.batch_size % dist.world_size:
         raise ConfigError(f"train.batch_size = {t.batch_size} (the global batch) does not split evenly across "

@@ -25,7 +25,6 @@ curve.png. Keys: see configs/base.yaml; a config may include another with `base:
 """
 
 
-@record  # under torchrun: a rank's traceback goes into torchrun's failure summary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -51,4 +50,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(record(main)())  # record: under torchrun a failing rank's traceback goes into torchrun's summary
