@@ -51,7 +51,7 @@ class Settings:
 
 
 QUICK = Settings(
-    tasks=("hopper",), transitions=100_000, steps=1_000, warmup_steps=200, eval_every=250, eval_episodes=5
+    tasks=("hopper",), transitions=100_000, steps=500, warmup_steps=100, eval_every=250, eval_episodes=5
 )
 
 
