@@ -96,3 +96,37 @@ def test_recurrent_state_is_constant_size():
 def test_recurrent_mode_needs_aaren():
     with pytest.raises(ValueError, match="Aaren backbone"):
         DecisionAgent(make_model("transformer"), TARGET, mode="recurrent")
+
+
+def test_recurrent_acting_is_exact_on_a_live_vectorised_hopper_rollout():
+    """Real Hopper-v5 episodes in 3 vectorised envs, ending at different steps (same-step autoreset)."""
+    from envs import VecRollout, make_vec_env
+
+    torch.manual_seed(0)
+    config = DecisionModelConfig(obs_dim=11, act_dim=3, embed_dim=32, num_layers=2, max_timestep=1000)
+    model = DecisionModel(config).double().eval()
+    with torch.no_grad():
+        model.predict_action.weight.mul_(30)  # saturated, state-dependent actions: the hopper falls soon
+    agent = DecisionAgent(model, target_return=500.0)
+    rollout = VecRollout(make_vec_env("Hopper-v5", 3, seed=0))
+    obs, _ = rollout.reset()
+    state, rewards = None, None
+    records = [[] for _ in range(3)]  # per env: episodes of (obs, action, reward)
+    for _ in range(120):
+        starts = rollout.episode_start.copy()
+        actions, state = agent.act(obs, state, starts, rewards)
+        step = rollout.step(actions)
+        for i in range(3):
+            if starts[i]:
+                records[i].append([])
+            records[i][-1].append((obs[i], actions[i], step.rewards[i]))
+        obs, rewards = step.obs, step.rewards
+    rollout.close()
+    ends = [len(ep) for env in records for ep in env[:-1]]
+    assert len(set(ends)) > 1  # episodes of different lengths, across and within envs
+    for env in records:
+        for ep in env:
+            o, a, r = (np.array(x) for x in zip(*ep, strict=True))
+            rtg = 500.0 - np.concatenate([[0.0], np.cumsum(r)[:-1]])
+            pred = parallel(model, rtg, o, a, np.arange(len(ep)))
+            np.testing.assert_allclose(a, pred, rtol=0, atol=1e-9)
