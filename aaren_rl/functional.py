@@ -267,9 +267,10 @@ def aaren_scan(
         state = empty_state(b, h, values.shape[-1], device=scores.device, dtype=dtype)
     s, v = scores.to(dtype), values.to(dtype)
     m0, u0, w0 = state[0].detach().to(dtype), state[1].to(dtype), state[2].to(dtype)
-    if n <= (chunk_size or ONE_BLOCK_MAX):
-        out, new_state = _scan_one_block(s, v, m0, u0, w0)
-    else:
-        out, u, w = _ChunkedScan.apply(s, v, m0, u0, w0, chunk_size or auto_chunk_size(n))
-        new_state = (torch.maximum(s.detach().max(-1).values, m0), u, w)
+    with torch.autocast(scores.device.type, enabled=False):  # the scan itself always runs in `dtype`
+        if n <= (chunk_size or ONE_BLOCK_MAX):
+            out, new_state = _scan_one_block(s, v, m0, u0, w0)
+        else:
+            out, u, w = _ChunkedScan.apply(s, v, m0, u0, w0, chunk_size or auto_chunk_size(n))
+            new_state = (torch.maximum(s.detach().max(-1).values, m0), u, w)
     return out.to(values.dtype), new_state

@@ -217,3 +217,17 @@ def test_cuda_matches_cpu():
     cpu, _ = aaren_scan(scores, values)
     gpu, _ = aaren_scan(scores.cuda(), values.cuda())
     assert_close(gpu.cpu(), cpu)
+
+
+@pytest.mark.parametrize("n", [5, 300])
+def test_autocast_bfloat16_forward_and_backward(n):
+    """Under autocast the scan still computes (and differentiates) in float32."""
+    scores, values = make(2, 2, n, 8, scale=3.0)
+    scores = scores.float().requires_grad_(True)
+    values = values.float().requires_grad_(True)
+    proj = torch.nn.Linear(8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = aaren_scan(scores * 1.0, proj(values))
+        assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert torch.isfinite(scores.grad).all() and torch.isfinite(values.grad).all()
