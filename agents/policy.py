@@ -43,6 +43,12 @@ class Window:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in vars(self).values())
 
+    def with_last_action(self, actions: Tensor) -> Window:
+        """The same window with `actions` [n, act_dim] as each row's newest step's action."""
+        acts = self.actions.clone()
+        acts[torch.arange(len(acts), device=acts.device), self.length - 1] = actions
+        return replace(self, actions=acts)
+
 
 @dataclass(frozen=True)
 class AgentState:
@@ -160,10 +166,7 @@ class DecisionAgent:
             unit, memory = self._act_window(state.memory, start, rtg, obs, t)
         actions = self.model.to_env_actions(unit)
         if self.mode == "window":  # the window holds a_t for the next step's re-run
-            last = memory.length - 1
-            acts = memory.actions.clone()
-            acts[torch.arange(n, device=self.device), last] = actions
-            memory = replace(memory, actions=acts)
+            memory = memory.with_last_action(actions)
         return actions.cpu().numpy(), AgentState(rtg, t, actions, memory)
 
     def _act_recurrent(
