@@ -227,6 +227,7 @@ def train(
             )
     data = prepare_data(cfg)
     t = cfg.train
+    threads = torch.get_num_threads()
     if t.threads:
         torch.set_num_threads(t.threads)
     dist = init_distributed(t.device, t.dist_timeout)
@@ -234,6 +235,7 @@ def train(
         return _train(cfg, data, run_dir, dist, resume is not None, progress, stop_after)
     finally:
         dist.cleanup()
+        torch.set_num_threads(threads)  # train.threads applies to this run only
 
 
 def _train(cfg: Config, data: TrainingData, run_dir: Path, dist: DistContext, resume: bool, progress: bool,
