@@ -7,9 +7,10 @@ What a batch is depends on the backbone, so that training sees what acting will 
   probability proportional to their length (each step equally likely, as DT's row sampling). The
   recurrent state while acting summarises the episode from its start; whole episodes train exactly
   that. The alternative, K-windows whose entering state is a no-grad scan of the episode prefix,
-  was measured slower per supervised step (2 CPU cores, width 128, 3 layers, fwd+bwd+AdamW):
-  whole episodes 2,000-3,500 supervised steps/s (6,000-10,000 tokens/s) against 330-600 steps/s for
-  windows after a 100-500-step prefix, because the prefix scan costs more than the window itself.
+  was measured slower per supervised step (width 128, 3 layers, fwd+bwd+AdamW, one CPU thread,
+  interleaved, median of 3): whole episodes 1,900 supervised steps/s (5,700 tokens/s; 4 x 1000 or
+  16 x 250 steps alike) against 510 / 180 steps/s for 16 K=20 windows after a 125 / 500-step prefix,
+  because the prefix scan costs more than the window itself.
 
 Loss: mean squared error between predicted and dataset actions (both scaled to [-1, 1]) over real
 steps. AdamW, linear warm-up, grad-norm clipping (DESIGN.md section 3). The run directory holds
