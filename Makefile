@@ -33,11 +33,18 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
+# Speed and memory, side by side with each baseline (JSON + PNG in benchmarks/results); ~10 min on 2 cores.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_aaren.py --quick
+	$(PY) benchmarks/bench_agents.py --quick
 
+# Everything at full size, plus AarenPPO vs RecurrentPPO vs PPO and the Aaren-DT vs Transformer-DT
+# quality table (hours on 2 cores; `bench_quality.py --full` is the papers' protocol).
 bench-full: $(STAMP)
 	$(PY) benchmarks/bench_aaren.py
+	$(PY) benchmarks/bench_agents.py
+	$(PY) benchmarks/bench_ppo.py
+	$(PY) benchmarks/bench_quality.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
