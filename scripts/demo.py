@@ -6,7 +6,8 @@
 4. Evaluate it live through the O(1)-memory recurrent path; print its D4RL-normalised score next
    to the dataset's average, and where the TensorBoard logs and the learning curve are.
 
-The cache is $AAREN_RL_CACHE (default ~/.cache/aaren-rl): a second run reuses the policy and data.
+The cache is $AAREN_RL_CACHE (default ~/.cache/aaren-rl): a second run reuses the data (and the
+policy's weights, if only the data was deleted).
 """
 
 from __future__ import annotations
@@ -28,14 +29,19 @@ def cache_dir() -> Path:
 
 
 def behaviour_policy(path: Path, minutes: float, seed: int):
-    """PPO on Hopper-v5 for a wall-clock budget (SB3 defaults, 4 envs), saved atomically; loaded if cached."""
+    """PPO on Hopper-v5 for a wall-clock budget (SB3 defaults, 4 envs); its policy weights are cached as
+    safetensors (written atomically, loaded into a fresh PPO: no pickles)."""
+    from safetensors.torch import load_file, save_file
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
+    env = make_vec_env(ENV_ID, n_envs=4, seed=seed)
+    model = PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0)
     if path.is_file():
         print(f"[1/4] behaviour policy: cached {path}")
-        return PPO.load(path, device="cpu")
+        model.policy.load_state_dict(load_file(str(path)))
+        return model
 
     class Budget(BaseCallback):
         """Stop after `minutes` of wall-clock time, with a progress line per rollout."""
@@ -54,22 +60,17 @@ def behaviour_policy(path: Path, minutes: float, seed: int):
             return time.perf_counter() - self.start < 60 * minutes
 
     print(f"[1/4] behaviour policy: training PPO on {ENV_ID} for {minutes:g} min (cached afterwards)")
-    env = make_vec_env(ENV_ID, n_envs=4, seed=seed)
-    model = PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0)
     model.learn(total_timesteps=2_000_000, callback=Budget())
-    tmp = path.with_name(f".{path.stem}.tmp.zip")
-    model.save(tmp)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in model.policy.state_dict().items()}, str(tmp))
     os.replace(tmp, path)
     return model
 
 
 def dataset(path: Path, policy, steps: int, seed: int) -> Path:
-    """The policy's stochastic rollouts as a D4RL-format file (envs' collector); cached."""
+    """The policy's stochastic rollouts as a D4RL-format file (envs' collector)."""
     from envs import collect_dataset
 
-    if path.is_file():
-        print(f"[2/4] dataset: cached {path}")
-        return path
     print(f"[2/4] dataset: {steps} steps of the behaviour policy -> {path}")
     result = collect_dataset(ENV_ID, policy, path, steps, num_envs=4, seed=seed, deterministic=False)
     print(f"      {len(result.episode_returns)} episodes, return {result.episode_returns.mean():.0f} "
@@ -91,8 +92,12 @@ def main(argv: list[str] | None = None) -> None:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small MLPs: one thread is fastest and immune to busy-CPU spin-waits
-    policy = behaviour_policy(cache / "hopper-ppo-behaviour.zip", args.behaviour_minutes, args.seed)
-    data_path = dataset(cache / "hopper-demo.hdf5", policy, args.dataset_steps, args.seed)
+    data_path = cache / "hopper-demo.hdf5"
+    if data_path.is_file():
+        print(f"[1-2/4] behaviour policy and dataset: cached {data_path}")
+    else:
+        policy = behaviour_policy(cache / "hopper-ppo-behaviour.safetensors", args.behaviour_minutes, args.seed)
+        dataset(data_path, policy, args.dataset_steps, args.seed)
     torch.set_num_threads(threads)
 
     from agents import load_config, train
