@@ -38,7 +38,9 @@ from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE  # noqa: 
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 ALGOS = ("aaren", "lstm", "mlp")
-MEMORY = dict(ortho_init=False, activation_fn=torch.nn.ReLU, net_arch=dict(pi=[64], vf=[64]))
+# Tanh heads (SB3's default) rather than rl-zoo's ReLU: with ReLU and lr 1e-3 one AarenPPO seed of
+# CartPoleNoVel collapsed to a constant action (entropy 0, KL 0: dead units) in two runs; with Tanh it learned.
+MEMORY = dict(ortho_init=False, activation_fn=torch.nn.Tanh, net_arch=dict(pi=[64], vf=[64]))
 AAREN_KWARGS = dict(embed_dim=64, num_layers=1, num_heads=4, ffn_mult=2)
 LSTM_KWARGS = dict(lstm_hidden_size=64, enable_critic_lstm=True)
 
@@ -271,7 +273,7 @@ def run(settings: Settings, out_dir: Path, name: str) -> dict:
         "machine": machine_info("cpu"),
         "settings": dataclasses.asdict(settings),
         "hyperparameters": {k: {**dataclasses.asdict(t)} for k, t in TASKS.items() if k in settings.steps},
-        "memory": {"aaren": AAREN_KWARGS, "lstm": LSTM_KWARGS, "shared": {**MEMORY, "activation_fn": "ReLU"}},
+        "memory": {"aaren": AAREN_KWARGS, "lstm": LSTM_KWARGS, "shared": {**MEMORY, "activation_fn": "Tanh"}},
         "runs": [],
     }
     randoms = {t: random_return(TASKS[t], settings.eval_episodes, 10_000) for t in settings.steps}

@@ -142,7 +142,7 @@ def test_memory_tasks() -> None:
 
 
 LEARN = dict(n_steps=32, batch_size=256, gamma=0.98, gae_lambda=0.8, n_epochs=20, learning_rate=1e-3)
-LEARN_POLICY = dict(ortho_init=False, activation_fn=torch.nn.ReLU, net_arch=dict(pi=[64], vf=[64]))
+LEARN_POLICY = dict(ortho_init=False, net_arch=dict(pi=[64], vf=[64]))
 
 
 def _learned_return(env_id: str, steps: int, episodes: int) -> float:
