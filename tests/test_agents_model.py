@@ -12,6 +12,8 @@ OBS, ACT, TARGET = 5, 3, 7.5
 SCHEDULE = [[60], [17, 43], [5, 30, 25], [1, 59], [1, 1, 58]]
 STEPS = 60
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny batches: 1 thread is fastest
+
 
 def make_model(backbone: str, context_steps: int = 20) -> DecisionModel:
     torch.manual_seed(0)

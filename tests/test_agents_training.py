@@ -13,6 +13,8 @@ from envs import save_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny batches: 1 thread is fastest
+
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory) -> Path:
