@@ -23,11 +23,16 @@ How it is computed (exact, no loop over tokens or chunks, no special cases):
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 from torch import Tensor
 
 AarenScanState = tuple[Tensor, Tensor, Tensor]
 """(m [B, H], u [B, H], w [B, H, Dh]): running max, scaled denominator, scaled numerator."""
+
+_NO_CONTEXT = contextlib.nullcontext()
 
 ONE_BLOCK_MAX = 16
 """Sequences up to this length (the recurrent step, acting) are done as one block by plain autograd."""
@@ -98,10 +103,17 @@ def _masked_exp(logits: Tensor, mask: Tensor) -> Tensor:
     return logits.masked_fill(~mask, float("-inf")).exp()
 
 
+@functools.lru_cache(maxsize=64)
+def _triangle(n: int, device: torch.device, diagonal: int = 0, upper: bool = False) -> Tensor:
+    """The n x n lower (or upper) triangular bool mask, made once per size and device."""
+    ones = torch.ones(n, n, dtype=torch.bool, device=device)
+    return ones.triu(diagonal) if upper else ones.tril(diagonal)
+
+
 def _exact_weights(s: Tensor, run_max: Tensor) -> Tensor:
     """[..., C, C] weights e^{s_j - M_k} of token j in row k (j <= k), each <= 1: one exact block."""
     c = s.shape[-1]
-    causal = torch.ones(c, c, dtype=torch.bool, device=s.device).tril()
+    causal = _triangle(c, s.device)
     return _masked_exp(s.unsqueeze(-2) - run_max.unsqueeze(-1), causal)
 
 
@@ -163,7 +175,7 @@ class _ChunkedScan(torch.autograd.Function):
         weights = _exact_weights(s, run_max)  # [b, h, nc, C, C]
 
         # Denominators first (scalars per row): in-chunk row sums plus the carried entering state.
-        causal = torch.ones(nc, nc, dtype=torch.bool, device=s.device).tril()
+        causal = _triangle(nc, s.device)
         decay = _masked_exp(chunk_max.unsqueeze(-2) - chunk_max.unsqueeze(-1), causal)  # e^{r_c' - r_c}
         from_start = (m0.unsqueeze(-1) - chunk_max).exp()
         local_den = weights.sum(-1)
@@ -208,7 +220,7 @@ class _ChunkedScan(torch.autograd.Function):
 
         # Later chunks and the returned state reach chunk c through its end state: relative to r_c,
         # R_c = sum_{c' > c} e^{r_c - r_{c'-1}} T_c' + e^{r_c - M_N} g_state.
-        later = torch.ones(nc, nc, dtype=torch.bool, device=s.device).triu(1)
+        later = _triangle(nc, s.device, 1, upper=True)
         cross = _masked_exp(chunk_max.unsqueeze(-1) - enter_max.unsqueeze(-2), later)
         to_final = (chunk_max - final_max.unsqueeze(-1)).exp()
         after_num = cross @ total_num + to_final.unsqueeze(-1) * g_w.unsqueeze(-2)
@@ -267,7 +279,12 @@ def aaren_scan(
         state = empty_state(b, h, values.shape[-1], device=scores.device, dtype=dtype)
     s, v = scores.to(dtype), values.to(dtype)
     m0, u0, w0 = state[0].detach().to(dtype), state[1].to(dtype), state[2].to(dtype)
-    with torch.autocast(scores.device.type, enabled=False):  # the scan itself always runs in `dtype`
+    autocast_off = (
+        torch.autocast(scores.device.type, enabled=False)
+        if torch.is_autocast_enabled(scores.device.type)
+        else _NO_CONTEXT
+    )
+    with autocast_off:  # the scan itself always runs in `dtype`
         if n <= (chunk_size or ONE_BLOCK_MAX):
             out, new_state = _scan_one_block(s, v, m0, u0, w0)
         else:

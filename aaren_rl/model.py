@@ -43,8 +43,7 @@ class Aaren(nn.Module):
         _check_heads(embed_dim, num_heads)
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.query = nn.Parameter(torch.randn(num_heads, self.head_dim) / math.sqrt(self.head_dim))
-        self.key = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.value = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.key_value = nn.Linear(embed_dim, 2 * embed_dim, bias=bias)
         self.proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
@@ -63,9 +62,11 @@ class Aaren(nn.Module):
         """
         _check_x(x, self.embed_dim, "Aaren")
         b, n, _ = x.shape
-        keys = self.key(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, N, Dh]
-        values = self.value(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        scores = torch.einsum("bhnd,hd->bhn", keys, self.query.to(keys.dtype)) / math.sqrt(self.head_dim)
+        keys, values = (
+            t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, N, Dh]
+            for t in self.key_value(x).split(self.embed_dim, dim=-1)
+        )
+        scores = (keys @ self.query.to(keys.dtype).unsqueeze(-1)).squeeze(-1) / math.sqrt(self.head_dim)
         if score_bias is not None:
             scores = scores + score_bias.to(scores.dtype).expand_as(scores)
         out, state = aaren_scan(scores, values, state)
