@@ -52,6 +52,7 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 10_000
+    lr_decay: str = "none"  # after warm-up: "none" (constant, reference DT) | "cosine" (to 0 at `steps`)
     grad_clip: float = 0.25
     seed: int = 0
     device: str = "cpu"
@@ -210,6 +211,7 @@ def validate(cfg: Config) -> Config:
     for key in ("warmup_steps", "eval_every", "threads"):
         _check(getattr(t, key) >= 0, f"train.{key}", getattr(t, key), "must be >= 0")
     _check(t.lr > 0, "train.lr", t.lr, "must be > 0 (reference 1e-4)")
+    _check(t.lr_decay in ("none", "cosine"), "train.lr_decay", t.lr_decay, "use 'none' or 'cosine'")
     _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
     _check(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "must be > 0 (reference 0.25)")
     _check(t.device == "cpu" or t.device.startswith("cuda"), "train.device", t.device, "use 'cpu' or 'cuda[:i]'")

@@ -180,9 +180,19 @@ def action_loss(model: DecisionModel | DDP, batch: dict, world_size: int = 1) ->
     return (err * batch["mask"].float()).sum() / (batch["num_real"] / world_size)
 
 
-def warmup_schedule(warmup_steps: int):
-    """Linear warm-up from lr/warmup to lr, then constant (reference DT)."""
-    return lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
+def lr_schedule(warmup_steps: int, total_steps: int, decay: str = "none"):
+    """lr multiplier per step: linear warm-up to 1, then constant (reference DT, decay="none") or a
+    cosine decay to 0 at `total_steps` (decay="cosine": a steadier final checkpoint in short runs)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if decay == "none":
+            return 1.0
+        done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+
+    return factor
 
 
 def _rng_state(rng: np.random.Generator, dist: DistContext) -> dict[str, Any]:
@@ -254,7 +264,7 @@ def _train(cfg: Config, data: TrainingData, run_dir: Path, dist: DistContext, re
     model = build_model(cfg, data).to(device)
     net = DDP(model) if dist.world_size > 1 else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_schedule(t.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(t.warmup_steps, t.steps, t.lr_decay))
     rng = np.random.default_rng(t.seed)
     step = 0
     if resume and (run_dir / "checkpoints" / "latest").is_file():

@@ -153,3 +153,12 @@ def test_bf16_autocast_training_runs(tiny_dataset, tmp_path, backbone):
     run = train(tiny_config(tiny_dataset, tmp_path, "train.bf16=true", "train.steps=2", f"model.backbone={backbone}"),
                 progress=False)
     assert (run / "curve.png").is_file()
+
+
+def test_lr_schedule_warmup_then_constant_or_cosine():
+    from agents.training import lr_schedule
+
+    const, cosine = lr_schedule(4, 20), lr_schedule(4, 20, "cosine")
+    assert [const(s) for s in (0, 3, 4, 19)] == [0.25, 1.0, 1.0, 1.0]
+    assert [cosine(s) for s in (0, 3, 4)] == [0.25, 1.0, 1.0]
+    assert cosine(12) == pytest.approx(0.5) and cosine(20) == pytest.approx(0.0)
