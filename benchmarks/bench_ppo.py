@@ -38,6 +38,7 @@ from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE  # noqa: 
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 ALGOS = ("aaren", "lstm", "mlp")
+RANDOM_EPISODES = 200  # random play is cheap; few episodes gave RememberCue 0.4 instead of 1/4
 # Tanh heads (SB3's default) rather than rl-zoo's ReLU: with ReLU and lr 1e-3 one AarenPPO seed of
 # CartPoleNoVel collapsed to a constant action (entropy 0, KL 0: dead units) in two runs; with Tanh it learned.
 MEMORY = dict(ortho_init=False, activation_fn=torch.nn.Tanh, net_arch=dict(pi=[64], vf=[64]))
@@ -199,12 +200,15 @@ def summarize(runs: list[dict], randoms: dict[str, float]) -> dict[str, Any]:
         if "aaren" in rows and "lstm" in rows:
             a, lstm, floor = rows["aaren"], rows["lstm"], randoms[name]
             gap = lstm["return_mean_mean"] - floor
-            entry["return_fraction_of_lstm"] = (
-                (a["return_mean_mean"] - floor) / gap if abs(gap) > 1e-9 else None
-            )
+            # Only meaningful when the LSTM beat random play; otherwise "reached" means aaren >= lstm.
+            entry["return_fraction_of_lstm"] = (a["return_mean_mean"] - floor) / gap if gap > 1e-9 else None
             entry["speedup_wall_vs_lstm"] = lstm["wall_s_mean"] / a["wall_s_mean"]
             entry["speedup_train_vs_lstm"] = lstm["train_s_mean"] / a["train_s_mean"]
-            entry["goal_return_reached"] = bool((entry["return_fraction_of_lstm"] or 0.0) >= 0.9)
+            entry["goal_return_reached"] = bool(
+                entry["return_fraction_of_lstm"] >= 0.9
+                if entry["return_fraction_of_lstm"] is not None
+                else a["return_mean_mean"] >= lstm["return_mean_mean"]
+            )
             entry["goal_speedup_1_5x"] = bool(entry["speedup_wall_vs_lstm"] >= 1.5)
         table[name] = entry
     return table
@@ -276,7 +280,7 @@ def run(settings: Settings, out_dir: Path, name: str) -> dict:
         "memory": {"aaren": AAREN_KWARGS, "lstm": LSTM_KWARGS, "shared": {**MEMORY, "activation_fn": "Tanh"}},
         "runs": [],
     }
-    randoms = {t: random_return(TASKS[t], settings.eval_episodes, 10_000) for t in settings.steps}
+    randoms = {t: random_return(TASKS[t], RANDOM_EPISODES, 10_000) for t in settings.steps}
     jobs = [(t, a, s) for t in settings.steps for s in settings.seeds for a in settings.algos]
     start = time.perf_counter()
     for task, algo, seed in (bar := tqdm(jobs, desc="runs")):
