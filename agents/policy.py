@@ -6,15 +6,17 @@ in and out, rows whose `episode_start` is set begin a new episode (return-to-go 
 timestep 0, empty memory), and `rewards` are the rewards the previous actions earned
 (R_t = R_{t-1} - r_{t-1}).
 
-Two ways to act, chosen by the backbone:
-- "recurrent" (Aaren): per env step the new tokens [a_{t-1}, R_t, s_t] go through the backbone
-  once with the carried constant-size state; at an episode's first step only [R_1, s_1]. This is
+Two ways to act:
+- "recurrent" (the default for Aaren): per env step the new tokens [a_{t-1}, R_t, s_t] go through
+  the backbone once with the carried state; at an episode's first step only [R_1, s_1]. This is
   exactly the training sequence R_1 s_1 a_1 R_2 ..., so the chosen action equals the parallel
-  forward's prediction. When some rows start and others continue in the same step, the action
-  tokens of the continuing rows go through first (one extra call on those rows only), then
-  [R_t, s_t] for all rows: exact, and one call per step otherwise.
-- "window" (Transformer baseline, the reference DT way): every step re-runs the last K timesteps
-  (right-padded, so causality keeps the padding out) and reads the prediction at the last one.
+  forward's prediction. When some rows start and others continue in the same step, every row's
+  action token goes through first, then the starting rows are emptied and [R_t, s_t] follows:
+  exact, two calls in such steps, one otherwise. Aaren's state is constant in size; with the
+  Transformer backbone the state is its KV cache over the whole episode (it grows every step, and
+  attends further back than the K-step windows the Transformer trained on: a speed baseline).
+- "window" (the default for the Transformer, the reference DT way): every step re-runs the last K
+  timesteps (right-padded, so causality keeps the padding out) and reads the prediction at the last one.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aaren_rl import AarenState
+from aaren_rl import AarenState, KVCache
 from agents.model import DecisionModel
 
 
@@ -58,7 +60,7 @@ class AgentState:
     returns_to_go: Tensor  # [n]
     timesteps: Tensor  # [n] long
     actions: Tensor  # [n, act_dim] the actions chosen at `timesteps` (env units)
-    memory: AarenState | Window
+    memory: AarenState | KVCache | Window
 
     @property
     def num_envs(self) -> int:
@@ -69,16 +71,6 @@ class AgentState:
         """Memory held per batch: constant for the recurrent agent, K steps for the window agent."""
         own = sum(t.numel() * t.element_size() for t in (self.returns_to_go, self.timesteps, self.actions))
         return own + self.memory.nbytes
-
-
-def _take_rows(state: AarenState, rows: Tensor) -> AarenState:
-    return AarenState(state.m[:, rows], state.u[:, rows], state.w[:, rows])
-
-
-def _put_rows(state: AarenState, rows: Tensor, part: AarenState) -> AarenState:
-    m, u, w = state.m.clone(), state.u.clone(), state.w.clone()
-    m[:, rows], u[:, rows], w[:, rows] = part.m, part.u, part.w
-    return AarenState(m, u, w)
 
 
 class DecisionAgent:
@@ -93,8 +85,6 @@ class DecisionAgent:
         mode = mode or default
         if mode not in ("recurrent", "window"):
             raise ValueError(f"mode must be 'recurrent' or 'window', got {mode!r}")
-        if mode == "recurrent" and model.config.backbone != "aaren":
-            raise ValueError("recurrent acting needs the Aaren backbone; use mode='window' for the Transformer")
         self.model = model.eval()
         self.target_return = float(target_return)
         self.mode = mode
@@ -171,21 +161,18 @@ class DecisionAgent:
 
     def _act_recurrent(
         self, state: AgentState, start: Tensor, rtg: Tensor, obs: Tensor, t: Tensor
-    ) -> tuple[Tensor, AarenState]:
+    ) -> tuple[Tensor, AarenState | KVCache]:
         model, backbone = self.model, self.model.backbone
-        memory = state.memory.reset(start)
         new = torch.stack([model.embed_returns(rtg, t), model.embed_states(obs, t)], dim=1)  # [n, 2, D]
-        cont = ~start
-        if bool(cont.all()):
-            a_tok = model.embed_actions(state.actions, state.timesteps).unsqueeze(1)
-            hidden, memory = backbone(torch.cat([a_tok, new], dim=1), memory)
+        if bool(start.all()):
+            hidden, memory = backbone(new, state.memory.reset(start))
         else:
-            if bool(cont.any()):  # continuing rows take their a_{t-1} token first
-                rows = cont.nonzero().squeeze(1)
-                a_tok = model.embed_actions(state.actions[rows], state.timesteps[rows]).unsqueeze(1)
-                _, part = backbone(a_tok, _take_rows(memory, rows))
-                memory = _put_rows(memory, rows, part)
-            hidden, memory = backbone(new, memory)
+            a_tok = model.embed_actions(state.actions, state.timesteps).unsqueeze(1)
+            if bool(start.any()):  # the starting rows' action tokens are emptied with the rest of their memory
+                _, memory = backbone(a_tok, state.memory)
+                hidden, memory = backbone(new, memory.reset(start))
+            else:
+                hidden, memory = backbone(torch.cat([a_tok, new], dim=1), state.memory)
         return model.action_head(hidden[:, -1]), memory
 
     def _act_window(

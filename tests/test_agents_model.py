@@ -95,9 +95,13 @@ def test_recurrent_state_is_constant_size():
     assert len(set(sizes)) == 1
 
 
-def test_recurrent_mode_needs_aaren():
-    with pytest.raises(ValueError, match="Aaren backbone"):
-        DecisionAgent(make_model("transformer"), TARGET, mode="recurrent")
+def test_transformer_kv_cache_acting_equals_its_full_forward_across_batched_episodes():
+    """Recurrent mode with the Transformer backbone carries its KV cache over the whole episode."""
+    model = make_model("transformer")
+    rec = rollout(DecisionAgent(model, TARGET, mode="recurrent"))
+    for row, s, rtg, ts in episodes(rec):
+        pred = parallel(model, rtg, rec["obs"][s, row], rec["actions"][s, row], ts)
+        np.testing.assert_allclose(rec["actions"][s, row], pred, rtol=0, atol=1e-9)
 
 
 def test_recurrent_acting_is_exact_on_a_live_vectorised_hopper_rollout():
