@@ -80,7 +80,7 @@ def dataset(path: Path, policy, steps: int, seed: int) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--behaviour-minutes", type=float, default=3.0, help="PPO training budget (default 3)")
+    parser.add_argument("--behaviour-minutes", type=float, default=4.0, help="PPO training budget (default 4)")
     parser.add_argument("--dataset-steps", type=int, default=50_000, help="transitions to collect (default 50k)")
     parser.add_argument("--set", nargs="*", default=[], dest="overrides", metavar="KEY=VALUE",
                         help="overrides for configs/quickstart.yaml, e.g. train.steps=100")
