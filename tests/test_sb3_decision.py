@@ -11,7 +11,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from agents.checkpoint import save_checkpoint
-from agents.evaluation import evaluate_agent
+from agents.evaluation import evaluate_agent, single_thread
 from agents.model import DecisionModel, DecisionModelConfig
 from agents.policy import DecisionAgent
 from agents.sb3 import DecisionPolicy, RewardToPolicyVecEnv
@@ -47,7 +47,8 @@ def _single_env_episodes(agent: DecisionAgent, env_index: int, episodes: int) ->
 
 @pytest.fixture(scope="module")
 def reference(agent: DecisionAgent) -> list[tuple[float, int]]:
-    per_env = [_single_env_episodes(agent, i, EPISODES // N_ENVS) for i in range(N_ENVS)]
+    with single_thread():  # module-scoped: set up before the function-scoped one_torch_thread
+        per_env = [_single_env_episodes(agent, i, EPISODES // N_ENVS) for i in range(N_ENVS)]
     episodes = sorted(ep for env_eps in per_env for ep in env_eps)
     assert len({length for _, length in episodes}) > 1, "episodes should end at different steps"
     return episodes
