@@ -11,8 +11,8 @@
    driven by random actions (the env-only ceiling): environment steps per second.
 3. Training throughput: supervised steps (actions predicted) and tokens per second of one
    forward + backward + AdamW step, Aaren-DT on whole 1000-step trajectories against
-   Transformer-DT on K = 20 windows, at the reference width; and the peak memory of each (peak RSS
-   of a fresh process on CPU, torch's peak allocation on CUDA).
+   Transformer-DT on K = 20 windows, at the reference width; and the peak memory of each (on CPU the
+   growth of a fresh process's peak RSS from before the model is built; torch's peak allocation on CUDA).
 
 Writes <out>/agents_speed.json and <out>/agents_speed.png. Untrained models: this measures speed only.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import multiprocessing as mp
-import resource
 import statistics
 import sys
 import time
@@ -164,8 +163,23 @@ def bench_rollout(settings: Settings) -> dict:
     return result
 
 
+def _reset_peak_rss() -> None:
+    """Reset this process's peak resident set size (Linux: writing 5 to /proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set size in bytes since the last reset (VmHWM)."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
 def _train_case(backbone: str, settings: Settings, device: str) -> dict:
     """One training-throughput case, in a fresh process so that its peak memory is its own."""
+    _reset_peak_rss()  # a spawned process starts with its parent's high-water mark
+    baseline = _peak_rss()
     torch.manual_seed(0)
     model = DecisionModel(DecisionModelConfig(obs_dim=OBS_DIM, act_dim=ACT_DIM, backbone=backbone)).to(device)
     model.train()
@@ -194,11 +208,7 @@ def _train_case(backbone: str, settings: Settings, device: str) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times[1:])
-    peak = (
-        torch.cuda.max_memory_allocated()
-        if device == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    )
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss() - baseline
     return {
         "agent": backbone,
         "batch": batch,
@@ -207,7 +217,9 @@ def _train_case(backbone: str, settings: Settings, device: str) -> dict:
         "supervised_steps_per_second": batch * length / seconds,
         "tokens_per_second": 3 * batch * length / seconds,
         "peak_memory_bytes": peak,
-        "peak_memory_kind": "torch.cuda.max_memory_allocated" if device == "cuda" else "process peak RSS",
+        "peak_memory_kind": "torch.cuda.max_memory_allocated"
+        if device == "cuda"
+        else "peak RSS growth of a fresh process from before the model is built",
     }
 
 
