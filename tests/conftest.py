@@ -1,6 +1,12 @@
-"""Shared test settings: no test reaches the network unless it serves the data itself on loopback."""
+"""Shared test settings and fixtures: no test reaches the network unless it serves the data itself
+on loopback."""
 
+from pathlib import Path
+
+import numpy as np
 import pytest
+
+from envs import save_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -19,3 +25,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A synthetic Hopper-shaped dataset (11-dim observations, 3-dim actions) of 6 episodes of different
+    lengths (so padding differs between batches and between ranks)."""
+    rng = np.random.default_rng(0)
+    lengths = [40, 25, 60, 10, 35, 30]
+    n = sum(lengths)
+    timeouts = np.zeros(n, dtype=bool)
+    timeouts[np.cumsum(lengths) - 1] = True
+    path = tmp_path_factory.mktemp("data") / "hopper_tiny.hdf5"
+    save_dataset(
+        path,
+        rng.normal(size=(n, 11)).astype(np.float32),
+        rng.uniform(-1, 1, (n, 3)).astype(np.float32),
+        rng.normal(1, 0.3, n).astype(np.float32),
+        np.zeros(n, dtype=bool),
+        timeouts,
+        metadata={"env_id": "Hopper-v5"},
+    )
+    return path

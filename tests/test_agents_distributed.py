@@ -16,7 +16,7 @@ from agents.checkpoint import latest_checkpoint
 from agents.distributed import DistContext
 from agents.evaluation import env_quota, rank_share
 from agents.training import sample_batch
-from envs import load_dataset, save_dataset
+from envs import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.embed_dim=32", "model.num_layers=1", "model.dropout=0", "train.batch_size=4", "train.steps=6",
@@ -47,23 +47,6 @@ from agents import load_config, train
 
 train(load_config(sys.argv[1], sys.argv[2:]), progress=False, stop_after=4)
 """
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    """A synthetic Hopper-shaped dataset of 6 episodes of different lengths (so padding differs per rank)."""
-    rng = np.random.default_rng(0)
-    lengths = [40, 25, 60, 10, 35, 30]
-    n = sum(lengths)
-    timeouts = np.zeros(n, dtype=bool)
-    timeouts[np.cumsum(lengths) - 1] = True
-    path = tmp_path_factory.mktemp("data") / "hopper_tiny.hdf5"
-    save_dataset(
-        path, rng.normal(size=(n, 11)).astype(np.float32), rng.uniform(-1, 1, (n, 3)).astype(np.float32),
-        rng.normal(1, 0.3, n).astype(np.float32), np.zeros(n, dtype=bool), timeouts,
-        metadata={"env_id": "Hopper-v5"},
-    )
-    return path
 
 
 def torchrun(script: str | Path, *args: str) -> subprocess.CompletedProcess:

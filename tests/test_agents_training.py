@@ -9,29 +9,10 @@ from safetensors.numpy import load_file
 
 from agents import ConfigError, DecisionAgent, load_config, load_policy, train
 from agents.checkpoint import latest_checkpoint
-from envs import save_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny batches: 1 thread is fastest
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    """A synthetic Hopper-shaped dataset (11-dim observations, 3-dim actions) of 6 short episodes."""
-    rng = np.random.default_rng(0)
-    lengths = [40, 25, 60, 10, 35, 30]
-    n = sum(lengths)
-    ends = np.cumsum(lengths) - 1
-    timeouts = np.zeros(n, dtype=bool)
-    timeouts[ends] = True
-    path = tmp_path_factory.mktemp("data") / "hopper_tiny.hdf5"
-    save_dataset(
-        path, rng.normal(size=(n, 11)).astype(np.float32), rng.uniform(-1, 1, (n, 3)).astype(np.float32),
-        rng.normal(1, 0.3, n).astype(np.float32), np.zeros(n, dtype=bool), timeouts,
-        metadata={"env_id": "Hopper-v5"},
-    )
-    return path
 
 
 def tiny_config(dataset: Path, out: Path, *extra: str):
