@@ -103,10 +103,11 @@ def run_one(
             train(load_config(REPO / "configs" / f"{task}-{dataset}.yaml", overrides))
     report = json.loads(report_path.read_text())
     best = max(report["results"], key=lambda r: r["score_mean"])
+    first_target = report["results"][0]["target_return"]  # periodic evaluations use the first target
     curve = [
         (row["step"], row["eval/score_mean"])
         for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-        if "eval/score_mean" in row and row["step"] < settings.steps
+        if "eval/score_mean" in row and row["eval/target"] == first_target
     ]
     return {
         "task": task,
@@ -210,7 +211,7 @@ def plot(runs: list[dict], table: list[dict], path: Path) -> None:
             steps = [s for s, _ in curves[0]]
             values = np.array([[v for _, v in c[: len(steps)]] for c in curves if len(c) >= len(steps)])
             mean, std = values.mean(0), values.std(0)
-            ax.plot(steps, mean, color=color, label=f"{backbone}-DT")
+            ax.plot(steps, mean, color=color, marker="o", label=f"{backbone}-DT")
             ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
         ax.set(xlabel="gradient step", ylabel="score (first target)", title=f"{row['task']} {row['dataset']}")
         ax.grid(alpha=0.3)
