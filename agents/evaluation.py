@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents.checkpoint import latest_checkpoint, load_model
+from agents.checkpoint import latest_checkpoint, load_model, write_text_atomic
 from agents.policy import DecisionAgent
 from envs import VecRollout, make_env, make_vec_env, normalized_score
 from envs.make import d4rl_task
@@ -249,7 +249,7 @@ def evaluate_run(
     if video:
         agent = DecisionAgent(model, results[0].target_return, mode=mode)
         report["video"] = str(record_video(agent, env_name, out / "episode.mp4", seed))
-    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    write_text_atomic(out / "eval.json", json.dumps(report, indent=2))
     plot_eval(report, out / "eval.png")
     report["report_path"] = str(out / "eval.json")
     return report
