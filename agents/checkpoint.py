@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from agents.model import DecisionModel, DecisionModelConfig
 
@@ -34,6 +34,14 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def model_files(model: DecisionModel, step: int, **extra: Any) -> dict[str, bytes]:
+    """What describes a trained model: its weights (model.safetensors) and its config plus `extra`
+    (model.json), as file name -> bytes; a checkpoint folder and a DecisionPolicy zip both hold these."""
+    weights = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"model": model.config.to_dict(), "step": step, **extra}
+    return {"model.safetensors": save(weights), "model.json": json.dumps(meta, indent=2).encode()}
+
+
 def save_checkpoint(run_dir: Path, model: DecisionModel, step: int, trainer_state: dict[str, Any]) -> Path:
     """Write checkpoint `step` atomically, point `latest` at it, and drop all but the newest few."""
     root = Path(run_dir) / "checkpoints"
@@ -41,9 +49,8 @@ def save_checkpoint(run_dir: Path, model: DecisionModel, step: int, trainer_stat
     final = root / f"step_{step:07d}"
     tmp = root / f".tmp_{final.name}_{secrets.token_hex(4)}"
     tmp.mkdir()
-    weights = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / "model.safetensors"))
-    (tmp / "model.json").write_text(json.dumps({"model": model.config.to_dict(), "step": step}, indent=2))
+    for name, data in model_files(model, step).items():
+        (tmp / name).write_bytes(data)
     torch.save(trainer_state, tmp / "trainer.pt")
     if final.exists():
         shutil.rmtree(final)

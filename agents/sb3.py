@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from gymnasium import spaces
-from safetensors.torch import save
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from agents.checkpoint import load_model
+from agents.checkpoint import load_model, model_files
 from agents.evaluation import load_policy
 from agents.policy import AgentState, DecisionAgent
 
@@ -65,6 +64,11 @@ class RewardToPolicyVecEnv(VecEnvWrapper):
         return self._with_reward(obs, rewards), rewards, dones, infos
 
 
+def _zip_names(path: Path) -> list[str]:
+    with zipfile.ZipFile(path) as archive:
+        return archive.namelist()
+
+
 class DecisionPolicy:
     """A `DecisionAgent` as an SB3 policy (PolicyPredictor); feed it observations from
     `RewardToPolicyVecEnv`. The agent acts deterministically, so `deterministic` is ignored."""
@@ -91,15 +95,15 @@ class DecisionPolicy:
     def save(self, path: str | os.PathLike) -> Path:
         """One zip (written atomically): model.safetensors + model.json (config, target return, mode)."""
         path = Path(path)
-        model = self.agent.model
-        weights = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
-        meta = {"model": model.config.to_dict(), "step": 0, "target_return": self.agent.target_return,
-                "mode": self.agent.mode}
+        files = model_files(self.agent.model, 0, target_return=self.agent.target_return, mode=self.agent.mode)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        with zipfile.ZipFile(tmp, "w") as archive:
-            archive.writestr("model.safetensors", save(weights))
-            archive.writestr("model.json", json.dumps(meta, indent=2))
-        os.replace(tmp, path)
+        try:
+            with zipfile.ZipFile(tmp, "w") as archive:
+                for name, data in files.items():
+                    archive.writestr(name, data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -115,8 +119,14 @@ class DecisionPolicy:
         path = Path(path)
         if path.is_dir():
             return cls(load_policy(path, target_return, str(device), mode))
+        members = ["model.safetensors", "model.json"]
+        if not zipfile.is_zipfile(path) or not set(members) <= set(_zip_names(path)):
+            raise ValueError(
+                f"{path} is not a DecisionPolicy file (a zip holding {' and '.join(members)}). Fix: pass a file "
+                "written by DecisionPolicy.save or a run directory of scripts/train_offline.py."
+            )
         with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(path) as archive:
-            archive.extractall(tmp, members=["model.safetensors", "model.json"])
+            archive.extractall(tmp, members=members)
             model, _ = load_model(tmp, device)
             meta = json.loads(Path(tmp, "model.json").read_text())
         target = meta["target_return"] if target_return is None else target_return

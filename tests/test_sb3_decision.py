@@ -107,3 +107,17 @@ def test_reward_wrapper_appends_previous_reward() -> None:
     obs, rewards, _, _ = env.step(np.zeros((2, 1), dtype=np.float32))
     np.testing.assert_allclose(obs[:, -1], rewards, rtol=1e-6)
     assert env.observation_space.shape == (4,)
+
+
+@pytest.mark.parametrize("content", [None, b"not a zip", "zip-without-model"])
+def test_loading_a_wrong_file_names_it_and_the_fix(tmp_path, content):
+    import zipfile
+
+    path = tmp_path / "policy.zip"
+    if content == "zip-without-model":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("other.txt", "x")
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"policy\.zip is not a DecisionPolicy file.*DecisionPolicy\.save"):
+        DecisionPolicy.load(path)
