@@ -61,7 +61,7 @@ class Settings:
     kv_max_steps: int = 10000
 
 
-QUICK = Settings(lengths=(10, 100, 1000, 3000), kv_max_steps=3000, rollout_steps=150, train_reps=3)
+QUICK = Settings(lengths=(10, 100, 1000, 3000), kv_max_steps=1000, rollout_steps=150, train_reps=3)
 
 
 def _model(backbone: str, **kw) -> DecisionModel:
