@@ -10,6 +10,7 @@ their input, so the trainer reads the same on one process and on many.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -54,8 +55,15 @@ class DistContext:
         return out
 
     def cleanup(self) -> None:
-        """End the process group if this context started it."""
+        """End the process group if this context started it.
+
+        The DDP wrapper can outlive training in garbage cycles (a caught exception's traceback holds
+        the training frame), and its reducer keeps the group alive; collected first, the group's
+        gloo threads are joined here rather than at interpreter exit, where they aborted the
+        process ("terminate called without an active exception", about 1 run in 60 under load).
+        """
         if self.owns_group and dist.is_initialized():
+            gc.collect()
             dist.destroy_process_group()
 
 

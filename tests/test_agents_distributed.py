@@ -56,9 +56,15 @@ def torchrun(script: str | Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=110)
 
 
+def failure_report(result: subprocess.CompletedProcess) -> str:
+    """Where a torchrun job failed: the start of its stderr (the failing rank's own error) and the end."""
+    err = result.stderr
+    return err if len(err) <= 8000 else f"{err[:5000]}\n[...]\n{err[-3000:]}"
+
+
 def train_cli(*args: str) -> subprocess.CompletedProcess:
     result = torchrun("scripts/train_offline.py", *args, "--no-progress")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, failure_report(result)
     return result
 
 
@@ -113,7 +119,7 @@ def test_two_process_run_resumes_to_the_uninterrupted_weights(tiny_dataset, tmp_
     stopped = tmp_path / "stopped.py"
     stopped.write_text(STOPPED)
     result = torchrun(stopped, config, *common, "name=killed")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, failure_report(result)
     killed = tmp_path / "killed"
     assert latest_checkpoint(killed).name == "step_0000003" and train_steps(killed) == [2, 4]
     train_cli("--resume", str(killed))
