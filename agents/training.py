@@ -32,7 +32,7 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,13 +135,11 @@ def dataset_stats(data: TrainingData) -> dict[str, Any]:
 
 
 def build_model(cfg: Config, data: TrainingData) -> DecisionModel:
-    m = cfg.model
-    model = DecisionModel(DecisionModelConfig(
-        obs_dim=data.dataset.obs_dim, act_dim=data.dataset.act_dim, backbone=m.backbone,
-        embed_dim=m.embed_dim, num_layers=m.num_layers, num_heads=m.num_heads, ffn_mult=m.ffn_mult,
-        dropout=m.dropout, context_steps=m.context_steps, max_timestep=data.max_timestep,
-        return_scale=m.return_scale, action_low=data.action_low, action_high=data.action_high,
-    ))
+    """The configured model hyperparameters plus what the data decides (dims, horizon, action bounds)."""
+    model = DecisionModel(DecisionModelConfig(**{
+        **asdict(cfg.model), "max_timestep": data.max_timestep, "obs_dim": data.dataset.obs_dim,
+        "act_dim": data.dataset.act_dim, "action_low": data.action_low, "action_high": data.action_high,
+    }))
     model.set_state_stats(data.dataset.state_mean, data.dataset.state_std)
     return model
 
