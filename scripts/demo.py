@@ -13,12 +13,16 @@ policy's weights, if only the data was deleted).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from agents import load_config, train
+from envs import collect_dataset, load_dataset
+from envs.behaviour import train_behaviour_policy
 
 ENV_ID = "Hopper-v5"
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,56 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cache_dir() -> Path:
     return Path(os.environ.get("AAREN_RL_CACHE", "~/.cache/aaren-rl")).expanduser()
-
-
-def behaviour_policy(path: Path, minutes: float, seed: int):
-    """PPO on Hopper-v5 for a wall-clock budget (SB3 defaults, 4 envs); its policy weights are cached as
-    safetensors (written atomically, loaded into a fresh PPO: no pickles)."""
-    from safetensors.torch import load_file, save_file
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.env_util import make_vec_env
-
-    env = make_vec_env(ENV_ID, n_envs=4, seed=seed)
-    model = PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0)
-    if path.is_file():
-        print(f"[1/4] behaviour policy: cached {path}")
-        model.policy.load_state_dict(load_file(str(path)))
-        return model
-
-    class Budget(BaseCallback):
-        """Stop after `minutes` of wall-clock time, with a progress line per rollout."""
-
-        def __init__(self):
-            super().__init__()
-            self.start = time.perf_counter()
-
-        def _on_rollout_end(self) -> None:
-            ep = [e["r"] for e in self.model.ep_info_buffer]
-            elapsed = time.perf_counter() - self.start
-            mean = f"{np.mean(ep):.0f}" if ep else "-"
-            print(f"      {self.num_timesteps:>7d} steps  {elapsed:5.0f}s  recent episode return {mean}", flush=True)
-
-        def _on_step(self) -> bool:
-            return time.perf_counter() - self.start < 60 * minutes
-
-    print(f"[1/4] behaviour policy: training PPO on {ENV_ID} for {minutes:g} min (cached afterwards)")
-    model.learn(total_timesteps=2_000_000, callback=Budget())
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in model.policy.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
-    return model
-
-
-def dataset(path: Path, policy, steps: int, seed: int) -> Path:
-    """The policy's stochastic rollouts as a D4RL-format file (envs' collector)."""
-    from envs import collect_dataset
-
-    print(f"[2/4] dataset: {steps} steps of the behaviour policy -> {path}")
-    result = collect_dataset(ENV_ID, policy, path, steps, num_envs=4, seed=seed, deterministic=False)
-    print(f"      {len(result.episode_returns)} episodes, return {result.episode_returns.mean():.0f} "
-          f"± {result.episode_returns.std():.0f}")
-    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,12 +50,16 @@ def main(argv: list[str] | None = None) -> None:
     if data_path.is_file():
         print(f"[1-2/4] behaviour policy and dataset: cached {data_path}")
     else:
-        policy = behaviour_policy(cache / "hopper-ppo-behaviour.safetensors", args.behaviour_minutes, args.seed)
-        dataset(data_path, policy, args.dataset_steps, args.seed)
+        policy_path = cache / "hopper-ppo-behaviour.safetensors"
+        cached = "cached" if policy_path.is_file() else f"training PPO for {args.behaviour_minutes:g} min"
+        print(f"[1/4] behaviour policy on {ENV_ID}: {cached} ({policy_path})")
+        policy = train_behaviour_policy(ENV_ID, policy_path, args.behaviour_minutes, args.seed)
+        print(f"[2/4] dataset: {args.dataset_steps} steps of the behaviour policy -> {data_path}")
+        result = collect_dataset(ENV_ID, policy, data_path, args.dataset_steps, num_envs=4, seed=args.seed,
+                                 deterministic=False)  # stochastic actions: varied returns
+        print(f"      {len(result.episode_returns)} episodes, return {result.episode_returns.mean():.0f} "
+              f"± {result.episode_returns.std():.0f}")
     torch.set_num_threads(threads)
-
-    from agents import load_config, train
-    from envs import load_dataset
 
     ds = load_dataset(data_path)
     best = float(ds.episode_returns.max())
@@ -113,8 +71,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[3/4] training the Aaren decision agent ({cfg.train.steps} steps, whole trajectories) -> {cfg.run_dir}")
     print("[4/4] then evaluating it live through the recurrent path (O(1) memory per env)")
     run = train(cfg)
-
-    import json
 
     report = json.loads((run / "eval" / "eval.json").read_text())
     result = report["results"][0]
