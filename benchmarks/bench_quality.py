@@ -50,9 +50,8 @@ class Settings:
     eval_episodes: int = 10
 
 
-QUICK = Settings(
-    tasks=("hopper",), transitions=100_000, steps=500, warmup_steps=100, eval_every=250, eval_episodes=5
-)
+#: All six task x dataset pairs at a CPU budget: 36 runs of about 2 minutes each on 2 quiet cores.
+QUICK = Settings(transitions=100_000, steps=500, warmup_steps=100, eval_every=250, eval_episodes=5)
 
 
 def make_dataset(task: str, dataset: str, settings: Settings, data_dir: Path) -> Path:
@@ -179,8 +178,12 @@ def plot(runs: list[dict], table: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 1 + len(table), figsize=(5 * (1 + len(table)), 4.2))
-    ax = axes[0]
+    cols = min(3, len(table))
+    rows = -(-len(table) // cols)
+    fig = plt.figure(figsize=(5 * cols, 4 * (1 + rows)))
+    grid = fig.add_gridspec(1 + rows, cols)
+    ax = fig.add_subplot(grid[0, :])  # the scores across the top, one learning-curve panel per pair below
+    curve_axes = [fig.add_subplot(grid[1 + i // cols, i % cols]) for i in range(len(table))]
     x = np.arange(len(table))
     for i, backbone in enumerate(BACKBONES):
         means = [row[backbone]["mean"] for row in table]
@@ -195,10 +198,10 @@ def plot(runs: list[dict], table: list[dict], path: Path) -> None:
         label="dataset mean",
         zorder=3,
     )
-    ax.set_xticks(x, [f"{row['task']}\n{row['dataset']}" for row in table])
+    ax.set_xticks(x, [f"{row['task']} {row['dataset']}" for row in table])
     ax.set(ylabel="D4RL-normalised score", title="final score (best target)")
     ax.legend(fontsize=8)
-    for ax, row in zip(axes[1:], table, strict=True):
+    for ax, row in zip(curve_axes, table, strict=True):
         for backbone, color in zip(BACKBONES, ("C0", "C1"), strict=True):
             curves = [
                 r["curve"]
