@@ -33,7 +33,7 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-# Speed and memory, side by side with each baseline (JSON + PNG in benchmarks/results); ~15-20 min on 2 cores.
+# Speed and memory, side by side with each baseline (JSON + PNG in benchmarks/results); about 4 min on 2 quiet cores.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_aaren.py --quick
 	$(PY) benchmarks/bench_agents.py --quick
