@@ -9,7 +9,7 @@ the Aaren agent whole episodes from their first step, as many as hold about the 
 steps on average. Each run ends with a live evaluation at the task's target returns (envs on
 Gymnasium v5); the table reports the best target's D4RL-normalised score, mean +- std over seeds.
 
-The default protocol is sized to finish in about 1.5 hours on 2 CPU cores (see QUICK); `--full`
+The default protocol is sized to finish in about an hour on 2 quiet CPU cores (see QUICK); `--full`
 is the papers' protocol (100k steps, 1M-transition datasets, all three tasks), unchanged code.
 Interrupted? Run the same command again: finished runs are kept, unfinished ones resume.
 
