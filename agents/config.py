@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from agents.model import BACKBONES
+from agents.model import BACKBONES, ModelHyperparameters
 
 
 class ConfigError(ValueError):
@@ -32,16 +32,8 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
-    backbone: str = "aaren"  # "aaren" | "transformer"
-    embed_dim: int = 128
-    num_layers: int = 3
-    num_heads: int = 1
-    ffn_mult: int = 4
-    dropout: float = 0.1
-    context_steps: int = 20  # K: Transformer training/acting window in timesteps
+class ModelConfig(ModelHyperparameters):
     max_timestep: int = 0  # timestep-embedding size; 0 = max(env time limit, longest dataset episode)
-    return_scale: float = 0.001
 
 
 @dataclass

@@ -24,14 +24,12 @@ BACKBONES = ("aaren", "transformer")
 
 
 @dataclass
-class DecisionModelConfig:
-    """Everything needed to build a `DecisionModel` (saved as JSON next to the weights).
+class ModelHyperparameters:
+    """The architecture and input scaling a user chooses (a config's `model:` section).
 
     Defaults are the reference Decision Transformer hyperparameters (DESIGN.md section 3).
     """
 
-    obs_dim: int
-    act_dim: int
     backbone: str = "aaren"  # "aaren" | "transformer"
     embed_dim: int = 128
     num_layers: int = 3
@@ -41,6 +39,15 @@ class DecisionModelConfig:
     context_steps: int = 20  # K: the Transformer's training window and acting window, in timesteps
     max_timestep: int = 1000  # size of the timestep embedding; later timesteps are clamped to the last
     return_scale: float = 1e-3  # returns-to-go are multiplied by this before embedding
+
+
+@dataclass(kw_only=True)
+class DecisionModelConfig(ModelHyperparameters):
+    """Everything needed to build a `DecisionModel` (saved as JSON next to the weights): the
+    hyperparameters plus what the data decides."""
+
+    obs_dim: int
+    act_dim: int
     action_low: list[float] = field(default_factory=list)  # per-dimension action bounds (default [-1, 1])
     action_high: list[float] = field(default_factory=list)
 
