@@ -27,19 +27,20 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
-# Fresh machine -> behaviour policy (SB3, a few minutes) -> cached D4RL-format data -> Aaren agent
-# trained and evaluated live; under 10 minutes on 2 cores, a second run reuses ~/.cache/aaren-rl.
+# Fresh machine -> behaviour policy (SB3) -> cached D4RL-format data -> Aaren agent trained and
+# evaluated live; a second run reuses ~/.cache/aaren-rl.
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-# Speed and memory, side by side with each baseline (JSON + PNG in benchmarks/results); about 4 min on 2 quiet cores.
+# Speed and memory, side by side with each baseline (JSON + PNG in benchmarks/results); minutes.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_aaren.py --quick
 	$(PY) benchmarks/bench_agents.py --quick
 
 # Everything at full size, plus AarenPPO vs RecurrentPPO vs PPO and the Aaren-DT vs Transformer-DT
-# quality table (hours on 2 cores; `bench_quality.py --full` is the papers' protocol).
+# quality table (hours on a CPU; `bench_quality.py --full` is the papers' protocol).
 bench-full: $(STAMP)
 	$(PY) benchmarks/bench_aaren.py
 	$(PY) benchmarks/bench_agents.py

@@ -1,22 +1,21 @@
-"""Checkpoints: model weights as safetensors + the model config as JSON (never pickles).
+"""The checkpoint format: model weights as safetensors + the model config as JSON (never pickles),
+plus the trainer's state.
 
-Layout inside a run directory:
+One checkpoint folder holds:
 
-    checkpoints/step_0001000/model.safetensors   weights and buffers (state mean/std, action bounds)
-    checkpoints/step_0001000/model.json          {"model": DecisionModelConfig, "step": 1000}
-    checkpoints/step_0001000/trainer.pt          optimizer, scheduler, RNG states (torch.load weights_only)
-    checkpoints/latest                           name of the newest complete checkpoint
+    model.safetensors   weights and buffers (state mean/std, action bounds)
+    model.json          {"model": DecisionModelConfig, "step": 1000}
+    trainer.pt          optimizer, scheduler, RNG states (read with torch.load weights_only)
 
-A checkpoint folder is written under a temporary name and renamed into place, then `latest` is
-replaced atomically, so a run killed at any moment leaves the previous checkpoint intact.
+The folder is written under a temporary name and renamed into place (`envs.files.atomic_path`), so
+it is complete or absent. Where checkpoints live in a run and which is the latest: `agents.run_dir`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from agents.model import DecisionModel, DecisionModelConfig
-
-KEEP_CHECKPOINTS = 2
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from envs.files import atomic_path
 
 
 def model_files(model: DecisionModel, step: int, **extra: Any) -> dict[str, bytes]:
@@ -42,57 +34,51 @@ def model_files(model: DecisionModel, step: int, **extra: Any) -> dict[str, byte
     return {"model.safetensors": save(weights), "model.json": json.dumps(meta, indent=2).encode()}
 
 
-def save_checkpoint(run_dir: Path, model: DecisionModel, step: int, trainer_state: dict[str, Any]) -> Path:
-    """Write checkpoint `step` atomically, point `latest` at it, and drop all but the newest few."""
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:07d}"
-    tmp = root / f".tmp_{final.name}_{secrets.token_hex(4)}"
-    tmp.mkdir()
-    for name, data in model_files(model, step).items():
-        (tmp / name).write_bytes(data)
-    torch.save(trainer_state, tmp / "trainer.pt")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    write_text_atomic(root / "latest", final.name)
-    for old in sorted(root.glob("step_*"))[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+def write_checkpoint(
+    folder: str | os.PathLike, model: DecisionModel, step: int, trainer_state: dict[str, Any]
+) -> Path:
+    """Write one checkpoint folder atomically (an existing one at `folder` is replaced); returns it."""
+    folder = Path(folder)
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        for name, data in model_files(model, step).items():
+            (tmp / name).write_bytes(data)
+        torch.save(trainer_state, tmp / "trainer.pt")
+    return folder
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
-    """The newest complete checkpoint folder of a run, or FileNotFoundError saying what is missing."""
-    root = Path(run_dir) / "checkpoints"
-    pointer = root / "latest"
-    if not pointer.is_file():
-        raise FileNotFoundError(
-            f"no checkpoint in {run_dir}: {pointer} is missing. Fix: pass a run directory written by "
-            "scripts/train_offline.py that got at least to its first checkpoint."
+def state_dict_mismatch(expected: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]) -> str:
+    """How saved `weights` fail to fit a module's `expected` state dict (missing, unexpected or
+    wrongly shaped entries, a few of each); "" when they fit."""
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = [
+        f"{k}: saved {list(weights[k].shape)} vs expected {list(v.shape)}"
+        for k, v in expected.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
+    return "; ".join(
+        part
+        for part in (
+            f"missing {missing[:4]}{' ...' if len(missing) > 4 else ''}" if missing else "",
+            f"unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}" if unexpected else "",
+            f"shape mismatch {wrong[:4]}" if wrong else "",
         )
-    return root / pointer.read_text().strip()
+        if part
+    )
 
 
-def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[DecisionModel, int]:
+def load_model(
+    checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[DecisionModel, int]:
     """(model in eval mode, step) from a checkpoint folder; a clear error when the weights do not fit
     the architecture its model.json describes."""
     checkpoint = Path(checkpoint)
     meta = json.loads((checkpoint / "model.json").read_text())
     model = DecisionModel(DecisionModelConfig(**meta["model"]))
     weights = load_file(str(checkpoint / "model.safetensors"))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = [f"{k}: checkpoint {list(weights[k].shape)} vs config {list(v.shape)}"
-             for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        details = "; ".join(
-            part for part in (
-                f"missing {missing[:4]}{' ...' if len(missing) > 4 else ''}" if missing else "",
-                f"unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}" if unexpected else "",
-                f"shape mismatch {wrong[:4]}" if wrong else "",
-            ) if part
-        )
+    details = state_dict_mismatch(model.state_dict(), weights)
+    if details:
         raise ValueError(
             f"{checkpoint / 'model.safetensors'} does not match the architecture in {checkpoint / 'model.json'} "
             f"(backbone={model.config.backbone!r}, embed_dim={model.config.embed_dim}, "
@@ -104,4 +90,5 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
 
 
 def load_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's trainer.pt: tensors and plain containers only (weights_only, so no pickled code runs)."""
     return torch.load(Path(checkpoint) / "trainer.pt", weights_only=True)

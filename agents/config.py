@@ -9,13 +9,17 @@ impossible value raises one `ConfigError` naming the key, the bad value and the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
+import os
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from agents.model import BACKBONES, ModelHyperparameters
@@ -27,8 +31,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: str = ""  # D4RL-format file path or D4RL id ("hopper-medium-v2")
-    env: str = ""  # env to evaluate in; default: the dataset's metadata env_id, else the dataset id
+    dataset: str = field(default="", metadata={"example": "hopper-medium-v2"})  # D4RL-format file path or id
+    env: str = field(default="", metadata={"example": "Hopper-v5"})  # env to evaluate in; "": the dataset's
+    # metadata env_id, else the dataset id
 
 
 @dataclass
@@ -60,14 +65,18 @@ class TrainConfig:
 class EvalConfig:
     episodes: int = 10
     num_envs: int = 5
-    targets: list[float] = field(default_factory=list)  # empty = the task's DESIGN.md targets
+    targets: list[float] = field(default_factory=list, metadata={"example": "[3600, 1800]"})  # empty = the
+    # task's targets (docs/design.md, Decision agents)
     seed: int = 1000
-    vec_mode: str = "sync"  # "sync" | "async"
+    vectorization: str = (
+        "sync"  # env copies stepped in this process ("sync") or in worker processes ("async")
+    )
 
 
 @dataclass
 class Config:
-    name: str = ""  # run folder name; "" = <dataset>-<backbone>-s<seed>
+    name: str = field(default="", metadata={"example": "my-run"})  # run folder name inside output_dir;
+    # "" = <dataset>-<backbone>-s<seed>
     output_dir: str = "runs"  # the run directory is <output_dir>/<name>
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -93,7 +102,9 @@ class Config:
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 
@@ -103,7 +114,9 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in _seen:
         raise ConfigError(f"{path}: `base` includes form a cycle: {' -> '.join(map(str, (*_seen, path)))}")
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found. Fix: pass an existing YAML file, e.g. configs/quickstart.yaml")
+        raise ConfigError(
+            f"config file {path} not found. Fix: pass an existing YAML file, e.g. configs/quickstart.yaml"
+        )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -111,8 +124,14 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
     bases = raw.pop("base", [])
+    names = [bases] if isinstance(bases, str) else bases
+    if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
+        raise ConfigError(
+            f"{path}: base = {bases!r} does not name YAML files. Fix: write e.g. `base: base.yaml` (a path "
+            "relative to this file) or a list of such paths, or delete the `base:` line"
+        )
     merged: dict[str, Any] = {}
-    for base in [bases] if isinstance(bases, str) else bases:
+    for base in names:
         merged = _merge(merged, read_yaml(path.parent / base, (*_seen, path)))
     return _merge(merged, raw)
 
@@ -148,28 +167,45 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key} = {value!r}: expected a list of {item.__name__}, e.g. [3600, 1800]")
         return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError, OverflowError):
+            value = float(value)  # YAML reads 1e-4 (no dot) as a string
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. name=2024
-    if hint is float and isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{key} = {value!r} ({type(value).__name__}): expected {hint.__name__}")
+    if hint is float and not math.isfinite(value):
+        raise ConfigError(f"{key} = {value!r} is not a finite number. Fix: set {key} to a finite value")
     return value
+
+
+def _empty_value_message(key: str, spec: dataclasses.Field) -> str:
+    """For `key=` or `key:` with nothing after it: what to put there."""
+    default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+    example = spec.metadata.get("example", default)
+    return (
+        f"{key} is empty. Fix: give it a value, e.g. {key}={example}, or leave {key} out to keep "
+        f"its default ({default!r})"
+    )
+
+
+#: Keys that were renamed: old dotted name -> new one (an old key is an error naming the new one).
+RENAMED_KEYS = {"eval.vec_mode": "eval.vectorization"}
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'} must be a mapping of keys, got {data!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
+    known = {f.name: f for f in fields(cls)}
     kwargs = {}
     for key, value in data.items():
         where = f"{prefix}{key}"
+        if where in RENAMED_KEYS:
+            raise ConfigError(
+                f"config key {where!r} is now called {RENAMED_KEYS[where]!r}. Fix: write "
+                f"{RENAMED_KEYS[where]} instead of {where} (same values)"
+            )
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
             hint = f"did you mean {prefix}{close[0]}?" if close else f"known keys: {', '.join(sorted(known))}"
@@ -177,6 +213,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, f"{where}.")
+        elif value is None:
+            raise ConfigError(_empty_value_message(where, known[key]))
         else:
             kwargs[key] = _convert(value, hint, where)
     return cls(**kwargs)
@@ -187,6 +225,30 @@ def _check(cond: bool, key: str, value: Any, fix: str) -> None:
         raise ConfigError(f"{key} = {value!r} is impossible: {fix}")
 
 
+def _check_device(device: str) -> None:
+    """train.device must be a CPU or CUDA device torch has here (asks about CUDA only for CUDA devices)."""
+    fix = "use 'cpu', 'cuda' or 'cuda:<i>'"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"train.device = {device!r} is not a device ({exc}). Fix: {fix}") from exc
+    _check(parsed.type in ("cpu", "cuda"), "train.device", device, fix)
+    if parsed.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device = {device!r}, but this torch ({torch.__version__}) finds no CUDA GPU. Fix: "
+            "--set train.device=cpu, or run on a machine with an NVIDIA GPU and a CUDA build of torch"
+        )
+    count = torch.cuda.device_count()
+    _check(
+        parsed.index is None or parsed.index < count,
+        "train.device",
+        device,
+        f"this machine has {count} CUDA device(s): use 'cuda' or 'cuda:<i>' with i < {count}",
+    )
+
+
 def validate(cfg: Config) -> Config:
     """Value checks that need no data (dims against the dataset/env are checked in training)."""
     m, t, e = cfg.model, cfg.train, cfg.eval
@@ -194,7 +256,12 @@ def validate(cfg: Config) -> Config:
     _check(m.backbone in BACKBONES, "model.backbone", m.backbone, f"use one of {list(BACKBONES)}")
     for key in ("embed_dim", "num_layers", "num_heads", "ffn_mult", "context_steps"):
         _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
-    _check(m.embed_dim % m.num_heads == 0, "model.num_heads", m.num_heads, f"must divide model.embed_dim ({m.embed_dim})")
+    _check(
+        m.embed_dim % m.num_heads == 0,
+        "model.num_heads",
+        m.num_heads,
+        f"must divide model.embed_dim ({m.embed_dim})",
+    )
     _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
     _check(m.max_timestep >= 0, "model.max_timestep", m.max_timestep, "must be >= 1, or 0 for automatic")
     _check(m.return_scale > 0, "model.return_scale", m.return_scale, "must be > 0 (reference 0.001)")
@@ -206,12 +273,31 @@ def validate(cfg: Config) -> Config:
     _check(t.lr_decay in ("none", "cosine"), "train.lr_decay", t.lr_decay, "use 'none' or 'cosine'")
     _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
     _check(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "must be > 0 (reference 0.25)")
-    _check(t.device == "cpu" or t.device.startswith("cuda"), "train.device", t.device, "use 'cpu' or 'cuda[:i]'")
+    _check_device(t.device)
     _check(e.episodes >= 1, "eval.episodes", e.episodes, "must be >= 1")
     _check(e.num_envs >= 1, "eval.num_envs", e.num_envs, "must be >= 1")
-    _check(e.vec_mode in ("sync", "async"), "eval.vec_mode", e.vec_mode, "use 'sync' or 'async'")
-    _check("/" not in cfg.name, "name", cfg.name, "a folder name without '/' (or empty for automatic)")
+    _check(
+        e.vectorization in ("sync", "async"), "eval.vectorization", e.vectorization, "use 'sync' or 'async'"
+    )
+    plain_name = cfg.name not in (".", "..") and not any(sep in cfg.name for sep in ("/", "\\", "\0"))
+    _check(
+        plain_name, "name", cfg.name, "a folder name inside output_dir, without '/', '\\' or '..' (or empty)"
+    )
     return cfg
+
+
+def writable_run_dir(cfg: Config) -> Path:
+    """The run directory of a new run, once it is clear (without creating anything) that it can be
+    created and written; a ConfigError naming output_dir otherwise."""
+    run_dir = cfg.run_dir
+    existing = next(folder for folder in (run_dir, *run_dir.parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        problem = "is not writable" if existing.is_dir() else "is a file, not a folder"
+        raise ConfigError(
+            f"output_dir = {cfg.output_dir!r}: the run directory {run_dir} cannot be created, as {existing} "
+            f"{problem}. Fix: --set output_dir=<a folder you can write>"
+        )
+    return run_dir
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -226,4 +312,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-

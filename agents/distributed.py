@@ -81,5 +81,7 @@ def init_distributed(device: str = "cpu", timeout_s: float = 1800) -> DistContex
         torch.cuda.set_device(device_)
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group("nccl" if device_.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            "nccl" if device_.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s)
+        )
     return DistContext(dist.get_rank(), dist.get_world_size(), device_, owns)

@@ -1,10 +1,10 @@
 """Live evaluation: roll a `DecisionAgent` out in vectorised environments and score it.
 
 The agent's state is batched over the envs and reset per env at episode start (`VecRollout`'s
-`episode_start` flags), so the Aaren agent acts through its recurrent path. Each env runs its
-share of the episodes (env i: episodes // num_envs, +1 for the first remainder), which keeps the
-result independent of which episodes finish first. Used by training's periodic evaluation and by
-`scripts/evaluate.py`.
+`episode_start` flags), so the Aaren agent acts through its recurrent path. Each env copy runs a
+fixed share of the episodes (`envs.vector.split_evenly`), which keeps the result independent of
+which episodes finish first. Used by training's periodic evaluation and by `scripts/evaluate.py`
+(docs/design.md, Decision agents).
 """
 
 from __future__ import annotations
@@ -12,26 +12,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from agents.checkpoint import latest_checkpoint, load_model, write_text_atomic
+from agents.checkpoint import load_model
 from agents.policy import DecisionAgent
+from agents.run_dir import RunDir, read_run_info
 from envs import VecRollout, make_env, make_vec_env, normalized_score
-from envs.make import d4rl_task
-
-#: DESIGN.md section 3: evaluation target returns per task (the first is the main one).
-DEFAULT_TARGETS: dict[str, tuple[float, ...]] = {
-    "hopper": (3600.0, 1800.0),
-    "halfcheetah": (12000.0, 6000.0),
-    "walker2d": (5000.0, 2500.0),
-}
+from envs.d4rl import eval_targets
+from envs.files import torch_threads, write_atomic
+from envs.vector import split_evenly
 
 
 @dataclass
@@ -65,25 +59,13 @@ class EvalResult:
 
 
 def default_targets(env_name: str, dataset_max_return: float | None = None) -> list[float]:
-    """DESIGN.md's targets for hopper/halfcheetah/walker2d, else the dataset's best return."""
-    task = d4rl_task(env_name)
-    if task in DEFAULT_TARGETS:
-        return list(DEFAULT_TARGETS[task])
+    """The D4RL task's evaluation targets (`envs.d4rl.eval_targets`), else the dataset's best return."""
+    targets = eval_targets(env_name)
+    if targets is not None:
+        return list(targets)
     if dataset_max_return is None:
         raise ValueError(f"no default target return for {env_name!r}: pass targets explicitly")
     return [float(dataset_max_return)]
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """One torch thread while acting: per-step batches are tiny, and several threads spin-waiting on a
-    busy CPU made acting 30x slower here (2 cores: 2.6 ms vs 87 ms per step for 5 envs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _scores(score_ref: Any, returns: list[float]) -> list[float] | None:
@@ -93,18 +75,13 @@ def _scores(score_ref: Any, returns: list[float]) -> list[float] | None:
         return None
 
 
-def env_quota(episodes: int, num_envs: int) -> np.ndarray:
-    """Episodes each env copy runs: env i gets episodes // num_envs, +1 for the first remainder."""
-    return np.full(num_envs, episodes // num_envs) + (np.arange(num_envs) < episodes % num_envs)
-
-
 def rank_share(episodes: int, num_envs: int, rank: int, world_size: int) -> tuple[int, int, int]:
     """One rank's share of an evaluation as (episodes, env copies, index of its first env copy).
 
     The env copies are split into contiguous blocks across ranks; a block keeps each copy's seed
     (seed + index) and episode quota, so the ranks together run the episodes of a one-process run.
     """
-    quota = env_quota(episodes, min(num_envs, episodes))
+    quota = split_evenly(episodes, min(num_envs, episodes))
     block = np.array_split(np.arange(len(quota)), world_size)[rank]
     return int(quota[block].sum()), len(block), int(block[0]) if len(block) else 0
 
@@ -112,8 +89,12 @@ def rank_share(episodes: int, num_envs: int, rank: int, world_size: int) -> tupl
 def merge_results(results: list[EvalResult]) -> EvalResult:
     """One result from the ranks' shares of an evaluation at the same target."""
     scores = [s for r in results for s in r.scores or []]
-    return EvalResult(results[0].target_return, [x for r in results for x in r.returns],
-                      [n for r in results for n in r.lengths], None if results[0].scores is None else scores)
+    return EvalResult(
+        results[0].target_return,
+        [x for r in results for x in r.returns],
+        [n for r in results for n in r.lengths],
+        None if results[0].scores is None else scores,
+    )
 
 
 def evaluate_agent(
@@ -123,24 +104,26 @@ def evaluate_agent(
     num_envs: int = 5,
     *,
     seed: int = 0,
-    vec_mode: str = "sync",
+    vectorization: str = "sync",
     score_ref: Any = None,
     progress: bool = True,
 ) -> EvalResult:
-    """Run `episodes` live episodes of `agent` in `num_envs` vectorised copies of `env_name`.
+    """Run `episodes` live episodes of `agent` in `num_envs` vectorised copies of `env_name` (copy i
+    seeded seed + i; vectorization "sync" or "async" as `envs.make_vec_env`).
 
     score_ref: what `envs.normalized_score` takes (dataset metadata with reference scores, or a
     name); default the env name.
     """
     num_envs = min(num_envs, episodes)
-    quota = env_quota(episodes, num_envs)
-    rollout = VecRollout(make_vec_env(env_name, num_envs, vec_mode, seed))
+    quota = split_evenly(episodes, num_envs)
+    rollout = VecRollout(make_vec_env(env_name, num_envs, vectorization, seed))
     returns: list[float] = []
     lengths: list[int] = []
     done = np.zeros(num_envs, dtype=np.int64)
-    bar = tqdm(total=episodes, unit="ep", disable=not progress, leave=False,
-               desc=f"eval R={agent.target_return:g}")
-    with single_thread(), contextlib.closing(rollout), contextlib.closing(bar):
+    bar = tqdm(
+        total=episodes, unit="ep", disable=not progress, leave=False, desc=f"eval R={agent.target_return:g}"
+    )
+    with torch_threads(1), contextlib.closing(rollout), contextlib.closing(bar):
         obs, _ = rollout.reset()
         state, rewards = None, None
         while (done < quota).any():
@@ -168,13 +151,14 @@ def record_video(agent: DecisionAgent, env_name: str, path: str | os.PathLike, s
         raise RuntimeError("--video needs imageio: pip install 'aaren-rl[video]' (imageio, moviepy)") from exc
     env = make_env(env_name, render_mode="rgb_array")
     frames = []
-    with single_thread(), contextlib.closing(env):
+    with torch_threads(1), contextlib.closing(env):
         obs, _ = env.reset(seed=seed)
         state, reward, done = None, None, False
         while not done:
             frames.append(env.render())
-            action, state = agent.act(obs[None], state, np.array([state is None]),
-                                      None if reward is None else np.array([reward]))
+            action, state = agent.act(
+                obs[None], state, np.array([state is None]), None if reward is None else np.array([reward])
+            )
             obs, reward, terminated, truncated, _ = env.step(action[0].astype(np.float32))
             done = terminated or truncated
     path, fps = Path(path), int(env.metadata.get("render_fps", 30))
@@ -186,28 +170,6 @@ def record_video(agent: DecisionAgent, env_name: str, path: str | os.PathLike, s
     return path
 
 
-def load_policy(
-    run_dir: str | os.PathLike, target_return: float | None = None, device: str = "cpu", mode: str | None = None
-) -> DecisionAgent:
-    """The trained agent of a run (latest checkpoint), ready to act; target default: the run's first target."""
-    model, _ = load_model(latest_checkpoint(run_dir), device)
-    if target_return is None:
-        target_return = run_targets(run_dir)[0]
-    return DecisionAgent(model, target_return, mode=mode)
-
-
-def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The run's dataset statistics (dataset_stats.json): env, reference scores, dataset returns, targets."""
-    path = Path(run_dir) / "dataset_stats.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} missing: is {run_dir} a run directory from scripts/train_offline.py?")
-    return json.loads(path.read_text())
-
-
-def run_targets(run_dir: str | os.PathLike) -> list[float]:
-    return list(read_run_info(run_dir)["eval_targets"])
-
-
 def evaluate_run(
     run_dir: str | os.PathLike,
     *,
@@ -215,41 +177,56 @@ def evaluate_run(
     num_envs: int = 5,
     targets: list[float] | None = None,
     seed: int = 1000,
-    vec_mode: str = "sync",
-    mode: str | None = None,
+    vectorization: str = "sync",
+    acting: str | None = None,
     video: bool = False,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate a run's latest checkpoint at several targets; write eval.json and eval.png (and a video)."""
-    run_dir = Path(run_dir)
-    info = read_run_info(run_dir)
-    checkpoint = latest_checkpoint(run_dir)
+    """Evaluate a run's latest checkpoint at several targets (default, or when empty: the run's);
+    write eval.json and eval.png (and a video) to `out_dir` (default RUN_DIR/eval)."""
+    run = RunDir(run_dir)
+    info = read_run_info(run.root)
+    targets = list(targets or info["eval_targets"])
+    if not targets:
+        raise ValueError(
+            f"no target return to evaluate {run.root} at: none given and {run.dataset_stats} lists no "
+            "eval_targets. Fix: pass targets, e.g. --target 3600"
+        )
+    checkpoint = run.latest_checkpoint()
     model, step = load_model(checkpoint)
     env_name = info["env"]
-    out = Path(out_dir) if out_dir is not None else run_dir / "eval"
+    out = Path(out_dir) if out_dir is not None else run.eval
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for target in targets or info["eval_targets"]:
-        agent = DecisionAgent(model, target, mode=mode)
-        results.append(evaluate_agent(agent, env_name, episodes, num_envs, seed=seed, vec_mode=vec_mode,
-                                      score_ref=info["score_ref"], progress=progress))
+    agents = [DecisionAgent(model, target, acting=acting) for target in targets]
+    results = [
+        evaluate_agent(
+            agent,
+            env_name,
+            episodes,
+            num_envs,
+            seed=seed,
+            vectorization=vectorization,
+            score_ref=info["score_ref"],
+            progress=progress,
+        )
+        for agent in agents
+    ]
     report = {
-        "run_dir": str(run_dir),
+        "run_dir": str(run.root),
         "checkpoint": str(checkpoint),
         "step": step,
         "env": env_name,
         "backbone": model.config.backbone,
-        "acting": agent.mode,
+        "acting": agents[0].acting,
         "seed": seed,
         "dataset_return_mean": info["return_mean"],
         "dataset_score_mean": info.get("score_mean"),
         "results": [r.summary() for r in results],
     }
     if video:
-        agent = DecisionAgent(model, results[0].target_return, mode=mode)
-        report["video"] = str(record_video(agent, env_name, out / "episode.mp4", seed))
-    write_text_atomic(out / "eval.json", json.dumps(report, indent=2))
+        report["video"] = str(record_video(agents[0], env_name, out / "episode.mp4", seed))
+    write_atomic(out / "eval.json", json.dumps(report, indent=2))
     plot_eval(report, out / "eval.png")
     report["report_path"] = str(out / "eval.json")
     return report
@@ -266,8 +243,13 @@ def plot_eval(report: dict[str, Any], path: Path) -> None:
     key, label = ("score", "D4RL-normalised score") if use_score else ("return", "return")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     names = [f"R={r['target_return']:g}" for r in report["results"]]
-    ax.bar(names, [r[f"{key}_mean"] for r in report["results"]],
-           yerr=[r[f"{key}_std"] for r in report["results"]], capsize=4, color="tab:blue")
+    ax.bar(
+        names,
+        [r[f"{key}_mean"] for r in report["results"]],
+        yerr=[r[f"{key}_std"] for r in report["results"]],
+        capsize=4,
+        color="tab:blue",
+    )
     dataset = report["dataset_score_mean"] if use_score else report["dataset_return_mean"]
     if dataset is not None:
         ax.axhline(dataset, color="tab:gray", ls="--", label="dataset mean")

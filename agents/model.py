@@ -27,7 +27,7 @@ BACKBONES = ("aaren", "transformer")
 class ModelHyperparameters:
     """The architecture and input scaling a user chooses (a config's `model:` section).
 
-    Defaults are the reference Decision Transformer hyperparameters (DESIGN.md section 3).
+    Defaults are the reference Decision Transformer hyperparameters (docs/design.md, Decision agents).
     """
 
     backbone: str = "aaren"  # "aaren" | "transformer"
@@ -74,8 +74,7 @@ class DecisionModel(nn.Module):
         self.embed_action = nn.Linear(c.act_dim, c.embed_dim)
         self.embed_timestep = nn.Embedding(c.max_timestep, c.embed_dim)
         # GPT-style small init: torch's N(0, 1) default swamps the state in the LayerNorm'd token, and
-        # the policy then keys on the timestep. On 12k expert Hopper steps, 250 updates, it made live
-        # returns 38 / 1002 / 749 (seeds 0 / 1 / 2) where std 0.02 made 1065 / 1560 / 920.
+        # the policy then keys on the timestep (lower, erratic live returns in short runs).
         nn.init.normal_(self.embed_timestep.weight, std=0.02)
         self.embed_ln = nn.LayerNorm(c.embed_dim)
         args = (c.embed_dim, c.num_layers, c.num_heads, c.ffn_mult, c.dropout)
@@ -156,6 +155,3 @@ class DecisionModel(nn.Module):
 
     def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None):
         return self.backbone.init_state(batch_size, device, dtype)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())

@@ -30,6 +30,9 @@ from torch import Tensor
 from aaren_rl import AarenState, KVCache
 from agents.model import DecisionModel
 
+#: The two ways to act (see the module docstring).
+ACTING = ("recurrent", "window")
+
 
 @dataclass(frozen=True)
 class Window:
@@ -55,7 +58,7 @@ class Window:
 @dataclass(frozen=True)
 class AgentState:
     """Per-env acting state: return-to-go, timestep and last action of the current step, plus memory
-    (an `AarenState` in recurrent mode, a `Window` in window mode)."""
+    (an `AarenState` or `KVCache` when acting "recurrent", a `Window` when acting "window")."""
 
     returns_to_go: Tensor  # [n]
     timesteps: Tensor  # [n] long
@@ -76,18 +79,17 @@ class AgentState:
 class DecisionAgent:
     """A trained decision model ready to act in `num_envs` environments at once, towards `target_return`.
 
-    mode: "recurrent" (default for Aaren; O(1) memory and time per step) or "window" (default for
+    acting: "recurrent" (default for Aaren; O(1) memory and time per step) or "window" (default for
     the Transformer; re-runs the last `context_steps` timesteps). The model is put in eval mode.
     """
 
-    def __init__(self, model: DecisionModel, target_return: float, mode: str | None = None):
-        default = "recurrent" if model.config.backbone == "aaren" else "window"
-        mode = mode or default
-        if mode not in ("recurrent", "window"):
-            raise ValueError(f"mode must be 'recurrent' or 'window', got {mode!r}")
+    def __init__(self, model: DecisionModel, target_return: float, acting: str | None = None):
+        acting = acting or ("recurrent" if model.config.backbone == "aaren" else "window")
+        if acting not in ACTING:
+            raise ValueError(f"acting must be 'recurrent' or 'window', got {acting!r}")
         self.model = model.eval()
         self.target_return = float(target_return)
-        self.mode = mode
+        self.acting = acting
 
     @property
     def device(self) -> torch.device:
@@ -100,7 +102,7 @@ class DecisionAgent:
     def initial_state(self, num_envs: int) -> AgentState:
         """A state for `num_envs` rows; pass episode_start=True for all of them on the first `act`."""
         c, dev, dt = self.model.config, self.device, self.dtype
-        if self.mode == "recurrent":
+        if self.acting == "recurrent":
             memory = self.model.init_state(num_envs, dev, dt)
         else:
             k = c.context_steps
@@ -150,12 +152,12 @@ class DecisionAgent:
             reward = torch.as_tensor(np.asarray(rewards), device=self.device, dtype=self.dtype)
         rtg = torch.where(start, torch.full_like(reward, self.target_return), state.returns_to_go - reward)
         t = torch.where(start, torch.zeros_like(state.timesteps), state.timesteps + 1)
-        if self.mode == "recurrent":
+        if self.acting == "recurrent":
             unit, memory = self._act_recurrent(state, start, rtg, obs, t)
         else:
             unit, memory = self._act_window(state.memory, start, rtg, obs, t)
         actions = self.model.to_env_actions(unit)
-        if self.mode == "window":  # the window holds a_t for the next step's re-run
+        if self.acting == "window":  # the window holds a_t for the next step's re-run
             memory = memory.with_last_action(actions)
         return actions.cpu().numpy(), AgentState(rtg, t, actions, memory)
 
@@ -168,7 +170,9 @@ class DecisionAgent:
             hidden, memory = backbone(new, state.memory.reset(start))
         else:
             a_tok = model.embed_actions(state.actions, state.timesteps).unsqueeze(1)
-            if bool(start.any()):  # the starting rows' action tokens are emptied with the rest of their memory
+            if bool(
+                start.any()
+            ):  # the starting rows' action tokens are emptied with the rest of their memory
                 _, memory = backbone(a_tok, state.memory)
                 hidden, memory = backbone(new, memory.reset(start))
             else:

@@ -21,6 +21,8 @@ values and log-probs the policy returns, covers the real steps only, so every lo
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Generator
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
@@ -80,7 +82,15 @@ class AarenRolloutBuffer(RolloutBuffer):
         sequence); None: everything at once."""
         assert self.full and self.initial_state is not None, "the rollout is not complete"
         if self._tensors is None:
-            names = ("observations", "actions", "values", "log_probs", "advantages", "returns", "episode_starts")
+            names = (
+                "observations",
+                "actions",
+                "values",
+                "log_probs",
+                "advantages",
+                "returns",
+                "episode_starts",
+            )
             self._tensors = {name: self.to_torch(getattr(self, name)) for name in names}
         env, first, length = self.sequences()
         order = np.random.permutation(len(length))
@@ -90,7 +100,9 @@ class AarenRolloutBuffer(RolloutBuffer):
             chosen = order[group == g]
             yield self._sequence_samples(env[chosen], first[chosen], length[chosen])
 
-    def _sequence_samples(self, env: np.ndarray, first: np.ndarray, length: np.ndarray) -> AarenRolloutBufferSamples:
+    def _sequence_samples(
+        self, env: np.ndarray, first: np.ndarray, length: np.ndarray
+    ) -> AarenRolloutBufferSamples:
         assert self._tensors is not None and self.initial_state is not None
         data = self._tensors
         env_t, first_t, length_t = (torch.as_tensor(a, device=self.device) for a in (env, first, length))
@@ -187,6 +199,18 @@ class AarenPPO(PPO):
         # The acting state belongs to the envs of this process; a loaded model starts afresh.
         return [*super()._excluded_save_params(), "_last_policy_state"]
 
+    @classmethod
+    def load(
+        cls: type[SelfAarenPPO], path: str | os.PathLike | io.BufferedIOBase, *args: Any, **kwargs: Any
+    ) -> SelfAarenPPO:
+        """SB3's `BaseAlgorithm.load`, same arguments.
+
+        Security: SB3's zip stores some entries with cloudpickle, so loading a crafted zip runs its
+        code. Load only zips from sources you trust; to share a policy, use
+        `agents.ppo_export.export_policy` and `load_exported_policy` (safetensors + JSON, no pickles).
+        """
+        return super().load(path, *args, **kwargs)
+
     def _setup_learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> tuple[int, BaseCallback]:
         total_timesteps, callback = super()._setup_learn(total_timesteps, *args, **kwargs)
         state = self._last_policy_state
@@ -275,7 +299,9 @@ class AarenPPO(PPO):
 
         with torch.no_grad():
             values = self.policy.predict_values(
-                obs_as_tensor(new_obs, self.device), state, self._starts(dones)  # type: ignore[arg-type]
+                obs_as_tensor(new_obs, self.device),
+                state,
+                self._starts(dones),  # type: ignore[arg-type]
             )
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
         callback.update_locals(locals())

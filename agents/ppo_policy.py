@@ -186,7 +186,9 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     def _build_mlp_extractor(self) -> None:
         """Build the memories too: this runs inside ActorCriticPolicy._build, before the optimizer is made."""
         self.actor_memory = AarenMemory(self.features_dim, **self.memory_kwargs)
-        self.critic_memory = None if self.share_memory else AarenMemory(self.features_dim, **self.memory_kwargs)
+        self.critic_memory = (
+            None if self.share_memory else AarenMemory(self.features_dim, **self.memory_kwargs)
+        )
         self.mlp_extractor = MlpExtractor(
             self.memory_kwargs["embed_dim"], self.net_arch, self.activation_fn, device=self.device
         )
@@ -271,7 +273,9 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         return values, distribution.log_prob(actions), distribution.entropy()
 
     def _predict(self, observation: Tensor, deterministic: bool = False) -> Tensor:
-        raise NotImplementedError("AarenActorCriticPolicy acts with memory: use predict(obs, state, episode_start)")
+        raise NotImplementedError(
+            "AarenActorCriticPolicy acts with memory: use predict(obs, state, episode_start)"
+        )
 
     def predict(  # type: ignore[override]
         self,
@@ -293,7 +297,9 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             memory = ActorCriticState(AarenState(m, u, w), None, steps)
         starts = np.zeros(n, dtype=bool) if episode_start is None else np.asarray(episode_start, dtype=bool)
         with torch.no_grad():
-            distribution, memory = self.get_distribution(obs, memory, torch.as_tensor(starts.reshape(n), device=self.device))
+            distribution, memory = self.get_distribution(
+                obs, memory, torch.as_tensor(starts.reshape(n), device=self.device)
+            )
             actions = distribution.get_actions(deterministic=deterministic).cpu().numpy()
         actions = actions.reshape((-1, *self.action_space.shape))
         if isinstance(self.action_space, spaces.Box):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import tempfile
 import zipfile
 from pathlib import Path
@@ -32,8 +31,9 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from agents.checkpoint import load_model, model_files
-from agents.evaluation import load_policy
 from agents.policy import AgentState, DecisionAgent
+from agents.run_dir import load_policy
+from envs.files import atomic_path
 
 
 class RewardToPolicyVecEnv(VecEnvWrapper):
@@ -93,17 +93,14 @@ class DecisionPolicy:
         return (actions[0] if single else actions), state
 
     def save(self, path: str | os.PathLike) -> Path:
-        """One zip (written atomically): model.safetensors + model.json (config, target return, mode)."""
+        """One zip (written atomically): model.safetensors + model.json (config, target return, acting)."""
         path = Path(path)
-        files = model_files(self.agent.model, 0, target_return=self.agent.target_return, mode=self.agent.mode)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            with zipfile.ZipFile(tmp, "w") as archive:
-                for name, data in files.items():
-                    archive.writestr(name, data)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        files = model_files(
+            self.agent.model, 0, target_return=self.agent.target_return, acting=self.agent.acting
+        )
+        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as archive:
+            for name, data in files.items():
+                archive.writestr(name, data)
         return path
 
     @classmethod
@@ -112,13 +109,13 @@ class DecisionPolicy:
         path: str | os.PathLike,
         target_return: float | None = None,
         device: str | torch.device = "cpu",
-        mode: str | None = None,
+        acting: str | None = None,
     ) -> DecisionPolicy:
         """From a zip written by `save` or a training run directory (its latest checkpoint);
-        `target_return` and `mode` default to the saved ones (the run's first target)."""
+        `target_return` and `acting` default to the saved ones (the run's first target)."""
         path = Path(path)
         if path.is_dir():
-            return cls(load_policy(path, target_return, str(device), mode))
+            return cls(load_policy(path, target_return, str(device), acting))
         members = ["model.safetensors", "model.json"]
         if not zipfile.is_zipfile(path) or not set(members) <= set(_zip_names(path)):
             raise ValueError(
@@ -130,4 +127,5 @@ class DecisionPolicy:
             model, _ = load_model(tmp, device)
             meta = json.loads(Path(tmp, "model.json").read_text())
         target = meta["target_return"] if target_return is None else target_return
-        return cls(DecisionAgent(model, target, mode=mode or meta["mode"]))
+        saved = meta.get("acting", meta.get("mode"))  # "mode": zips saved before the key was renamed
+        return cls(DecisionAgent(model, target, acting=acting or saved))

@@ -1,4 +1,4 @@
-"""Offline training of a decision agent, as one readable sequence (`train`).
+"""Offline training of a decision agent: `train`, a loop that reads top to bottom.
 
 What a batch is depends on the backbone, so that training sees what acting will do:
 - Transformer (reference DT): B windows of K = `model.context_steps` timesteps starting at
@@ -7,16 +7,14 @@ What a batch is depends on the backbone, so that training sees what acting will 
   probability proportional to their length (each step equally likely, as DT's row sampling). The
   recurrent state while acting summarises the episode from its start; whole episodes train exactly
   that. The alternative, K-windows whose entering state is a no-grad scan of the episode prefix,
-  was measured slower per supervised step (width 128, 3 layers, fwd+bwd+AdamW, one CPU thread,
-  interleaved, median of 3): whole episodes 1,900 supervised steps/s (5,700 tokens/s; 4 x 1000 or
-  16 x 250 steps alike) against 510 / 180 steps/s for 16 K=20 windows after a 125 / 500-step prefix,
-  because the prefix scan costs more than the window itself.
+  measured slower per supervised step, because the prefix scan costs more than the window itself.
 
 Loss: mean squared error between predicted and dataset actions (both scaled to [-1, 1]) over real
-steps. AdamW, linear warm-up, grad-norm clipping (DESIGN.md section 3). The run directory holds
-config.yaml, dataset_stats.json, checkpoints/, tb/ (TensorBoard), metrics.jsonl and curve.png.
-Resuming restores weights, optimizer, scheduler and every RNG (torch and the data sampler), so a
-killed-and-resumed run ends with the same weights as an uninterrupted one.
+steps. AdamW, linear warm-up, grad-norm clipping (docs/design.md, Decision agents). The run
+directory (`agents.run_dir`) holds config.yaml, dataset_stats.json, checkpoints/, tb/
+(TensorBoard), metrics.jsonl and curve.png. Resuming restores weights, optimizer, scheduler and
+every RNG (torch and the data sampler), so a killed-and-resumed run ends with the same weights as an
+uninterrupted one.
 
 Under torchrun (`agents.distributed`) the model is wrapped in DistributedDataParallel and
 `train.batch_size` is the global batch: every rank draws the whole batch from the one seeded
@@ -39,22 +37,25 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from agents.checkpoint import (
-    latest_checkpoint,
-    load_model,
-    load_trainer_state,
-    save_checkpoint,
-    write_text_atomic,
+from agents.checkpoint import load_model, load_trainer_state
+from agents.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    dump_config,
+    from_dict,
+    read_yaml,
+    writable_run_dir,
 )
-from agents.config import Config, ConfigError, apply_overrides, dump_config, from_dict, read_yaml
 from agents.distributed import DistContext, init_distributed
 from agents.evaluation import default_targets, evaluate_agent, evaluate_run, merge_results, rank_share
 from agents.model import DecisionModel, DecisionModelConfig
 from agents.policy import DecisionAgent
+from agents.run_dir import MetricsLog, RunDir, read_metrics
 from envs import DatasetError, OfflineDataset, load_dataset, make_env, normalized_score
+from envs.files import torch_threads, write_atomic
 
 
 @dataclass
@@ -102,9 +103,18 @@ def prepare_data(cfg: Config) -> TrainingData:
     meta = dataset.metadata
     score_ref = {"env_id": env_name}
     if "ref_min_score" in meta and "ref_max_score" in meta:
-        score_ref.update(ref_min_score=float(meta["ref_min_score"]), ref_max_score=float(meta["ref_max_score"]))
-    return TrainingData(dataset, env_name, [float(x) for x in act_space.low], [float(x) for x in act_space.high],
-                        max_timestep, [float(t) for t in targets], score_ref)
+        score_ref.update(
+            ref_min_score=float(meta["ref_min_score"]), ref_max_score=float(meta["ref_max_score"])
+        )
+    return TrainingData(
+        dataset,
+        env_name,
+        [float(x) for x in act_space.low],
+        [float(x) for x in act_space.high],
+        max_timestep,
+        [float(t) for t in targets],
+        score_ref,
+    )
 
 
 def dataset_stats(data: TrainingData) -> dict[str, Any]:
@@ -129,17 +139,28 @@ def dataset_stats(data: TrainingData) -> dict[str, Any]:
         "score_mean": score,
         "state_mean": ds.state_mean.tolist(),
         "state_std": ds.state_std.tolist(),
-        "metadata": {k: v.item() if isinstance(v, np.generic) else v for k, v in ds.metadata.items()
-                     if isinstance(v, (str, int, float, bool, np.generic))},
+        "metadata": {
+            k: v.item() if isinstance(v, np.generic) else v
+            for k, v in ds.metadata.items()
+            if isinstance(v, (str, int, float, bool, np.generic))
+        },
     }
 
 
 def build_model(cfg: Config, data: TrainingData) -> DecisionModel:
     """The configured model hyperparameters plus what the data decides (dims, horizon, action bounds)."""
-    model = DecisionModel(DecisionModelConfig(**{
-        **asdict(cfg.model), "max_timestep": data.max_timestep, "obs_dim": data.dataset.obs_dim,
-        "act_dim": data.dataset.act_dim, "action_low": data.action_low, "action_high": data.action_high,
-    }))
+    model = DecisionModel(
+        DecisionModelConfig(
+            **{
+                **asdict(cfg.model),
+                "max_timestep": data.max_timestep,
+                "obs_dim": data.dataset.obs_dim,
+                "act_dim": data.dataset.act_dim,
+                "action_low": data.action_low,
+                "action_high": data.action_high,
+            }
+        )
+    )
     model.set_state_stats(data.dataset.state_mean, data.dataset.state_std)
     return model
 
@@ -193,19 +214,6 @@ def lr_schedule(warmup_steps: int, total_steps: int, decay: str = "none"):
     return factor
 
 
-def _rng_state(rng: np.random.Generator, dist: DistContext) -> dict[str, Any]:
-    """The sampler's state (the same on every rank) and every rank's torch state (dropout)."""
-    torch_ranks = dist.gather_objects(torch.get_rng_state())
-    return {"numpy": rng.bit_generator.state, "torch": torch_ranks[0], "torch_ranks": torch_ranks}
-
-
-def _read_metrics(path: Path, upto_step: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["step"] <= upto_step]
-
-
 def train(
     cfg: Config | None = None,
     *,
@@ -219,163 +227,269 @@ def train(
     stop_after: leave after this many steps of this session without finishing (what a kill does,
     for tests of resuming). Under torchrun every process calls this; see the module docstring.
     """
-    # 1. Config and data: everything that can be wrong is checked before any work.
+    cfg, run = _config_and_run_dir(cfg, resume, overrides)
+    data = prepare_data(cfg)  # everything that can be wrong is checked before any work
+    threads = torch_threads(cfg.train.threads) if cfg.train.threads else contextlib.nullcontext()
+    with threads:  # train.threads applies to this run only
+        dist = init_distributed(cfg.train.device, cfg.train.dist_timeout)
+        try:
+            return _train(cfg, data, run, dist, resume is not None, progress, stop_after)
+        finally:
+            dist.cleanup()
+
+
+def _config_and_run_dir(
+    cfg: Config | None, resume: str | Path | None, overrides: list[str] | None
+) -> tuple[Config, RunDir]:
+    """A new run's config and directory, or those of the run at `resume` (its config.yaml + overrides)."""
     if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"--resume {run_dir}: no config.yaml there. Fix: pass a run directory of train_offline.py")
-        cfg = from_dict(apply_overrides(read_yaml(run_dir / "config.yaml"), overrides or []))
-    elif cfg is None:
-        raise ConfigError("train() needs a config or resume=RUN_DIR")
-    else:
-        run_dir = cfg.run_dir
-        if (run_dir / "checkpoints").exists():
+        run = RunDir(resume)
+        if not run.config.is_file():
             raise ConfigError(
-                f"run directory {run_dir} already holds a run. Fix: --resume {run_dir} to continue it, "
-                "or choose a new one with --set name=<new name> (or output_dir=...)"
+                f"--resume {run.root}: no config.yaml there. Fix: pass a run directory of train_offline.py"
             )
-    data = prepare_data(cfg)
+        return from_dict(apply_overrides(read_yaml(run.config), overrides or [])), run
+    if cfg is None:
+        raise ConfigError("train() needs a config or resume=RUN_DIR")
+    run = RunDir(writable_run_dir(cfg))
+    if run.checkpoints.exists():
+        raise ConfigError(
+            f"run directory {run.root} already holds a run. Fix: --resume {run.root} to continue it, "
+            "or choose a new one with --set name=<new name> (or output_dir=...)"
+        )
+    return cfg, run
+
+
+def _train(
+    cfg: Config,
+    data: TrainingData,
+    run: RunDir,
+    dist: DistContext,
+    resuming: bool,
+    progress: bool,
+    stop_after: int | None,
+) -> Path:
+    """The training loop, on every rank once config, data and process group are ready."""
     t = cfg.train
-    threads = torch.get_num_threads()
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    dist = init_distributed(t.device, t.dist_timeout)
-    try:
-        return _train(cfg, data, run_dir, dist, resume is not None, progress, stop_after)
-    finally:
-        dist.cleanup()
-        torch.set_num_threads(threads)  # train.threads applies to this run only
-
-
-def _train(cfg: Config, data: TrainingData, run_dir: Path, dist: DistContext, resume: bool, progress: bool,
-           stop_after: int | None) -> Path:
-    """The body of `train` once config, data and process group are ready (on every rank)."""
-    t, device = cfg.train, dist.device
     if t.batch_size % dist.world_size:
-        raise ConfigError(f"train.batch_size = {t.batch_size} (the global batch) does not split evenly across "
-                          f"{dist.world_size} processes. Fix: a multiple of {dist.world_size}, or another --nproc_per_node")
+        raise ConfigError(
+            f"train.batch_size = {t.batch_size} (the global batch) does not split evenly across "
+            f"{dist.world_size} processes. Fix: a multiple of {dist.world_size}, or another --nproc_per_node"
+        )
     progress = progress and dist.is_main
-
-    # 2. Model, optimizer, warm-up schedule, RNGs (DDP starts every rank from rank 0's weights; the
-    #    per-rank torch seeds only make the ranks' dropout masks differ).
-    torch.manual_seed(t.seed + dist.rank)
-    model = build_model(cfg, data).to(device)
-    net = DDP(model) if dist.world_size > 1 else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(t.warmup_steps, t.steps, t.lr_decay))
-    rng = np.random.default_rng(t.seed)
-    step = 0
-    if resume and (run_dir / "checkpoints" / "latest").is_file():
-        checkpoint = latest_checkpoint(run_dir)
-        loaded, step = load_model(checkpoint, device)
-        model.load_state_dict(loaded.state_dict())
-        state = load_trainer_state(checkpoint)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        rng.bit_generator.state = state["rng"]["numpy"]
-        torch_ranks = state["rng"].get("torch_ranks", [state["rng"]["torch"]])
-        torch.set_rng_state(torch_ranks[dist.rank % len(torch_ranks)])
-
-    # 3. Run directory (rank 0 only), with the resolved batch split in dataset_stats.json.
-    metrics_path = run_dir / "metrics.jsonl"
-    writer: SummaryWriter | None = None
+    trainer = Trainer(cfg, data, dist)
+    if resuming and run.has_checkpoint():
+        trainer.restore(run.latest_checkpoint())
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
-        stats = {**dataset_stats(data), "distributed": {
-            "world_size": dist.world_size, "backend": dist.backend, "global_batch_size": t.batch_size,
-            "per_rank_batch_size": t.batch_size // dist.world_size}}
-        write_text_atomic(run_dir / "dataset_stats.json", json.dumps(stats, indent=2))
-        kept = _read_metrics(metrics_path, step)  # drop what a killed session logged after its checkpoint
-        write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step or None)
+        write_run_files(cfg, data, run, dist)
+    metrics = MetricsLog(run, trainer.step, enabled=dist.is_main)
+    evaluate = PeriodicEval(cfg, data, dist, metrics, progress)
 
-    def log(row: dict[str, Any]) -> None:
-        if writer is None:
-            return
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        for key, value in row.items():
-            if key != "step" and isinstance(value, (int, float)):
-                writer.add_scalar(key, value, row["step"])
-
-    def log_eval(result: dict[str, Any]) -> None:
-        row = {"step": step, "eval/target": result["target_return"], "eval/return_mean": result["return_mean"],
-               "eval/return_std": result["return_std"]}
-        if "score_mean" in result:
-            row["eval/score_mean"] = result["score_mean"]
-        log(row)
-
-    def evaluate_now(target: float) -> None:
-        """Each rank runs its share of the eval env copies (`rank_share`); rank 0 logs them together."""
-        model.eval()
-        episodes, num_envs, first = rank_share(cfg.eval.episodes, cfg.eval.num_envs, dist.rank, dist.world_size)
-        mine = evaluate_agent(DecisionAgent(model, target), data.env, episodes, num_envs, seed=cfg.eval.seed + first,
-                              vec_mode=cfg.eval.vec_mode, score_ref=data.score_ref,
-                              progress=progress) if episodes else None
-        log_eval(merge_results([r for r in dist.gather_objects(mine) if r is not None]).summary())
-        model.train()
-
-    def checkpoint() -> None:
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": _rng_state(rng, dist)}
-        if dist.is_main:
-            save_checkpoint(run_dir, model, step, state)
-
-    # 4. The loop.
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext())
-    model.train()
-    bar = tqdm(total=t.steps, initial=step, disable=not progress, unit="step", desc=f"train {cfg.run_name}")
-    start_step, tokens, tic = step, 0, time.perf_counter()
-    while step < t.steps:
-        if stop_after is not None and step - start_step >= stop_after:
-            bar.close()
-            if writer is not None:
-                writer.close()
-            return run_dir
-        batch = sample_batch(cfg, data.dataset, rng, device, dist)
-        with autocast:
-            loss = action_loss(net, batch, dist.world_size)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        tokens += 3 * batch["num_real"]
+    trainer.model.train()
+    bar = tqdm(
+        total=t.steps, initial=trainer.step, disable=not progress, unit="step", desc=f"train {cfg.run_name}"
+    )
+    losses = LossLog(metrics, dist, bar)
+    end = t.steps if stop_after is None else min(t.steps, trainer.step + stop_after)
+    while trainer.step < end:
+        batch = sample_batch(cfg, data.dataset, trainer.rng, dist.device, dist)
+        loss, grad_norm = trainer.update(batch)
+        step = trainer.step
+        losses.count(batch)
         bar.update(1)
         if step % t.log_every == 0 or step == t.steps:
-            elapsed = time.perf_counter() - tic
-            tok_s = tokens / max(elapsed, 1e-9)
-            loss_value = dist.all_reduce_mean(loss.detach())
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss is {loss_value} at step {step}: lower train.lr or check the data")
-            log({"step": step, "train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0],
-                 "train/grad_norm": float(grad_norm), "train/tokens_per_s": tok_s})
-            bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
-            tokens, tic = 0, time.perf_counter()
+            losses.write(step, loss, grad_norm, trainer.lr)
         if step % t.checkpoint_every == 0 or step == t.steps:
-            checkpoint()
+            trainer.save(run)
         if t.eval_every and step % t.eval_every == 0 and step != t.steps:
-            evaluate_now(data.targets[0])
+            evaluate(trainer.model, step)
     bar.close()
-    if not dist.is_main:
-        return run_dir
+    if trainer.step < t.steps or not dist.is_main:  # stopped early (stop_after), or not the writing rank
+        metrics.close()
+        return run.root
+    final_eval_and_curve(cfg, data, run, metrics, trainer.step, progress)
+    return run.root
 
-    # 5. Final evaluation of the saved checkpoint at every target (eval/eval.json, eval.png), the curve
-    #    (rank 0 alone: the other processes have finished).
-    if not _read_final_eval(metrics_path, step):
-        report = evaluate_run(run_dir, episodes=cfg.eval.episodes, num_envs=cfg.eval.num_envs, targets=data.targets,
-                              seed=cfg.eval.seed, vec_mode=cfg.eval.vec_mode, progress=progress)
+
+class Trainer:
+    """The model (DDP-wrapped under torchrun), AdamW, the lr schedule, the data sampler's RNG and the
+    step: what one update changes and a checkpoint saves and restores."""
+
+    def __init__(self, cfg: Config, data: TrainingData, dist: DistContext):
+        t = cfg.train
+        # DDP starts every rank from rank 0's weights; the per-rank torch seeds only make the ranks'
+        # dropout masks differ.
+        torch.manual_seed(t.seed + dist.rank)
+        self.model = build_model(cfg, data).to(dist.device)
+        self.net = DDP(self.model) if dist.world_size > 1 else self.model
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_schedule(t.warmup_steps, t.steps, t.lr_decay)
+        )
+        self.rng = np.random.default_rng(t.seed)
+        self.autocast = (
+            torch.autocast(dist.device.type, dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext()
+        )
+        self.grad_clip = t.grad_clip
+        self.dist = dist
+        self.step = 0
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def update(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on `batch` (this rank's share); returns (loss, gradient norm)."""
+        with self.autocast:
+            loss = action_loss(self.net, batch, self.dist.world_size)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return loss, grad_norm
+
+    def restore(self, checkpoint: Path) -> None:
+        """Continue from `checkpoint`: weights, step, optimizer, scheduler, the sampler's and this rank's
+        torch RNG (a checkpoint from fewer ranks gives its states out in turn)."""
+        loaded, self.step = load_model(checkpoint, self.dist.device)
+        self.model.load_state_dict(loaded.state_dict())
+        state = load_trainer_state(checkpoint)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+        torch_ranks = state["rng"].get("torch_ranks", [state["rng"]["torch"]])
+        torch.set_rng_state(torch_ranks[self.dist.rank % len(torch_ranks)])
+
+    def save(self, run: RunDir) -> None:
+        """Checkpoint this step. Every rank calls it (their torch RNG states are gathered); rank 0 writes."""
+        torch_ranks = self.dist.gather_objects(torch.get_rng_state())
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            # The sampler's state is the same on every rank; the torch states (dropout) differ.
+            "rng": {
+                "numpy": self.rng.bit_generator.state,
+                "torch": torch_ranks[0],
+                "torch_ranks": torch_ranks,
+            },
+        }
+        if self.dist.is_main:
+            run.save_checkpoint(self.model, self.step, state)
+
+
+def write_run_files(cfg: Config, data: TrainingData, run: RunDir, dist: DistContext) -> None:
+    """config.yaml and dataset_stats.json (with the resolved batch split), written by every session."""
+    run.root.mkdir(parents=True, exist_ok=True)
+    write_atomic(run.config, dump_config(cfg))
+    stats = {
+        **dataset_stats(data),
+        "distributed": {
+            "world_size": dist.world_size,
+            "backend": dist.backend,
+            "global_batch_size": cfg.train.batch_size,
+            "per_rank_batch_size": cfg.train.batch_size // dist.world_size,
+        },
+    }
+    write_atomic(run.dataset_stats, json.dumps(stats, indent=2))
+
+
+class LossLog:
+    """Training rows: the loss averaged over the ranks (a non-finite one stops the run), lr, gradient
+    norm and tokens per second since the previous row; also shown on the progress bar."""
+
+    def __init__(self, metrics: MetricsLog, dist: DistContext, bar: tqdm):
+        self.metrics, self.dist, self.bar = metrics, dist, bar
+        self.tokens, self.tic = 0, time.perf_counter()
+
+    def count(self, batch: dict) -> None:
+        self.tokens += 3 * batch["num_real"]  # R, s and a tokens per real step
+
+    def write(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> None:
+        """Log one row (every rank calls it: the loss is averaged with a collective)."""
+        tok_s = self.tokens / max(time.perf_counter() - self.tic, 1e-9)
+        loss_value = self.dist.all_reduce_mean(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss is {loss_value} at step {step}: lower train.lr or check the data")
+        self.metrics.log(
+            {
+                "step": step,
+                "train/loss": loss_value,
+                "train/lr": lr,
+                "train/grad_norm": float(grad_norm),
+                "train/tokens_per_s": tok_s,
+            }
+        )
+        self.bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+        self.tokens, self.tic = 0, time.perf_counter()
+
+
+def eval_row(step: int, result: dict[str, Any]) -> dict[str, Any]:
+    """The metrics row of one evaluation summary (`EvalResult.summary`)."""
+    row = {
+        "step": step,
+        "eval/target": result["target_return"],
+        "eval/return_mean": result["return_mean"],
+        "eval/return_std": result["return_std"],
+    }
+    if "score_mean" in result:
+        row["eval/score_mean"] = result["score_mean"]
+    return row
+
+
+class PeriodicEval:
+    """Live evaluation of the model being trained at the main target. Each rank runs its share of the
+    env copies (`rank_share`); rank 0 logs them together."""
+
+    def __init__(
+        self, cfg: Config, data: TrainingData, dist: DistContext, metrics: MetricsLog, progress: bool
+    ):
+        self.cfg, self.data, self.dist, self.metrics, self.progress = cfg.eval, data, dist, metrics, progress
+
+    def __call__(self, model: DecisionModel, step: int) -> None:
+        e, data, dist = self.cfg, self.data, self.dist
+        model.eval()
+        episodes, num_envs, first = rank_share(e.episodes, e.num_envs, dist.rank, dist.world_size)
+        mine = (
+            evaluate_agent(
+                DecisionAgent(model, data.targets[0]),
+                data.env,
+                episodes,
+                num_envs,
+                seed=e.seed + first,
+                vectorization=e.vectorization,
+                score_ref=data.score_ref,
+                progress=self.progress,
+            )
+            if episodes
+            else None
+        )
+        self.metrics.log(
+            eval_row(step, merge_results([r for r in dist.gather_objects(mine) if r is not None]).summary())
+        )
+        model.train()
+
+
+def final_eval_and_curve(
+    cfg: Config, data: TrainingData, run: RunDir, metrics: MetricsLog, step: int, progress: bool
+) -> None:
+    """Rank 0, after the last step: evaluate the saved checkpoint at every target (eval/eval.json,
+    eval.png) unless an earlier session of this run already did, then draw the learning curve."""
+    if not any("eval/return_mean" in r and r["step"] == step for r in read_metrics(run.metrics, step)):
+        report = evaluate_run(
+            run.root,
+            episodes=cfg.eval.episodes,
+            num_envs=cfg.eval.num_envs,
+            targets=data.targets,
+            seed=cfg.eval.seed,
+            vectorization=cfg.eval.vectorization,
+            progress=progress,
+        )
         for result in report["results"]:
-            log_eval(result)
-    writer.close()
-    plot_curve(metrics_path, run_dir / "curve.png", cfg.run_name)
-    return run_dir
-
-
-def _read_final_eval(path: Path, step: int) -> bool:
-    return any("eval/return_mean" in r and r["step"] == step for r in _read_metrics(path, step))
+            metrics.log(eval_row(step, result))
+    metrics.close()
+    plot_curve(run.metrics, run.curve, cfg.run_name)
 
 
 def plot_curve(metrics_path: Path, out: Path, title: str) -> Path:
@@ -385,7 +499,7 @@ def plot_curve(metrics_path: Path, out: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = _read_metrics(metrics_path, 1 << 62)
+    rows = read_metrics(metrics_path)
     train_rows = [r for r in rows if "train/loss" in r]
     eval_rows = [r for r in rows if "eval/return_mean" in r]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))

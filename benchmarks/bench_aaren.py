@@ -1,4 +1,4 @@
-"""Benchmark of the Aaren model core (issue 2): scan speed and backbone step latency / state memory.
+"""Benchmark of the Aaren model core: scan speed and backbone step latency / state memory.
 
 Everything is measured in one run and compared as ratios, because shared machines are noisy:
 
@@ -37,12 +37,20 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, load_average, machine_info, ratio, sync, time_interleaved, write_json, write_png  # noqa: E402
+from aaren_rl import AarenBackbone, AarenState, KVCache, TransformerBackbone, aaren_scan
 
-from aaren_rl import AarenBackbone, TransformerBackbone, aaren_scan  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    load_average,
+    machine_info,
+    ratio,
+    sync,
+    time_interleaved,
+    write_json,
+    write_png,
+)
 
-DEFAULT_OUT = REPO / "benchmarks" / "results"
 SCAN_GOAL_N = 3000
 SPEEDUP_GOAL = 8.0  # sdpa / aaren at N = SCAN_GOAL_N, at least
 FLOOR_GOAL = 5.0  # aaren / floor at N = SCAN_GOAL_N, at most
@@ -121,8 +129,9 @@ def bench_scan(settings: Settings, device: str, progress: bool = False) -> dict:
             est = last_sdpa[1] * (n / last_sdpa[0]) ** 2 * (1 + settings.min_reps)
             if est > settings.sdpa_budget_s:
                 skip_reason = (
-                    f"estimated {est:.0f} s for 1 warm-up + {settings.min_reps} calls (quadratic extrapolation "
-                    f"from N={last_sdpa[0]}) exceeds the SDPA budget of {settings.sdpa_budget_s:.0f} s"
+                    f"estimated {est:.0f} s for 1 warm-up + {settings.min_reps} calls "
+                    f"(quadratic extrapolation from N={last_sdpa[0]}) exceeds the SDPA budget of "
+                    f"{settings.sdpa_budget_s:.0f} s"
                 )
         fns = _scan_fns(settings, n, device, with_sdpa=skip_reason is None)
         times = time_interleaved(
@@ -151,13 +160,33 @@ def bench_scan(settings: Settings, device: str, progress: bool = False) -> dict:
         "shape": {"B": settings.scan_batch, "H": settings.scan_heads, "Dh": settings.head_dim},
         "definition": {
             "aaren": "aaren_scan(scores [B,H,N], values [B,H,N,Dh]); out.sum().backward()",
-            "sdpa": "F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward(), q,k,v [B,H,N,Dh]",
+            "sdpa": "F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward(), "
+            "q,k,v [B,H,N,Dh]",
             "floor": "(values * 2.0).sum().backward(), values [B,H,N,Dh]",
             "timing": "median seconds per call after 1 warm-up (goals use medians; *_from_min_times use the "
             "fastest call, less sensitive to other processes); leaf grads reset to None before each call",
         },
         "cases": cases,
     }
+
+
+def _states_after_tokens(
+    models: dict[str, torch.nn.Module], settings: Settings, batch: int, device: str, gen: torch.Generator
+) -> tuple[dict[tuple[str, int], AarenState | KVCache], dict[tuple[str, int], float], dict[str, Callable]]:
+    """Per (model, t): the state after one forward call over t random tokens, that call's seconds, and
+    a closure stepping one token on from that same state (named "model@t", for `time_interleaved`)."""
+    x_step = torch.randn(batch, 1, settings.width, generator=gen).to(device)
+    states, build_s, fns = {}, {}, {}
+    for name, model in models.items():
+        for t in settings.tokens_seen:
+            x = torch.randn(batch, t, settings.width, generator=gen).to(device)
+            sync(device)
+            start = time.perf_counter()
+            _, states[name, t] = model(x, None)
+            sync(device)
+            build_s[name, t] = time.perf_counter() - start
+            fns[f"{name}@{t}"] = lambda m=model, x=x_step, s=states[name, t]: m(x, s)
+    return states, build_s, fns
 
 
 def bench_backbones(settings: Settings, device: str, progress: bool = False) -> dict:
@@ -170,17 +199,7 @@ def bench_backbones(settings: Settings, device: str, progress: bool = False) -> 
     cases = []
     with torch.no_grad():
         for batch in tqdm(settings.step_batches, desc="backbone batches", disable=not progress):
-            x_step = torch.randn(batch, 1, settings.width, generator=gen).to(device)
-            states, build_s, fns = {}, {}, {}
-            for name, model in models.items():
-                for t in settings.tokens_seen:
-                    x = torch.randn(batch, t, settings.width, generator=gen).to(device)
-                    sync(device)
-                    start = time.perf_counter()
-                    _, states[name, t] = model(x, None)
-                    sync(device)
-                    build_s[name, t] = time.perf_counter() - start
-                    fns[f"{name}@{t}"] = lambda m=model, x=x_step, s=states[name, t]: m(x, s)
+            states, build_s, fns = _states_after_tokens(models, settings, batch, device, gen)
             times = time_interleaved(
                 fns, device, settings.steps, settings.steps, 0.0, progress, f"steps batch={batch}"
             )
@@ -245,7 +264,7 @@ def _field(case: dict | None, key: str) -> float | None:
 
 
 def evaluate_goals(scan: dict, backbone: dict) -> dict:
-    """Pass/fail of the issue's goals from measured numbers; `pass` is None where a point was not measured."""
+    """Pass/fail of the goals from measured numbers; `pass` is None where a point was not measured."""
     at_goal_n = next((c for c in scan["cases"] if c["n"] == SCAN_GOAL_N), None)
     speedup, floor = _field(at_goal_n, "speedup_vs_sdpa"), _field(at_goal_n, "floor_ratio")
     goals = {
@@ -405,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"smaller run (< 3 min on 2 CPU cores): scan N in {QUICK.scan_lengths}, "
+        help=f"smaller run: scan N in {QUICK.scan_lengths}, "
         f"{QUICK.steps} timed steps; full: N in {FULL.scan_lengths}, {FULL.steps} steps",
     )
     parser.add_argument(
@@ -414,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="where to run (cuda is synchronised around every timed call)",
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for aaren_core.json / .png")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for aaren_core.json / .png")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available in this torch build / machine")

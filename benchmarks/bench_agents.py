@@ -1,12 +1,13 @@
-"""Benchmark of whole decision agents (issue 6, items 2-4): acting, rollouts and training, side by side.
+"""Benchmark of whole decision agents: acting, rollouts and training, side by side.
 
 1. Acting: per-step latency and memory of the Aaren agent (recurrent: one backbone call per step
    with a constant-size state) against the Transformer agent acting the reference DT way (re-run
    the last K = 20 timesteps every step) and with its KV cache (the state grows by 3 tokens a step).
-   Acting runs on one torch thread, as the evaluation loop does. Each agent is driven for `max_steps` steps of one long episode on random observations (speed
-   does not depend on the weights or the data), batch 1 and 16; the latency at episode length t is
-   the median over the `window` steps after t, the memory the agent state's bytes at t. This is the
-   paper's cumulative-time / memory-vs-tokens figure for whole agents.
+   Acting runs on one torch thread, as the evaluation loop does. Each agent is driven for `max_steps`
+   steps of one long episode on random observations (speed does not depend on the weights or the
+   data), batch 1 and 16; the latency at episode length t is the median over the `window` steps
+   after t, the memory the agent state's bytes at t. This is the paper's cumulative-time /
+   memory-vs-tokens figure for whole agents.
 2. Rollout throughput: 16 vectorised Hopper-v5 envs driven by the Aaren agent against the same envs
    driven by random actions (the env-only ceiling): environment steps per second.
 3. Training throughput: supervised steps (actions predicted) and tokens per second of one
@@ -31,24 +32,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, ratio, write_json, write_png  # noqa: E402
+from agents.model import DecisionModel, DecisionModelConfig
+from agents.policy import DecisionAgent
+from envs import VecRollout, make_vec_env
+from envs.files import torch_threads
 
-from agents.evaluation import single_thread  # noqa: E402
-from agents.model import DecisionModel, DecisionModelConfig  # noqa: E402
-from agents.policy import DecisionAgent  # noqa: E402
-from envs import VecRollout, make_vec_env  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
+from benchmarks.common import RESULTS, machine_info, ratio, write_json, write_png  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 OBS_DIM, ACT_DIM = 11, 3  # Hopper
+TARGET_RETURN = 3600.0  # Hopper's usual DT target (speed does not depend on it)
 ACTING_GOALS = {1: 3.0, 16: 5.0}  # Aaren step at least this many times faster than the K-window step
 FLAT_GOAL = 1.1  # Aaren latency at the longest episode over the shortest, at most
 ROLLOUT_GOAL = 0.5  # Aaren-driven env steps/s over random-driven, at least
+#: (backbone, acting) of each agent compared
 AGENTS = (("aaren", "recurrent"), ("transformer", "window"), ("transformer", "recurrent"))
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+    """Sizes and repetition counts of one benchmark run."""
+
     lengths: tuple[int, ...] = (10, 100, 1000, 10000)
     batch_sizes: tuple[int, ...] = (1, 16)
     window: int = 20
@@ -65,14 +69,18 @@ QUICK = Settings(lengths=(10, 100, 1000, 3000), kv_max_steps=1000, rollout_steps
 
 
 def _model(backbone: str, **kw) -> DecisionModel:
+    """An untrained Hopper-sized decision model in eval mode (seeded, so every run builds the same)."""
     torch.manual_seed(0)
     return DecisionModel(
         DecisionModelConfig(obs_dim=OBS_DIM, act_dim=ACT_DIM, backbone=backbone, **kw)
     ).eval()
 
 
-def _label(backbone: str, mode: str) -> str:
-    return {"recurrent": "aaren" if backbone == "aaren" else "transformer-kv"}.get(mode, "transformer-window")
+def _label(backbone: str, acting: str) -> str:
+    """The agent's name in the results: aaren, transformer-kv or transformer-window."""
+    if acting != "recurrent":
+        return "transformer-window"
+    return "aaren" if backbone == "aaren" else "transformer-kv"
 
 
 def bench_acting(settings: Settings) -> list[dict]:
@@ -80,11 +88,11 @@ def bench_acting(settings: Settings) -> list[dict]:
     rng = np.random.default_rng(0)
     cases = []
     for batch in settings.batch_sizes:
-        for backbone, mode in AGENTS:
+        for backbone, acting in AGENTS:
             max_steps = max(settings.lengths) + settings.window
-            if backbone == "transformer" and mode == "recurrent":
+            if backbone == "transformer" and acting == "recurrent":
                 max_steps = min(max_steps, settings.kv_max_steps + settings.window)
-            agent = DecisionAgent(_model(backbone), target_return=3600.0, mode=mode)
+            agent = DecisionAgent(_model(backbone), TARGET_RETURN, acting=acting)
             obs = rng.standard_normal((max_steps, batch, OBS_DIM)).astype(np.float32)
             rewards = np.ones(batch, dtype=np.float32)
             state, times, nbytes = None, [], []
@@ -100,7 +108,7 @@ def bench_acting(settings: Settings) -> list[dict]:
                     continue
                 cases.append(
                     {
-                        "agent": _label(backbone, mode),
+                        "agent": _label(backbone, acting),
                         "batch": batch,
                         "episode_length": length,
                         "step_seconds": statistics.median(times[length : length + settings.window]),
@@ -138,10 +146,10 @@ def acting_ratios(cases: list[dict], settings: Settings) -> list[dict]:
 
 def bench_rollout(settings: Settings) -> dict:
     """Env steps per second of 16 Hopper-v5 envs driven by the Aaren agent vs by random actions."""
-    agent = DecisionAgent(_model("aaren"), target_return=3600.0)
+    agent = DecisionAgent(_model("aaren"), TARGET_RETURN)
     result = {}
     for driver in ("random", "aaren"):
-        rollout = VecRollout(make_vec_env("Hopper-v5", settings.rollout_envs, "sync", seed=0))
+        rollout = VecRollout(make_vec_env("Hopper-v5", settings.rollout_envs, vectorization="sync", seed=0))
         obs, _ = rollout.reset()
         action_rng = np.random.default_rng(0)
         state, rewards = None, None
@@ -189,7 +197,7 @@ def _train_case(backbone: str, settings: Settings, device: str) -> dict:
         batch, length = settings.train_window_batch, model.config.context_steps
     gen = torch.Generator().manual_seed(0)
     inputs = (
-        torch.rand(batch, length, generator=gen).to(device) * 3600,
+        torch.rand(batch, length, generator=gen).to(device) * TARGET_RETURN,
         torch.randn(batch, length, OBS_DIM, generator=gen).to(device),
         torch.rand(batch, length, ACT_DIM, generator=gen).to(device) * 2 - 1,
         torch.arange(length).expand(batch, length).to(device),
@@ -224,6 +232,7 @@ def _train_case(backbone: str, settings: Settings, device: str) -> dict:
 
 
 def bench_training(settings: Settings, device: str) -> dict:
+    """Training throughput and peak memory of both backbones, and Aaren's tokens/s over the Transformer's."""
     cases = {}
     for backbone in ("aaren", "transformer"):  # a fresh process each, so that peak memory is its own
         with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
@@ -237,6 +246,7 @@ def bench_training(settings: Settings, device: str) -> dict:
 
 
 def evaluate_goals(acting: list[dict], rollout: dict) -> dict:
+    """Value and met/not met of each goal: acting speed-up, Aaren's flat latency, rollout ceiling."""
     goals = {}
     for batch, target in ACTING_GOALS.items():
         speedups = [
@@ -266,6 +276,7 @@ def evaluate_goals(acting: list[dict], rollout: dict) -> dict:
 
 
 def plot(results: dict, path: Path) -> None:
+    """Three panels over episode length: step latency, cumulative acting time, agent state bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -299,7 +310,8 @@ def plot(results: dict, path: Path) -> None:
 
 
 def run(settings: Settings, device: str, out_dir: Path) -> dict:
-    with single_thread():  # as the evaluation loop acts: per-step batches are too small for threads
+    """Measure everything, write agents_speed.json and agents_speed.png into out_dir, return the results."""
+    with torch_threads(1):  # as the evaluation loop acts: per-step batches are too small for threads
         acting = bench_acting(settings)
         rollout = bench_rollout(settings)
     ratios = acting_ratios(acting, settings)
@@ -319,6 +331,7 @@ def run(settings: Settings, device: str, out_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="Writes agents_speed.json and agents_speed.png into --out. Speed is reported as ratios "
@@ -330,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--device", default="cpu", choices=("cpu", "cuda"), help="device for the training case"
     )
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output folder")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="output folder")
     args = parser.parse_args(argv)
     results = run(QUICK if args.quick else Settings(), args.device, args.out)
     for name, goal in results["goals"].items():

@@ -4,10 +4,11 @@ Every algorithm gets the same tasks, env steps, seeds and PPO hyperparameters (p
 rl-zoo's RecurrentPPO settings); the memories are sized alike (Aaren width 64, one layer, 4 heads;
 LSTM 64 hidden units; separate actor and critic memories for both). Measured per run: the final
 deterministic return (fresh eval envs), the mean return of the last 100 training episodes
-(stochastic policy; steadier than one final evaluation), and the wall-clock of learn() split into acting (rollout
-collection) and training (the PPO updates). Torch runs on one thread for every algorithm.
+(stochastic policy; steadier than one final evaluation), and the wall-clock of learn() split into
+acting (rollout collection) and training (the PPO updates). Torch runs on one thread for every
+algorithm.
 
-Goal (issue 5): AarenPPO reaches RecurrentPPO's return and trains >= 1.5x faster in wall-clock.
+Goal: AarenPPO reaches RecurrentPPO's return and trains >= 1.5x faster in wall-clock.
 "Reaches" is recorded as (aaren - random) / (lstm - random) >= 0.9 on the seed means.
 """
 
@@ -31,16 +32,19 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from agents.ppo import AarenPPO  # noqa: E402
-from benchmarks.common import load_average, machine_info, write_json, write_png  # noqa: E402
-from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE  # noqa: E402
+from agents.ppo import AarenPPO
+from envs.files import torch_threads
+from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
+from benchmarks.common import RESULTS, load_average, machine_info, write_json, write_png  # noqa: E402
+
 ALGOS = ("aaren", "lstm", "mlp")
-RANDOM_EPISODES = 200  # random play is cheap; few episodes gave RememberCue 0.4 instead of 1/4
-# Tanh heads (SB3's default) rather than rl-zoo's ReLU: with ReLU and lr 1e-3 one AarenPPO seed of
-# CartPoleNoVel collapsed to a constant action (entropy 0, KL 0: dead units) in two runs; with Tanh it learned.
+RETURN_FRACTION_GOAL = 0.9  # (aaren - random) / (lstm - random), at least
+SPEEDUP_GOAL = 1.5  # LSTM wall-clock over Aaren's, at least
+RANDOM_EPISODES = 200  # random play is cheap, and a floor from few episodes is noisy
+# Tanh heads (SB3's default) rather than rl-zoo's ReLU: with ReLU and lr 1e-3 an AarenPPO seed of
+# CartPoleNoVel collapsed to a constant action (entropy 0, KL 0: dead units); with Tanh it learned.
 MEMORY = dict(ortho_init=False, activation_fn=torch.nn.Tanh, net_arch=dict(pi=[64], vf=[64]))
 AAREN_KWARGS = dict(embed_dim=64, num_layers=1, num_heads=4, ffn_mult=2)
 LSTM_KWARGS = dict(lstm_hidden_size=64, enable_critic_lstm=True)
@@ -48,6 +52,8 @@ LSTM_KWARGS = dict(lstm_hidden_size=64, enable_critic_lstm=True)
 
 @dataclass(frozen=True)
 class Task:
+    """One memory task: its env, parallel envs and PPO hyperparameters."""
+
     env_id: str
     n_envs: int
     ppo: dict[str, Any]
@@ -76,6 +82,8 @@ TASKS = {
 
 @dataclass(frozen=True)
 class Settings:
+    """Budgets, seeds and algorithms of one benchmark run."""
+
     steps: dict[str, int]  # env steps per task
     seeds: tuple[int, ...] = (0, 1, 2)
     eval_episodes: int = 10
@@ -86,7 +94,7 @@ class Settings:
 
 QUICK = Settings(
     steps={"CartPoleNoVel": 40_000, "RememberCue": 10_000},
-    notes="quick: CartPoleNoVel and RememberCue only, short budgets (about 15 min on 2 shared cores)",
+    notes="quick: CartPoleNoVel and RememberCue only, short budgets",
 )
 FULL = Settings(
     steps={"CartPoleNoVel": 100_000, "PendulumNoVel": 100_000, "RememberCue": 30_000},
@@ -114,6 +122,7 @@ class PhaseTimer(BaseCallback):
 
 
 def make_env(task: Task, seed: int, training: bool) -> VecEnv:
+    """The task's training envs (reward-normalised where the task says so), or 4 raw envs for evaluation."""
     env = make_vec_env(task.env_id, n_envs=task.n_envs if training else 4, seed=seed)
     if training and task.normalize_reward:
         env = VecNormalize(env, norm_obs=False, norm_reward=True, gamma=task.ppo["gamma"])
@@ -121,6 +130,7 @@ def make_env(task: Task, seed: int, training: bool) -> VecEnv:
 
 
 def make_model(algo: str, task: Task, seed: int) -> BaseAlgorithm:
+    """A fresh PPO-family model of `algo`, on the task's training envs and hyperparameters."""
     env = make_env(task, seed, training=True)
     common = dict(env=env, seed=seed, device="cpu", **task.ppo)
     if algo == "aaren":
@@ -150,6 +160,7 @@ def random_return(task: Task, episodes: int, seed: int) -> float:
 
 
 def run_one(name: str, algo: str, seed: int, settings: Settings) -> dict[str, Any]:
+    """Train one (task, algorithm, seed), then evaluate it deterministically on fresh envs."""
     task = TASKS[name]
     model = make_model(algo, task, seed)
     timer = PhaseTimer()
@@ -205,16 +216,17 @@ def summarize(runs: list[dict], randoms: dict[str, float]) -> dict[str, Any]:
             entry["speedup_wall_vs_lstm"] = lstm["wall_s_mean"] / a["wall_s_mean"]
             entry["speedup_train_vs_lstm"] = lstm["train_s_mean"] / a["train_s_mean"]
             entry["goal_return_reached"] = bool(
-                entry["return_fraction_of_lstm"] >= 0.9
+                entry["return_fraction_of_lstm"] >= RETURN_FRACTION_GOAL
                 if entry["return_fraction_of_lstm"] is not None
                 else a["return_mean_mean"] >= lstm["return_mean_mean"]
             )
-            entry["goal_speedup_1_5x"] = bool(entry["speedup_wall_vs_lstm"] >= 1.5)
+            entry["goal_speedup_1_5x"] = bool(entry["speedup_wall_vs_lstm"] >= SPEEDUP_GOAL)
         table[name] = entry
     return table
 
 
 def plot(results: dict, path: Path) -> None:
+    """Per task: final return per algorithm (top) and learn()'s wall-clock split into acting and training."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,18 +265,24 @@ def plot(results: dict, path: Path) -> None:
 
 
 def format_table(results: dict) -> str:
-    lines = [f"{'task':<14} {'algo':<6} {'eval return':>16} {'train ret':>9} {'wall s':>8} {'act s':>7} {'train s':>8}"]
+    """A short human-readable summary of the results."""
+    lines = [
+        f"{'task':<14} {'algo':<6} {'eval return':>16} {'train ret':>9} "
+        f"{'wall s':>8} {'act s':>7} {'train s':>8}"
+    ]
     for name, entry in results["summary"].items():
         for algo, row in entry["algos"].items():
             lines.append(
                 f"{name:<14} {algo:<6} {row['return_mean_mean']:>9.1f} ± {row['return_seed_std']:<5.1f}"
-                f" {row['train_return_last100_mean']:>9.1f} {row['wall_s_mean']:>8.1f} {row['collect_s_mean']:>7.1f} {row['train_s_mean']:>8.1f}"
+                f" {row['train_return_last100_mean']:>9.1f} {row['wall_s_mean']:>8.1f}"
+                f" {row['collect_s_mean']:>7.1f} {row['train_s_mean']:>8.1f}"
             )
         if "speedup_wall_vs_lstm" in entry:
             frac = entry["return_fraction_of_lstm"]
             lines.append(
                 f"{'':<14} random {entry['random_return']:.1f}; aaren/lstm return fraction "
-                f"{'n/a' if frac is None else f'{frac:.2f}'}, speedup wall {entry['speedup_wall_vs_lstm']:.2f}x, "
+                f"{'n/a' if frac is None else f'{frac:.2f}'}, "
+                f"speedup wall {entry['speedup_wall_vs_lstm']:.2f}x, "
                 f"train {entry['speedup_train_vs_lstm']:.2f}x"
             )
     return "\n".join(lines)
@@ -272,34 +290,41 @@ def format_table(results: dict) -> str:
 
 def run(settings: Settings, out_dir: Path, name: str) -> dict:
     """All runs (results rewritten after each, so an interrupted benchmark keeps what it measured)."""
-    torch.set_num_threads(settings.threads)
-    results: dict[str, Any] = {
-        "machine": machine_info("cpu"),
-        "settings": dataclasses.asdict(settings),
-        "hyperparameters": {k: {**dataclasses.asdict(t)} for k, t in TASKS.items() if k in settings.steps},
-        "memory": {"aaren": AAREN_KWARGS, "lstm": LSTM_KWARGS, "shared": {**MEMORY, "activation_fn": "Tanh"}},
-        "runs": [],
-    }
-    randoms = {t: random_return(TASKS[t], RANDOM_EPISODES, 10_000) for t in settings.steps}
-    jobs = [(t, a, s) for t in settings.steps for s in settings.seeds for a in settings.algos]
-    start = time.perf_counter()
-    for task, algo, seed in (bar := tqdm(jobs, desc="runs")):
-        bar.set_postfix(task=task, algo=algo, seed=seed)
-        results["runs"].append(run_one(task, algo, seed, settings))
-        results["summary"] = summarize(results["runs"], randoms)
-        results["total_wall_s"] = time.perf_counter() - start
-        results["machine"]["load_average_at_end"] = load_average()
-        write_json(out_dir / f"{name}.json", results)
+    with torch_threads(settings.threads):
+        results: dict[str, Any] = {
+            "machine": machine_info("cpu"),
+            "settings": dataclasses.asdict(settings),
+            "hyperparameters": {
+                k: {**dataclasses.asdict(t)} for k, t in TASKS.items() if k in settings.steps
+            },
+            "memory": {
+                "aaren": AAREN_KWARGS,
+                "lstm": LSTM_KWARGS,
+                "shared": {**MEMORY, "activation_fn": MEMORY["activation_fn"].__name__},
+            },
+            "runs": [],
+        }
+        randoms = {t: random_return(TASKS[t], RANDOM_EPISODES, 10_000) for t in settings.steps}
+        jobs = [(t, a, s) for t in settings.steps for s in settings.seeds for a in settings.algos]
+        start = time.perf_counter()
+        for task, algo, seed in (bar := tqdm(jobs, desc="runs")):
+            bar.set_postfix(task=task, algo=algo, seed=seed)
+            results["runs"].append(run_one(task, algo, seed, settings))
+            results["summary"] = summarize(results["runs"], randoms)
+            results["total_wall_s"] = time.perf_counter() - start
+            results["machine"]["load_average_at_end"] = load_average()
+            write_json(out_dir / f"{name}.json", results)
     plot(results, out_dir / f"{name}.png")
     return results
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK.notes}; full: {FULL.notes}")
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), help="only these tasks (their budgets)")
     parser.add_argument("--seeds", type=int, help="only the first SEEDS seeds")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON and PNG")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
     args = parser.parse_args(argv)
     settings, name = (QUICK, "ppo_memory_quick") if args.quick else (FULL, "ppo_memory")
     if args.tasks:
@@ -313,9 +338,8 @@ def main(argv: list[str] | None = None) -> None:
         name += f"_{args.seeds}seed"
     results = run(settings, args.out, name)
     print(format_table(results))
-    print(
-        f"\nwrote {args.out / (name + '.json')} and {args.out / (name + '.png')} in {results['total_wall_s']:.0f} s"
-    )
+    json_path, png_path = args.out / f"{name}.json", args.out / f"{name}.png"
+    print(f"\nwrote {json_path} and {png_path} in {results['total_wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Quality benchmark (issue 6, item 5): Aaren-DT against Transformer-DT, same data, budget and seeds.
+"""Quality benchmark: Aaren-DT against Transformer-DT, same data, budget and seeds.
 
-Datasets are made here with the collection tool from the SB3 behaviour policies in ../shared/experts
-(D4RL recipes: medium = a policy at about 1/3 of expert, medium-expert = medium + expert halves),
+Datasets are made here with the collection tool from the RL Zoo's SB3 behaviour policies (downloaded
+once from the Hugging Face Hub, or from $AAREN_RL_EXPERTS offline: see `envs.experts`) by D4RL's
+recipes (medium = a policy at about 1/3 of expert, medium-expert = medium + expert halves),
 written in the D4RL format and cached. Every (task, dataset, backbone, seed) is trained with the
 reference DT hyperparameters of configs/base.yaml and the same number of gradient steps and
 supervised timesteps per step: the Transformer sees `batch_size` K-windows (batch_size x K steps),
@@ -9,7 +10,7 @@ the Aaren agent whole episodes from their first step, as many as hold about the 
 steps on average. Each run ends with a live evaluation at the task's target returns (envs on
 Gymnasium v5); the table reports the best target's D4RL-normalised score, mean +- std over seeds.
 
-The default protocol is sized to finish in about an hour on 2 quiet CPU cores (see QUICK); `--full`
+The default protocol is sized for a couple of CPU cores (see QUICK); `--full`
 is the papers' protocol (100k steps, 1M-transition datasets, all three tasks), unchanged code.
 Interrupted? Run the same command again: finished runs are kept, unfinished ones resume.
 
@@ -27,11 +28,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine_info, write_json, write_png, write_text  # noqa: E402
+import numpy as np
 
-from agents import load_config, train  # noqa: E402
-from envs import collect_recipe, experts_dir, load_dataset  # noqa: E402
+from agents import load_config, train
+from envs import collect_recipe, load_dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
+from benchmarks.common import REPO, RESULTS, machine_info, write_json, write_png, write_text  # noqa: E402
 
 BACKBONES = ("aaren", "transformer")
 GOAL_POINTS = 1.0  # Aaren's mean score may trail the Transformer's by at most this much
@@ -39,6 +42,8 @@ GOAL_POINTS = 1.0  # Aaren's mean score may trail the Transformer's by at most t
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+    """Tasks, datasets, seeds and training budget of one benchmark run (the defaults: the papers')."""
+
     tasks: tuple[str, ...] = ("hopper", "halfcheetah", "walker2d")
     datasets: tuple[str, ...] = ("medium", "medium-expert")
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -50,12 +55,12 @@ class Settings:
     eval_episodes: int = 10
 
 
-#: All six task x dataset pairs at a CPU budget: 36 runs of about 2 minutes each on 2 quiet cores.
+#: All six task x dataset pairs at a CPU budget.
 QUICK = Settings(transitions=100_000, steps=500, warmup_steps=100, eval_every=250, eval_episodes=5)
 
 
 def make_dataset(task: str, dataset: str, settings: Settings, data_dir: Path) -> Path:
-    """Collect (once) the D4RL-format dataset for task x recipe from the shared expert policies."""
+    """Collect (once) the D4RL-format dataset for task x recipe from the RL Zoo's behaviour policies."""
     path = data_dir / f"{task}_{dataset.replace('-', '_')}-{settings.transitions}.hdf5"
     if not path.is_file():
         collect_recipe(f"{task}-{dataset}-v2", path, settings.transitions, num_envs=4, seed=0)
@@ -68,46 +73,57 @@ def aaren_batch(dataset_path: Path, settings: Settings, context_steps: int) -> i
     return max(1, round(settings.batch_size * context_steps / float(lengths.mean())))
 
 
+def _budget_overrides(settings: Settings) -> list[str]:
+    """Config overrides of the training and evaluation budget, the same for every run."""
+    return [
+        f"train.steps={settings.steps}",
+        f"train.warmup_steps={settings.warmup_steps}",
+        f"train.eval_every={settings.eval_every}",
+        f"train.checkpoint_every={settings.eval_every}",
+        f"eval.episodes={settings.eval_episodes}",
+    ]
+
+
+def _learning_curve(run_dir: Path, target: float) -> list[tuple[int, float]]:
+    """(gradient step, mean score) of the run's periodic evaluations at `target`."""
+    return [
+        (row["step"], row["eval/score_mean"])
+        for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "eval/score_mean" in row and row["eval/target"] == target
+    ]
+
+
 def run_one(
     task: str, dataset: str, backbone: str, seed: int, data_path: Path, settings: Settings, work: Path
 ) -> dict:
     """Train and evaluate one run (or resume / reuse it); returns its summary."""
     name = f"{task}-{dataset}-{backbone}-s{seed}"
     run_dir = work / "runs" / name
-    base = load_config(REPO / "configs" / f"{task}-{dataset}.yaml")
+    config_path = REPO / "configs" / f"{task}-{dataset}.yaml"
     batch = (
-        aaren_batch(data_path, settings, base.model.context_steps)
+        aaren_batch(data_path, settings, load_config(config_path).model.context_steps)
         if backbone == "aaren"
         else settings.batch_size
     )
-    overrides = [
-        f"name={name}",
-        f"output_dir={work / 'runs'}",
-        f"data.dataset={data_path}",
-        f"model.backbone={backbone}",
-        f"train.steps={settings.steps}",
-        f"train.warmup_steps={settings.warmup_steps}",
-        f"train.batch_size={batch}",
-        f"train.seed={seed}",
-        f"train.eval_every={settings.eval_every}",
-        f"train.checkpoint_every={settings.eval_every}",
-        f"eval.episodes={settings.eval_episodes}",
-    ]
     report_path = run_dir / "eval" / "eval.json"
     start = time.perf_counter()
     if not report_path.is_file():
         if (run_dir / "config.yaml").is_file():
             train(resume=run_dir)
         else:
-            train(load_config(REPO / "configs" / f"{task}-{dataset}.yaml", overrides))
+            overrides = [
+                f"name={name}",
+                f"output_dir={work / 'runs'}",
+                f"data.dataset={data_path}",
+                f"model.backbone={backbone}",
+                f"train.batch_size={batch}",
+                f"train.seed={seed}",
+                *_budget_overrides(settings),
+            ]
+            train(load_config(config_path, overrides))
     report = json.loads(report_path.read_text())
     best = max(report["results"], key=lambda r: r["score_mean"])
     first_target = report["results"][0]["target_return"]  # periodic evaluations use the first target
-    curve = [
-        (row["step"], row["eval/score_mean"])
-        for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-        if "eval/score_mean" in row and row["eval/target"] == first_target
-    ]
     return {
         "task": task,
         "dataset": dataset,
@@ -118,7 +134,7 @@ def run_one(
         "score": best["score_mean"],
         "return": best["return_mean"],
         "dataset_score": report["dataset_score_mean"],
-        "curve": curve,
+        "curve": _learning_curve(run_dir, first_target),
         "seconds_this_session": time.perf_counter() - start,
         "run_dir": str(run_dir),
     }
@@ -151,6 +167,7 @@ def summarise(runs: list[dict]) -> tuple[list[dict], dict]:
 
 
 def markdown(table: list[dict], goal: dict, settings: Settings, done: int, planned: int) -> str:
+    """The score table and its caption, as written to quality.md (and pasted into the README)."""
     lines = [
         "| task | dataset | dataset score | Aaren-DT | Transformer-DT | Aaren - Transformer |",
         "|---|---|---|---|---|---|",
@@ -158,32 +175,23 @@ def markdown(table: list[dict], goal: dict, settings: Settings, done: int, plann
     for row in table:
         a, t = row["aaren"], row["transformer"]
         lines.append(
-            f"| {row['task']} | {row['dataset']} | {row['dataset_score']:.1f} | {a['mean']:.1f} ± {a['std']:.1f} | "
-            f"{t['mean']:.1f} ± {t['std']:.1f} | {row['aaren_minus_transformer']:+.1f} |"
+            f"| {row['task']} | {row['dataset']} | {row['dataset_score']:.1f} "
+            f"| {a['mean']:.1f} ± {a['std']:.1f} | {t['mean']:.1f} ± {t['std']:.1f} "
+            f"| {row['aaren_minus_transformer']:+.1f} |"
         )
     lines.append("")
     lines.append(
         f"D4RL-normalised scores on Gymnasium v5 tasks, best target return, mean ± std over seeds "
-        f"({done} of {planned} planned runs done); {settings.steps:,} gradient steps, {settings.transitions:,}-transition datasets, "
+        f"({done} of {planned} planned runs done); {settings.steps:,} gradient steps, "
+        f"{settings.transitions:,}-transition datasets, "
         f"{settings.eval_episodes} evaluation episodes per target. Average gap {goal['value']:+.2f} points "
         f"(goal: {goal['goal']}: {'met' if goal['met'] else 'not met'})."
     )
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: list[dict], table: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    cols = min(3, len(table))
-    rows = -(-len(table) // cols)
-    fig = plt.figure(figsize=(5 * cols, 4 * (1 + rows)))
-    grid = fig.add_gridspec(1 + rows, cols)
-    ax = fig.add_subplot(grid[0, :])  # the scores across the top, one learning-curve panel per pair below
-    curve_axes = [fig.add_subplot(grid[1 + i // cols, i % cols]) for i in range(len(table))]
+def _plot_scores(ax, table: list[dict]) -> None:
+    """Bars of each backbone's final score per (task, dataset), with the dataset's own score."""
     x = np.arange(len(table))
     for i, backbone in enumerate(BACKBONES):
         means = [row[backbone]["mean"] for row in table]
@@ -201,25 +209,44 @@ def plot(runs: list[dict], table: list[dict], path: Path) -> None:
     ax.set_xticks(x, [f"{row['task']} {row['dataset']}" for row in table])
     ax.set(ylabel="D4RL-normalised score", title="final score (best target)")
     ax.legend(fontsize=8)
-    for ax, row in zip(curve_axes, table, strict=True):
-        for backbone, color in zip(BACKBONES, ("C0", "C1"), strict=True):
-            curves = [
-                r["curve"]
-                for r in runs
-                if (r["task"], r["dataset"], r["backbone"]) == (row["task"], row["dataset"], backbone)
-            ]
-            curves = [c for c in curves if c]
-            if not curves:
-                continue
-            steps = [s for s, _ in curves[0]]
-            values = np.array([[v for _, v in c[: len(steps)]] for c in curves if len(c) >= len(steps)])
-            mean, std = values.mean(0), values.std(0)
-            ax.plot(steps, mean, color=color, marker="o", label=f"{backbone}-DT")
-            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
-        ax.set(xlabel="gradient step", ylabel="score (first target)", title=f"{row['task']} {row['dataset']}")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
+
+
+def _plot_curves(ax, runs: list[dict], row: dict) -> None:
+    """Learning curves of one (task, dataset): mean +- std over seeds per backbone."""
+    for backbone, color in zip(BACKBONES, ("C0", "C1"), strict=True):
+        curves = [
+            r["curve"]
+            for r in runs
+            if (r["task"], r["dataset"], r["backbone"]) == (row["task"], row["dataset"], backbone)
+        ]
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        steps = [s for s, _ in curves[0]]
+        values = np.array([[v for _, v in c[: len(steps)]] for c in curves if len(c) >= len(steps)])
+        mean, std = values.mean(0), values.std(0)
+        ax.plot(steps, mean, color=color, marker="o", label=f"{backbone}-DT")
+        ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
+    ax.set(xlabel="gradient step", ylabel="score (first target)", title=f"{row['task']} {row['dataset']}")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+
+
+def plot(runs: list[dict], table: list[dict], path: Path) -> None:
+    """The scores across the top, one learning-curve panel per (task, dataset) below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(table))
+    rows = -(-len(table) // cols)
+    fig = plt.figure(figsize=(5 * cols, 4 * (1 + rows)))
+    grid = fig.add_gridspec(1 + rows, cols)
+    _plot_scores(fig.add_subplot(grid[0, :]), table)
+    for i, row in enumerate(table):
+        _plot_curves(fig.add_subplot(grid[1 + i // cols, i % cols]), runs, row)
     fig.tight_layout()
     write_png(fig, path)
     plt.close(fig)
@@ -247,7 +274,6 @@ def report(runs: list[dict], settings: Settings, out: Path, planned: int) -> dic
 
 def run(settings: Settings, out: Path, work: Path) -> dict:
     """Task and dataset outermost, so that a report written after each run soon has all seeds of a pair."""
-    experts_dir()  # fails early with a clear message when ../shared/experts is missing
     pairs = [(t, d) for t in settings.tasks for d in settings.datasets]
     data = {pair: make_dataset(*pair, settings, work / "data") for pair in pairs}
     planned = len(settings.seeds) * len(pairs) * len(BACKBONES)
@@ -261,6 +287,7 @@ def run(settings: Settings, out: Path, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument(
         "--full", action="store_true", help="the full protocol: 100k steps, 1M transitions, 3 tasks"
@@ -268,9 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", nargs="+", help="override the tasks (hopper halfcheetah walker2d)")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the seeds")
     parser.add_argument("--steps", type=int, help="override the gradient steps per run")
-    parser.add_argument(
-        "--out", type=Path, default=REPO / "benchmarks" / "results", help="folder of the report files"
-    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the report files")
     parser.add_argument(
         "--work",
         type=Path,

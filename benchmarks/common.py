@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
+from envs.files import write_atomic
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+"""Default output folder of every benchmark."""
 
 
 def sync(device: str) -> None:
+    """Wait for queued CUDA work, so a timer around a call measures the call (a no-op on CPU)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -59,6 +68,7 @@ def time_interleaved(
 
 
 def ratio(num: float | None, den: float | None) -> float | None:
+    """num / den, or None where either was not measured."""
     return None if num is None or den is None else num / den
 
 
@@ -109,32 +119,18 @@ def machine_info(device: str) -> dict:
     }
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then os.replace it onto `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_json(path: Path, data: dict) -> None:
     """Atomically write `data` as indented JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
     """Atomically write a text file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, lambda tmp: tmp.write_text(text))
+    write_atomic(path, text)
 
 
-def write_png(fig, path: Path) -> None:
+def write_png(fig: Figure, path: Path) -> None:
     """Atomically save a matplotlib figure as PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=120, format="png")
+    write_atomic(path, buffer.getvalue())

@@ -2,7 +2,8 @@
 collection from behaviour policies, and vectorised rollout workers. Depends on gymnasium, numpy
 and h5py (and Stable-Baselines3 for collecting with its policies); never on the model code."""
 
-from envs.collect import CollectResult, collect_dataset, collect_recipe, experts_dir, rollout_policy
+from envs.collect import CollectResult, collect_dataset, collect_recipe, rollout_policy
+from envs.d4rl import canonical_env_id, reference_scores
 from envs.datasets import (
     DatasetError,
     OfflineDataset,
@@ -14,8 +15,9 @@ from envs.datasets import (
     save_dataset,
 )
 from envs.download import DownloadError
-from envs.make import canonical_env_id, make_env
-from envs.scores import normalized_score, reference_scores
+from envs.experts import experts_dir
+from envs.make import make_env
+from envs.scores import normalized_score
 from envs.vector import EnvWorkerError, EpisodeRecord, VecRollout, VecStep, make_vec_env
 
 __all__ = [

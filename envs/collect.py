@@ -7,36 +7,29 @@ with), or any object with SB3's ``predict(obs, state, episode_start, determinist
 Recipes follow D4RL's: random, medium (a policy at about 1/3 of expert return), expert,
 medium-expert (medium then expert data in one file) and mixed (several policies of rising quality,
 sampled stochastically: a stand-in for medium-replay, whose replay buffers are not available). The
-default policies are the RL Zoo models in ``$AAREN_RL_EXPERTS`` (else ``<repo>/../shared/experts``);
-see :data:`TASK_POLICIES`.
-
-Security note: SB3 zips and ``vecnormalize.pkl`` files are unpickled on load, which can run code.
-Load only files you trust, such as the known behaviour policies above.
+default policies are RL Zoo agents, from ``$AAREN_RL_EXPERTS`` or else downloaded once from the
+Hugging Face Hub, and loaded without running code from their files: see :mod:`envs.experts`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import pickle
-import sys
 import time
-import warnings
-import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
+from envs.d4rl import TASKS, canonical_env_id, fill_metadata, parse_dataset_id
 from envs.datasets import d4rl_dataset_dir, d4rl_filename, episode_return_stats, save_dataset
-from envs.make import MujocoStateInfo, canonical_env_id, d4rl_task
-from envs.scores import reference_scores
-from envs.vector import VecRollout, make_vec_env
+from envs.errors import DatasetError
+from envs.experts import PredictPolicy, RandomPolicy, load_sb3_policy
+from envs.files import torch_threads
+from envs.make import MujocoStateInfo
+from envs.vector import VecRollout, VecStep, make_vec_env, split_evenly
 
 #: Roles each recipe draws from, in file order; num_steps is split evenly between them.
 RECIPES: dict[str, tuple[str, ...]] = {
@@ -49,214 +42,8 @@ RECIPES: dict[str, tuple[str, ...]] = {
 #: Recipes whose SB3 policies sample actions (deterministic=False) instead of taking the mean.
 STOCHASTIC_RECIPES = frozenset({"mixed"})
 
-#: Default policy folder per task and role. Returns on the v5 tasks (experts README, deterministic):
-#: hopper a2c 754 / sac 1083 / tqc 3650; halfcheetah a2c 3037 / ars 4937 / tqc 12087;
-#: walker2d a2c 536 / ars 983 / tqc 4501. "medium" is the one nearest 1/3 of the expert's return.
-TASK_POLICIES: dict[str, dict[str, str]] = {
-    "hopper": {"weak": "a2c-Hopper", "medium": "sac-Hopper", "expert": "tqc-Hopper"},
-    "halfcheetah": {"weak": "a2c-HalfCheetah", "medium": "ars-HalfCheetah", "expert": "tqc-HalfCheetah"},
-    "walker2d": {"weak": "a2c-Walker2d", "medium": "ars-Walker2d", "expert": "tqc-Walker2d"},
-}
-
 #: Seed offset between the parts of a recipe (env i of part j is seeded seed + j * offset + i).
 PART_SEED_OFFSET = 10_000
-
-
-def experts_dir() -> Path:
-    """Folder of the behaviour policies: ``$AAREN_RL_EXPERTS``, else ``<repo>/../shared/experts``."""
-    env = os.environ.get("AAREN_RL_EXPERTS")
-    return (
-        Path(env).expanduser() if env else Path(__file__).resolve().parents[1].parent / "shared" / "experts"
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# Behaviour policies
-
-
-class RandomPolicy:
-    """Uniform actions in a Box action space, from its own seeded generator."""
-
-    name = "random"
-    algo = "random"
-
-    def __init__(self, action_space: gym.spaces.Box, seed: int | list[int] | None = None):
-        self.low, self.high = action_space.low, action_space.high
-        self.rng = np.random.default_rng(seed)
-
-    def act(self, obs: np.ndarray, episode_steps: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
-        return self.rng.uniform(self.low, self.high, size=(len(obs), *self.low.shape)).astype(self.low.dtype)
-
-
-class PredictPolicy:
-    """Any SB3-style ``predict`` policy (SB3 models, agents' policies), with its recurrent state kept.
-
-    ``obs_normalizer`` (a VecNormalize loaded for prediction) and ``time_feature_max_steps`` (append
-    sb3-contrib's TimeFeatureWrapper feature ``1 - t / max_steps``) rebuild the observation the model
-    was trained on from the raw one; the raw observation is what gets recorded.
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        *,
-        name: str,
-        algo: str,
-        deterministic: bool = True,
-        obs_normalizer: Any = None,
-        time_feature_max_steps: int | None = None,
-    ):
-        self.model, self.name, self.algo = model, name, algo
-        self.deterministic = deterministic
-        self.obs_normalizer = obs_normalizer
-        self.time_feature_max_steps = time_feature_max_steps
-        self.state: Any = None
-
-    def act(self, obs: np.ndarray, episode_steps: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
-        x = obs
-        if self.time_feature_max_steps:
-            feature = 1.0 - episode_steps / self.time_feature_max_steps
-            x = np.concatenate([x, feature[:, None].astype(x.dtype)], axis=1)
-        if self.obs_normalizer is not None:
-            x = self.obs_normalizer.normalize_obs(x)
-        actions, self.state = self.model.predict(
-            x, state=self.state, episode_start=episode_start, deterministic=self.deterministic
-        )
-        return np.asarray(actions)
-
-
-@contextlib.contextmanager
-def _gym_alias() -> Iterator[None]:
-    """Let pickles of the old ``gym`` package resolve to gymnasium, then restore ``sys.modules``."""
-    names = {"gym": gym, "gym.spaces": gym.spaces, "gym.spaces.box": gym.spaces.box}
-    saved = {name: sys.modules.get(name) for name in names}
-    sys.modules.update(names)
-    try:
-        yield
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-
-
-def detect_algo(model_zip: str | os.PathLike) -> str:
-    """The SB3 algorithm of a saved model, from its ``data`` JSON (policy class module and saved keys)."""
-    with zipfile.ZipFile(model_zip) as zf:
-        data = json.loads(zf.read("data"))
-    module = data.get("policy_class", {}).get("__module__", "")
-    for key, algo in (("tqc", "tqc"), ("ars", "ars"), (".sac.", "sac"), (".td3.", "td3"), (".dqn.", "dqn")):
-        if key in module:
-            return algo
-    if "recurrent" in module:
-        raise ValueError(f"{model_zip}: recurrent policies are not supported for collection.")
-    if "cg_damping" in data:
-        return "trpo"
-    if "clip_range" in data:
-        return "ppo"
-    if "gae_lambda" in data:
-        return "a2c"
-    raise ValueError(f"{model_zip}: cannot tell the algorithm (policy module {module!r}); pass algo=.")
-
-
-def _algo_class(algo: str) -> type:
-    import sb3_contrib
-    import stable_baselines3 as sb3
-
-    classes = {
-        "a2c": sb3.A2C,
-        "ppo": sb3.PPO,
-        "sac": sb3.SAC,
-        "td3": sb3.TD3,
-        "ddpg": sb3.DDPG,
-        "dqn": sb3.DQN,
-        "tqc": sb3_contrib.TQC,
-        "trpo": sb3_contrib.TRPO,
-        "ars": sb3_contrib.ARS,
-    }
-    if algo.lower() not in classes:
-        raise ValueError(f"Unknown algorithm {algo!r}; known: {sorted(classes)}")
-    return classes[algo.lower()]
-
-
-def resolve_policy_path(spec: str | os.PathLike, experts: Path | None = None) -> Path:
-    """``model.zip`` for a zip path, a folder holding one, or a folder name in the experts folder."""
-    path = Path(spec).expanduser()
-    if not path.exists() and not path.is_absolute():
-        path = (experts or experts_dir()) / path
-    if path.is_dir():
-        path = path / "model.zip"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Behaviour policy {str(spec)!r} not found (looked for {path}). Give an SB3 model zip, a folder "
-            f"holding model.zip, or a folder name in {experts or experts_dir()} (set $AAREN_RL_EXPERTS)."
-        )
-    return path
-
-
-def load_sb3_policy(
-    spec: str | os.PathLike,
-    observation_space: gym.spaces.Box,
-    action_space: gym.spaces.Space,
-    *,
-    algo: str | None = None,
-    deterministic: bool = True,
-    time_feature: bool | None = None,
-    experts: Path | None = None,
-) -> PredictPolicy:
-    """Load an SB3 behaviour policy for the given env spaces (the experts README recipe).
-
-    Old zips pickle ``gym`` spaces and schedules: the env's spaces and dummy schedules replace
-    them. A ``vecnormalize.pkl`` beside the zip is unpickled (with ``gym`` aliased to gymnasium)
-    and normalises what the model sees. ``time_feature`` (default: detected from the zoo's
-    ``config.yml`` or the normaliser's size) appends TimeFeatureWrapper's feature (max_steps 1000).
-    Unpickling runs code from the files: use trusted files only.
-    """
-    zip_path = resolve_policy_path(spec, experts)
-    folder = zip_path.parent
-    algo = algo or detect_algo(zip_path)
-    normalizer = None
-    if (folder / "vecnormalize.pkl").is_file():
-        with _gym_alias(), open(folder / "vecnormalize.pkl", "rb") as f:
-            normalizer = pickle.load(f)  # trusted behaviour-policy file only (see module docstring)
-    obs_dim = observation_space.shape[0]
-    if time_feature is None:
-        config = folder / "config.yml"
-        time_feature = (config.is_file() and "TimeFeatureWrapper" in config.read_text()) or (
-            normalizer is not None and normalizer.obs_rms.mean.shape == (obs_dim + 1,)
-        )
-    model_obs_dim = obs_dim + int(time_feature)
-    if normalizer is not None and normalizer.obs_rms.mean.shape != (model_obs_dim,):
-        raise ValueError(
-            f"{folder / 'vecnormalize.pkl'} normalises {normalizer.obs_rms.mean.shape[0]}-dim observations but "
-            f"the env gives {obs_dim}{' + 1 time feature' if time_feature else ''}: wrong task for this policy?"
-        )
-    model_space = gym.spaces.Box(-np.inf, np.inf, (model_obs_dim,), np.float32)
-    custom_objects = {
-        "observation_space": model_space,
-        "action_space": action_space,
-        "learning_rate": 0.0,
-        "lr_schedule": lambda _: 0.0,
-        "clip_range": lambda _: 0.0,
-        "delta_std_schedule": lambda _: 0.0,
-        "exploration_schedule": lambda _: 0.0,
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # old-version notices from SB3's loader
-        try:
-            model = _algo_class(algo).load(zip_path, device="cpu", custom_objects=custom_objects)
-        except RuntimeError as exc:  # torch size mismatch: the policy was trained on another task
-            raise ValueError(f"{zip_path} does not fit observations of size {model_obs_dim}: {exc}") from exc
-    name = folder.name if zip_path.name == "model.zip" else zip_path.stem
-    return PredictPolicy(
-        model,
-        name=name,
-        algo=algo,
-        deterministic=deterministic,
-        obs_normalizer=normalizer,
-        time_feature_max_steps=1000 if time_feature else None,
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -283,7 +70,7 @@ def rollout_policy(
     num_steps: int,
     *,
     num_envs: int = 1,
-    mode: Literal["sync", "async"] = "sync",
+    vectorization: Literal["sync", "async"] = "sync",
     seed: int = 0,
     action_noise: float = 0.0,
     deterministic: bool = True,
@@ -302,7 +89,7 @@ def rollout_policy(
     """
     if num_steps < num_envs:
         raise ValueError(f"num_steps ({num_steps}) must be >= num_envs ({num_envs})")
-    vec = make_vec_env(env_name, num_envs, mode, seed, wrappers=(MujocoStateInfo,))
+    vec = make_vec_env(env_name, num_envs, vectorization, seed, wrappers=(MujocoStateInfo,))
     rollout = VecRollout(vec)
     try:
         space = vec.single_action_space
@@ -326,6 +113,58 @@ def rollout_policy(
         rollout.close()
 
 
+class _Buffers:
+    """Per-env row buffers of one collection; env i fills rows up to its quota, then stops recording."""
+
+    def __init__(self, quotas: np.ndarray, obs: np.ndarray, info: Any, action_shape: tuple[int, ...]):
+        n, rows = len(quotas), int(quotas.max())
+        self.quotas = quotas
+        self.counts = np.zeros(n, dtype=np.int64)
+        self.state_keys = [k for k in ("qpos", "qvel") if k in info]
+        self.arrays: dict[str, np.ndarray] = {
+            "observations": np.zeros((n, rows, *obs.shape[1:]), np.float32),
+            "next_observations": np.zeros((n, rows, *obs.shape[1:]), np.float32),
+            "actions": np.zeros((n, rows, *action_shape), np.float32),
+            "rewards": np.zeros((n, rows), np.float32),
+            "terminals": np.zeros((n, rows), bool),
+            "timeouts": np.zeros((n, rows), bool),
+        }
+        for k in self.state_keys:
+            self.arrays[k] = np.zeros((n, rows, info[k].shape[1]), np.float64)
+
+    def full(self) -> bool:
+        return bool((self.counts >= self.quotas).all())
+
+    def add(self, obs: np.ndarray, info: Any, actions: np.ndarray, step: VecStep) -> np.ndarray:
+        """Record the step's transitions of envs still under quota; returns those envs' indices."""
+        rec = np.flatnonzero((self.counts < self.quotas) & step.valid)
+        at = self.counts[rec]
+        row = {
+            "observations": obs,
+            "next_observations": step.next_obs,
+            "actions": actions,
+            "rewards": step.rewards,
+            "terminals": step.terminated,
+            "timeouts": step.truncated,
+            **{k: info[k] for k in self.state_keys},
+        }
+        for key, value in row.items():
+            self.arrays[key][rec, at] = value[rec]
+        self.counts[rec] += 1
+        return rec
+
+    def flatten(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+        """(arrays, infos, cut episodes) in env-major order; each env's last step, if it does not end an
+        episode, is marked a timeout (collection cut the episode, as a time limit would)."""
+        n = len(self.quotas)
+        last = np.arange(n), self.quotas - 1
+        cut = ~(self.arrays["terminals"][last] | self.arrays["timeouts"][last])
+        self.arrays["timeouts"][last] |= cut
+        flat = {k: np.concatenate([v[i, : self.quotas[i]] for i in range(n)]) for k, v in self.arrays.items()}
+        infos = {k: flat.pop(k) for k in self.state_keys}
+        return flat, infos, int(cut.sum())
+
+
 def _record(
     rollout: VecRollout,
     policy: Any,
@@ -335,60 +174,29 @@ def _record(
     progress: bool,
     label: str,
 ) -> Rollouts:
+    """Step ``rollout`` with ``policy`` until every env has recorded its share of ``num_steps``."""
     import torch
 
-    n = rollout.num_envs
-    quotas = np.full(n, num_steps // n) + (np.arange(n) < num_steps % n)
     obs, info = rollout.reset()
     space = rollout.env.single_action_space
-    half_range = (space.high - space.low) / 2.0
+    buffers = _Buffers(split_evenly(num_steps, rollout.num_envs), obs, info, space.shape)
     noise_rng = np.random.default_rng([seed, 2])
-    bufs: dict[str, np.ndarray] = {
-        "observations": np.zeros((n, quotas.max(), *obs.shape[1:]), np.float32),
-        "next_observations": np.zeros((n, quotas.max(), *obs.shape[1:]), np.float32),
-        "actions": np.zeros((n, quotas.max(), *space.shape), np.float32),
-        "rewards": np.zeros((n, quotas.max()), np.float32),
-        "terminals": np.zeros((n, quotas.max()), bool),
-        "timeouts": np.zeros((n, quotas.max()), bool),
-    }
-    state_keys = [k for k in ("qpos", "qvel") if k in info]
-    for k in state_keys:
-        bufs[k] = np.zeros((n, quotas.max(), info[k].shape[1]), np.float64)
-    counts = np.zeros(n, dtype=np.int64)
     returns: list[float] = []
     lengths: list[int] = []
     bar = tqdm(
         total=num_steps, unit="step", disable=not progress, desc=f"{label} {policy.name}", smoothing=0.05
     )
     start = time.perf_counter()
-    threads = torch.get_num_threads()
-    # One torch thread: fastest for these small batches, and immune to the spin-wait slowdowns
-    # (10x measured) of several threads on a busy CPU. Stochastic SB3 policies sample with torch's
-    # global RNG: seed it here and restore it afterwards.
-    torch.set_num_threads(1)
+    # Stochastic SB3 policies sample with torch's global RNG: seed it here and restore it afterwards.
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch_threads(1), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            while (counts < quotas).any():
+            while not buffers.full():
                 actions = policy.act(obs, rollout.episode_lengths, rollout.episode_start)
                 if action_noise > 0:
-                    actions = actions + noise_rng.normal(size=actions.shape) * action_noise * half_range
-                    actions = np.clip(actions, space.low, space.high)
+                    actions = _add_noise(actions, action_noise, space, noise_rng)
                 step = rollout.step(actions)
-                rec = np.flatnonzero((counts < quotas) & step.valid)
-                at = counts[rec]
-                row = {
-                    "observations": obs,
-                    "next_observations": step.next_obs,
-                    "actions": actions,
-                    "rewards": step.rewards,
-                    "terminals": step.terminated,
-                    "timeouts": step.truncated,
-                }
-                row.update({k: info[k] for k in state_keys})
-                for key, value in row.items():
-                    bufs[key][rec, at] = value[rec]
-                counts[rec] += 1
+                rec = buffers.add(obs, info, actions, step)
                 for ep in rollout.pop_finished():
                     if ep.env_index in rec:  # its last step was recorded: a complete episode in the file
                         returns.append(ep.episode_return)
@@ -402,24 +210,25 @@ def _record(
                 obs, info = step.obs, step.infos
                 bar.update(len(rec))
     finally:
-        torch.set_num_threads(threads)
         bar.close()
     elapsed = time.perf_counter() - start
-    last = np.arange(n), quotas - 1
-    cut = ~(bufs["terminals"][last] | bufs["timeouts"][last])
-    bufs["timeouts"][last] |= cut
-    flat = {k: np.concatenate([v[i, : quotas[i]] for i in range(n)]) for k, v in bufs.items()}
-    infos = {k: flat.pop(k) for k in state_keys}
+    arrays, infos, num_cut = buffers.flatten()
     return Rollouts(
-        flat,
+        arrays,
         infos,
         np.array(returns),
         np.array(lengths, dtype=np.int64),
-        int(cut.sum()),
+        num_cut,
         num_steps / elapsed,
         policy.name,
         policy.algo,
     )
+
+
+def _add_noise(actions: np.ndarray, std: float, space: Any, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise of ``std`` half action ranges, clipped to the action bounds."""
+    half_range = (space.high - space.low) / 2.0
+    return np.clip(actions + rng.normal(size=actions.shape) * std * half_range, space.low, space.high)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -466,7 +275,7 @@ def collect_dataset(
     num_steps: int = 1_000_000,
     *,
     num_envs: int = 1,
-    mode: Literal["sync", "async"] = "sync",
+    vectorization: Literal["sync", "async"] = "sync",
     seed: int = 0,
     action_noise: float = 0.0,
     deterministic: bool = True,
@@ -485,7 +294,7 @@ def collect_dataset(
         policy,
         num_steps,
         num_envs=num_envs,
-        mode=mode,
+        vectorization=vectorization,
         seed=seed,
         action_noise=action_noise,
         deterministic=deterministic,
@@ -499,15 +308,14 @@ def collect_dataset(
 
 
 def parse_recipe_id(dataset_id: str) -> tuple[str, str]:
-    """``"walker2d-medium-expert-v2"`` -> ``("walker2d", "medium-expert")``."""
-    stem = dataset_id.strip().lower()
-    parts = stem.split("-")
-    if parts and parts[-1][:1] == "v" and parts[-1][1:].isdigit():
-        parts = parts[:-1]
-    task, recipe = parts[0], "-".join(parts[1:])
-    if d4rl_task(task) != task or recipe not in RECIPES:
+    """``"walker2d-medium-expert-v2"`` -> ``("walker2d", "medium-expert")``: a D4RL id naming a recipe."""
+    try:
+        task, recipe, _ = parse_dataset_id(dataset_id)
+    except DatasetError:  # not even '<word>-<word>': reported below like any other bad id
+        task = recipe = ""
+    if task not in TASKS or recipe not in RECIPES:
         raise ValueError(
-            f"{dataset_id!r} is not '<task>-<recipe>[-vK]' with task in {sorted(TASK_POLICIES) + ['ant']} "
+            f"{dataset_id!r} is not '<task>-<recipe>[-vK]' with task in {sorted(TASKS)} "
             f"and recipe in {sorted(RECIPES)}."
         )
     return task, recipe
@@ -520,7 +328,7 @@ def collect_recipe(
     *,
     policies: Mapping[str, str | os.PathLike] | None = None,
     num_envs: int = 1,
-    mode: Literal["sync", "async"] = "sync",
+    vectorization: Literal["sync", "async"] = "sync",
     seed: int = 0,
     action_noise: float = 0.0,
     experts: Path | None = None,
@@ -535,7 +343,7 @@ def collect_recipe(
     ``policies`` maps roles ("weak", "medium", "expert") to other SB3 zips or folders.
     """
     task, recipe = parse_recipe_id(dataset_id)
-    table = {**TASK_POLICIES.get(task, {}), **(policies or {})}
+    table = {**TASKS[task].policies, **(policies or {})}
     roles = RECIPES[recipe]
     missing = [r for r in roles if r != "random" and r not in table]
     if missing:
@@ -547,14 +355,14 @@ def collect_recipe(
     if path.exists() and not overwrite:  # fail before minutes of collection, not after
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it.")
     deterministic = recipe not in STOCHASTIC_RECIPES
-    shares = [num_steps // len(roles) + (j < num_steps % len(roles)) for j in range(len(roles))]
+    shares = split_evenly(num_steps, len(roles)).tolist()
     parts = [
         rollout_policy(
             task,
             "random" if role == "random" else table[role],
             steps,
             num_envs=num_envs,
-            mode=mode,
+            vectorization=vectorization,
             seed=seed + j * PART_SEED_OFFSET,
             action_noise=action_noise,
             deterministic=deterministic,
@@ -569,15 +377,13 @@ def collect_recipe(
 
 
 def _base_metadata(env_name: str, seed: int, num_envs: int, action_noise: float) -> dict[str, Any]:
-    env_id = canonical_env_id(env_name)
+    """What every collected file records about its environment and settings (plus reference scores)."""
     metadata: dict[str, Any] = {
-        "env_id": env_id,
+        "env_id": canonical_env_id(env_name),
         "env_name": env_name,
         "seed": seed,
         "num_envs": num_envs,
         "action_noise": float(action_noise),
     }
-    refs = reference_scores(env_id)
-    if refs is not None:
-        metadata["ref_min_score"], metadata["ref_max_score"] = refs
+    fill_metadata(metadata, env_name)
     return metadata

@@ -7,15 +7,13 @@ Episodes are contiguous row ranges ending where ``terminals or timeouts`` is tru
 d4rl's ``sequence_dataset`` splits them.
 
 In memory, :class:`OfflineDataset` keeps those flat arrays (no per-step Python objects) plus a few
-per-row and per-episode index arrays, about 1.2x the raw arrays; batches of sub-sequences or of
-whole episodes are gathered with one fancy-indexing call.
+per-row and per-episode index arrays, so memory stays close to the raw arrays' size; batches of
+sub-sequences or of whole episodes are gathered with one fancy-indexing call.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import secrets
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,11 +24,13 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
-from envs.download import DownloadError, d4rl_base_url, is_published_d4rl_id, offline_mode
+from envs.d4rl import fill_metadata, fill_reference_scores, is_published, parse_dataset_id
+from envs.download import DownloadError, d4rl_base_url, offline_mode
 from envs.download import download as download_file
 from envs.errors import DatasetError
-from envs.make import canonical_env_id, d4rl_task, make_env
-from envs.scores import normalized_score, reference_scores
+from envs.files import atomic_path
+from envs.make import make_env
+from envs.scores import normalized_score
 
 #: Keys every dataset must have (D4RL v2 layout).
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -49,23 +49,9 @@ def d4rl_dataset_dir() -> Path:
     return Path(os.environ.get("D4RL_DATASET_DIR", "~/.d4rl/datasets")).expanduser()
 
 
-_D4RL_ID = re.compile(r"^(?P<name>[A-Za-z0-9]+(?:-[A-Za-z0-9]+)+?)(?:-(?P<version>v\d+))?$")
-
-
-def parse_d4rl_id(dataset_id: str) -> tuple[str, str, str]:
-    """``hopper-medium-replay-v2`` -> ``("hopper", "medium-replay", "v2")``; a missing version means v2."""
-    match = _D4RL_ID.match(dataset_id.strip())
-    if match is None:
-        raise DatasetError(
-            f"{dataset_id!r} is not a D4RL dataset id (expected '<env>-<dataset>-v<k>', e.g. 'hopper-medium-v2')."
-        )
-    env, _, dataset = match["name"].lower().partition("-")
-    return env, dataset, match["version"] or "v2"
-
-
 def d4rl_filename(dataset_id: str) -> str:
     """File name D4RL uses for a gym-mujoco dataset id: ``hopper-medium-replay-v2`` -> ``hopper_medium_replay-v2.hdf5``."""
-    env, dataset, version = parse_d4rl_id(dataset_id)
+    env, dataset, version = parse_dataset_id(dataset_id)
     return f"{env}_{dataset.replace('-', '_')}-{version}.hdf5"
 
 
@@ -81,12 +67,12 @@ def resolve_d4rl_path(dataset_id: str, *, download: bool = True, base_url: str |
     path = d4rl_dataset_dir() / d4rl_filename(dataset_id)
     if path.is_file():
         return path
-    task, dataset, version = parse_d4rl_id(dataset_id)
+    task, dataset, version = parse_dataset_id(dataset_id)
     where = (
         f"looked for {path} ($D4RL_DATASET_DIR={os.environ.get('D4RL_DATASET_DIR', '<unset>')}, "
         "default ~/.d4rl/datasets)"
     )
-    if not is_published_d4rl_id(task, dataset, version):
+    if not is_published(task, dataset, version):
         raise DatasetError(
             f"D4RL dataset {dataset_id!r} not found: {where}; D4RL does not publish it. "
             f"Fix: place a D4RL-format file {path.name} there, or {_COLLECT_HINT}."
@@ -107,7 +93,9 @@ def resolve_d4rl_path(dataset_id: str, *, download: bool = True, base_url: str |
         try:
             load_dataset(part, env=task)
         except DatasetError as exc:
-            raise DatasetError(f"{url}: the downloaded file is not a usable D4RL {task} dataset ({exc})") from exc
+            raise DatasetError(
+                f"{url}: the downloaded file is not a usable D4RL {task} dataset ({exc})"
+            ) from exc
 
     try:
         return download_file(url, path, validate=validate)
@@ -375,23 +363,11 @@ def load_dataset(
             label = str(path)
             arrays, metadata = _read_hdf5(path)
             metadata.setdefault("dataset_id", text)
-    _fill_metadata(metadata, label)
+    fill_metadata(metadata, label)
     dataset = OfflineDataset(**arrays, metadata=metadata, source=label)
     if env is not None:
         _check_env_fit(dataset, env)
     return dataset
-
-
-def _fill_metadata(metadata: dict[str, Any], label: str) -> None:
-    """Infer env id and reference scores for D4RL-named data that does not store them."""
-    if "env_id" not in metadata:
-        for name in (metadata.get("dataset_id"), Path(label).stem):
-            if isinstance(name, str) and d4rl_task(name):
-                metadata["env_id"] = canonical_env_id(name)
-                break
-    refs = reference_scores(metadata["env_id"]) if isinstance(metadata.get("env_id"), str) else None
-    if refs is not None and "ref_min_score" not in metadata:
-        metadata["ref_min_score"], metadata["ref_max_score"] = refs
 
 
 def _read_hdf5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -645,31 +621,21 @@ def save_dataset(
             raise DatasetError(f"{path}: {key!r} has {len(value)} rows but 'observations' has {n}.")
     meta = dict(metadata or {})
     meta.update(episode_return_stats(arrays["rewards"], arrays["terminals"], arrays["timeouts"]))
-    refs = reference_scores(meta["env_id"]) if isinstance(meta.get("env_id"), str) else None
-    if refs is not None:
-        meta.setdefault("ref_min_score", refs[0])
-        meta.setdefault("ref_max_score", refs[1])
+    fill_reference_scores(meta)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with h5py.File(tmp, "w", track_order=False) as f:
-            for key, value in arrays.items():
-                f.create_dataset(key, data=value, compression=compression)
-            if next_observations is not None:
-                f.create_dataset(
-                    "next_observations",
-                    data=np.asarray(next_observations, dtype=np.float32),
-                    compression=compression,
-                )
-            for key, value in (infos or {}).items():
-                f.create_dataset(f"infos/{key}", data=np.asarray(value), compression=compression)
-            for key, value in sorted(meta.items()):
-                f.create_dataset(f"metadata/{key}", data=_metadata_value(key, value))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
+        for key, value in arrays.items():
+            f.create_dataset(key, data=value, compression=compression)
+        if next_observations is not None:
+            f.create_dataset(
+                "next_observations",
+                data=np.asarray(next_observations, dtype=np.float32),
+                compression=compression,
+            )
+        for key, value in (infos or {}).items():
+            f.create_dataset(f"infos/{key}", data=np.asarray(value), compression=compression)
+        for key, value in sorted(meta.items()):
+            f.create_dataset(f"metadata/{key}", data=_metadata_value(key, value))
     return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -18,17 +17,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from envs.d4rl import BASE_URL
 from envs.errors import DatasetError
+from envs.files import atomic_path
 
-#: Where D4RL publishes its gym-mujoco v2 files (the d4rl package's ``infos.py``).
-D4RL_BASE_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2"
 #: Environment variable overriding the base URL (a mirror, or a local server in tests).
 BASE_URL_VAR = "AAREN_RL_D4RL_URL"
 #: Environment variable that forbids every download when set to 1/true/yes.
 OFFLINE_VAR = "AAREN_RL_OFFLINE"
-#: The v2 datasets D4RL publishes for the locomotion tasks.
-D4RL_TASKS = ("hopper", "halfcheetah", "walker2d", "ant")
-D4RL_DATASETS = ("random", "medium", "medium-replay", "medium-expert", "expert", "full-replay")
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _BLOCK = 1 << 20
@@ -45,12 +41,7 @@ def offline_mode() -> bool:
 
 def d4rl_base_url(base_url: str | None = None) -> str:
     """The base URL to fetch from: the argument, else ``$AAREN_RL_D4RL_URL``, else D4RL's own."""
-    return (base_url or os.environ.get(BASE_URL_VAR) or D4RL_BASE_URL).rstrip("/")
-
-
-def is_published_d4rl_id(task: str, dataset: str, version: str) -> bool:
-    """Whether D4RL publishes ``<task>-<dataset>-<version>`` (gym-mujoco v2 only)."""
-    return task in D4RL_TASKS and dataset in D4RL_DATASETS and version == "v2"
+    return (base_url or os.environ.get(BASE_URL_VAR) or BASE_URL).rstrip("/")
 
 
 def download(
@@ -61,19 +52,15 @@ def download(
     The bytes go to a temporary file in ``dest``'s folder; ``validate(temp_path)`` may raise to reject
     the content. Any failure removes the temporary file and raises one :class:`DownloadError`.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
     try:
-        _fetch(url, part, timeout)
-        if validate is not None:
-            validate(part)
-        os.replace(part, dest)
+        with atomic_path(dest) as part:
+            _fetch(url, part, timeout)
+            if validate is not None:
+                validate(part)
     except DatasetError as exc:
         raise DownloadError(
             f"{exc} No file was left in {dest.parent}; fix the source and run again."
         ) from exc
-    finally:
-        part.unlink(missing_ok=True)
     return dest
 
 

@@ -1,55 +1,17 @@
-"""Making environments by name: D4RL ids map to Gymnasium MuJoCo v5 tasks, Gymnasium ids pass through.
+"""Making environments by name: D4RL names map to Gymnasium MuJoCo v5 tasks, Gymnasium ids pass through.
 
-D4RL's gym-mujoco datasets were recorded on gym's ``-v2`` MuJoCo tasks (mujoco-py, MuJoCo 2.x), which
-no longer run; the maintained equivalents are Gymnasium's ``-v5`` tasks with the same observation
-layout for hopper (11), halfcheetah (17) and walker2d (17). Ant needs care, see :func:`make_env`.
+Which task a D4RL name means, and the settings that bring its v5 task closest to D4RL's data, come
+from the table in :mod:`envs.d4rl`.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-#: D4RL task prefix -> Gymnasium MuJoCo task evaluated on.
-D4RL_TASKS: dict[str, str] = {
-    "hopper": "Hopper-v5",
-    "halfcheetah": "HalfCheetah-v5",
-    "walker2d": "Walker2d-v5",
-    "ant": "Ant-v5",
-}
-
-#: Ant-v5 settings closest to D4RL's Ant-v2 data: no contact forces in the observation, no contact
-#: cost in the reward (MuJoCo >= 2.0 reported all-zero contact forces, so D4RL's had neither).
-D4RL_ANT_KWARGS: dict[str, Any] = {"include_cfrc_ext_in_observation": False, "contact_cost_weight": 0.0}
-D4RL_ANT_OBS_DIM = 111  # 13 qpos + 14 qvel + 84 (all-zero) contact forces in D4RL's files
-
-
-def d4rl_task(name: str) -> str | None:
-    """The D4RL task prefix a name refers to ("hopper" for "hopper-medium-v2", "Hopper-v5", "hopper"), or None.
-
-    The prefix is the name's first token before "-" or "_", lower-cased, so "antmaze-..." is not "ant".
-    """
-    token = re.split(r"[-_]", name.strip(), maxsplit=1)[0].lower()
-    return token if token in D4RL_TASKS else None
-
-
-def canonical_env_id(name: str) -> str:
-    """The Gymnasium id that ``make_env(name)`` creates: registered ids as given, D4RL names -> their v5 task.
-
-    Raises ``ValueError`` for a name that is neither, listing the D4RL tasks known here.
-    """
-    if name in gym.envs.registry or ":" in name:  # "module:EnvId" ids import their module at make time
-        return name
-    task = d4rl_task(name)
-    if task is None:
-        raise ValueError(
-            f"Unknown environment {name!r}: not a registered Gymnasium id and not a D4RL name "
-            f"starting with one of {sorted(D4RL_TASKS)} (e.g. 'hopper-medium-v2')."
-        )
-    return D4RL_TASKS[task]
+from envs.d4rl import canonical_env_id, task_of
 
 
 class ZeroPadObservation(gym.ObservationWrapper):
@@ -99,7 +61,7 @@ def make_env(name: str, *, d4rl_ant_layout: bool = True, **kwargs: Any) -> gym.E
     - D4RL names (``hopper-*``, ``halfcheetah-*``, ``walker2d-*``, ``ant-*``, any case, version suffix
       optional: ``"hopper-medium-v2"``, ``"walker2d"``) make the Gymnasium MuJoCo v5 task.
     - Ant: D4RL's ``ant-*-v2`` files have 111-dim observations laid out as qpos[2:] (13), qvel (14),
-      then 84 clipped contact forces that are all zero (MuJoCo >= 2.0 reported none; D4RL issue #143).
+      then 84 clipped contact forces that are all zero (MuJoCo >= 2.0 reported none).
       So D4RL ant names make ``Ant-v5`` *without* contact forces (``include_cfrc_ext_in_observation=False``
       -> the same 27 informative entries in the same order) and without the contact cost in the
       reward (``contact_cost_weight=0``), then append 84 zeros so D4RL files fit as they are.
@@ -107,10 +69,11 @@ def make_env(name: str, *, d4rl_ant_layout: bool = True, **kwargs: Any) -> gym.E
     Extra ``kwargs`` go to ``gymnasium.make`` and override the defaults above.
     """
     env_id = canonical_env_id(name)
-    if env_id == name or d4rl_task(name) != "ant":
+    task = task_of(name)
+    if env_id == name or task is None:
         return gym.make(env_id, **kwargs)
-    env = gym.make(env_id, **{**D4RL_ANT_KWARGS, **kwargs})
+    env = gym.make(env_id, **{**task.env_kwargs, **kwargs})
     obs_dim = env.observation_space.shape[0]
-    if d4rl_ant_layout and obs_dim < D4RL_ANT_OBS_DIM:
-        env = ZeroPadObservation(env, D4RL_ANT_OBS_DIM - obs_dim)
+    if d4rl_ant_layout and obs_dim < task.obs_dim:
+        env = ZeroPadObservation(env, task.obs_dim - obs_dim)
     return env

@@ -22,7 +22,6 @@ from gymnasium import spaces
 CARTPOLE_NO_VEL = "aaren_rl/CartPoleNoVel-v1"
 PENDULUM_NO_VEL = "aaren_rl/PendulumNoVel-v1"
 REMEMBER_CUE = "aaren_rl/RememberCue-v0"
-MEMORY_TASKS = (CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE)
 
 
 class KeepObservationEntries(gym.ObservationWrapper):

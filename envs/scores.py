@@ -7,21 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.make import d4rl_task
-
-#: D4RL's reference returns (random policy, expert policy) for the gym-mujoco tasks (d4rl/infos.py).
-D4RL_REF_SCORES: dict[str, tuple[float, float]] = {
-    "hopper": (-20.272305, 3234.3),
-    "halfcheetah": (-280.178953, 12135.0),
-    "walker2d": (1.629008, 4592.3),
-    "ant": (-325.6, 3879.7),
-}
-
-
-def reference_scores(name: str) -> tuple[float, float] | None:
-    """(ref_min, ref_max) for any id naming a D4RL task ("hopper-medium-v2", "Hopper-v5", "hopper"), else None."""
-    task = d4rl_task(name)
-    return None if task is None else D4RL_REF_SCORES[task]
+from envs.d4rl import TASKS, reference_scores
 
 
 def normalized_score(
@@ -50,7 +36,7 @@ def normalized_score(
             refs = reference_scores(label) if isinstance(label, str) else None
             if refs is None:
                 raise ValueError(
-                    f"No reference scores known for {label!r}: D4RL's exist for {sorted(D4RL_REF_SCORES)} "
+                    f"No reference scores known for {label!r}: D4RL's exist for {sorted(TASKS)} "
                     "(any id starting with one of them). Pass ref_min= and ref_max= explicitly."
                 )
             ref_min, ref_max = refs

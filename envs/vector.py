@@ -50,10 +50,20 @@ class _SeedOnFirstReset(VectorWrapper):
         return self.env.reset(seed=seed, options=options)
 
 
+def split_evenly(total: int, parts: int) -> np.ndarray:
+    """``total`` split into ``parts`` shares: each gets ``total // parts``, the first ``total % parts`` one more.
+
+    The per-env quota of steps or episodes, so a result does not depend on which env finishes first.
+    """
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
+    return np.full(parts, total // parts, dtype=np.int64) + (np.arange(parts) < total % parts)
+
+
 def make_vec_env(
     name: str,
     num_envs: int,
-    mode: Literal["sync", "async"] = "sync",
+    vectorization: Literal["sync", "async"] = "sync",
     seed: int | None = None,
     *,
     autoreset_mode: AutoresetMode = AutoresetMode.SAME_STEP,
@@ -62,13 +72,14 @@ def make_vec_env(
 ) -> VectorEnv:
     """``num_envs`` copies of ``make_env(name, **env_kwargs)`` in one Gymnasium vector env.
 
-    ``mode="async"`` runs each copy in its own process (worth it when a step costs more than the
-    inter-process round trip; MuJoCo locomotion steps are cheap, so "sync" is often as fast on few
-    cores). ``seed`` seeds env i with ``seed + i`` at the first reset that gives no seed itself.
-    ``wrappers`` are applied to each sub-env in order. Same-step autoreset is the default.
+    ``vectorization="sync"`` steps the copies one after another in this process; ``"async"`` runs
+    each in its own process (worth it when a step costs more than the inter-process round trip;
+    MuJoCo locomotion steps are cheap, so "sync" is often as fast on few cores). ``seed`` seeds env i
+    with ``seed + i`` at the first reset that gives no seed itself. ``wrappers`` are applied to each
+    sub-env in order. Same-step autoreset is the default.
     """
-    if mode not in ("sync", "async"):
-        raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
+    if vectorization not in ("sync", "async"):
+        raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
 
@@ -78,7 +89,7 @@ def make_vec_env(
             env = wrap(env)
         return env
 
-    cls = AsyncVectorEnv if mode == "async" else SyncVectorEnv
+    cls = AsyncVectorEnv if vectorization == "async" else SyncVectorEnv
     vec = cls([env_fn] * num_envs, autoreset_mode=autoreset_mode)
     return vec if seed is None else _SeedOnFirstReset(vec, seed)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from envs.collect import RECIPES, TASK_POLICIES, collect_dataset, collect_recipe, experts_dir
+from envs.collect import RECIPES, collect_dataset, collect_recipe
+from envs.d4rl import TASKS
+from envs.experts import experts_dir
 
 EPILOG = (
     f"""
@@ -14,11 +16,14 @@ envs.load_dataset(NAME) finds it: $D4RL_DATASET_DIR or ~/.d4rl/datasets, file <t
   medium         a policy at about 1/3 of expert return   expert: the best policy
   medium-expert  half medium, half expert data             mixed: random + weak + medium, sampled
                                                           stochastically (a stand-in for medium-replay)
-default policies (folders in $AAREN_RL_EXPERTS, here {experts_dir()}):
+default policies: RL Zoo agents, from the folder $AAREN_RL_EXPERTS when set (offline machines), else
+downloaded once from the Hugging Face Hub (sb3/<algo>-<Env>-v3, $HF_ENDPOINT) into the cache.
+Policy names are looked up in {experts_dir()}:
 """
     + "\n".join(
-        f"  {task:12s} " + ", ".join(f"{r}={p}" for r, p in roles.items())
-        for task, roles in TASK_POLICIES.items()
+        f"  {task.name:12s} " + ", ".join(f"{r}={p}" for r, p in task.policies.items())
+        for task in TASKS.values()
+        if task.policies
     )
     + """
 
@@ -29,7 +34,7 @@ examples:
   python scripts/collect_dataset.py hopper-random-v2 --steps 20000 --out data/hopper_random.hdf5
 
 Same arguments (seed, steps, num-envs) give a byte-identical file. SB3 zips and vecnormalize.pkl files
-are unpickled: use only trusted files such as the behaviour policies above.
+are read with a restricted unpickler: a policy file that would run code is refused.
 """
 )
 
@@ -47,14 +52,14 @@ def main(argv: list[str] | None = None) -> None:
         "--policy",
         action="append",
         default=[],
-        help="'random', an SB3 model.zip, a folder holding one, or an experts folder name (e.g. tqc-Hopper): "
+        help="'random', an SB3 model.zip, a folder holding one, or an RL Zoo agent name (e.g. tqc-Hopper): "
         "rolls out that one policy in env NAME. ROLE=POLICY (roles weak/medium/expert) replaces a recipe "
         f"role instead; repeatable. Recipes: {', '.join(RECIPES)}",
     )
     parser.add_argument("--algo", default=None, help="SB3 algorithm of --policy (default: read from the zip)")
     parser.add_argument("--num-envs", type=int, default=1, help="vectorised envs (env i is seeded seed+i)")
     parser.add_argument(
-        "--mode", choices=("sync", "async"), default="sync", help="one process, or one per env"
+        "--vectorization", choices=("sync", "async"), default="sync", help="one process, or one per env"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
 
     common = dict(
         num_envs=args.num_envs,
-        mode=args.mode,
+        vectorization=args.vectorization,
         seed=args.seed,
         action_noise=args.noise,
         progress=not args.no_progress,

@@ -14,75 +14,98 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-import torch
-
 from agents import load_config, train
+from agents.run_dir import RunDir
 from envs import collect_dataset, load_dataset
 from envs.behaviour import train_behaviour_policy
+from envs.experts import cache_dir
+from envs.files import torch_threads
 
 ENV_ID = "Hopper-v5"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("AAREN_RL_CACHE", "~/.cache/aaren-rl")).expanduser()
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--behaviour-minutes", type=float, default=4.0, help="PPO training budget (default 4)")
-    parser.add_argument("--dataset-steps", type=int, default=50_000, help="transitions to collect (default 50k)")
-    parser.add_argument("--set", nargs="*", default=[], dest="overrides", metavar="KEY=VALUE",
-                        help="overrides for configs/quickstart.yaml, e.g. train.steps=100")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--behaviour-minutes", type=float, default=4.0, help="PPO training budget (default 4)"
+    )
+    parser.add_argument(
+        "--dataset-steps", type=int, default=50_000, help="transitions to collect (default 50k)"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="overrides for configs/quickstart.yaml, e.g. train.steps=100",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small MLPs: one thread is fastest and immune to busy-CPU spin-waits
-    data_path = cache / "hopper-demo.hdf5"
-    if data_path.is_file():
-        print(f"[1-2/4] behaviour policy and dataset: cached {data_path}")
-    else:
-        policy_path = cache / "hopper-ppo-behaviour.safetensors"
-        cached = "cached" if policy_path.is_file() else f"training PPO for {args.behaviour_minutes:g} min"
-        print(f"[1/4] behaviour policy on {ENV_ID}: {cached} ({policy_path})")
-        policy = train_behaviour_policy(ENV_ID, policy_path, args.behaviour_minutes, args.seed)
-        print(f"[2/4] dataset: {args.dataset_steps} steps of the behaviour policy -> {data_path}")
-        result = collect_dataset(ENV_ID, policy, data_path, args.dataset_steps, num_envs=4, seed=args.seed,
-                                 deterministic=False)  # stochastic actions: varied returns
-        print(f"      {len(result.episode_returns)} episodes, return {result.episode_returns.mean():.0f} "
-              f"± {result.episode_returns.std():.0f}")
-    torch.set_num_threads(threads)
+    with torch_threads(1):  # small MLPs: one thread is fastest and immune to busy-CPU spin-waits
+        data_path = cache / "hopper-demo.hdf5"
+        if data_path.is_file():
+            print(f"[1-2/4] behaviour policy and dataset: cached {data_path}")
+        else:
+            policy_path = cache / "hopper-ppo-behaviour.safetensors"
+            cached = "cached" if policy_path.is_file() else f"training PPO for {args.behaviour_minutes:g} min"
+            print(f"[1/4] behaviour policy on {ENV_ID}: {cached} ({policy_path})")
+            policy = train_behaviour_policy(ENV_ID, policy_path, args.behaviour_minutes, args.seed)
+            print(f"[2/4] dataset: {args.dataset_steps} steps of the behaviour policy -> {data_path}")
+            result = collect_dataset(
+                ENV_ID, policy, data_path, args.dataset_steps, num_envs=4, seed=args.seed, deterministic=False
+            )  # stochastic actions: varied returns
+            print(
+                f"      {len(result.episode_returns)} episodes, return {result.episode_returns.mean():.0f} "
+                f"± {result.episode_returns.std():.0f}"
+            )
 
     ds = load_dataset(data_path)
     best = float(ds.episode_returns.max())
     name = time.strftime("demo-%Y%m%d-%H%M%S")
-    cfg = load_config(ROOT / "configs" / "quickstart.yaml", [
-        f"data.dataset={data_path}", f"output_dir={ROOT / 'runs'}", f"name={name}",
-        f"eval.targets=[{best:.0f}]", *args.overrides,
-    ])
-    print(f"[3/4] training the Aaren decision agent ({cfg.train.steps} steps, whole trajectories) -> {cfg.run_dir}")
+    cfg = load_config(
+        ROOT / "configs" / "quickstart.yaml",
+        [
+            f"data.dataset={data_path}",
+            f"output_dir={ROOT / 'runs'}",
+            f"name={name}",
+            f"eval.targets=[{best:.0f}]",
+            *args.overrides,
+        ],
+    )
+    print(
+        f"[3/4] training the Aaren decision agent ({cfg.train.steps} steps, whole trajectories) -> {cfg.run_dir}"
+    )
     print("[4/4] then evaluating it live through the recurrent path (O(1) memory per env)")
-    run = train(cfg)
+    run = RunDir(train(cfg))
 
-    report = json.loads((run / "eval" / "eval.json").read_text())
+    report = json.loads((run.eval / "eval.json").read_text())
     result = report["results"][0]
     print("\n" + "=" * 72)
-    print(f"Aaren decision agent on {ENV_ID}, target return {result['target_return']:.0f} "
-          f"({result['episodes']} live episodes, recurrent acting)")
-    print(f"  agent    : return {result['return_mean']:7.1f} ± {result['return_std']:.1f}   "
-          f"D4RL-normalised score {result['score_mean']:5.1f} ± {result['score_std']:.1f}")
-    print(f"  dataset  : return {report['dataset_return_mean']:7.1f} (average)          "
-          f"D4RL-normalised score {report['dataset_score_mean']:5.1f}   (best episode {best:.0f})")
-    print(f"  TensorBoard: tensorboard --logdir {run / 'tb'}")
-    print(f"  learning curve: {run / 'curve.png'}   evaluation: {run / 'eval' / 'eval.png'}")
+    print(
+        f"Aaren decision agent on {ENV_ID}, target return {result['target_return']:.0f} "
+        f"({result['episodes']} live episodes, recurrent acting)"
+    )
+    print(
+        f"  agent    : return {result['return_mean']:7.1f} ± {result['return_std']:.1f}   "
+        f"D4RL-normalised score {result['score_mean']:5.1f} ± {result['score_std']:.1f}"
+    )
+    print(
+        f"  dataset  : return {report['dataset_return_mean']:7.1f} (average)          "
+        f"D4RL-normalised score {report['dataset_score_mean']:5.1f}   (best episode {best:.0f})"
+    )
+    print(f"  TensorBoard: tensorboard --logdir {run.tb}")
+    print(f"  learning curve: {run.curve}   evaluation: {run.eval / 'eval.png'}")
     print(f"  total time {time.perf_counter() - start:.0f} s; cache {cache} (delete it to start over)")
 
 

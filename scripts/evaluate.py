@@ -27,7 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--envs", type=int, default=5, help="vectorised envs (default 5)")
     parser.add_argument("--target", type=float, nargs="+", help="target returns (default: the run's)")
     parser.add_argument("--seed", type=int, default=1000, help="env i is seeded seed + i (default 1000)")
-    parser.add_argument("--vec-mode", choices=["sync", "async"], default="sync", help="env workers")
+    parser.add_argument(
+        "--vectorization",
+        choices=["sync", "async"],
+        default="sync",
+        help="env copies stepped in this process (sync, default) or in worker processes (async)",
+    )
     parser.add_argument("--acting", choices=["recurrent", "window"], help="acting path (default: backbone's)")
     parser.add_argument("--video", action="store_true", help="also record one episode to eval/episode.mp4")
     parser.add_argument("--out", help="report folder (default RUN_DIR/eval)")
@@ -35,17 +40,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes < 1 or args.envs < 1:
         parser.error("--episodes and --envs must be >= 1")
     try:
-        report = evaluate_run(args.run, episodes=args.episodes, num_envs=args.envs, targets=args.target,
-                              seed=args.seed, vec_mode=args.vec_mode, mode=args.acting, video=args.video,
-                              out_dir=args.out)
+        report = evaluate_run(
+            args.run,
+            episodes=args.episodes,
+            num_envs=args.envs,
+            targets=args.target,
+            seed=args.seed,
+            vectorization=args.vectorization,
+            acting=args.acting,
+            video=args.video,
+            out_dir=args.out,
+        )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{report['env']}  {report['backbone']} ({report['acting']} acting), checkpoint step {report['step']}")
+    print(
+        f"{report['env']}  {report['backbone']} ({report['acting']} acting), checkpoint step {report['step']}"
+    )
     for r in report["results"]:
         score = f"  score {r['score_mean']:6.1f} ± {r['score_std']:.1f}" if "score_mean" in r else ""
-        print(f"  target {r['target_return']:8g}: return {r['return_mean']:8.1f} ± {r['return_std']:.1f}"
-              f"  length {r['length_mean']:.0f}{score}")
+        print(
+            f"  target {r['target_return']:8g}: return {r['return_mean']:8.1f} ± {r['return_std']:.1f}"
+            f"  length {r['length_mean']:.0f}{score}"
+        )
     if report.get("dataset_score_mean") is not None:
         print(f"  dataset average score {report['dataset_score_mean']:.1f}")
     if report.get("video"):

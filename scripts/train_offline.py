@@ -9,6 +9,7 @@ import sys
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from agents import ConfigError, load_config, train
+from agents.run_dir import RunDir
 
 EPILOG = """
 examples:
@@ -31,9 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="YAML experiment config, e.g. configs/hopper-medium.yaml")
-    source.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override config keys, e.g. --set train.steps=500 model.backbone=transformer")
+    source.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override config keys, e.g. --set train.steps=500 model.backbone=transformer",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
     args = parser.parse_args(argv)
     try:
@@ -45,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 wrote the run directory
-        print(f"run directory: {run_dir}\n  curve: {run_dir / 'curve.png'}\n  tensorboard --logdir {run_dir / 'tb'}")
+        run = RunDir(run_dir)
+        print(f"run directory: {run.root}\n  curve: {run.curve}\n  tensorboard --logdir {run.tb}")
     return 0
 
 

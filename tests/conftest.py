@@ -1,6 +1,7 @@
 """Shared test settings and fixtures: no test reaches the network unless it serves the data itself
 on loopback."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -8,11 +9,26 @@ import pytest
 
 from envs import save_dataset
 
+#: Behaviour policies for tests and CI: $AAREN_RL_EXPERTS if set, else the shared folder beside the checkout.
+EXPERTS = Path(
+    os.environ.get("AAREN_RL_EXPERTS") or Path(__file__).resolve().parents[2] / "shared" / "experts"
+)
+
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AAREN_RL_OFFLINE", "1")
     monkeypatch.setenv("MUJOCO_GL", "egl")
+    if EXPERTS.is_dir():
+        monkeypatch.setenv("AAREN_RL_EXPERTS", str(EXPERTS))
+
+
+@pytest.fixture
+def expert_policies() -> Path:
+    """The behaviour-policy folder (RL Zoo agents, `<algo>-<Env>/model.zip`); skips the test without it."""
+    if not (EXPERTS / "tqc-Hopper" / "model.zip").is_file():
+        pytest.skip(f"behaviour policies not found at {EXPERTS} (set AAREN_RL_EXPERTS to a folder of them)")
+    return EXPERTS
 
 
 @pytest.fixture

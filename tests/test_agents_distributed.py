@@ -12,16 +12,28 @@ import torch
 from safetensors.numpy import load_file
 
 from agents import ConfigError, load_config, train
-from agents.checkpoint import latest_checkpoint
 from agents.distributed import DistContext
-from agents.evaluation import env_quota, rank_share
+from agents.evaluation import rank_share
+from agents.run_dir import latest_checkpoint
 from agents.training import sample_batch
 from envs import load_dataset
+from envs.vector import split_evenly
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.embed_dim=32", "model.num_layers=1", "model.dropout=0", "train.batch_size=4", "train.steps=6",
-        "train.warmup_steps=2", "train.log_every=2", "train.checkpoint_every=3", "train.threads=1",
-        "eval.episodes=2", "eval.num_envs=2", "eval.targets=[100]"]
+TINY = [
+    "model.embed_dim=32",
+    "model.num_layers=1",
+    "model.dropout=0",
+    "train.batch_size=4",
+    "train.steps=6",
+    "train.warmup_steps=2",
+    "train.log_every=2",
+    "train.checkpoint_every=3",
+    "train.threads=1",
+    "eval.episodes=2",
+    "eval.num_envs=2",
+    "eval.targets=[100]",
+]
 #: Runs train_offline.py with sample_batch failing on rank 1 at its third call (the test's fault injection).
 FAULTY = """
 import os, runpy, sys
@@ -52,7 +64,15 @@ train(load_config(sys.argv[1], sys.argv[2:]), progress=False, stop_after=4)
 def torchrun(script: str | Path, *args: str) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node=2 script args` on one torch thread per process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        *args,
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=110)
 
 
@@ -95,14 +115,24 @@ def test_two_processes_train_the_one_process_weights(tiny_dataset, tmp_path, bac
     train_cli("--config", str(ROOT / "configs/quickstart.yaml"), "--set", *common, "name=two")
     one = train(load_config(ROOT / "configs/quickstart.yaml", [*common, "name=one"]), progress=False)
     two = tmp_path / "two"
-    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["latest", "step_0000003", "step_0000006"]
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == [
+        "latest",
+        "step_0000003",
+        "step_0000006",
+    ]
     # The Transformer's key bias has a zero gradient (softmax ignores a shift shared by all keys), so AdamW
     # turns each run's rounding noise there into lr-sized steps (1.1e-5 apart); every other weight agrees.
     skip = "mixer.qkv.bias" if backbone == "transformer" else ""
     assert max_difference(one, two, skip) < 1e-5  # measured 1.9e-6 (aaren), 6e-8 (transformer)
     assert json.loads((two / "dataset_stats.json").read_text())["distributed"] == {
-        "world_size": 2, "backend": "gloo", "global_batch_size": 4, "per_rank_batch_size": 2}
-    rows = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)]
+        "world_size": 2,
+        "backend": "gloo",
+        "global_batch_size": 4,
+        "per_rank_batch_size": 2,
+    }
+    rows = [
+        [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)
+    ]
     assert [sorted(r) for r in rows[0]] == [sorted(r) for r in rows[1]]  # losses, periodic and final evals
     for a, b in zip(*rows, strict=True):
         for key in ("train/loss", "train/grad_norm", "eval/return_mean"):
@@ -131,8 +161,14 @@ def test_two_process_run_resumes_to_the_uninterrupted_weights(tiny_dataset, tmp_
 def test_a_failing_rank_ends_the_job_with_its_error(tiny_dataset, tmp_path):
     faulty = tmp_path / "faulty.py"
     faulty.write_text(FAULTY)
-    result = torchrun(faulty, "--config", str(ROOT / "configs/quickstart.yaml"), "--set",
-                      *settings(tiny_dataset, tmp_path, "faulty", "train.steps=1000"), "--no-progress")
+    result = torchrun(
+        faulty,
+        "--config",
+        str(ROOT / "configs/quickstart.yaml"),
+        "--set",
+        *settings(tiny_dataset, tmp_path, "faulty", "train.steps=1000"),
+        "--no-progress",
+    )
     assert result.returncode != 0
     assert "injected fault on rank 1" in result.stderr and "Root Cause" in result.stderr  # torchrun's summary
     assert not (tmp_path / "faulty" / "checkpoints" / "step_0001000").exists()
@@ -140,29 +176,39 @@ def test_a_failing_rank_ends_the_job_with_its_error(tiny_dataset, tmp_path):
 
 @pytest.mark.parametrize("backbone", ["aaren", "transformer"])
 def test_rank_shares_make_up_the_one_process_batch(tiny_dataset, tmp_path, backbone):
-    cfg = load_config(None, settings(tiny_dataset, tmp_path, "x", f"model.backbone={backbone}", "train.batch_size=6"))
+    cfg = load_config(
+        None, settings(tiny_dataset, tmp_path, "x", f"model.backbone={backbone}", "train.batch_size=6")
+    )
     dataset = load_dataset(str(tiny_dataset))
 
     def draw(rank: int, world_size: int) -> dict:
-        return sample_batch(cfg, dataset, np.random.default_rng(0), torch.device("cpu"), DistContext(rank, world_size))
+        return sample_batch(
+            cfg, dataset, np.random.default_rng(0), torch.device("cpu"), DistContext(rank, world_size)
+        )
 
     whole, shares = draw(0, 1), [draw(r, 3) for r in range(3)]
     assert all(s["num_real"] == whole["num_real"] == int(whole["mask"].sum()) for s in shares)
     assert sum(int(s["mask"].sum()) for s in shares) == whole["num_real"]
     for key in ("observations", "actions", "returns_to_go", "timesteps", "mask"):
         rows = [s[key][i] for s in shares for i in range(2)]
-        for row, full in zip(rows, whole[key], strict=True):  # a share may be padded less than the whole batch
+        for row, full in zip(
+            rows, whole[key], strict=True
+        ):  # a share may be padded less than the whole batch
             torch.testing.assert_close(row, full[: len(row)], rtol=0, atol=0)
-            assert not full[len(row):].any()
+            assert not full[len(row) :].any()
 
 
-@pytest.mark.parametrize(("episodes", "num_envs", "world_size"), [(10, 5, 2), (7, 3, 2), (3, 5, 4), (12, 5, 3)])
+@pytest.mark.parametrize(
+    ("episodes", "num_envs", "world_size"), [(10, 5, 2), (7, 3, 2), (3, 5, 4), (12, 5, 3)]
+)
 def test_rank_shares_of_an_evaluation_are_the_one_process_episodes(episodes, num_envs, world_size):
-    quota, seeds = env_quota(episodes, min(num_envs, episodes)), []
+    quota, seeds = split_evenly(episodes, min(num_envs, episodes)), []
     for rank in range(world_size):
         n, envs, first = rank_share(episodes, num_envs, rank, world_size)
-        if n:  # this rank's evaluate_agent(n, envs, seed=seed + first) runs env copies first.. with these quotas
-            assert list(env_quota(n, envs)) == list(quota[first:first + envs])
+        if (
+            n
+        ):  # this rank's evaluate_agent(n, envs, seed=seed + first) runs env copies first.. with these quotas
+            assert list(split_evenly(n, envs)) == list(quota[first : first + envs])
             seeds += range(first, first + envs)
     assert seeds == list(range(len(quota)))
 

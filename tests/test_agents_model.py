@@ -18,9 +18,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny batches: 1 thre
 def make_model(backbone: str, context_steps: int = 20) -> DecisionModel:
     torch.manual_seed(0)
     config = DecisionModelConfig(
-        obs_dim=OBS, act_dim=ACT, backbone=backbone, embed_dim=32, num_layers=2, num_heads=2,
-        context_steps=context_steps, max_timestep=40, return_scale=0.1,  # episodes of 60 clamp t >= 39
-        action_low=[-2.0, 0.0, -1.0], action_high=[1.0, 3.0, 1.0],
+        obs_dim=OBS,
+        act_dim=ACT,
+        backbone=backbone,
+        embed_dim=32,
+        num_layers=2,
+        num_heads=2,
+        context_steps=context_steps,
+        max_timestep=40,
+        return_scale=0.1,  # episodes of 60 clamp t >= 39
+        action_low=[-2.0, 0.0, -1.0],
+        action_high=[1.0, 3.0, 1.0],
     )
     model = DecisionModel(config).double().eval()
     model.set_state_stats(torch.randn(OBS), torch.rand(OBS) + 0.5)
@@ -96,9 +104,9 @@ def test_recurrent_state_is_constant_size():
 
 
 def test_transformer_kv_cache_acting_equals_its_full_forward_across_batched_episodes():
-    """Recurrent mode with the Transformer backbone carries its KV cache over the whole episode."""
+    """Recurrent acting with the Transformer backbone carries its KV cache over the whole episode."""
     model = make_model("transformer")
-    rec = rollout(DecisionAgent(model, TARGET, mode="recurrent"))
+    rec = rollout(DecisionAgent(model, TARGET, acting="recurrent"))
     for row, s, rtg, ts in episodes(rec):
         pred = parallel(model, rtg, rec["obs"][s, row], rec["actions"][s, row], ts)
         np.testing.assert_allclose(rec["actions"][s, row], pred, rtol=0, atol=1e-9)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from agents import ConfigError, DecisionAgent, load_config, load_policy, train
-from agents.checkpoint import latest_checkpoint
+from agents import ConfigError, DecisionAgent, evaluate_run, load_config, load_policy, train
+from agents.model import DecisionModel, DecisionModelConfig
+from agents.run_dir import RunDir, latest_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -16,12 +17,26 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny batches: 1 thre
 
 
 def tiny_config(dataset: Path, out: Path, *extra: str):
-    return load_config(None, [
-        f"data.dataset={dataset}", f"output_dir={out}", "model.embed_dim=16", "model.num_layers=1",
-        "model.context_steps=5", "train.batch_size=3", "train.steps=8", "train.warmup_steps=3",
-        "train.log_every=2", "train.checkpoint_every=4", "train.lr=1e-3", "eval.episodes=1",
-        "eval.num_envs=1", "eval.targets=[100]", *extra,
-    ])
+    return load_config(
+        None,
+        [
+            f"data.dataset={dataset}",
+            f"output_dir={out}",
+            "model.embed_dim=16",
+            "model.num_layers=1",
+            "model.context_steps=5",
+            "train.batch_size=3",
+            "train.steps=8",
+            "train.warmup_steps=3",
+            "train.log_every=2",
+            "train.checkpoint_every=4",
+            "train.lr=1e-3",
+            "eval.episodes=1",
+            "eval.num_envs=1",
+            "eval.targets=[100]",
+            *extra,
+        ],
+    )
 
 
 def weights(run_dir: Path) -> dict[str, np.ndarray]:
@@ -30,7 +45,9 @@ def weights(run_dir: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("backbone", ["aaren", "transformer"])
 def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_dataset, tmp_path, backbone):
-    full = train(tiny_config(tiny_dataset, tmp_path, "name=full", f"model.backbone={backbone}"), progress=False)
+    full = train(
+        tiny_config(tiny_dataset, tmp_path, "name=full", f"model.backbone={backbone}"), progress=False
+    )
     cfg = tiny_config(tiny_dataset, tmp_path, "name=killed", f"model.backbone={backbone}")
     killed = train(cfg, progress=False, stop_after=6)  # dies 2 steps after the step-4 checkpoint
     assert json.loads((latest_checkpoint(killed) / "model.json").read_text())["step"] == 4
@@ -39,8 +56,11 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_dataset, tmp_pat
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    steps = [r["step"] for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())
-             if "train/loss" in r]
+    steps = [
+        r["step"]
+        for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())
+        if "train/loss" in r
+    ]
     assert steps == [2, 4, 6, 8]  # the killed session's step-6 line was dropped and rewritten once
     for name in ("config.yaml", "dataset_stats.json", "curve.png"):
         assert (killed / name).is_file()
@@ -50,7 +70,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_dataset, tmp_pat
 def test_load_policy_acts_and_rejects_mismatched_architecture(tiny_dataset, tmp_path):
     run = train(tiny_config(tiny_dataset, tmp_path, "name=p"), progress=False)
     agent = load_policy(run, target_return=50.0)
-    assert isinstance(agent, DecisionAgent) and agent.mode == "recurrent"
+    assert isinstance(agent, DecisionAgent) and agent.acting == "recurrent"
     actions, state = agent.act(np.zeros((2, 11), dtype=np.float32))
     assert actions.shape == (2, 3) and np.all(np.abs(actions) <= 1)
     meta_path = latest_checkpoint(run) / "model.json"
@@ -59,6 +79,30 @@ def test_load_policy_acts_and_rejects_mismatched_architecture(tiny_dataset, tmp_
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="does not match the architecture"):
         load_policy(run)
+
+
+def saved_run(run_dir: Path, targets: list[float]) -> Path:
+    """A run directory holding an untrained Hopper-sized model and the given evaluation targets."""
+    RunDir(run_dir).save_checkpoint(
+        DecisionModel(DecisionModelConfig(obs_dim=11, act_dim=3, embed_dim=16)), 1, {}
+    )
+    stats = {"env": "Hopper-v5", "score_ref": "Hopper-v5", "eval_targets": targets, "return_mean": 0.0}
+    (run_dir / "dataset_stats.json").write_text(json.dumps(stats))
+    return run_dir
+
+
+def test_evaluate_run_without_targets_is_a_clear_error(tmp_path):
+    run = saved_run(tmp_path / "run", targets=[])
+    for targets in (None, []):
+        with pytest.raises(ValueError, match=r"no target return .* lists no eval_targets. Fix: pass targets"):
+            evaluate_run(run, targets=targets, progress=False)
+
+
+def test_evaluate_run_reports_the_acting_path_asked_for(tmp_path):
+    run = saved_run(tmp_path / "run", targets=[100.0])
+    report = evaluate_run(run, episodes=1, num_envs=1, targets=[10.0, 20.0], acting="window", progress=False)
+    assert report["acting"] == "window" and [r["target_return"] for r in report["results"]] == [10.0, 20.0]
+    assert evaluate_run(run, episodes=1, num_envs=1, progress=False)["acting"] == "recurrent"
 
 
 @pytest.mark.parametrize(
@@ -70,6 +114,7 @@ def test_load_policy_acts_and_rejects_mismatched_architecture(tiny_dataset, tmp_
         ("model.backbone=lstm", "model.backbone = 'lstm'"),
         ("model.num_heads=3", "must divide model.embed_dim"),
         ("eval.targets=[a]", "eval.targets[0]"),
+        ("eval.vec_mode=async", "'eval.vec_mode' is now called 'eval.vectorization'"),
     ],
 )
 def test_bad_config_values_raise_one_clear_error(tiny_dataset, tmp_path, override, message):
@@ -94,8 +139,11 @@ def test_existing_run_directory_needs_resume(tiny_dataset, tmp_path):
 
 
 def test_shipped_configs_load(tmp_path):
-    names = [f"{t}-{d}" for t in ("hopper", "halfcheetah", "walker2d")
-             for d in ("medium", "medium-expert", "expert", "mixed")] + ["quickstart"]
+    names = [
+        f"{t}-{d}"
+        for t in ("hopper", "halfcheetah", "walker2d")
+        for d in ("medium", "medium-expert", "expert", "mixed")
+    ] + ["quickstart"]
     for name in names:  # 3 tasks x 4 datasets x 2 backbones (an override), plus the quickstart
         for backbone in ("aaren", "transformer"):
             cfg = load_config(CONFIGS / f"{name}.yaml", [f"model.backbone={backbone}"])
@@ -115,15 +163,36 @@ def test_scripts_train_resume_and_evaluate(tiny_dataset, tmp_path, capsys):
         return module.main
 
     train_main, evaluate_main = script("train_offline"), script("evaluate")
-    common = ["--set", f"data.dataset={tiny_dataset}", f"output_dir={tmp_path}", "name=cli",
-              "model.embed_dim=16", "model.num_layers=1", "train.batch_size=2", "train.log_every=1",
-              "eval.episodes=1", "eval.num_envs=1", "eval.targets=[50]", "--no-progress"]
-    assert train_main(["--config", str(CONFIGS / "quickstart.yaml"), *common[:-1], "train.steps=2", "--no-progress"]) == 0
+    common = [
+        "--set",
+        f"data.dataset={tiny_dataset}",
+        f"output_dir={tmp_path}",
+        "name=cli",
+        "model.embed_dim=16",
+        "model.num_layers=1",
+        "train.batch_size=2",
+        "train.log_every=1",
+        "eval.episodes=1",
+        "eval.num_envs=1",
+        "eval.targets=[50]",
+        "--no-progress",
+    ]
+    assert (
+        train_main(
+            ["--config", str(CONFIGS / "quickstart.yaml"), *common[:-1], "train.steps=2", "--no-progress"]
+        )
+        == 0
+    )
     assert train_main(["--resume", str(tmp_path / "cli"), "--set", "train.steps=3", "--no-progress"]) == 0
     assert json.loads((latest_checkpoint(tmp_path / "cli") / "model.json").read_text())["step"] == 3
     assert train_main(["--config", str(CONFIGS / "quickstart.yaml"), "--set", "train.lr=fast"]) == 2
     assert "config error: train.lr = 'fast'" in capsys.readouterr().err
-    assert evaluate_main(["--run", str(tmp_path / "cli"), "--episodes", "2", "--envs", "2", "--target", "10", "20"]) == 0
+    assert (
+        evaluate_main(
+            ["--run", str(tmp_path / "cli"), "--episodes", "2", "--envs", "2", "--target", "10", "20"]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "cli" / "eval" / "eval.json").read_text())
     assert [r["target_return"] for r in report["results"]] == [10.0, 20.0]
     assert report["acting"] == "recurrent" and (tmp_path / "cli" / "eval" / "eval.png").is_file()
@@ -131,8 +200,10 @@ def test_scripts_train_resume_and_evaluate(tiny_dataset, tmp_path, capsys):
 
 @pytest.mark.parametrize("backbone", ["aaren", "transformer"])
 def test_bf16_autocast_training_runs(tiny_dataset, tmp_path, backbone):
-    run = train(tiny_config(tiny_dataset, tmp_path, "train.bf16=true", "train.steps=2", f"model.backbone={backbone}"),
-                progress=False)
+    run = train(
+        tiny_config(tiny_dataset, tmp_path, "train.bf16=true", "train.steps=2", f"model.backbone={backbone}"),
+        progress=False,
+    )
     assert (run / "curve.png").is_file()
 
 

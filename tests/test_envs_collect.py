@@ -11,14 +11,11 @@ import numpy as np
 import pytest
 
 from envs import collect_dataset, collect_recipe, load_dataset
-from envs.collect import detect_algo, parse_recipe_id
+from envs.collect import parse_recipe_id
+from envs.experts import detect_algo, experts_dir
 
 REPO = Path(__file__).parents[1]
-EXPERTS = REPO.parent / "shared" / "experts"
-needs_experts = pytest.mark.skipif(
-    not (EXPERTS / "tqc-Hopper" / "model.zip").is_file(),
-    reason=f"behaviour policies not found at {EXPERTS} (the shared experts folder beside the checkout)",
-)
+needs_experts = pytest.mark.usefixtures("expert_policies")  # skips without the behaviour policies
 
 
 def load_quiet(path):
@@ -29,7 +26,7 @@ def load_quiet(path):
 
 @needs_experts
 def test_tqc_hopper_returns_match_experts_readme(tmp_path):
-    result = collect_dataset("hopper", EXPERTS / "tqc-Hopper", tmp_path / "tqc.hdf5", 2000, progress=False)
+    result = collect_dataset("hopper", "tqc-Hopper", tmp_path / "tqc.hdf5", 2000, progress=False)
     assert len(result.episode_returns) >= 1
     assert np.all(np.abs(result.episode_returns - 3650) < 0.1 * 3650), result.episode_returns
     ds = load_dataset(result.path, env="hopper-expert-v2")
@@ -46,9 +43,7 @@ def test_tqc_hopper_returns_match_experts_readme(tmp_path):
 @needs_experts
 def test_time_feature_policy_ppo_walker2d(tmp_path):
     """ppo-Walker2d was trained with TimeFeatureWrapper (18-dim input); the file keeps the raw 17 dims."""
-    result = collect_dataset(
-        "walker2d", "ppo-Walker2d", tmp_path / "w.hdf5", 1000, experts=EXPERTS, progress=False
-    )
+    result = collect_dataset("walker2d", "ppo-Walker2d", tmp_path / "w.hdf5", 1000, progress=False)
     ds = load_quiet(result.path)
     assert ds.obs_dim == 17
     assert len(result.episode_returns) == 1 and abs(result.episode_returns[0] - 3825) < 0.1 * 3825
@@ -93,7 +88,7 @@ def test_same_seed_gives_identical_files(tmp_path):
     [("medium-expert", "sac-Hopper+tqc-Hopper", True), ("mixed", "random+a2c-Hopper+sac-Hopper", False)],
 )
 def test_recipes_are_deterministic_and_concatenated(tmp_path, recipe, policies, deterministic):
-    kwargs = dict(num_envs=2, seed=1, experts=EXPERTS, progress=False)
+    kwargs = dict(num_envs=2, seed=1, progress=False)
     a = collect_recipe(f"hopper-{recipe}-v2", tmp_path / "a.hdf5", 1200, **kwargs)
     b = collect_recipe(f"hopper-{recipe}-v2", tmp_path / "b.hdf5", 1200, **kwargs)
     assert a.path.read_bytes() == b.path.read_bytes()  # stochastic policies too: torch's RNG is seeded
@@ -128,7 +123,9 @@ def test_recipe_names_and_errors():
 
 @needs_experts
 def test_algorithm_detection_from_zip():
-    found = {d.name: detect_algo(d / "model.zip") for d in EXPERTS.iterdir() if (d / "model.zip").is_file()}
+    found = {
+        d.name: detect_algo(d / "model.zip") for d in experts_dir().iterdir() if (d / "model.zip").is_file()
+    }
     assert all(name.split("-")[0] == algo for name, algo in found.items()), found
 
 

@@ -11,6 +11,7 @@ import pytest
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
 from envs import EnvWorkerError, VecRollout, make_env, make_vec_env
+from envs.vector import split_evenly
 
 SEED = 10
 NUM_ENVS = 3
@@ -73,10 +74,10 @@ def assert_same_transitions(got: list, ref: list, reward_rtol: float = 0.0) -> N
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
 @pytest.mark.parametrize("autoreset", [AutoresetMode.SAME_STEP, AutoresetMode.NEXT_STEP])
-def test_vector_rollouts_equal_single_env_rollouts(reference, mode, autoreset):
-    rollout = VecRollout(make_vec_env("hopper", NUM_ENVS, mode, seed=SEED, autoreset_mode=autoreset))
+def test_vector_rollouts_equal_single_env_rollouts(reference, vectorization, autoreset):
+    rollout = VecRollout(make_vec_env("hopper", NUM_ENVS, vectorization, seed=SEED, autoreset_mode=autoreset))
     try:
         got, finished = vector_transitions(rollout, seed=None)  # seed comes from make_vec_env
     finally:
@@ -109,8 +110,16 @@ def test_make_vec_env_seed_is_reproducible_and_validated():
     single, _ = make_env("hopper").reset(seed=6)
     np.testing.assert_array_equal(obs_a[1], single)
     assert isinstance(a.unwrapped, SyncVectorEnv)
-    with pytest.raises(ValueError, match="mode must be"):
-        make_vec_env("hopper", 2, mode="threads")
+    with pytest.raises(ValueError, match="vectorization must be"):
+        make_vec_env("hopper", 2, vectorization="threads")
+
+
+def test_split_evenly_gives_the_remainder_to_the_first_parts():
+    assert split_evenly(10, 3).tolist() == [4, 3, 3]
+    assert split_evenly(2, 4).tolist() == [1, 1, 0, 0]
+    assert split_evenly(6, 2).tolist() == [3, 3] and split_evenly(7, 1).tolist() == [7]
+    with pytest.raises(ValueError, match="parts must be >= 1"):
+        split_evenly(5, 0)
 
 
 class FailingEnv(gym.Env):

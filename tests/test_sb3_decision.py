@@ -10,12 +10,13 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-from agents.checkpoint import save_checkpoint
-from agents.evaluation import evaluate_agent, single_thread
+from agents.evaluation import evaluate_agent
 from agents.model import DecisionModel, DecisionModelConfig
 from agents.policy import DecisionAgent
+from agents.run_dir import RunDir
 from agents.sb3 import DecisionPolicy, RewardToPolicyVecEnv
 from envs import make_env
+from envs.files import torch_threads
 
 ENV, SEED, N_ENVS, EPISODES = "Hopper-v5", 7, 3, 6
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -47,7 +48,7 @@ def _single_env_episodes(agent: DecisionAgent, env_index: int, episodes: int) ->
 
 @pytest.fixture(scope="module")
 def reference(agent: DecisionAgent) -> list[tuple[float, int]]:
-    with single_thread():  # module-scoped: set up before the function-scoped one_torch_thread
+    with torch_threads(1):  # module-scoped: set up before the function-scoped one_torch_thread
         per_env = [_single_env_episodes(agent, i, EPISODES // N_ENVS) for i in range(N_ENVS)]
     episodes = sorted(ep for env_eps in per_env for ep in env_eps)
     assert len({length for _, length in episodes}) > 1, "episodes should end at different steps"
@@ -92,10 +93,10 @@ def test_save_load_zip_and_run_dir(agent, tmp_path) -> None:
     expected, _ = policy.predict(obs, None, np.ones(3, dtype=bool))
 
     from_zip = DecisionPolicy.load(policy.save(tmp_path / "decision_policy.zip"))
-    assert from_zip.agent.target_return == agent.target_return and from_zip.agent.mode == agent.mode
+    assert from_zip.agent.target_return == agent.target_return and from_zip.agent.acting == agent.acting
     np.testing.assert_array_equal(from_zip.predict(obs, None, np.ones(3, dtype=bool))[0], expected)
 
-    save_checkpoint(tmp_path / "run", agent.model, step=1, trainer_state={})
+    RunDir(tmp_path / "run").save_checkpoint(agent.model, step=1, trainer_state={})
     from_run = DecisionPolicy.load(tmp_path / "run", target_return=agent.target_return)
     np.testing.assert_array_equal(from_run.predict(obs, None, np.ones(3, dtype=bool))[0], expected)
 

@@ -55,7 +55,9 @@ def test_rerun_of_stored_sequences_equals_acting(env_id: str, share_memory: bool
 
 def test_save_load_predict_round_trip(tmp_path) -> None:
     env = make_vec_env(CARTPOLE_NO_VEL, n_envs=2, seed=0)
-    model = AarenPPO("MlpAarenPolicy", env, n_steps=32, batch_size=32, n_epochs=2, seed=0, policy_kwargs=SMALL)
+    model = AarenPPO(
+        "MlpAarenPolicy", env, n_steps=32, batch_size=32, n_epochs=2, seed=0, policy_kwargs=SMALL
+    )
     model.learn(64)
     model.save(tmp_path / "aaren_ppo.zip")
     loaded = AarenPPO.load(tmp_path / "aaren_ppo.zip", device="cpu")
@@ -109,8 +111,14 @@ def test_learn_with_subproc_env_callbacks_tensorboard_progress_bar(tmp_path) -> 
     eval_env = make_vec_env(cartpole_no_velocity, n_envs=2, seed=5)
     callback = EvalCallback(eval_env, n_eval_episodes=2, eval_freq=32, log_path=str(tmp_path), verbose=0)
     model = AarenPPO(
-        "MlpAarenPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=0,
-        policy_kwargs=SMALL, tensorboard_log=str(tmp_path / "tb"),
+        "MlpAarenPolicy",
+        env,
+        n_steps=32,
+        batch_size=32,
+        n_epochs=1,
+        seed=0,
+        policy_kwargs=SMALL,
+        tensorboard_log=str(tmp_path / "tb"),
     )
     try:
         model.learn(128, callback=callback, progress_bar=True)
