@@ -53,12 +53,18 @@ class Aaren(nn.Module):
         )
 
     def forward(
-        self, x: Tensor, state: AarenScanState | None = None, score_bias: Tensor | None = None
+        self,
+        x: Tensor,
+        state: AarenScanState | None = None,
+        score_bias: Tensor | None = None,
+        *,
+        resets: Tensor | None = None,
     ) -> tuple[Tensor, AarenScanState]:
         """x [B, N, D] -> (y [B, N, D], state). Output k depends on x[:, :k+1] and the state only.
 
         score_bias: optional [B, H, N] (broadcastable) added to the scores, e.g. slope * timestep for a
         recency preference (ALiBi-like), which the input-independent query cannot express by itself.
+        resets: optional [B, N] bool, True where a token starts a new sequence (see `aaren_scan`).
         """
         _check_x(x, self.embed_dim, "Aaren")
         b, n, _ = x.shape
@@ -69,7 +75,7 @@ class Aaren(nn.Module):
         scores = (keys @ self.query.to(keys.dtype).unsqueeze(-1)).squeeze(-1) / math.sqrt(self.head_dim)
         if score_bias is not None:
             scores = scores + score_bias.to(scores.dtype).expand_as(scores)
-        out, state = aaren_scan(scores, values, state)
+        out, state = aaren_scan(scores, values, state, resets=resets)
         y = out.transpose(1, 2).reshape(b, n, self.embed_dim)
         return self.dropout(self.proj(y)), state
 
@@ -139,8 +145,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(embed_dim)
         self.ffn = FeedForward(embed_dim, ffn_mult, dropout)
 
-    def forward(self, x: Tensor, *mixer_args) -> tuple[Tensor, object]:
-        mixed, state = self.mixer(self.ln_1(x), *mixer_args)
+    def forward(self, x: Tensor, *mixer_args, **mixer_kwargs) -> tuple[Tensor, object]:
+        mixed, state = self.mixer(self.ln_1(x), *mixer_args, **mixer_kwargs)
         x = x + mixed
         return x + self.ffn(self.ln_2(x)), state
 
@@ -166,15 +172,22 @@ class AarenBackbone(nn.Module):
         )
 
     def forward(
-        self, x: Tensor, state: AarenState | None = None, score_bias: Tensor | None = None
+        self,
+        x: Tensor,
+        state: AarenState | None = None,
+        score_bias: Tensor | None = None,
+        *,
+        resets: Tensor | None = None,
     ) -> tuple[Tensor, AarenState]:
-        """score_bias: optional [B, H, N] added to the scores of every layer (see `Aaren.forward`)."""
+        """score_bias: optional [B, H, N] added to the scores of every layer (see `Aaren.forward`).
+        resets: optional [B, N] bool, True where a token starts a new episode (packed rows): every layer
+        empties its state just before it, so a packed row equals its episodes run one by one."""
         _check_x(x, self.embed_dim, type(self).__name__)
         if state is not None:
             _check_state(state, AarenState, x.shape[0], type(self).__name__)
         layer_states = []
         for i, blk in enumerate(self.blocks):
-            x, layer_state = blk(x, None if state is None else state.layer(i), score_bias)
+            x, layer_state = blk(x, None if state is None else state.layer(i), score_bias, resets=resets)
             layer_states.append(layer_state)
         return self.ln_f(x), AarenState.from_layers(layer_states)
 

@@ -1,11 +1,19 @@
 """The checkpoint format: model weights as safetensors + the model config as JSON (never pickles),
-plus the trainer's state.
+plus the trainer's state, each file verified by its sha256 digest when it is read.
 
 One checkpoint folder holds:
 
     model.safetensors   weights and buffers (state mean/std, action bounds)
-    model.json          {"model": DecisionModelConfig, "step": 1000}
     trainer.pt          optimizer, scheduler, RNG states (read with torch.load weights_only)
+    model.json          {"model": DecisionModelConfig, "step": 1000,
+                         "files": {name: {"sha256": ..., "bytes": ...}} for the two files above,
+                         "digest": sha256 of model.json's own content (everything but "digest")}
+
+model.json is written last and vouches for the rest: a truncated, bit-flipped, edited or missing file
+is one `CheckpointError` naming it and what is wrong, never a parser's traceback or silently wrong
+weights. A DecisionPolicy zip (`agents.sb3`) holds the same model.safetensors and model.json (listing
+only the weights). Checkpoints written before the digests existed (model.json with neither "files"
+nor "digest") still load, unverified, with a warning.
 
 The folder is written under a temporary name and renamed into place (`envs.files.atomic_path`), so
 it is complete or absent. Where checkpoints live in a run and which is the latest: `agents.run_dir`.
@@ -13,38 +21,160 @@ it is complete or absent. Where checkpoints live in a run and which is the lates
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 from agents.model import DecisionModel, DecisionModelConfig
 from envs.files import atomic_path
 
+T = TypeVar("T")
 
-def model_files(model: DecisionModel, step: int, **extra: Any) -> dict[str, bytes]:
-    """What describes a trained model: its weights (model.safetensors) and its config plus `extra`
-    (model.json), as file name -> bytes; a checkpoint folder and a DecisionPolicy zip both hold these."""
+#: What to do about a damaged checkpoint file, wherever it is found.
+USE_ANOTHER = (
+    "use another checkpoint of the run: scripts/train_offline.py --resume continues from the newest intact "
+    "one by itself, and evaluation names it"
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, damaged, edited, or not fitting its config.
+
+    `problem` names the file and what is wrong, `fix` what to do; the message is both.
+    """
+
+    def __init__(self, problem: str, fix: str = ""):
+        super().__init__(f"{problem}. Fix: {fix}" if fix else problem)
+        self.problem, self.fix = problem, fix
+
+
+def file_record(data: bytes) -> dict[str, Any]:
+    """What model.json records of one file: its sha256 and size (a short file reads as truncated)."""
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def content_digest(meta: Mapping[str, Any]) -> str:
+    """sha256 of model.json's content other than its "digest" (canonical JSON, so layout does not count)."""
+    body = {key: value for key, value in meta.items() if key != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def model_files(
+    model: DecisionModel, step: int, *, trainer_state: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, bytes]:
+    """What describes a trained model, as file name -> bytes in writing order: its weights
+    (model.safetensors), with `trainer_state` also trainer.pt, and last model.json (config, step,
+    `extra`, and the digests of the others and of itself). A checkpoint folder and a DecisionPolicy
+    zip both hold these."""
     weights = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    files = {"model.safetensors": save(weights)}
+    if trainer_state is not None:
+        buffer = io.BytesIO()
+        torch.save(trainer_state, buffer)
+        files["trainer.pt"] = buffer.getvalue()
     meta = {"model": model.config.to_dict(), "step": step, **extra}
-    return {"model.safetensors": save(weights), "model.json": json.dumps(meta, indent=2).encode()}
+    meta["files"] = {name: file_record(data) for name, data in files.items()}
+    meta["digest"] = content_digest(meta)
+    return {**files, "model.json": json.dumps(meta, indent=2).encode()}
 
 
 def write_checkpoint(
     folder: str | os.PathLike, model: DecisionModel, step: int, trainer_state: dict[str, Any]
 ) -> Path:
-    """Write one checkpoint folder atomically (an existing one at `folder` is replaced); returns it."""
+    """Write one checkpoint folder atomically (an existing one at `folder` is replaced); returns it.
+    Each file reaches the disk (fsync) before the folder is renamed into place."""
     folder = Path(folder)
     with atomic_path(folder) as tmp:
         tmp.mkdir()
-        for name, data in model_files(model, step).items():
-            (tmp / name).write_bytes(data)
-        torch.save(trainer_state, tmp / "trainer.pt")
+        for name, data in model_files(model, step, trainer_state=trainer_state).items():
+            _write_synced(tmp / name, data)
     return folder
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write `data` to `path` and wait until it is on the disk."""
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_meta(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's model.json, checked against its own digest (a pre-digest one with a warning)."""
+    path = Path(checkpoint) / "model.json"
+    meta = _parse(path, json.loads, _read(path))
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} holds no JSON object: the file is damaged", USE_ANOTHER)
+    if "files" not in meta and "digest" not in meta:
+        warnings.warn(
+            f"{path} was written before checkpoints carried sha256 digests: loading it unverified "
+            "(the run's next checkpoint is verified)",
+            stacklevel=2,
+        )
+    elif meta.get("digest") != content_digest(meta) or not isinstance(meta.get("files"), dict):
+        raise CheckpointError(
+            f"{path} was changed after it was written (its content does not match its sha256 digest)",
+            USE_ANOTHER,
+        )
+    if not isinstance(meta.get("model"), dict) or not isinstance(meta.get("step"), int):
+        raise CheckpointError(f"{path} lacks the model config or the step of a checkpoint", USE_ANOTHER)
+    return meta
+
+
+def read_verified(checkpoint: str | os.PathLike, name: str, meta: Mapping[str, Any]) -> bytes:
+    """The bytes of file `name` of a checkpoint, once they match the size and sha256 its model.json
+    (`meta`, from `read_meta`) records; a pre-digest checkpoint's files are read unverified."""
+    path = Path(checkpoint) / name
+    data = _read(path)
+    if "files" not in meta:
+        return data
+    record = meta["files"].get(name)
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{path}: {path.parent / 'model.json'} records no digest for it", USE_ANOTHER)
+    size = record.get("bytes")
+    if len(data) != size:
+        problem = f"truncated: {len(data)} of its {size} bytes" if len(data) < size else "longer than written"
+        raise CheckpointError(f"{path} is {problem}", USE_ANOTHER)
+    if hashlib.sha256(data).hexdigest() != record.get("sha256"):
+        raise CheckpointError(
+            f"{path} is damaged: its bytes do not match the sha256 digest in {path.parent / 'model.json'}",
+            USE_ANOTHER,
+        )
+    return data
+
+
+def verify_checkpoint(checkpoint: str | os.PathLike) -> None:
+    """Check that a checkpoint folder's files are all there and unchanged; CheckpointError otherwise."""
+    meta = read_meta(checkpoint)
+    for name in ("model.safetensors", "trainer.pt"):
+        read_verified(checkpoint, name, meta)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing", USE_ANOTHER) from None
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read ({exc})", USE_ANOTHER) from exc
+
+
+def _parse(path: Path, parse: Callable[[bytes], T], data: bytes) -> T:
+    """`parse(data)`, any failure of the parser being a CheckpointError naming `path`."""
+    try:
+        return parse(data)
+    except Exception as exc:  # parsers of damaged files raise all kinds of errors
+        raise CheckpointError(
+            f"{path} cannot be read ({type(exc).__name__}: {exc}): the file is damaged", USE_ANOTHER
+        ) from exc
 
 
 def state_dict_mismatch(expected: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]) -> str:
@@ -71,24 +201,37 @@ def state_dict_mismatch(expected: Mapping[str, torch.Tensor], weights: Mapping[s
 def load_model(
     checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[DecisionModel, int]:
-    """(model in eval mode, step) from a checkpoint folder; a clear error when the weights do not fit
-    the architecture its model.json describes."""
+    """(model in eval mode, step) from a checkpoint folder (or an unpacked DecisionPolicy zip), its
+    files verified; a CheckpointError when they are damaged or the weights do not fit the
+    architecture its model.json describes."""
     checkpoint = Path(checkpoint)
-    meta = json.loads((checkpoint / "model.json").read_text())
-    model = DecisionModel(DecisionModelConfig(**meta["model"]))
-    weights = load_file(str(checkpoint / "model.safetensors"))
+    meta = read_meta(checkpoint)
+    weights_path, meta_path = checkpoint / "model.safetensors", checkpoint / "model.json"
+    weights = _parse(weights_path, load, read_verified(checkpoint, "model.safetensors", meta))
+    try:
+        model = DecisionModel(DecisionModelConfig(**meta["model"]))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{meta_path} describes no buildable model ({exc})", USE_ANOTHER) from exc
     details = state_dict_mismatch(model.state_dict(), weights)
     if details:
-        raise ValueError(
-            f"{checkpoint / 'model.safetensors'} does not match the architecture in {checkpoint / 'model.json'} "
+        raise CheckpointError(
+            f"{weights_path} does not match the architecture in {meta_path} "
             f"(backbone={model.config.backbone!r}, embed_dim={model.config.embed_dim}, "
-            f"num_layers={model.config.num_layers}): {details}. Fix: keep the weights with the model.json "
-            "they were saved with."
+            f"num_layers={model.config.num_layers}): {details}",
+            "keep the weights with the model.json they were saved with",
         )
     model.load_state_dict(weights)
-    return model.to(device).eval(), int(meta["step"])
+    return model.to(device).eval(), meta["step"]
 
 
 def load_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint's trainer.pt: tensors and plain containers only (weights_only, so no pickled code runs)."""
-    return torch.load(Path(checkpoint) / "trainer.pt", weights_only=True)
+    """A checkpoint's trainer.pt, verified: tensors and plain containers only (weights_only, so no
+    pickled code runs)."""
+    checkpoint = Path(checkpoint)
+    data = read_verified(checkpoint, "trainer.pt", read_meta(checkpoint))
+    state = _parse(
+        checkpoint / "trainer.pt", lambda raw: torch.load(io.BytesIO(raw), weights_only=True), data
+    )
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{checkpoint / 'trainer.pt'} holds no trainer state", USE_ANOTHER)
+    return state

@@ -9,8 +9,8 @@ impossible value raises one `ConfigError` naming the key, the bad value and the 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import datetime
 import difflib
 import math
 import os
@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from agents.model import BACKBONES, ModelHyperparameters
+from agents.policy import TARGET_RETURN_FIX, target_return_problem
 
 
 class ConfigError(ValueError):
@@ -118,11 +119,29 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
             f"config file {path} not found. Fix: pass an existing YAML file, e.g. configs/quickstart.yaml"
         )
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"config file {path} cannot be read ({exc.strerror}). Fix: make it readable (chmod u+r) or pass "
+            "another file"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}). Fix: pass a YAML text file, "
+            "e.g. configs/quickstart.yaml"
+        ) from exc
+    try:
+        raw = yaml.safe_load(text) or {}
+    except Exception as exc:  # PyYAML raises more than YAMLError on odd input (deep nesting, huge ints)
+        raise ConfigError(
+            f"{path}: not valid YAML ({type(exc).__name__}: {exc}). Fix: correct it where named, keeping "
+            "the layout of configs/quickstart.yaml"
+        ) from exc
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}. Fix: write one "
+            "`key: value` or `section:` per line, as in configs/quickstart.yaml"
+        )
     bases = raw.pop("base", [])
     names = [bases] if isinstance(bases, str) else bases
     if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
@@ -137,55 +156,130 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key.sub=value` strings (value parsed as YAML: 500, 1e-3, true, [1, 2], text)."""
+    """Apply `key.sub=value` strings (value parsed as YAML: 500, 1e-3, true, [1, 2], text; a text key such
+    as `name` takes a number or date as written, e.g. name=007)."""
     data = _merge({}, data)
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not key=value. Fix: e.g. --set train.steps=500")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
+        path = key.strip().split(".")
+        if not sep or not all(part.strip() for part in path):
+            raise ConfigError(
+                f"override {item!r} is not key=value with a dotted key. Fix: e.g. --set train.steps=500"
+            )
         node = data
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
+        *parents, leaf = path
+        for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
-        node[leaf] = value
+                where = ".".join(path[: depth + 1])
+                raise ConfigError(
+                    f"override {item!r}: {where} is a value, not a section. Fix: set {where}=<value>, "
+                    "or name a key inside a section (e.g. train.steps)"
+                )
+        node[leaf] = _override_value(text, _annotation(path))
     return data
 
 
-def _convert(value: Any, hint: Any, key: str) -> Any:
-    """Check/convert one value against its annotation (int, float, str, bool, list[float])."""
-    origin = typing.get_origin(hint)
-    if origin is list:
+def _override_value(text: str, hint: Any) -> Any:
+    """An override's value: `text` parsed as YAML (as written, when that is not YAML, e.g. a: b), except
+    that a text key keeps a number, bool or date as written (YAML would read name=007 as 7)."""
+    try:
+        value = yaml.safe_load(text)
+    except Exception:  # PyYAML raises more than YAMLError on odd input
+        return text
+    if hint is str and isinstance(value, (int, float, datetime.date)):  # bool is an int
+        return text.strip()
+    return value
+
+
+def _annotation(path: list[str]) -> Any:
+    """The type of the config key at dotted `path` (None for an unknown key)."""
+    hint: Any = Config
+    for part in path:
+        if not dataclasses.is_dataclass(hint):
+            return None
+        hint = typing.get_type_hints(hint).get(part)
+    return hint
+
+
+#: The values an integer setting may take: every count, size, number of seconds and seed fits, and larger
+#: ones overflow where torch and the OS take them as C integers (thread counts, timeouts).
+INT_RANGE = range(-(2**31), 2**31)
+
+
+def _convert(value: Any, hint: Any, key: str, example: str) -> Any:
+    """Check/convert one value against its annotation (int, float, str, bool, list[float]); `example`
+    (a key=value) is the fix shown for a value of the wrong type."""
+    if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, list):
-            raise ConfigError(f"{key} = {value!r}: expected a list of {item.__name__}, e.g. [3600, 1800]")
-        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-        with contextlib.suppress(ValueError, OverflowError):
-            value = float(value)  # YAML reads 1e-4 (no dot) as a string
-    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)  # e.g. name=2024
+            raise ConfigError(
+                f"{key} = {_shown(value)} ({type(value).__name__}): expected a list of {item.__name__}. "
+                f"Fix: e.g. {example}"
+            )
+        return [_convert(v, item, f"{key}[{i}]", example) for i, v in enumerate(value)]
+    if hint in (int, float) and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        value = _number(value, hint)
+    if hint is str and isinstance(value, (int, float, datetime.date)) and not isinstance(value, bool):
+        return str(value)  # e.g. name: 2024
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{key} = {value!r} ({type(value).__name__}): expected {hint.__name__}")
+        raise ConfigError(
+            f"{key} = {_shown(value)} ({type(value).__name__}): expected {hint.__name__}. Fix: e.g. {example}"
+        )
     if hint is float and not math.isfinite(value):
         raise ConfigError(f"{key} = {value!r} is not a finite number. Fix: set {key} to a finite value")
+    if hint is int and value not in INT_RANGE:
+        raise ConfigError(
+            f"{key} = {_shown(value)} is out of range. Fix: a whole number between {INT_RANGE.start} and "
+            f"{INT_RANGE.stop - 1}, e.g. {example}"
+        )
+    if hint is str and ("\0" in value or value != value.encode("utf-8", "ignore").decode("utf-8")):
+        raise ConfigError(
+            f"{key} = {_shown(value)} holds a NUL or a character that is not UTF-8. Fix: plain text, "
+            f"e.g. {example}"
+        )
     return value
+
+
+def _number(value: int | float | str, hint: type) -> int | float | str:
+    """`value` as a `hint` (int or float) where it is one: YAML reads 1e-4 and 1e5 (no dot) as text, and a
+    whole number written as a float (1e5, 100000.0) is a fine int. Anything else is returned as it came."""
+    try:
+        number = float(value) if isinstance(value, str) else value
+        if hint is float:
+            return float(number)
+    except (ValueError, OverflowError):  # not a number, or an int beyond floats
+        return value
+    if isinstance(number, float) and number.is_integer():
+        return int(number)
+    return value
+
+
+def _shown(value: Any) -> str:
+    """`value` for an error message: its repr, shortened to a line."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int with more digits than Python converts to text
+        text = f"<a {value.bit_length()}-bit integer>"
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
+def _example(spec: dataclasses.Field) -> Any:
+    """What to show as a value of `spec` in a fix: its documented example, else its default."""
+    return spec.metadata.get("example", _default(spec))
+
+
+def _default(spec: dataclasses.Field) -> Any:
+    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
 
 
 def _empty_value_message(key: str, spec: dataclasses.Field) -> str:
     """For `key=` or `key:` with nothing after it: what to put there."""
-    default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
-    example = spec.metadata.get("example", default)
     return (
-        f"{key} is empty. Fix: give it a value, e.g. {key}={example}, or leave {key} out to keep "
-        f"its default ({default!r})"
+        f"{key} is empty. Fix: give it a value, e.g. {key}={_example(spec)}, or leave {key} out to keep "
+        f"its default ({_default(spec)!r})"
     )
 
 
@@ -195,7 +289,11 @@ RENAMED_KEYS = {"eval.vec_mode": "eval.vectorization"}
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping of keys, got {data!r}")
+        first = fields(cls)[0]
+        raise ConfigError(
+            f"{prefix.rstrip('.') or 'the config'} = {_shown(data)} is not a mapping of keys. Fix: set the "
+            f"keys inside it, e.g. {prefix}{first.name}={_example(first)}"
+        )
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
@@ -216,13 +314,13 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         elif value is None:
             raise ConfigError(_empty_value_message(where, known[key]))
         else:
-            kwargs[key] = _convert(value, hint, where)
+            kwargs[key] = _convert(value, hint, where, f"{where}={_example(known[key])}")
     return cls(**kwargs)
 
 
 def _check(cond: bool, key: str, value: Any, fix: str) -> None:
     if not cond:
-        raise ConfigError(f"{key} = {value!r} is impossible: {fix}")
+        raise ConfigError(f"{key} = {_shown(value)} is impossible: {fix}")
 
 
 def _check_device(device: str) -> None:
@@ -274,6 +372,11 @@ def validate(cfg: Config) -> Config:
     _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
     _check(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "must be > 0 (reference 0.25)")
     _check_device(t.device)
+    _check(t.seed >= 0, "train.seed", t.seed, "must be >= 0")
+    _check(e.seed >= 0, "eval.seed", e.seed, "must be >= 0")
+    for i, target in enumerate(e.targets):
+        problem = target_return_problem(target)
+        _check(problem is None, f"eval.targets[{i}]", target, f"{problem}. Fix: {TARGET_RETURN_FIX}")
     _check(e.episodes >= 1, "eval.episodes", e.episodes, "must be >= 1")
     _check(e.num_envs >= 1, "eval.num_envs", e.num_envs, "must be >= 1")
     _check(

@@ -11,21 +11,28 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from agents.checkpoint import load_model
-from agents.policy import DecisionAgent
+from agents.policy import TARGET_RETURN_FIX, DecisionAgent, target_return_problem
 from agents.run_dir import RunDir, read_run_info
 from envs import VecRollout, make_env, make_vec_env, normalized_score
 from envs.d4rl import eval_targets
 from envs.files import torch_threads, write_atomic
 from envs.vector import split_evenly
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot run as asked (no usable target return, a video without imageio); the
+    message says what to do."""
 
 
 @dataclass
@@ -145,10 +152,7 @@ def record_video(agent: DecisionAgent, env_name: str, path: str | os.PathLike, s
     """One episode rendered to an mp4 (a GIF without imageio[ffmpeg]); needs imageio. MuJoCo renders
     headless with MUJOCO_GL=egl."""
     os.environ.setdefault("MUJOCO_GL", "egl")
-    try:
-        import imageio.v2 as imageio
-    except ImportError as exc:
-        raise RuntimeError("--video needs imageio: pip install 'aaren-rl[video]' (imageio, moviepy)") from exc
+    imageio = _imageio()
     env = make_env(env_name, render_mode="rgb_array")
     frames = []
     with torch_threads(1), contextlib.closing(env):
@@ -170,6 +174,47 @@ def record_video(agent: DecisionAgent, env_name: str, path: str | os.PathLike, s
     return path
 
 
+def _imageio() -> ModuleType:
+    """imageio's v2 API, which videos need (an optional dependency)."""
+    try:
+        import imageio.v2 as imageio
+    except ImportError as exc:
+        raise EvaluationError(
+            "a video needs imageio, which is not installed. Fix: pip install 'aaren-rl[video]' (imageio, "
+            "moviepy), or leave out --video"
+        ) from exc
+    return imageio
+
+
+def _checked_targets(targets: list[float] | None, run: RunDir, info: dict[str, Any]) -> list[float]:
+    """The targets to evaluate at: those given, else the run's; an EvaluationError when there are none
+    or one cannot be a target return (naming where it came from)."""
+    source = "the given targets" if targets else f"eval_targets of {run.dataset_stats}"
+    targets = list(targets or info.get("eval_targets") or [])
+    if not targets:
+        raise EvaluationError(
+            f"no target return to evaluate {run.root} at: none given and {run.dataset_stats} lists no "
+            "eval_targets. Fix: pass targets, e.g. --target 3600"
+        )
+    for target in targets:
+        problem = target_return_problem(float(target))
+        if problem is not None:
+            raise EvaluationError(f"target return {problem} (in {source}). Fix: {TARGET_RETURN_FIX}")
+    return [float(target) for target in targets]
+
+
+def finite_or_none(value: Any) -> Any:
+    """`value` (numbers, lists, dicts of them) with every non-finite float replaced by None: what strict
+    JSON can hold (eval.json is read by other tools, which reject NaN and Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    return value
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     *,
@@ -184,15 +229,13 @@ def evaluate_run(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a run's latest checkpoint at several targets (default, or when empty: the run's);
-    write eval.json and eval.png (and a video) to `out_dir` (default RUN_DIR/eval)."""
+    write eval.json (strict JSON: null for a number that is not finite) and eval.png (and a video) to
+    `out_dir` (default RUN_DIR/eval). EvaluationError before any work when it cannot run as asked."""
     run = RunDir(run_dir)
     info = read_run_info(run.root)
-    targets = list(targets or info["eval_targets"])
-    if not targets:
-        raise ValueError(
-            f"no target return to evaluate {run.root} at: none given and {run.dataset_stats} lists no "
-            "eval_targets. Fix: pass targets, e.g. --target 3600"
-        )
+    targets = _checked_targets(targets, run, info)
+    if video:
+        _imageio()
     checkpoint = run.latest_checkpoint()
     model, step = load_model(checkpoint)
     env_name = info["env"]
@@ -226,7 +269,7 @@ def evaluate_run(
     }
     if video:
         report["video"] = str(record_video(agents[0], env_name, out / "episode.mp4", seed))
-    write_atomic(out / "eval.json", json.dumps(report, indent=2))
+    write_atomic(out / "eval.json", json.dumps(finite_or_none(report), indent=2, allow_nan=False))
     plot_eval(report, out / "eval.png")
     report["report_path"] = str(out / "eval.json")
     return report

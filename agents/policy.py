@@ -10,33 +10,60 @@ Two ways to act:
 - "recurrent" (the default for Aaren): per env step the new tokens [a_{t-1}, R_t, s_t] go through
   the backbone once with the carried state; at an episode's first step only [R_1, s_1]. This is
   exactly the training sequence R_1 s_1 a_1 R_2 ..., so the chosen action equals the parallel
-  forward's prediction. When some rows start and others continue in the same step, every row's
-  action token goes through first, then the starting rows are emptied and [R_t, s_t] follows:
-  exact, two calls in such steps, one otherwise. Aaren's state is constant in size; with the
-  Transformer backbone the state is its KV cache over the whole episode (it grows every step, and
-  attends further back than the K-step windows the Transformer trained on: a speed baseline).
+  forward's prediction. Rows that start a new episode forget their memory and their a_{t-1} token
+  inside the same call. Aaren's state is constant in size; with the Transformer backbone the state
+  is its KV cache over the whole episode (it grows every step, and attends further back than the
+  K-step windows the Transformer trained on: a speed baseline).
 - "window" (the default for the Transformer, the reference DT way): every step re-runs the last K
   timesteps (right-padded, so causality keeps the padding out) and reads the prediction at the last one.
+
+Both run on the model folded for acting (`aaren_rl.step`): the three new tokens of a step are one
+embedding matmul (observation normalisation, return scale and action scaling folded in), the Aaren
+step is the folded recurrent step, the Transformer's window forward the folded causal forward. Inputs
+are checked once per call, here. `DecisionAgent(..., eager=True)` acts through the model's own
+modules instead: the reference that the folded path is tested and benchmarked against.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
-from aaren_rl import AarenState, KVCache
+from aaren_rl import AarenBackbone, AarenState, KVCache
+from aaren_rl.step import AarenStep, ParameterVersions, TransformerStep
 from agents.model import DecisionModel
 
 #: The two ways to act (see the module docstring).
 ACTING = ("recurrent", "window")
 
+#: The largest |target return| an agent acts towards: returns-to-go are float32 while acting, whose
+#: integers are exact only up to 2**24; beyond it R_t = R_{t-1} - r_{t-1} loses rewards of order 1.
+MAX_TARGET_RETURN = float(2**24)
+#: How to choose a target return, for every error message about one.
+TARGET_RETURN_FIX = (
+    "give a finite target return of the order of the task's episode returns (e.g. the dataset's best one)"
+)
+
+
+def target_return_problem(value: float) -> str | None:
+    """What makes `value` unusable as a target return (e.g. "nan is not a finite number"); None if usable.
+    The one check behind DecisionAgent, the config's eval.targets and the scripts' --target."""
+    if not math.isfinite(value):
+        return f"{value!r} is not a finite number"
+    if abs(value) > MAX_TARGET_RETURN:
+        return f"{value:g} is beyond ±{MAX_TARGET_RETURN:,.0f}, where float32 returns-to-go lose the rewards"
+    return None
+
 
 @dataclass(frozen=True)
 class Window:
-    """The last K timesteps of each row (left-aligned; `length` real entries, the rest stale)."""
+    """The last K timesteps of each row (left-aligned; `length` real entries, the rest stale): the
+    eager window's memory."""
 
     returns_to_go: Tensor  # [n, K]
     observations: Tensor  # [n, K, obs_dim]
@@ -56,14 +83,41 @@ class Window:
 
 
 @dataclass(frozen=True)
+class StepWindow:
+    """The last K step inputs of each row (left-aligned; `length` real entries, the rest stale): the
+    folded window's memory. Step j holds a_{j-1}, R_j, s_j and the timesteps of those three tokens."""
+
+    inputs: Tensor  # [n, K, act_dim + 1 + obs_dim]
+    times: Tensor  # [n, K, 3] long
+    length: Tensor  # [n] long
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in vars(self).values())
+
+    def push(self, inputs: Tensor, times: Tensor, start: Tensor) -> StepWindow:
+        """The window after one more step (rows where `start` is set begin empty)."""
+        k = self.inputs.shape[1]
+        length = torch.where(start, 0, self.length)
+        full = (length == k)[:, None, None]
+        fields = [torch.where(full, f.roll(-1, 1), f) for f in (self.inputs, self.times)]
+        slot = length.clamp(max=k - 1)
+        rows = torch.arange(len(slot), device=slot.device)
+        fields[0][rows, slot] = inputs
+        fields[1][rows, slot] = times
+        return StepWindow(*fields, slot + 1)
+
+
+@dataclass(frozen=True)
 class AgentState:
     """Per-env acting state: return-to-go, timestep and last action of the current step, plus memory
-    (an `AarenState` or `KVCache` when acting "recurrent", a `Window` when acting "window")."""
+    (an `AarenState` or `KVCache` when acting "recurrent", a `StepWindow` (eager: `Window`) when
+    acting "window")."""
 
     returns_to_go: Tensor  # [n]
     timesteps: Tensor  # [n] long
     actions: Tensor  # [n, act_dim] the actions chosen at `timesteps` (env units)
-    memory: AarenState | KVCache | Window
+    memory: AarenState | KVCache | StepWindow | Window
 
     @property
     def num_envs(self) -> int:
@@ -76,20 +130,88 @@ class AgentState:
         return own + self.memory.nbytes
 
 
+class FoldedDecisionModel:
+    """A `DecisionModel`'s embeddings and action head folded for acting, with its backbone's folded step.
+
+    `tokens(inputs, times)` embeds step inputs [..., act_dim + 1 + obs_dim] (a_{t-1} in env units, R_t,
+    s_t) into the tokens [a_{t-1}, R_t, s_t] [..., 3, D] with one matmul: the action scaling to [-1, 1],
+    the return scale and the observation normalisation are folded into its weights. Unlike
+    `DecisionModel.unit_actions` the previous action is not clipped: the agent's own actions are in bounds.
+    """
+
+    def __init__(self, model: DecisionModel, acting: str):
+        c, dtype = model.config, model.state_mean.dtype
+        self.versions = ParameterVersions(model)
+        low, high = model.action_low.to(dtype), model.action_high.to(dtype)
+        action_scale = 2 / (high - low)  # unit = a * scale - (low * scale + 1)
+        w_a, w_r, w_s = (
+            m.weight.detach() for m in (model.embed_action, model.embed_return, model.embed_state)
+        )
+        weight = torch.zeros(3 * c.embed_dim, c.act_dim + 1 + c.obs_dim, dtype=dtype, device=low.device)
+        d, a = c.embed_dim, c.act_dim
+        weight[:d, :a] = w_a * action_scale
+        weight[d : 2 * d, a] = w_r[:, 0] * c.return_scale
+        weight[2 * d :, a + 1 :] = w_s / model.state_std
+        self.embed_t = weight.t().contiguous()
+        self.embed_b = torch.cat(
+            [
+                model.embed_action.bias.detach() - w_a @ (low * action_scale + 1),
+                model.embed_return.bias.detach(),
+                model.embed_state.bias.detach() - w_s @ (model.state_mean / model.state_std),
+            ]
+        )
+        self.time_table = model.embed_timestep.weight.detach()
+        self.embed_ln = model.embed_ln
+        self.head_t = model.predict_action.weight.detach().t().contiguous()
+        self.head_b = model.predict_action.bias.detach()
+        self.action_mid, self.action_half = (high + low) / 2, (high - low) / 2
+        self.step, self.window_step, self.resets = None, None, None
+        if acting == "recurrent" and isinstance(model.backbone, AarenBackbone):
+            self.step = AarenStep(model.backbone)
+            # the two masks a step needs: rows that continue, and rows whose memory and a_{t-1} are forgotten
+            self.resets = self.step.score_mask(
+                torch.tensor([[False, False, False], [False, True, False]], device=low.device)
+            )
+        elif acting == "window" and not isinstance(model.backbone, AarenBackbone):
+            self.window_step = TransformerStep(model.backbone)
+
+    def tokens(self, inputs: Tensor, times: Tensor) -> Tensor:
+        pre = torch.addmm(self.embed_b, inputs.reshape(-1, inputs.shape[-1]), self.embed_t)
+        pre = pre.view(*times.shape, -1) + self.time_table[times]
+        ln = self.embed_ln
+        return F.layer_norm(pre, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+    def actions(self, hidden: Tensor) -> Tensor:
+        """Backbone outputs [n, D] -> actions in env units."""
+        return torch.addcmul(
+            self.action_mid, torch.tanh(torch.addmm(self.head_b, hidden, self.head_t)), self.action_half
+        )
+
+
 class DecisionAgent:
     """A trained decision model ready to act in `num_envs` environments at once, towards `target_return`.
 
     acting: "recurrent" (default for Aaren; O(1) memory and time per step) or "window" (default for
-    the Transformer; re-runs the last `context_steps` timesteps). The model is put in eval mode.
+    the Transformer; re-runs the last `context_steps` timesteps). The model is put in eval mode and
+    folded for acting (folded again if its weights change). eager: act through the model's own modules
+    instead (the unfolded reference; for exactness tests and speed baselines).
     """
 
-    def __init__(self, model: DecisionModel, target_return: float, acting: str | None = None):
+    def __init__(
+        self, model: DecisionModel, target_return: float, acting: str | None = None, *, eager: bool = False
+    ):
         acting = acting or ("recurrent" if model.config.backbone == "aaren" else "window")
         if acting not in ACTING:
             raise ValueError(f"acting must be 'recurrent' or 'window', got {acting!r}")
+        problem = target_return_problem(float(target_return))
+        if problem is not None:
+            raise ValueError(f"target_return = {problem}. Fix: {TARGET_RETURN_FIX}")
         self.model = model.eval()
         self.target_return = float(target_return)
         self.acting = acting
+        self.eager = eager
+        self._folded = None if eager else FoldedDecisionModel(model, acting)
+        self._memory_type = type(self.initial_state(1).memory)
 
     @property
     def device(self) -> torch.device:
@@ -102,25 +224,31 @@ class DecisionAgent:
     def initial_state(self, num_envs: int) -> AgentState:
         """A state for `num_envs` rows; pass episode_start=True for all of them on the first `act`."""
         c, dev, dt = self.model.config, self.device, self.dtype
+        k, zeros = c.context_steps, torch.zeros
         if self.acting == "recurrent":
             memory = self.model.init_state(num_envs, dev, dt)
-        else:
-            k = c.context_steps
+        elif self.eager:
             memory = Window(
-                torch.zeros(num_envs, k, device=dev, dtype=dt),
-                torch.zeros(num_envs, k, c.obs_dim, device=dev, dtype=dt),
-                torch.zeros(num_envs, k, c.act_dim, device=dev, dtype=dt),
-                torch.zeros(num_envs, k, device=dev, dtype=torch.long),
-                torch.zeros(num_envs, device=dev, dtype=torch.long),
+                zeros(num_envs, k, device=dev, dtype=dt),
+                zeros(num_envs, k, c.obs_dim, device=dev, dtype=dt),
+                zeros(num_envs, k, c.act_dim, device=dev, dtype=dt),
+                zeros(num_envs, k, device=dev, dtype=torch.long),
+                zeros(num_envs, device=dev, dtype=torch.long),
+            )
+        else:
+            memory = StepWindow(
+                zeros(num_envs, k, c.act_dim + 1 + c.obs_dim, device=dev, dtype=dt),
+                zeros(num_envs, k, 3, device=dev, dtype=torch.long),
+                zeros(num_envs, device=dev, dtype=torch.long),
             )
         return AgentState(
-            torch.zeros(num_envs, device=dev, dtype=dt),
-            torch.zeros(num_envs, device=dev, dtype=torch.long),
-            torch.zeros(num_envs, c.act_dim, device=dev, dtype=dt),
+            zeros(num_envs, device=dev, dtype=dt),
+            zeros(num_envs, device=dev, dtype=torch.long),
+            zeros(num_envs, c.act_dim, device=dev, dtype=dt),
             memory,
         )
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(
         self,
         observations: np.ndarray,
@@ -133,51 +261,96 @@ class DecisionAgent:
         state None starts every row. episode_start [n] bool marks rows at their first step;
         rewards [n] are the rewards earned by the previous actions (ignored on starting rows).
         """
-        obs = torch.as_tensor(np.asarray(observations), device=self.device, dtype=self.dtype)
-        if obs.dim() != 2 or obs.shape[1] != self.model.config.obs_dim:
-            raise ValueError(
-                f"observations must have shape [num_envs, {self.model.config.obs_dim}], got {list(obs.shape)}"
-            )
+        obs = self._input("observations", observations, (None, self.model.config.obs_dim))
         n = obs.shape[0]
         if state is None:
             state, start = self.initial_state(n), torch.ones(n, dtype=torch.bool, device=self.device)
         else:
-            if state.num_envs != n:
-                raise ValueError(f"state holds {state.num_envs} envs but observations has {n} rows")
+            self._check_state(state, n)
             start = torch.zeros(n, dtype=torch.bool, device=self.device)
             if episode_start is not None:
-                start = torch.as_tensor(np.asarray(episode_start, dtype=bool), device=self.device)
+                start = self._input("episode_start", episode_start, (n,), torch.bool)
         reward = torch.zeros(n, device=self.device, dtype=self.dtype)
         if rewards is not None:
-            reward = torch.as_tensor(np.asarray(rewards), device=self.device, dtype=self.dtype)
-        rtg = torch.where(start, torch.full_like(reward, self.target_return), state.returns_to_go - reward)
-        t = torch.where(start, torch.zeros_like(state.timesteps), state.timesteps + 1)
-        if self.acting == "recurrent":
-            unit, memory = self._act_recurrent(state, start, rtg, obs, t)
+            reward = self._input("rewards", rewards, (n,))
+        rtg = torch.where(start, self.target_return, state.returns_to_go - reward)
+        t = torch.where(start, 0, state.timesteps + 1)
+        if self.eager:
+            actions, memory = self._act_eager(state, start, rtg, obs, t)
         else:
-            unit, memory = self._act_window(state.memory, start, rtg, obs, t)
-        actions = self.model.to_env_actions(unit)
-        if self.acting == "window":  # the window holds a_t for the next step's re-run
-            memory = memory.with_last_action(actions)
+            if self._folded.versions.changed():
+                self._folded = FoldedDecisionModel(self.model, self.acting)
+            actions, memory = self._act_folded(state, start, rtg, obs, t)
         return actions.cpu().numpy(), AgentState(rtg, t, actions, memory)
 
-    def _act_recurrent(
+    def _input(
+        self, name: str, value, shape: tuple[int | None, ...], dtype: torch.dtype | None = None
+    ) -> Tensor:
+        """One `act` argument as a tensor, checked here once: its shape, and finite numbers."""
+        array = np.asarray(value, dtype=bool if dtype == torch.bool else None)
+        if array.ndim != len(shape) or any(
+            want not in (None, got) for want, got in zip(shape, array.shape, strict=False)
+        ):
+            want = ", ".join("num_envs" if s is None else str(s) for s in shape)
+            raise ValueError(f"`{name}` must have shape [{want}], got {list(array.shape)}")
+        if dtype is None and not np.isfinite(array).all():
+            raise ValueError(f"`{name}` holds non-finite values (NaN or inf): {array.tolist()}")
+        return torch.as_tensor(array, device=self.device, dtype=dtype or self.dtype)
+
+    def _check_state(self, state: AgentState, n: int) -> None:
+        if not isinstance(state, AgentState) or not isinstance(state.memory, self._memory_type):
+            raise ValueError(
+                f"`state` must be an AgentState returned by this agent's act (memory "
+                f"{self._memory_type.__name__}), got {type(getattr(state, 'memory', state)).__name__}; "
+                "pass None to start every row"
+            )
+        if state.num_envs != n:
+            raise ValueError(
+                f"`state` holds {state.num_envs} envs but `observations` has {n} rows; pass the state "
+                "returned for this batch of envs, or None to start every row"
+            )
+
+    def _act_folded(
         self, state: AgentState, start: Tensor, rtg: Tensor, obs: Tensor, t: Tensor
-    ) -> tuple[Tensor, AarenState | KVCache]:
-        model, backbone = self.model, self.model.backbone
-        new = torch.stack([model.embed_returns(rtg, t), model.embed_states(obs, t)], dim=1)  # [n, 2, D]
-        if bool(start.all()):
-            hidden, memory = backbone(new, state.memory.reset(start))
-        else:
-            a_tok = model.embed_actions(state.actions, state.timesteps).unsqueeze(1)
-            if bool(
-                start.any()
-            ):  # the starting rows' action tokens are emptied with the rest of their memory
-                _, memory = backbone(a_tok, state.memory)
-                hidden, memory = backbone(new, memory.reset(start))
+    ) -> tuple[Tensor, AarenState | KVCache | StepWindow]:
+        folded = self._folded
+        inputs = torch.cat([state.actions, rtg.unsqueeze(1), obs], 1)
+        times = torch.stack([state.timesteps, t, t], 1).clamp_(max=self.model.config.max_timestep - 1)
+        if self.acting == "recurrent":
+            tokens = folded.tokens(inputs, times)
+            if folded.step is not None:
+                hidden, memory = folded.step(tokens, state.memory, folded.resets[start.long()])
             else:
-                hidden, memory = backbone(torch.cat([a_tok, new], dim=1), state.memory)
-        return model.action_head(hidden[:, -1]), memory
+                hidden, memory = _recurrent(self.model.backbone, tokens, state.memory, start)
+            return folded.actions(hidden), memory
+        memory = state.memory.push(inputs, times, start)
+        n, k = memory.times.shape[:2]
+        tokens = folded.tokens(memory.inputs, memory.times).view(n, 3 * k, -1)[:, 1:]  # from R_1: a_0 is out
+        read = 3 * memory.length - 2  # s_t of each row
+        if folded.window_step is not None:
+            hidden = folded.window_step(tokens, read)
+        else:
+            hidden = self.model.backbone(tokens)[0][torch.arange(n, device=read.device), read]
+        return folded.actions(hidden), memory
+
+    def _act_eager(
+        self, state: AgentState, start: Tensor, rtg: Tensor, obs: Tensor, t: Tensor
+    ) -> tuple[Tensor, AarenState | KVCache | Window]:
+        model = self.model
+        if self.acting == "window":
+            unit, window = self._act_window(state.memory, start, rtg, obs, t)
+            actions = model.to_env_actions(unit)
+            return actions, window.with_last_action(actions)  # the window holds a_t for the next re-run
+        tokens = torch.stack(
+            [
+                model.embed_actions(state.actions, state.timesteps),
+                model.embed_returns(rtg, t),
+                model.embed_states(obs, t),
+            ],
+            dim=1,
+        )
+        hidden, memory = _recurrent(model.backbone, tokens, state.memory, start)
+        return model.to_env_actions(model.action_head(hidden)), memory
 
     def _act_window(
         self, window: Window, start: Tensor, rtg: Tensor, obs: Tensor, t: Tensor
@@ -194,6 +367,22 @@ class DecisionAgent:
         window = Window(*fields, length=slot + 1)
         pred, _ = self.model(window.returns_to_go, window.observations, window.actions, window.timesteps)
         return pred[rows, slot], window
+
+
+def _recurrent(
+    backbone: torch.nn.Module, tokens: Tensor, memory: AarenState | KVCache, start: Tensor
+) -> tuple[Tensor, AarenState | KVCache]:
+    """The backbone's output at s_t [n, D] and its next state, through its own forward. When some rows
+    start and others continue, every row's a_{t-1} token goes through first, then the starting rows
+    are emptied and [R_t, s_t] follows: exact, two calls in such steps, one otherwise."""
+    if bool(start.all()):
+        hidden, memory = backbone(tokens[:, 1:], memory.reset(start))
+    elif bool(start.any()):
+        _, memory = backbone(tokens[:, :1], memory)
+        hidden, memory = backbone(tokens[:, 1:], memory.reset(start))
+    else:
+        hidden, memory = backbone(tokens, memory)
+    return hidden[:, -1], memory
 
 
 def _expand(mask: Tensor, like: Tensor) -> Tensor:

@@ -1,37 +1,52 @@
 """A training run's directory: where each of its files lives, its checkpoints and the `latest` pointer,
-its metrics log, and reading a run back (`load_policy`, `read_run_info`, `run_targets`).
+its one-writer lock, its metrics log, and reading a run back (`load_policy`, `read_run_info`, `run_targets`).
 
     <output_dir>/<name>/
         config.yaml                  the resolved config (what --resume reads)
         dataset_stats.json           dataset summary, env, reference scores, evaluation targets
-        checkpoints/step_NNNNNNN/    one checkpoint (format: `agents.checkpoint`); the newest two are kept
-        checkpoints/latest           name of the newest complete checkpoint
+        checkpoints/step_NNNNNNN/    one checkpoint (format and digests: `agents.checkpoint`)
+        checkpoints/latest           name of the newest verified checkpoint (what evaluation reads)
         metrics.jsonl                one JSON row per logged step (train/*, eval/*), also in tb/
         tb/                          TensorBoard events
         curve.png                    training loss and live-evaluation score per step
         eval/                        the final evaluation report (eval.json, eval.png)
+        .lock                        held by the process training the run (its PID and host inside)
 
-A checkpoint folder is complete before `latest` is replaced to name it, so a run killed at any
-moment keeps a usable checkpoint (docs/design.md, Run directories).
+A checkpoint folder is complete and verified before `latest` is replaced to name it, and pruning
+keeps the newest intact one besides it, so a run killed at any moment, or a checkpoint damaged later,
+leaves a usable checkpoint (docs/design.md, Run directories).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import itertools
 import json
 import os
+import re
 import shutil
+import socket
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agents.checkpoint import load_model, write_checkpoint
+from agents.checkpoint import CheckpointError, load_model, verify_checkpoint, write_checkpoint
 from agents.model import DecisionModel
 from agents.policy import DecisionAgent
-from envs.files import write_atomic
+from envs.files import remove_temporaries, write_atomic
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
+#: How many checkpoints a run keeps: the one just written and the newest intact ones before it.
 KEEP_CHECKPOINTS = 2
+CHECKPOINT_NAME = re.compile(r"step_(\d+)")
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run directory's lock: it is training this run."""
 
 
 class RunDir:
@@ -54,7 +69,7 @@ class RunDir:
 
     @property
     def latest(self) -> Path:
-        """The pointer file naming the newest complete checkpoint folder."""
+        """The pointer file naming the newest verified checkpoint folder."""
         return self.checkpoints / "latest"
 
     @property
@@ -73,32 +88,133 @@ class RunDir:
     def eval(self) -> Path:
         return self.root / "eval"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
+
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step_{step:07d}"
 
-    def has_checkpoint(self) -> bool:
-        return self.latest.is_file()
+    def checkpoint_folders(self) -> list[Path]:
+        """The run's checkpoint folders, newest (highest step) first, intact or not; the temporaries of
+        checkpoint writes are not among them."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [p for p in self.checkpoints.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir()]
+        return sorted(found, key=lambda p: int(p.name[len("step_") :]), reverse=True)
+
+    def newest_intact_checkpoint(self) -> Path:
+        """The newest checkpoint folder whose files verify (what --resume continues from); a warning names
+        each newer one skipped and what is wrong with it. CheckpointError when none is intact."""
+        damaged: list[CheckpointError] = []
+        for folder in self.checkpoint_folders():
+            problem = _damage(folder)
+            if problem is None:
+                for skipped in damaged:
+                    warnings.warn(
+                        f"skipping a damaged checkpoint: {skipped.problem}; using {folder}", stacklevel=2
+                    )
+                return folder
+            damaged.append(problem)
+        found = "; ".join(p.problem for p in damaged) or f"{self.checkpoints} holds none"
+        raise CheckpointError(f"no intact checkpoint in {self.root} ({found})", self._no_checkpoint_fix())
 
     def latest_checkpoint(self) -> Path:
-        """The newest complete checkpoint folder, or FileNotFoundError saying what is missing."""
-        if not self.latest.is_file():
-            raise FileNotFoundError(
-                f"no checkpoint in {self.root}: {self.latest} is missing. Fix: pass a run directory written by "
-                "scripts/train_offline.py that got at least to its first checkpoint."
+        """The checkpoint `latest` names, verified (what evaluation reads). A damaged one, or a pointer that
+        names none, is a CheckpointError naming the newest intact checkpoint to use instead."""
+        folder = None
+        try:
+            folder = self._latest_target()
+            verify_checkpoint(folder)
+        except CheckpointError as exc:
+            instead = next((f for f in self.checkpoint_folders() if f != folder and _damage(f) is None), None)
+            if instead is None:
+                raise CheckpointError(exc.problem, self._no_checkpoint_fix()) from None
+            raise CheckpointError(
+                exc.problem,
+                f"use the newest intact checkpoint, {instead}: point {self.latest} at it (echo {instead.name} > "
+                f"{self.latest}), or load that folder with agents.load_model; --resume {self.root} continues "
+                "from it by itself",
+            ) from None
+        return folder
+
+    def _latest_target(self) -> Path:
+        """The folder the `latest` pointer names (which may be damaged)."""
+        try:
+            name = self.latest.read_text().strip()
+        except FileNotFoundError:
+            raise CheckpointError(f"no checkpoint in {self.root}: {self.latest} is missing") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{self.latest} cannot be read ({exc})") from exc
+        if not CHECKPOINT_NAME.fullmatch(name):
+            raise CheckpointError(
+                f"{self.latest} names {name[:40]!r}, not a checkpoint folder (step_NNNNNNN)"
             )
-        return self.checkpoints / self.latest.read_text().strip()
+        folder = self.checkpoints / name
+        if not folder.is_dir():
+            raise CheckpointError(f"{self.latest} names {folder}, which does not exist")
+        return folder
+
+    def _no_checkpoint_fix(self) -> str:
+        if not self.checkpoint_folders():
+            return (
+                "pass a run directory written by scripts/train_offline.py that got at least to its first "
+                "checkpoint"
+            )
+        return "restore the run's checkpoints from a backup, or start a new run: none of them is intact"
 
     def save_checkpoint(self, model: DecisionModel, step: int, trainer_state: dict[str, Any]) -> Path:
-        """Write checkpoint `step`, point `latest` at it, and drop all but the newest KEEP_CHECKPOINTS."""
+        """Write checkpoint `step`, verify it, point `latest` at it, and drop the other checkpoints but the
+        newest KEEP_CHECKPOINTS - 1 intact ones (a damaged one is dropped and never counts as a copy)."""
         folder = write_checkpoint(self.checkpoint(step), model, step, trainer_state)
+        verify_checkpoint(folder)
         write_atomic(self.latest, folder.name)
-        for old in sorted(self.checkpoints.glob("step_*"))[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
+        others = (f for f in self.checkpoint_folders() if f != folder)
+        keep = {folder, *itertools.islice((f for f in others if _damage(f) is None), KEEP_CHECKPOINTS - 1)}
+        for old in self.checkpoint_folders():
+            if old not in keep:
+                shutil.rmtree(old, ignore_errors=True)
         return folder
+
+    def remove_temporaries(self) -> list[Path]:
+        """Delete the temporary files and checkpoint folders that writes killed mid-way left; returns them.
+        Only for the holder of the run's lock."""
+        return remove_temporaries(self.root) + remove_temporaries(self.checkpoints)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run's one-writer lock for the block: an OS lock on .lock, which the OS releases when
+        this process ends however it ends (so a killed run never leaves a stale lock). RunLockedError,
+        naming the holder's PID and host, when another process holds it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 256).decode(errors="replace").strip() or "another process"
+                raise RunLockedError(
+                    f"{self.root} is being trained by {holder} (it holds {self.lock_file}). Fix: wait for that "
+                    "run to end, or stop it first; a stopped or killed process releases the lock by itself"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode())
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _damage(folder: Path) -> CheckpointError | None:
+    """What is wrong with a checkpoint folder (None: it is intact)."""
+    try:
+        verify_checkpoint(folder)
+    except CheckpointError as exc:
+        return exc
+    return None
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
-    """The newest complete checkpoint folder of a run, or FileNotFoundError saying what is missing."""
+    """The verified checkpoint folder a run's `latest` names (`RunDir.latest_checkpoint`)."""
     return RunDir(run_dir).latest_checkpoint()
 
 
@@ -131,18 +247,42 @@ def load_policy(
 
 
 def read_metrics(path: Path, upto_step: int | None = None) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl (none if it does not exist), those up to `upto_step` if given."""
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The rows of a metrics.jsonl (none if it does not exist), those up to `upto_step` if given; a torn
+    last line (a write cut short by a kill) is left out."""
+    rows, _ = _parse_metrics(path)
     return rows if upto_step is None else [r for r in rows if r["step"] <= upto_step]
+
+
+def _parse_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The rows of a metrics.jsonl and its torn last line (None if the last line is whole). A bad line
+    before the last is a ValueError naming it: appends never tear those."""
+    if not path.is_file():
+        return [], None
+    lines = path.read_text(errors="replace").splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            if number == len(lines):
+                return rows, line
+            raise ValueError(
+                f"{path}, line {number} is not a metrics row ({line[:60]!r}). Fix: delete or repair that line"
+            )
+        rows.append(row)
+    return rows, None
 
 
 class MetricsLog:
     """The run's metrics: each row goes to metrics.jsonl and, as scalars, to TensorBoard (tb/), together.
 
     Opened for a run resumed at `resumed_step`, it drops what a killed session logged after that
-    checkpoint from both (TensorBoard's purge_step), so every step is logged once. With
+    checkpoint from both (TensorBoard's purge_step), so every step is logged once, and a torn last line
+    (with a warning). `sync` makes the log durable; training calls it with each checkpoint. With
     `enabled=False` (the ranks other than 0 under torchrun) every call does nothing.
     """
 
@@ -150,23 +290,39 @@ class MetricsLog:
         self.path = run.metrics
         self._writer: SummaryWriter | None = None
         if enabled:
-            kept = read_metrics(self.path, resumed_step)
+            rows, torn = _parse_metrics(self.path)
+            if torn is not None:
+                warnings.warn(
+                    f"{self.path}: dropped its torn last line {torn[:60]!r} (a write the previous session did "
+                    "not finish)",
+                    stacklevel=2,
+                )
+            kept = [r for r in rows if r["step"] <= resumed_step]
             write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
             from torch.utils.tensorboard import SummaryWriter  # here: TensorBoard is slow to import
 
             self._writer = SummaryWriter(str(run.tb), purge_step=resumed_step or None)
+            self._file = self.path.open("a")
 
     def log(self, row: dict[str, Any]) -> None:
         """Append one row ({"step": int, name: value, ...}); its numbers also become TensorBoard scalars."""
         if self._writer is None:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)):
                 self._writer.add_scalar(key, value, row["step"])
 
-    def close(self) -> None:
-        """Flush and close the TensorBoard writer."""
+    def sync(self) -> None:
+        """Put what was logged on the disk: metrics.jsonl (fsync) and the TensorBoard events."""
         if self._writer is not None:
+            os.fsync(self._file.fileno())
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Close metrics.jsonl and flush and close the TensorBoard writer (again: nothing)."""
+        if self._writer is not None:
+            self._file.close()
             self._writer.close()
+            self._writer = None

@@ -14,7 +14,10 @@ steps. AdamW, linear warm-up, grad-norm clipping (docs/design.md, Decision agent
 directory (`agents.run_dir`) holds config.yaml, dataset_stats.json, checkpoints/, tb/
 (TensorBoard), metrics.jsonl and curve.png. Resuming restores weights, optimizer, scheduler and
 every RNG (torch and the data sampler), so a killed-and-resumed run ends with the same weights as an
-uninterrupted one.
+uninterrupted one. One process trains a run directory at a time (its lock); a resume continues from
+the newest intact checkpoint, and must keep the model settings of that checkpoint. A non-finite loss
+or gradient (checked every step) or weight (checked before each checkpoint) stops the run with a
+`DivergedError`, so `latest` stays the last finite checkpoint.
 
 Under torchrun (`agents.distributed`) the model is wrapped in DistributedDataParallel and
 `train.batch_size` is the global batch: every rank draws the whole batch from the one seeded
@@ -30,7 +33,8 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from agents.checkpoint import load_model, load_trainer_state
+from agents.checkpoint import USE_ANOTHER, CheckpointError, load_model, load_trainer_state
 from agents.config import (
     Config,
     ConfigError,
@@ -51,11 +55,15 @@ from agents.config import (
 )
 from agents.distributed import DistContext, init_distributed
 from agents.evaluation import default_targets, evaluate_agent, evaluate_run, merge_results, rank_share
-from agents.model import DecisionModel, DecisionModelConfig
+from agents.model import DecisionModel, DecisionModelConfig, ModelHyperparameters
 from agents.policy import DecisionAgent
 from agents.run_dir import MetricsLog, RunDir, read_metrics
 from envs import DatasetError, OfflineDataset, load_dataset, make_env, normalized_score
 from envs.files import torch_threads, write_atomic
+
+
+class DivergedError(FloatingPointError):
+    """Training produced a non-finite loss, gradient or weight; the message names the step and the fix."""
 
 
 @dataclass
@@ -233,7 +241,8 @@ def train(
     with threads:  # train.threads applies to this run only
         dist = init_distributed(cfg.train.device, cfg.train.dist_timeout)
         try:
-            return _train(cfg, data, run, dist, resume is not None, progress, stop_after)
+            with run.lock() if dist.is_main else contextlib.nullcontext():  # one writer per run directory
+                return _train(cfg, data, run, dist, resume is not None, progress, stop_after)
         finally:
             dist.cleanup()
 
@@ -277,14 +286,30 @@ def _train(
             f"{dist.world_size} processes. Fix: a multiple of {dist.world_size}, or another --nproc_per_node"
         )
     progress = progress and dist.is_main
-    trainer = Trainer(cfg, data, dist)
-    if resuming and run.has_checkpoint():
-        trainer.restore(run.latest_checkpoint())
+    trainer = Trainer(cfg, data, dist, run)
+    if resuming:
+        trainer.resume()
     if dist.is_main:
         write_run_files(cfg, data, run, dist)
-    metrics = MetricsLog(run, trainer.step, enabled=dist.is_main)
-    evaluate = PeriodicEval(cfg, data, dist, metrics, progress)
+    with contextlib.closing(MetricsLog(run, trainer.step, enabled=dist.is_main)) as metrics:
+        train_steps(cfg, data, trainer, metrics, progress, stop_after)
+        if trainer.step >= t.steps and dist.is_main:  # not stopped early (stop_after), and the writing rank
+            final_eval_and_curve(cfg, data, run, metrics, trainer.step, progress)
+    return run.root
 
+
+def train_steps(
+    cfg: Config,
+    data: TrainingData,
+    trainer: Trainer,
+    metrics: MetricsLog,
+    progress: bool,
+    stop_after: int | None,
+) -> None:
+    """Train up to train.steps (or `stop_after` steps of this session), logging, checkpointing and
+    evaluating on the way."""
+    t, dist = cfg.train, trainer.dist
+    evaluate = PeriodicEval(cfg, data, dist, metrics, progress)
     trainer.model.train()
     bar = tqdm(
         total=t.steps, initial=trainer.step, disable=not progress, unit="step", desc=f"train {cfg.run_name}"
@@ -300,22 +325,18 @@ def _train(
         if step % t.log_every == 0 or step == t.steps:
             losses.write(step, loss, grad_norm, trainer.lr)
         if step % t.checkpoint_every == 0 or step == t.steps:
-            trainer.save(run)
+            metrics.sync()
+            trainer.save()
         if t.eval_every and step % t.eval_every == 0 and step != t.steps:
             evaluate(trainer.model, step)
     bar.close()
-    if trainer.step < t.steps or not dist.is_main:  # stopped early (stop_after), or not the writing rank
-        metrics.close()
-        return run.root
-    final_eval_and_curve(cfg, data, run, metrics, trainer.step, progress)
-    return run.root
 
 
 class Trainer:
     """The model (DDP-wrapped under torchrun), AdamW, the lr schedule, the data sampler's RNG and the
-    step: what one update changes and a checkpoint saves and restores."""
+    step: what one update changes and a checkpoint of `run` saves and restores."""
 
-    def __init__(self, cfg: Config, data: TrainingData, dist: DistContext):
+    def __init__(self, cfg: Config, data: TrainingData, dist: DistContext, run: RunDir):
         t = cfg.train
         # DDP starts every rank from rank 0's weights; the per-rank torch seeds only make the ranks'
         # dropout masks differ.
@@ -330,40 +351,83 @@ class Trainer:
         self.autocast = (
             torch.autocast(dist.device.type, dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext()
         )
-        self.grad_clip = t.grad_clip
-        self.dist = dist
+        self.grad_clip, self.base_lr = t.grad_clip, t.lr
+        self.dist, self.run = dist, run
         self.step = 0
+        self.last_checkpoint: Path | None = None
 
     @property
     def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
+        return self.optimizer.param_groups[0]["lr"]
 
     def update(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on `batch` (this rank's share); returns (loss, gradient norm)."""
+        """One optimizer step on `batch` (this rank's share); returns (loss, gradient norm). A non-finite
+        loss or gradient on any rank stops every rank before the step, with a DivergedError."""
         with self.autocast:
             loss = action_loss(self.net, batch, self.dist.world_size)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if not self._all_finite([loss.detach(), grad_norm]):
+            raise self._diverged(
+                self.step + 1, f"the loss is {loss.item():g}, the gradient norm {grad_norm.item():g}"
+            )
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         return loss, grad_norm
 
+    def resume(self) -> None:
+        """Continue the run from its newest intact checkpoint, if it got to one (a warning names any newer
+        damaged one skipped). Rank 0, holding the run's lock, first removes the temporaries of writes a
+        kill cut short, then chooses the checkpoint for every rank."""
+        chosen = None
+        if self.dist.is_main:
+            self.run.remove_temporaries()
+            chosen = self.run.newest_intact_checkpoint() if self.run.checkpoint_folders() else None
+        checkpoint = self.dist.gather_objects(chosen)[0]
+        if checkpoint is not None:
+            self.restore(checkpoint)
+
     def restore(self, checkpoint: Path) -> None:
         """Continue from `checkpoint`: weights, step, optimizer, scheduler, the sampler's and this rank's
-        torch RNG (a checkpoint from fewer ranks gives its states out in turn)."""
-        loaded, self.step = load_model(checkpoint, self.dist.device)
-        self.model.load_state_dict(loaded.state_dict())
+        torch RNG (a checkpoint from fewer ranks gives its states out in turn). Its model must be the
+        configured one (ConfigError otherwise); the lr schedule goes on from the configured train.lr."""
+        loaded, step = load_model(checkpoint, self.dist.device)
+        check_same_model(checkpoint, loaded.config, self.model.config)
         state = load_trainer_state(checkpoint)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.rng.bit_generator.state = state["rng"]["numpy"]
-        torch_ranks = state["rng"].get("torch_ranks", [state["rng"]["torch"]])
-        torch.set_rng_state(torch_ranks[self.dist.rank % len(torch_ranks)])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.rng.bit_generator.state = state["rng"]["numpy"]
+            torch_ranks = state["rng"].get("torch_ranks", [state["rng"]["torch"]])
+            torch.set_rng_state(torch_ranks[self.dist.rank % len(torch_ranks)])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{checkpoint / 'trainer.pt'} does not fit this run's optimizer and sampler ({exc!r})",
+                USE_ANOTHER,
+            ) from exc
+        self.model.load_state_dict(loaded.state_dict())
+        self._continue_schedule_at(self.base_lr)
+        self.step, self.last_checkpoint = step, checkpoint
 
-    def save(self, run: RunDir) -> None:
-        """Checkpoint this step. Every rank calls it (their torch RNG states are gathered); rank 0 writes."""
+    def _continue_schedule_at(self, lr: float) -> None:
+        """Go on with the lr schedule from base `lr`, not the saved one: train.lr may be lowered for a
+        resumed session (the fix for a diverged run). Unchanged, it is the saved lr exactly."""
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"], group["lr"] = lr, lr * factor
+
+    def save(self) -> None:
+        """Checkpoint this step, once weights and optimizer state are finite (DivergedError otherwise, so
+        `latest` stays the last finite checkpoint). Every rank calls it (their torch RNG states are
+        gathered); rank 0 writes."""
+        optimizer_tensors = [
+            v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)
+        ]
+        if not self._all_finite([*self.model.state_dict().values(), *optimizer_tensors]):
+            raise self._diverged(self.step, "the weights or the optimizer state are not finite")
         torch_ranks = self.dist.gather_objects(torch.get_rng_state())
         state = {
             "optimizer": self.optimizer.state_dict(),
@@ -376,7 +440,46 @@ class Trainer:
             },
         }
         if self.dist.is_main:
-            run.save_checkpoint(self.model, self.step, state)
+            self.run.save_checkpoint(self.model, self.step, state)
+        self.last_checkpoint = self.run.checkpoint(self.step)
+
+    def _all_finite(self, tensors: Iterable[torch.Tensor]) -> bool:
+        """Whether `tensors` are finite on every rank (a collective, so that all ranks stop together)."""
+        local = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+        return self.dist.all_reduce_mean(local.float()) == 1.0
+
+    def _diverged(self, step: int, what: str) -> DivergedError:
+        """The error that stops a run whose numbers stopped being finite at `step`."""
+        since = (
+            f"continues from {self.last_checkpoint}, the last finite checkpoint; should it diverge again "
+            "from there, start a new run with the lower lr"
+            if self.last_checkpoint
+            else "starts over, as no checkpoint was written yet"
+        )
+        return DivergedError(
+            f"training diverged at step {step}: {what}. Fix: lower train.lr (now {self.base_lr:g}) or check "
+            f"the data, then --resume {self.run.root} --set train.lr=<lower> ({since})"
+        )
+
+
+def check_same_model(checkpoint: Path, saved: DecisionModelConfig, configured: DecisionModelConfig) -> None:
+    """A resumed run keeps its model: a ConfigError naming each model setting (or size the data decides)
+    that differs from the checkpoint's, before any work."""
+    before, now = saved.to_dict(), configured.to_dict()
+    changed = [key for key in now if before.get(key) != now[key]]
+    if not changed:
+        return
+    settings = {f.name for f in fields(ModelHyperparameters)}
+    differences = "; ".join(
+        f"{f'model.{key}' if key in settings else f'{key} (from the data)'} = {now[key]!r}, but the checkpoint "
+        f"has {before.get(key)!r}"
+        for key in changed
+    )
+    raise ConfigError(
+        f"--resume: the config does not describe the model of {checkpoint}: {differences}. Fix: resume with "
+        "the checkpoint's model settings (drop the --set model.* override, or undo the edit of config.yaml "
+        "or the data), or start a new run under another name (--config ... --set name=<new name>)"
+    )
 
 
 def write_run_files(cfg: Config, data: TrainingData, run: RunDir, dist: DistContext) -> None:
@@ -396,8 +499,8 @@ def write_run_files(cfg: Config, data: TrainingData, run: RunDir, dist: DistCont
 
 
 class LossLog:
-    """Training rows: the loss averaged over the ranks (a non-finite one stops the run), lr, gradient
-    norm and tokens per second since the previous row; also shown on the progress bar."""
+    """Training rows: the loss averaged over the ranks, lr, gradient norm and tokens per second since the
+    previous row; also shown on the progress bar."""
 
     def __init__(self, metrics: MetricsLog, dist: DistContext, bar: tqdm):
         self.metrics, self.dist, self.bar = metrics, dist, bar
@@ -410,8 +513,6 @@ class LossLog:
         """Log one row (every rank calls it: the loss is averaged with a collective)."""
         tok_s = self.tokens / max(time.perf_counter() - self.tic, 1e-9)
         loss_value = self.dist.all_reduce_mean(loss.detach())
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss is {loss_value} at step {step}: lower train.lr or check the data")
         self.metrics.log(
             {
                 "step": step,

@@ -15,10 +15,15 @@ Everything is measured in one run and compared as ratios, because shared machine
    after t tokens comes from one forward call over t random tokens; then single-token steps are timed,
    each continuing from that same state (so the cache stays at t). Reported: median step latency, the
    state's bytes, and ratios to the smallest t.
+3. Packed rows: aaren_scan forward + backward on the scan's inputs with `resets` (rows packed with
+   episodes whose starts are drawn with probability 1 / packed_mean_episode per token) against the same
+   call without resets, at every scan N. Reported: median seconds and packed_ratio = packed / unsegmented.
 
 The three methods of a scan case (and all (model, t) pairs of one batch size) are timed round-robin
 after one warm-up call each, so a slow spell of the machine hits all of them alike. torch's thread
 count comes from the environment (OMP_NUM_THREADS, torch defaults) and is recorded.
+
+The packed and unsegmented calls of one N are timed round-robin the same way.
 
 Writes <out>/aaren_core.json (machine, settings, raw times, ratios, goals) and <out>/aaren_core.png.
 """
@@ -78,6 +83,7 @@ class Settings:
     width: int = 128
     layers: int = 3
     heads: int = 1
+    packed_mean_episode: int = 400  # mean episode length in the packed rows (near D4RL hopper-medium's)
 
 
 QUICK = Settings(
@@ -88,28 +94,40 @@ FULL = Settings(
 )
 
 
-def _scan_fns(settings: Settings, n: int, device: str, with_sdpa: bool) -> dict[str, Callable[[], None]]:
-    """The forward+backward closures of one scan case, on fresh random leaf tensors."""
-    gen = torch.Generator().manual_seed(n)
-    shape = (settings.scan_batch, settings.scan_heads, n, settings.head_dim)
+def _leaf(gen: torch.Generator, device: str, *size: int) -> torch.Tensor:
+    return torch.randn(*size, generator=gen).to(device).requires_grad_()
 
-    def leaf(*size: int) -> torch.Tensor:
-        return torch.randn(*size, generator=gen).to(device).requires_grad_()
 
-    scores, values = leaf(*shape[:3]), leaf(*shape)
+def _scan_shape(settings: Settings, n: int) -> tuple[int, int, int, int]:
+    return settings.scan_batch, settings.scan_heads, n, settings.head_dim
+
+
+def _aaren_fn(
+    scores: torch.Tensor, values: torch.Tensor, resets: torch.Tensor | None = None
+) -> Callable[[], None]:
+    """aaren_scan forward + out.sum().backward() on leaf inputs, their grads reset first."""
 
     def aaren() -> None:
         scores.grad = values.grad = None
-        out, _ = aaren_scan(scores, values)
+        out, _ = aaren_scan(scores, values, resets=resets)
         out.sum().backward()
+
+    return aaren
+
+
+def _scan_fns(settings: Settings, n: int, device: str, with_sdpa: bool) -> dict[str, Callable[[], None]]:
+    """The forward+backward closures of one scan case, on fresh random leaf tensors."""
+    gen = torch.Generator().manual_seed(n)
+    shape = _scan_shape(settings, n)
+    scores, values = _leaf(gen, device, *shape[:3]), _leaf(gen, device, *shape)
 
     def floor() -> None:
         values.grad = None
         (values * 2.0).sum().backward()
 
-    fns = {"aaren": aaren, "floor": floor}
+    fns = {"aaren": _aaren_fn(scores, values), "floor": floor}
     if with_sdpa:
-        q, k, v = leaf(*shape), leaf(*shape), leaf(*shape)
+        q, k, v = (_leaf(gen, device, *shape) for _ in range(3))
 
         def sdpa() -> None:
             q.grad = k.grad = v.grad = None
@@ -165,6 +183,47 @@ def bench_scan(settings: Settings, device: str, progress: bool = False) -> dict:
             "floor": "(values * 2.0).sum().backward(), values [B,H,N,Dh]",
             "timing": "median seconds per call after 1 warm-up (goals use medians; *_from_min_times use the "
             "fastest call, less sensitive to other processes); leaf grads reset to None before each call",
+        },
+        "cases": cases,
+    }
+
+
+def bench_packed(settings: Settings, device: str, progress: bool = False) -> dict:
+    """Scan forward+backward with resets (packed rows) vs without, on the same inputs, for every scan N."""
+    cases = []
+    for n in tqdm(settings.scan_lengths, desc="packed", disable=not progress):
+        gen = torch.Generator().manual_seed(n)
+        shape = _scan_shape(settings, n)
+        scores, values = _leaf(gen, device, *shape[:3]), _leaf(gen, device, *shape)
+        resets = torch.rand(shape[0], n, generator=gen) < 1 / settings.packed_mean_episode
+        resets[:, 0] = True
+        fns = {
+            "unsegmented": _aaren_fn(scores, values),
+            "packed": _aaren_fn(scores, values, resets.to(device)),
+        }
+        times = time_interleaved(
+            fns, device, settings.min_reps, settings.max_reps, settings.case_budget_s, progress, f"N={n}"
+        )
+        del fns
+        med = {name: statistics.median(ts) for name, ts in times.items()}
+        cases.append(
+            {
+                "n": n,
+                "episodes_per_row": resets.sum(1).double().mean().item(),
+                "unsegmented_s": med["unsegmented"],
+                "packed_s": med["packed"],
+                "packed_ratio": med["packed"] / med["unsegmented"],
+                "packed_ratio_from_min_times": min(times["packed"]) / min(times["unsegmented"]),
+                "times_s": times,
+            }
+        )
+    return {
+        "shape": {"B": settings.scan_batch, "H": settings.scan_heads, "Dh": settings.head_dim},
+        "definition": {
+            "unsegmented": "aaren_scan(scores, values); out.sum().backward(), as in the scan section",
+            "packed": "aaren_scan(scores, values, resets=resets); out.sum().backward(), same inputs; "
+            f"resets[:, 0] and each later token with probability 1/{settings.packed_mean_episode}",
+            "timing": "median seconds per call after 1 warm-up, the two calls round-robin",
         },
         "cases": cases,
     }
@@ -307,13 +366,14 @@ def evaluate_goals(scan: dict, backbone: dict) -> dict:
 
 
 def plot(results: dict, path: Path) -> None:
-    """Three panels: scan time vs N, step latency vs tokens seen, state bytes vs tokens seen."""
+    """Four panels: scan time vs N, packed / unsegmented scan time vs N, step latency and state bytes vs
+    tokens seen."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_scan, ax_step, ax_mem) = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig, (ax_scan, ax_packed, ax_step, ax_mem) = plt.subplots(1, 4, figsize=(21, 4.8))
     scan = results["scan"]["cases"]
     for method, marker in (("aaren", "o"), ("sdpa", "s"), ("floor", "^")):
         pts = [(c["n"], c[f"{method}_s"]) for c in scan if c[f"{method}_s"] is not None]
@@ -327,6 +387,7 @@ def plot(results: dict, path: Path) -> None:
         ylabel="forward+backward time (s)",
         title=f"scan, B={shape['B']} H={shape['H']} Dh={shape['Dh']}",
     )
+    _plot_packed(ax_packed, results)
     cases = results["backbone"]["cases"]
     colors = {"aaren": "tab:blue", "transformer": "tab:red"}
     for (model, batch), group in _by_model_and_batch(cases).items():
@@ -343,7 +404,7 @@ def plot(results: dict, path: Path) -> None:
         title="step latency",
     )
     ax_mem.set(xscale="log", yscale="log", xlabel="tokens seen", ylabel="state bytes", title="state memory")
-    for ax in (ax_scan, ax_step, ax_mem):
+    for ax in (ax_scan, ax_packed, ax_step, ax_mem):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     m = results["machine"]
@@ -354,6 +415,19 @@ def plot(results: dict, path: Path) -> None:
     fig.tight_layout()
     write_png(fig, path)
     plt.close(fig)
+
+
+def _plot_packed(ax, results: dict) -> None:
+    """Packed / unsegmented scan time against N, with the break-even line."""
+    packed = results["packed"]["cases"]
+    ax.plot([c["n"] for c in packed], [c["packed_ratio"] for c in packed], marker="o", label="packed")
+    ax.axhline(1.0, color="gray", linestyle=":", label="unsegmented")
+    ax.set(
+        xscale="log",
+        xlabel="sequence length N",
+        ylabel="packed / unsegmented time",
+        title=f"packed rows, mean episode {results['settings']['packed_mean_episode']}",
+    )
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -376,6 +450,13 @@ def format_table(results: dict) -> str:
         lines.append(
             f"{c['n']:>7} {c['aaren_s']:>9.4f} {_fmt(c['sdpa_s'], '9.4f'):>9} {c['floor_s']:>9.4f} "
             f"{_fmt(c['speedup_vs_sdpa'], '11.2f'):>11} {c['floor_ratio']:>12.2f}"
+        )
+    lines += ["", "Packed rows (resets) vs unsegmented scan, forward+backward, median s"]
+    lines.append(f"{'N':>7} {'episodes/row':>13} {'unsegmented':>12} {'packed':>9} {'ratio':>7}")
+    for c in results["packed"]["cases"]:
+        lines.append(
+            f"{c['n']:>7} {c['episodes_per_row']:>13.1f} {c['unsegmented_s']:>12.4f} {c['packed_s']:>9.4f} "
+            f"{c['packed_ratio']:>7.2f}"
         )
     cases = results["backbone"]["cases"]
     tokens = sorted({c["tokens_seen"] for c in cases})
@@ -402,6 +483,7 @@ def run(settings: Settings, device: str, out_dir: Path, progress: bool = False) 
     results = {"machine": machine_info(device), "settings": dataclasses.asdict(settings)}
     start = time.perf_counter()
     results["scan"] = bench_scan(settings, device, progress)
+    results["packed"] = bench_packed(settings, device, progress)
     results["backbone"] = bench_backbones(settings, device, progress)
     results["goals"] = evaluate_goals(results["scan"], results["backbone"])
     results["total_wall_s"] = time.perf_counter() - start
@@ -416,7 +498,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0]
         + " Times aaren_scan forward+backward against causal scaled_dot_product_attention and an "
-        "elementwise floor (B=64, H=1, Dh=128), and the single-token step latency and state bytes of "
+        "elementwise floor (B=64, H=1, Dh=128), the same scan on packed rows (with resets) against "
+        "without, and the single-token step latency and state bytes of "
         "AarenBackbone vs TransformerBackbone after t tokens (3 layers, width 128, batch 1 and 16). "
         "Results are ratios measured side by side in one run; goals are recorded as pass/fail.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -432,14 +432,14 @@ def _algo_of(data: dict[str, Any], model_zip: str | os.PathLike) -> str:
         if key in module:
             return algo
     if "recurrent" in module:
-        raise ValueError(f"{model_zip}: recurrent policies are not supported for collection.")
+        raise PolicyFileError(f"{model_zip}: recurrent policies are not supported for collection.")
     if "cg_damping" in data:
         return "trpo"
     if "clip_range" in data:
         return "ppo"
     if "gae_lambda" in data:
         return "a2c"
-    raise ValueError(f"{model_zip}: cannot tell the algorithm (policy module {module!r}); pass algo=.")
+    raise PolicyFileError(f"{model_zip}: cannot tell the algorithm (policy module {module!r}); pass algo=.")
 
 
 def _algo_class(algo: str) -> type:
@@ -458,7 +458,7 @@ def _algo_class(algo: str) -> type:
         "ars": sb3_contrib.ARS,
     }
     if algo.lower() not in classes:
-        raise ValueError(f"Unknown algorithm {algo!r}; known: {sorted(classes)}")
+        raise PolicyFileError(f"Unknown algorithm {algo!r}; known: {sorted(classes)}")
     return classes[algo.lower()]
 
 
@@ -492,7 +492,7 @@ def load_sb3_policy(
         )
     model_obs_dim = obs_dim + int(time_feature)
     if normalizer is not None and normalizer.obs_rms.mean.shape != (model_obs_dim,):
-        raise ValueError(
+        raise PolicyFileError(
             f"{folder / NORMALIZER_FILE} normalises {normalizer.obs_rms.mean.shape[0]}-dim observations but "
             f"the env gives {obs_dim}{' + 1 time feature' if time_feature else ''}: wrong task for this policy?"
         )
@@ -503,7 +503,9 @@ def load_sb3_policy(
         try:
             model = _algo_class(algo).load(zip_path, device="cpu", custom_objects=custom_objects)
         except RuntimeError as exc:  # torch size mismatch: the policy was trained on another task
-            raise ValueError(f"{zip_path} does not fit observations of size {model_obs_dim}: {exc}") from exc
+            raise PolicyFileError(
+                f"{zip_path} does not fit observations of size {model_obs_dim}: {exc}"
+            ) from exc
     name = folder.name if zip_path.name == MODEL_FILE else zip_path.stem
     return PredictPolicy(
         model,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")  # a TEMPORARY_NAME
     try:
         yield tmp
         if tmp.is_dir() and dest.is_dir():
@@ -30,6 +31,22 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+
+
+#: The names `atomic_path` gives its temporaries.
+TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries that `atomic_path` writes killed mid-way left in ``folder``; returns them.
+
+    Only safe while no other process writes into ``folder`` (its owner holds a lock on it).
+    """
+    folder = Path(folder)
+    found = sorted(p for p in folder.glob(".*.tmp") if TEMPORARY_NAME.fullmatch(p.name))
+    for path in found:
+        _remove(path)
+    return found
 
 
 def _remove(path: Path) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from envs.collect import RECIPES, collect_dataset, collect_recipe
-from envs.d4rl import TASKS
+from agents.cli import ArgumentParser, exits_2_on_user_errors
+from envs.collect import RECIPES, collect_dataset, collect_recipe, parse_recipe_id
+from envs.d4rl import TASKS, canonical_env_id
 from envs.experts import experts_dir
 
 EPILOG = (
@@ -39,8 +41,9 @@ are read with a restricted unpickler: a policy file that would run code is refus
 )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+@exits_2_on_user_errors
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(
         description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
@@ -88,21 +91,27 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--out is required with a single --policy")
     if not singles and (args.stochastic or args.algo):
         parser.error("--stochastic and --algo apply to a single --policy; recipes fix them")
-    try:
+    if not 1 <= args.num_envs <= args.steps:
+        parser.error(f"--num-envs {args.num_envs} and --steps {args.steps}: give 1 <= --num-envs <= --steps")
+    try:  # the name first: a typo is reported before any policy is loaded
         if singles:
-            result = collect_dataset(
-                args.name,
-                singles[0],
-                args.out,
-                args.steps,
-                algo=args.algo,
-                deterministic=not args.stochastic,
-                **common,
-            )
+            canonical_env_id(args.name)
         else:
-            result = collect_recipe(args.name, args.out, args.steps, policies=roles, **common)
-    except (OSError, ValueError) as exc:  # bad names, missing policies, existing output: no traceback needed
-        parser.exit(2, f"error: {exc}\n")
+            parse_recipe_id(args.name)
+    except ValueError as exc:
+        parser.error(f"NAME: {exc}")
+    if singles:
+        result = collect_dataset(
+            args.name,
+            singles[0],
+            args.out,
+            args.steps,
+            algo=args.algo,
+            deterministic=not args.stochastic,
+            **common,
+        )
+    else:
+        result = collect_recipe(args.name, args.out, args.steps, policies=roles, **common)
     returns = result.episode_returns
     print(
         f"wrote {result.path}: {args.steps} steps, {result.metadata['num_episodes']} episodes, "
@@ -113,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
             else "no complete episode"
         )
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 from agents import load_config, train
+from agents.cli import ArgumentParser, exits_2_on_user_errors
 from agents.run_dir import RunDir
 from envs import collect_dataset, load_dataset
 from envs.behaviour import train_behaviour_policy
@@ -28,10 +30,9 @@ ENV_ID = "Hopper-v5"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+@exits_2_on_user_errors
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--behaviour-minutes", type=float, default=4.0, help="PPO training budget (default 4)"
     )
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  TensorBoard: tensorboard --logdir {run.tb}")
     print(f"  learning curve: {run.curve}   evaluation: {run.eval / 'eval.png'}")
     print(f"  total time {time.perf_counter() - start:.0f} s; cache {cache} (delete it to start over)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from agents import evaluate_run
+from agents.cli import ArgumentParser, exits_2_on_user_errors, target_return
 
 EPILOG = """
 examples:
@@ -18,14 +19,15 @@ last K steps (--acting window). Writes <run>/eval/eval.json and eval.png (or --o
 """
 
 
+@exits_2_on_user_errors
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory from train_offline.py")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per target (default 10)")
     parser.add_argument("--envs", type=int, default=5, help="vectorised envs (default 5)")
-    parser.add_argument("--target", type=float, nargs="+", help="target returns (default: the run's)")
+    parser.add_argument("--target", type=target_return, nargs="+", help="target returns (default: the run's)")
     parser.add_argument("--seed", type=int, default=1000, help="env i is seeded seed + i (default 1000)")
     parser.add_argument(
         "--vectorization",
@@ -39,21 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.envs < 1:
         parser.error("--episodes and --envs must be >= 1")
-    try:
-        report = evaluate_run(
-            args.run,
-            episodes=args.episodes,
-            num_envs=args.envs,
-            targets=args.target,
-            seed=args.seed,
-            vectorization=args.vectorization,
-            acting=args.acting,
-            video=args.video,
-            out_dir=args.out,
-        )
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = evaluate_run(
+        args.run,
+        episodes=args.episodes,
+        num_envs=args.envs,
+        targets=args.target,
+        seed=args.seed,
+        vectorization=args.vectorization,
+        acting=args.acting,
+        video=args.video,
+        out_dir=args.out,
+    )
     print(
         f"{report['env']}  {report['backbone']} ({report['acting']} acting), checkpoint step {report['step']}"
     )

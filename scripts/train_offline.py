@@ -8,7 +8,8 @@ import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from agents import ConfigError, load_config, train
+from agents import load_config, train
+from agents.cli import ArgumentParser, exits_2_on_user_errors
 from agents.run_dir import RunDir
 
 EPILOG = """
@@ -26,8 +27,9 @@ curve.png. Keys: see configs/base.yaml; a config may include another with `base:
 """
 
 
+@exits_2_on_user_errors
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     source = parser.add_mutually_exclusive_group(required=True)
@@ -45,14 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
     args = parser.parse_args(argv)
-    try:
-        if args.resume:
-            run_dir = train(resume=args.resume, overrides=args.overrides, progress=not args.no_progress)
-        else:
-            run_dir = train(load_config(args.config, args.overrides), progress=not args.no_progress)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    if args.resume:
+        run_dir = train(resume=args.resume, overrides=args.overrides, progress=not args.no_progress)
+    else:
+        run_dir = train(load_config(args.config, args.overrides), progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 wrote the run directory
         run = RunDir(run_dir)
         print(f"run directory: {run.root}\n  curve: {run.curve}\n  tensorboard --logdir {run.tb}")

@@ -9,10 +9,10 @@ import pytest
 import agents
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("stable_baselines3", "sb3_contrib", "tensorboard", "torch.utils.tensorboard", "matplotlib")
+HEAVY = ("stable_baselines3", "sb3_contrib", "tensorboard", "torch.utils.tensorboard", "matplotlib", "ray")
 
 
-def test_import_agents_loads_neither_sb3_nor_tensorboard_nor_matplotlib():
+def test_import_agents_loads_neither_sb3_tensorboard_matplotlib_nor_ray():
     code = (
         "import agents, sys\n"
         f"heavy = [m for m in sys.modules if m.split('.')[0] in {HEAVY!r} or m.startswith({HEAVY!r})]\n"

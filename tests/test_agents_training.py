@@ -8,6 +8,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from agents import ConfigError, DecisionAgent, evaluate_run, load_config, load_policy, train
+from agents.checkpoint import CheckpointError
 from agents.model import DecisionModel, DecisionModelConfig
 from agents.run_dir import RunDir, latest_checkpoint
 
@@ -77,7 +78,17 @@ def test_load_policy_acts_and_rejects_mismatched_architecture(tiny_dataset, tmp_
     meta = json.loads(meta_path.read_text())
     meta["model"]["num_layers"] = 2
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="does not match the architecture"):
+    with pytest.raises(
+        CheckpointError, match=r"model.json was changed after .* intact checkpoint, .*step_0000004"
+    ):
+        load_policy(run)  # the digest catches the edit
+    for key in ("files", "digest"):  # a checkpoint from before the digests: loaded unverified, still checked
+        del meta[key]
+    meta_path.write_text(json.dumps(meta))
+    with (
+        pytest.warns(UserWarning, match="loading it unverified"),
+        pytest.raises(CheckpointError, match="does not match the architecture"),
+    ):
         load_policy(run)
 
 
@@ -186,7 +197,7 @@ def test_scripts_train_resume_and_evaluate(tiny_dataset, tmp_path, capsys):
     assert train_main(["--resume", str(tmp_path / "cli"), "--set", "train.steps=3", "--no-progress"]) == 0
     assert json.loads((latest_checkpoint(tmp_path / "cli") / "model.json").read_text())["step"] == 3
     assert train_main(["--config", str(CONFIGS / "quickstart.yaml"), "--set", "train.lr=fast"]) == 2
-    assert "config error: train.lr = 'fast'" in capsys.readouterr().err
+    assert "error: train.lr = 'fast'" in capsys.readouterr().err
     assert (
         evaluate_main(
             ["--run", str(tmp_path / "cli"), "--episodes", "2", "--envs", "2", "--target", "10", "20"]

@@ -42,7 +42,9 @@ def test_run_writes_json_and_png(bench, tmp_path):
     results = bench.run(tiny(bench), "cpu", tmp_path)
     data = json.loads((tmp_path / "aaren_core.json").read_text())
     assert data == json.loads(json.dumps(results))
-    assert {"machine", "settings", "scan", "backbone", "goals", "total_wall_s"} <= data.keys()
+    assert {"machine", "settings", "scan", "packed", "backbone", "goals", "total_wall_s"} <= data.keys()
+    assert [c["n"] for c in data["packed"]["cases"]] == [5, 200]
+    assert all(c["packed_ratio"] > 0 and c["episodes_per_row"] >= 1 for c in data["packed"]["cases"])
     assert {"platform", "cpu_model", "torch", "num_threads", "device", "date"} <= data["machine"].keys()
     assert [c["n"] for c in data["scan"]["cases"]] == [5, 200]
     for case in data["scan"]["cases"]:
