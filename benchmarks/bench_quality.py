@@ -12,6 +12,8 @@ Gymnasium v5); the table reports the best target's D4RL-normalised score, mean +
 
 The default protocol is sized for a couple of CPU cores (see QUICK); `--full`
 is the papers' protocol (100k steps, 1M-transition datasets, all three tasks), unchanged code.
+The runs are the trials of one sweep (`agents.sweep`) on Ray: locally, one run per CPU at a time, or
+on a cluster with --address (then --work must be a folder that every node shares).
 Interrupted? Run the same command again: finished runs are kept, unfinished ones resume.
 
 Writes <out>/quality.json, <out>/quality.png (scores and learning curves) and <out>/quality.md; the
@@ -25,12 +27,12 @@ import dataclasses
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from agents import load_config, train
+from agents import load_config
+from agents.sweep import Trial, make_trial, print_failures, run_trials
 from envs import collect_recipe, load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
@@ -73,15 +75,15 @@ def aaren_batch(dataset_path: Path, settings: Settings, context_steps: int) -> i
     return max(1, round(settings.batch_size * context_steps / float(lengths.mean())))
 
 
-def _budget_overrides(settings: Settings) -> list[str]:
+def _budget_overrides(settings: Settings) -> dict[str, int]:
     """Config overrides of the training and evaluation budget, the same for every run."""
-    return [
-        f"train.steps={settings.steps}",
-        f"train.warmup_steps={settings.warmup_steps}",
-        f"train.eval_every={settings.eval_every}",
-        f"train.checkpoint_every={settings.eval_every}",
-        f"eval.episodes={settings.eval_episodes}",
-    ]
+    return {
+        "train.steps": settings.steps,
+        "train.warmup_steps": settings.warmup_steps,
+        "train.eval_every": settings.eval_every,
+        "train.checkpoint_every": settings.eval_every,
+        "eval.episodes": settings.eval_episodes,
+    }
 
 
 def _learning_curve(run_dir: Path, target: float) -> list[tuple[int, float]]:
@@ -93,50 +95,45 @@ def _learning_curve(run_dir: Path, target: float) -> list[tuple[int, float]]:
     ]
 
 
-def run_one(
+def make_run(
     task: str, dataset: str, backbone: str, seed: int, data_path: Path, settings: Settings, work: Path
-) -> dict:
-    """Train and evaluate one run (or resume / reuse it); returns its summary."""
-    name = f"{task}-{dataset}-{backbone}-s{seed}"
-    run_dir = work / "runs" / name
+) -> Trial:
+    """One run as a sweep trial, in work/runs/<task>-<dataset>-<backbone>-s<seed>."""
     config_path = REPO / "configs" / f"{task}-{dataset}.yaml"
     batch = (
         aaren_batch(data_path, settings, load_config(config_path).model.context_steps)
         if backbone == "aaren"
         else settings.batch_size
     )
-    report_path = run_dir / "eval" / "eval.json"
-    start = time.perf_counter()
-    if not report_path.is_file():
-        if (run_dir / "config.yaml").is_file():
-            train(resume=run_dir)
-        else:
-            overrides = [
-                f"name={name}",
-                f"output_dir={work / 'runs'}",
-                f"data.dataset={data_path}",
-                f"model.backbone={backbone}",
-                f"train.batch_size={batch}",
-                f"train.seed={seed}",
-                *_budget_overrides(settings),
-            ]
-            train(load_config(config_path, overrides))
-    report = json.loads(report_path.read_text())
+    overrides = {
+        "data.dataset": str(data_path),
+        "model.backbone": backbone,
+        "train.batch_size": batch,
+        "train.seed": seed,
+        **_budget_overrides(settings),
+    }
+    point = {"task": task, "dataset": dataset, "backbone": backbone, "train.seed": str(seed)}
+    return make_trial(f"{task}-{dataset}-{backbone}-s{seed}", work / "runs", config_path, overrides, point)
+
+
+def run_summary(trial: Trial, record: dict) -> dict:
+    """A finished run's summary: its best target's score and return, and its learning curve."""
+    report = json.loads((trial.run_dir / "eval" / "eval.json").read_text())
     best = max(report["results"], key=lambda r: r["score_mean"])
     first_target = report["results"][0]["target_return"]  # periodic evaluations use the first target
     return {
-        "task": task,
-        "dataset": dataset,
-        "backbone": backbone,
-        "seed": seed,
-        "batch_size": batch,
+        "task": trial.point["task"],
+        "dataset": trial.point["dataset"],
+        "backbone": trial.point["backbone"],
+        "seed": trial.overrides["train.seed"],
+        "batch_size": trial.overrides["train.batch_size"],
         "best_target": best["target_return"],
         "score": best["score_mean"],
         "return": best["return_mean"],
         "dataset_score": report["dataset_score_mean"],
-        "curve": _learning_curve(run_dir, first_target),
-        "seconds_this_session": time.perf_counter() - start,
-        "run_dir": str(run_dir),
+        "curve": _learning_curve(trial.run_dir, first_target),
+        "wall_s": record["wall_s"],
+        "run_dir": str(trial.run_dir),
     }
 
 
@@ -272,17 +269,25 @@ def report(runs: list[dict], settings: Settings, out: Path, planned: int) -> dic
     return results
 
 
-def run(settings: Settings, out: Path, work: Path) -> dict:
-    """Task and dataset outermost, so that a report written after each run soon has all seeds of a pair."""
+def run(settings: Settings, out: Path, work: Path, address: str | None = None) -> dict:
+    """Every run as a trial of one sweep on Ray (locally, or on the cluster at `address`); the report
+    is rewritten as each run ends. Task and dataset outermost, so the report soon has all seeds of a
+    pair when trials run one or two at a time."""
     pairs = [(t, d) for t in settings.tasks for d in settings.datasets]
     data = {pair: make_dataset(*pair, settings, work / "data") for pair in pairs}
-    planned = len(settings.seeds) * len(pairs) * len(BACKBONES)
-    runs: list[dict] = []
-    for task, dataset in pairs:
-        for seed in settings.seeds:
-            for backbone in BACKBONES:
-                runs.append(run_one(task, dataset, backbone, seed, data[task, dataset], settings, work))
-                results = report(runs, settings, out, planned)
+    trials = [
+        make_run(task, dataset, backbone, seed, data[task, dataset], settings, work)
+        for task, dataset in pairs
+        for seed in settings.seeds
+        for backbone in BACKBONES
+    ]
+    results: dict = {}
+
+    def write_report(records: list[dict]) -> None:
+        runs = [run_summary(t, r) for t, r in zip(trials, records, strict=True) if r["status"] == "finished"]
+        results.update(report(runs, settings, out, len(trials)))
+
+    print_failures(run_trials(trials, address=address, on_result=write_report))
     return results
 
 
@@ -302,11 +307,16 @@ def main(argv: list[str] | None = None) -> None:
         default=Path("~/.cache/aaren-rl/quality").expanduser(),
         help="folder of the datasets and run directories (reused: finished runs are kept)",
     )
+    parser.add_argument(
+        "--address",
+        help="run on this Ray cluster (auto, or ray://HOST:10001) instead of a local Ray; --work must then "
+        "be a folder every node shares",
+    )
     args = parser.parse_args(argv)
     settings = Settings() if args.full else QUICK
     changes = {"tasks": tuple(args.tasks or ()), "seeds": tuple(args.seeds or ()), "steps": args.steps}
     settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v})
-    run(settings, args.out, args.work)
+    run(settings, args.out, args.work, args.address)
     print((args.out / "quality.md").read_text())
 
 

@@ -1,0 +1,600 @@
+"""Sweeps: grids of train-and-evaluate runs as Ray tasks, on this machine or a cluster, resumable.
+
+A sweep file (configs/sweeps/*.yaml) names a base training config, a grid, fixed overrides and what
+one trial needs:
+
+    config: ../base.yaml                # the base training config, relative to the sweep file
+    grid:                               # every combination of the axes' values is one trial
+      model.backbone: [aaren, transformer]
+      train.seed: [0, 1, 2]
+      data:                             # a named axis whose values set several keys together
+        - {label: hopper, data.dataset: hopper-medium-v2, train.batch_size: 4}
+    set: {train.steps: 500}             # the same for every trial
+    resources: {cpus: 1, gpus: 0}       # Ray resources of one trial
+    retries: 2                          # a failing or killed trial runs at most 1 + retries times
+
+A trial is `agents.train` plus its final evaluation, in the run directory <out>/runs/<name>, the name
+spelled from the grid point (`backbone=aaren_seed=0`). The same sweep finds its runs again: a run
+with a final evaluation (eval/eval.json) is finished and skipped, one with a config.yaml resumes from
+its last checkpoint, and a failed one is tried again. Every trial's config is validated, and checked
+against the run it would continue, before Ray starts.
+
+Ray tasks rather than Ray Tune: a trial is one call with nothing to schedule on between its start and
+its end, the run directory already checkpoints and resumes, and a task's own retries (max_retries
+with retry_exceptions) cover a raising trial and a dead worker process alike; Tune would keep a
+second experiment state and checkpoint store beside the run directories.
+
+Run directories are read and written where they lie, not shipped back: on a cluster, <out> must be a
+shared filesystem (NFS or similar) mounted at the same path on the driver and on every node, and
+every node needs this package installed with the `ray` extra. Ray is imported only to run trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import json
+import logging
+import re
+import statistics
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agents.config import ConfigError, TrainConfig, apply_overrides, from_dict, read_yaml
+from agents.run_dir import RunDir
+from envs.files import atomic_path, write_atomic
+
+#: The grid axis of the seeds: sweep.md summarises each group of trials that differ only in it.
+SEED_AXIS = "train.seed"
+#: The sweep's bookkeeping in each run directory: attempts, seconds spent, the last failure.
+TRIAL_STATE = "sweep_trial.json"
+#: Keys the sweep sets itself (runs go to <out>/runs/<trial name>).
+RESERVED_KEYS = ("name", "output_dir")
+#: Keys that may differ from the run being resumed: where and how fast it runs, not what it computes.
+NOT_COMPARED_ON_RESUME = (*RESERVED_KEYS, "train.device", "train.threads")
+#: Attempts after the first that a failing or killed trial gets, unless the sweep file says otherwise.
+DEFAULT_RETRIES = 2
+SWEEP_FILE_KEYS = ("config", "grid", "set", "resources", "retries")
+EVAL_SUMMARY_KEYS = ("target_return", "episodes", "return_mean", "return_std", "score_mean", "score_std")
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """Ray resources one trial reserves."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    """One grid point: what it sets, the config mapping it trains with and its run directory."""
+
+    name: str
+    run_dir: Path
+    overrides: dict[str, Any]  # dotted key -> value, over the base config
+    point: dict[str, str]  # grid axis -> value label
+    settings: dict[str, Any]  # base config + overrides (+ name, output_dir), validated again where it runs
+
+
+def make_trial(
+    name: str,
+    runs_dir: str | Path,
+    config: str | Path | None,
+    overrides: dict[str, Any],
+    point: dict[str, str],
+) -> Trial:
+    """The trial `name` of a base config file (None: the defaults) and overrides, run in runs_dir/name."""
+    run_dir = Path(runs_dir).expanduser().resolve() / name
+    texts = [
+        f"{key}={json.dumps(value)}"  # JSON is YAML: the value comes back as it was
+        for key, value in {**overrides, "name": name, "output_dir": str(run_dir.parent)}.items()
+    ]
+    base = read_yaml(config) if config is not None else {}
+    return Trial(name, run_dir, dict(overrides), dict(point), apply_overrides(base, texts))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A sweep file, read: its settings (for the report) and its trials."""
+
+    path: Path
+    config: Path
+    grid: dict[str, list[Any]]
+    fixed: dict[str, Any]
+    resources: Resources
+    retries: int
+    trials: list[Trial]
+
+
+# ---- the sweep file ----------------------------------------------------------------------------------
+
+
+def load_sweep(path: str | Path, out: str | Path) -> Sweep:
+    """Read a sweep file into its trials, run in <out>/runs; a malformed file is one ConfigError."""
+    path = Path(path)
+    raw = read_yaml(path)
+    for key in raw:
+        if key not in SWEEP_FILE_KEYS:
+            close = difflib.get_close_matches(str(key), SWEEP_FILE_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(SWEEP_FILE_KEYS)}"
+            raise ConfigError(f"{path}: unknown sweep key {key!r}: {hint}")
+    if not isinstance(raw.get("config"), str):
+        raise ConfigError(
+            f"{path}: no `config:` naming the base training config. Fix: e.g. config: ../base.yaml"
+        )
+    fixed = _mapping(raw.get("set") or {}, f"{path}: set")
+    axes = _axes(raw.get("grid"), path)
+    _check_keys_set_once(axes, fixed, path)
+    resources = Resources(**_mapping(raw.get("resources") or {}, f"{path}: resources", Resources))
+    retries = raw.get("retries", DEFAULT_RETRIES)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ConfigError(f"{path}: retries = {retries!r}: expected a whole number >= 0, e.g. retries: 2")
+    config = (path.parent / raw["config"]).resolve()
+    trials = []
+    for values in itertools.product(*(values for _, values in axes)):
+        point = {axis: label for (axis, _), (label, _) in zip(axes, values, strict=True)}
+        overrides = {key: v for _, keys in values for key, v in keys.items()}
+        name = "_".join(f"{axis.rsplit('.', 1)[-1]}={label}" for axis, label in point.items())
+        trials.append(make_trial(name, Path(out) / "runs", config, {**fixed, **overrides}, point))
+    _check_unique_names(trials, path)
+    return Sweep(path, config, raw["grid"], fixed, resources, retries, trials)
+
+
+def _mapping(value: Any, where: str, fields_of: type | None = None) -> dict[str, Any]:
+    """`value` as a mapping (with only the fields of the dataclass `fields_of`, numbers >= 0, if given)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} = {value!r}: expected a mapping of keys to values")
+    if fields_of is not None:
+        known = [f.name for f in dataclasses.fields(fields_of)]
+        for key, number in value.items():
+            if key not in known:
+                raise ConfigError(f"{where}: unknown key {key!r}: known keys: {', '.join(known)}")
+            if not isinstance(number, (int, float)) or isinstance(number, bool) or number < 0:
+                raise ConfigError(f"{where}.{key} = {number!r}: expected a number >= 0")
+    return value
+
+
+def _axes(grid: Any, path: Path) -> list[tuple[str, list[tuple[str, dict[str, Any]]]]]:
+    """Each grid axis as (name, [(value label, the keys that value sets), ...])."""
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError(
+            f"{path}: grid = {grid!r}: expected a mapping of config keys to lists of values, "
+            "e.g. grid: {model.backbone: [aaren, transformer], train.seed: [0, 1, 2]}"
+        )
+    axes = []
+    for axis, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: grid.{axis} = {values!r}: expected a non-empty list, e.g. [0, 1, 2]")
+        axes.append((str(axis), [_axis_value(str(axis), value, path) for value in values]))
+    return axes
+
+
+def _axis_value(axis: str, value: Any, path: Path) -> tuple[str, dict[str, Any]]:
+    """A plain value sets the key `axis`; a mapping sets its own keys together (label: its name)."""
+    if not isinstance(value, dict):
+        return _label(value), {axis: value}
+    keys = {key: v for key, v in value.items() if key != "label"}
+    if not keys:
+        raise ConfigError(
+            f"{path}: grid.{axis} value {value!r} sets no config key. Fix: e.g. {{train.lr: 1e-4}}"
+        )
+    return _label(value.get("label") or "-".join(map(_label, keys.values()))), keys
+
+
+def _label(value: Any) -> str:
+    """A value as it appears in run names: a file's stem for a path, safe characters only."""
+    text = "_".join(map(str, value)) if isinstance(value, list) else str(value)
+    if "/" in text:
+        text = Path(text).name.removesuffix(".hdf5").removesuffix(".h5")
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "_"
+
+
+def _check_keys_set_once(axes: list, fixed: dict[str, Any], path: Path) -> None:
+    """No key is set by two axes, or by an axis and `set`, and none is one the sweep sets itself."""
+    setters: dict[str, str] = {key: "set" for key in fixed}
+    for axis, values in axes:
+        for key in dict.fromkeys(key for _, keys in values for key in keys):
+            if key in setters:
+                raise ConfigError(
+                    f"{path}: {key} is set both by {setters[key]} and by grid.{axis}. Fix: set it once"
+                )
+            setters[key] = f"grid.{axis}"
+    for key in RESERVED_KEYS:
+        if key in setters:
+            raise ConfigError(
+                f"{path}: {setters[key]} sets {key!r}, which the sweep sets itself (runs go to "
+                f"<out>/runs/<trial name>). Fix: remove it; choose the folder with --out"
+            )
+
+
+def _check_unique_names(trials: list[Trial], path: Path) -> None:
+    seen: dict[str, Trial] = {}
+    for trial in trials:
+        if trial.name in seen:
+            raise ConfigError(
+                f"{path}: grid points {seen[trial.name].overrides} and {trial.overrides} get the same run "
+                f"name {trial.name!r}. Fix: give the values distinct labels, e.g. {{label: a, <key>: <value>}}"
+            )
+        seen[trial.name] = trial
+
+
+# ---- checks before any trial runs --------------------------------------------------------------------
+
+
+def check_trials(trials: list[Trial], resources: Resources) -> None:
+    """Every trial's config is valid, uses a GPU exactly if it gets one, and agrees with the run it
+    would continue; one ConfigError if not. On a driver without a GPU a CUDA device is checked where
+    the trial runs."""
+    import torch
+
+    for trial in trials:
+        train = trial.settings.get("train")
+        device = str(
+            train.get("device", TrainConfig.device) if isinstance(train, dict) else TrainConfig.device
+        )
+        on_gpu = device.startswith("cuda")
+        elsewhere = ['train.device="cpu"'] if on_gpu and not torch.cuda.is_available() else []
+        try:
+            settings = from_dict(apply_overrides(trial.settings, elsewhere)).to_dict()
+        except ConfigError as exc:
+            raise ConfigError(f"trial {trial.name}: {exc}") from exc
+        if on_gpu != (resources.gpus > 0):
+            raise ConfigError(
+                f"trial {trial.name}: train.device = {device!r}, but resources.gpus = {resources.gpus:g}. Fix: "
+                "give each trial a GPU (resources: {gpus: 1}) and set train.device: cuda, or neither"
+            )
+        _check_same_run(trial, settings)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_same_run(trial: Trial, settings: dict[str, Any]) -> None:
+    """A run directory that already holds a run must have been started with this trial's config."""
+    run = RunDir(trial.run_dir)
+    if not run.config.is_file():
+        return
+    before, now = _flatten(read_yaml(run.config)), _flatten(settings)
+    changed = sorted(
+        key
+        for key in before.keys() & now.keys()
+        if key not in NOT_COMPARED_ON_RESUME and before[key] != now[key]
+    )
+    if changed:
+        raise ConfigError(
+            f"{run.root} was started with {', '.join(f'{k}={before[k]!r}' for k in changed)}, but trial "
+            f"{trial.name} now sets {', '.join(f'{k}={now[k]!r}' for k in changed)}. Fix: restore the sweep's "
+            f"earlier values, choose another --out, or delete {run.root} to train that trial again"
+        )
+
+
+# ---- one trial, in a Ray worker ----------------------------------------------------------------------
+
+
+def read_state(run: RunDir) -> dict[str, Any]:
+    """The sweep's bookkeeping of a run: attempts, seconds spent on them, the last failure (or None)."""
+    path = run.root / TRIAL_STATE
+    state = json.loads(path.read_text()) if path.is_file() else {}
+    return {"attempts": 0, "seconds": 0.0, "error": None, **state}
+
+
+def write_state(run: RunDir, state: dict[str, Any]) -> None:
+    write_atomic(run.root / TRIAL_STATE, json.dumps(state, indent=2))
+
+
+def is_finished(run: RunDir) -> bool:
+    """A run is finished once its final evaluation report exists."""
+    return (run.eval / "eval.json").is_file()
+
+
+def run_trial(trial: Trial) -> None:
+    """Train the trial, or resume it from its last checkpoint, up to its final evaluation (a Ray task)."""
+    from agents.training import train
+
+    run = RunDir(trial.run_dir)
+    state = read_state(run)
+    state.update(attempts=state["attempts"] + 1, error=None)
+    write_state(run, state)
+    start = time.perf_counter()
+    try:
+        if is_finished(run):
+            return
+        if run.config.is_file():
+            train(resume=run.root, progress=False)
+        else:
+            train(from_dict(trial.settings), progress=False)
+    finally:
+        state["seconds"] += time.perf_counter() - start
+        write_state(run, state)
+
+
+def trial_record(trial: Trial) -> dict[str, Any]:
+    """What sweep.json says of a trial, read from its run directory: status finished (final evaluation
+    present), failed (its last attempts raised or died) or pending (not run yet, or interrupted)."""
+    run = RunDir(trial.run_dir)
+    state = read_state(run)
+    evaluation = None
+    if is_finished(run):
+        results = json.loads((run.eval / "eval.json").read_text())["results"]
+        evaluation = [{key: r[key] for key in EVAL_SUMMARY_KEYS if key in r} for r in results]
+    return {
+        "name": trial.name,
+        "point": trial.point,
+        "overrides": trial.overrides,
+        "status": "finished" if evaluation is not None else "failed" if state["error"] else "pending",
+        "attempts": state["attempts"],
+        "wall_s": round(state["seconds"], 3),
+        "evaluation": evaluation,
+        "error": None if evaluation is not None else state["error"],
+        "run_dir": str(run.root),
+    }
+
+
+# ---- running trials on Ray ---------------------------------------------------------------------------
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            "sweeps run on Ray, which is not installed. Fix: pip install -e '.[ray]'", name="ray"
+        ) from exc
+    return ray
+
+
+def connect(address: str | None, resources: Resources) -> bool:
+    """Connect to Ray: a new local instance with this machine's CPUs and GPUs (address None) or the
+    cluster at `address` ("auto", "ray://HOST:10001"). Returns whether this call connected (and the
+    caller should disconnect); an instance the caller already started is used as it is."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address or "local", log_to_driver=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise ConfigError(
+            f"Ray address {address!r}: no Ray cluster answers there ({exc}). Fix: start one (ray start "
+            "--head) or give the address of a running one, e.g. auto or ray://HOST:10001"
+        ) from exc
+    have = ray.cluster_resources()
+    if address is None and (resources.cpus > have.get("CPU", 0) or resources.gpus > have.get("GPU", 0)):
+        ray.shutdown()
+        raise ConfigError(
+            f"resources: a trial asks for {resources.cpus:g} CPUs and {resources.gpus:g} GPUs, but this machine "
+            f"has {have.get('CPU', 0):g} and {have.get('GPU', 0):g}. Fix: lower them, or run on a cluster "
+            "with --address"
+        )
+    return True
+
+
+def run_trials(
+    trials: list[Trial],
+    resources: Resources = Resources(),
+    retries: int = DEFAULT_RETRIES,
+    *,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    progress: bool = True,
+    trial_fn: Callable[[Trial], None] = run_trial,
+    on_result: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the unfinished trials as Ray tasks (each attempted at most 1 + retries times) and return
+    one record per trial, in order. `on_result` gets all records once the trials are checked and
+    again after each trial ends. Ctrl-C stops the trials in flight (they resume next time) and
+    disconnects. Ray starts only if some trial is unfinished."""
+    check_trials(trials, resources)
+    records = {trial.name: trial_record(trial) for trial in trials}
+    if on_result is not None:
+        on_result(list(records.values()))
+    todo = deque(trial for trial in trials if records[trial.name]["status"] != "finished")
+    if not todo:
+        return list(records.values())
+    ray = _import_ray()
+    owned = connect(address, resources)
+    task = ray.remote(trial_fn).options(
+        num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=retries, retry_exceptions=True
+    )
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=len(trials), initial=len(trials) - len(todo), unit="trial", desc="sweep", disable=not progress
+    )
+    in_flight: dict[Any, Trial] = {}
+    try:
+        while todo or in_flight:
+            while todo and len(in_flight) < (max_concurrent or len(trials)):
+                trial = todo.popleft()
+                in_flight[task.remote(trial)] = trial
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)  # wakes up for Ctrl-C
+            for ref in done:
+                trial = in_flight.pop(ref)
+                _record_failure(ray, ref, trial)
+                records[trial.name] = trial_record(trial)
+                bar.set_postfix(failed=sum(r["status"] == "failed" for r in records.values()), refresh=False)
+                bar.update(1)
+                if on_result is not None:
+                    on_result(list(records.values()))
+    finally:
+        bar.close()
+        stopped = list(in_flight)
+        _stop(ray, stopped, owned)
+        if stopped and on_result is not None:  # interrupted: report the stopped trials' attempts too
+            on_result([trial_record(trial) for trial in trials])
+    return list(records.values())
+
+
+def _record_failure(ray: Any, ref: Any, trial: Trial) -> None:
+    """If the task ended in an error (its last attempt raised, or its worker died), note it in the run."""
+    try:
+        ray.get(ref)
+    except ray.exceptions.RayError as exc:
+        cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
+        run = RunDir(trial.run_dir)
+        write_state(run, {**read_state(run), "error": f"{type(cause).__name__}: {cause}"})
+
+
+def _stop(ray: Any, in_flight: list[Any], owned: bool) -> None:
+    """Stop the tasks still running (killing their workers: their runs resume from a checkpoint next
+    time) and wait until they are gone; disconnect if this sweep connected."""
+    for ref in in_flight:
+        ray.cancel(ref, force=True)
+    if in_flight:
+        ray.wait(in_flight, num_returns=len(in_flight), timeout=30.0)
+    if owned:
+        ray.shutdown()
+
+
+# ---- the report --------------------------------------------------------------------------------------
+
+
+def best_result(evaluation: list[dict[str, Any]]) -> dict[str, Any]:
+    """The evaluation target with the best normalised score (or return, without reference scores)."""
+    return max(
+        evaluation, key=lambda r: r["score_mean"] if r.get("score_mean") is not None else r["return_mean"]
+    )
+
+
+def _mean_std(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per group of trials that differ only in the seed: the best target's score and return, mean and
+    std over the finished seeds."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for record in records:
+        key = tuple((axis, label) for axis, label in record["point"].items() if axis != SEED_AXIS)
+        groups.setdefault(key, []).append(record)
+    rows = []
+    for key, members in groups.items():
+        best = [best_result(r["evaluation"]) for r in members if r["status"] == "finished"]
+        rows.append(
+            {
+                "point": dict(key),
+                "trials": len(members),
+                "finished": len(best),
+                "failed": sum(r["status"] == "failed" for r in members),
+                "score": _mean_std([b["score_mean"] for b in best if b.get("score_mean") is not None]),
+                "return": _mean_std([b["return_mean"] for b in best]),
+            }
+        )
+    return rows
+
+
+def _cell(stat: dict[str, float] | None) -> str:
+    return "-" if stat is None else f"{stat['mean']:.1f} ± {stat['std']:.1f}"
+
+
+def markdown(sweep: Sweep, rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> str:
+    """sweep.md: one row per group, mean ± std over seeds of each trial's best evaluation target."""
+    axes = [axis for axis in sweep.grid if axis != SEED_AXIS]
+    lines = [
+        "| " + " | ".join([*axes, "seeds done", "score (best target)", "return (best target)"]) + " |",
+        "|" + "---|" * (len(axes) + 3),
+    ]
+    for row in rows:
+        labels = [row["point"][axis] for axis in axes]
+        done = f"{row['finished']}/{row['trials']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
+        lines.append("| " + " | ".join([*labels, done, _cell(row["score"]), _cell(row["return"])]) + " |")
+    finished = sum(r["status"] == "finished" for r in records)
+    failed = sum(r["status"] == "failed" for r in records)
+    lines += [
+        "",
+        f"Sweep {sweep.path.name}: {finished} of {len(records)} trials finished, {failed} failed (see "
+        f"sweep.json). Each trial's best evaluation target, mean ± std over {SEED_AXIS}; scores are "
+        "D4RL-normalised.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """sweep.png: each group's score (or return, without reference scores), mean ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [row for row in rows if row["return"] is not None]
+    key = "score" if all(row["score"] is not None for row in shown) else "return"
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.4 * len(shown)))
+    y = range(len(shown))
+    ax.barh(y, [row[key]["mean"] for row in shown], xerr=[row[key]["std"] for row in shown], capsize=3)
+    ax.set_yticks(y, [" / ".join(row["point"].values()) or "all" for row in shown])
+    ax.invert_yaxis()
+    ax.set(xlabel=f"{key} at the best target (mean ± std over seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def print_failures(records: list[dict[str, Any]]) -> int:
+    """Name each failed trial, its attempts and its error on stderr; returns how many failed."""
+    failed = [r for r in records if r["status"] == "failed"]
+    for record in failed:
+        print(
+            f"failed: {record['name']} after {record['attempts']} attempts: {record['error']}",
+            file=sys.stderr,
+        )
+    return len(failed)
+
+
+def write_report(sweep: Sweep, records: list[dict[str, Any]], out: Path) -> None:
+    """sweep.json (the sweep and one record per trial), sweep.md and, once a trial finished, sweep.png."""
+    rows = summarise(records)
+    settings = {
+        "file": str(sweep.path),
+        "config": str(sweep.config),
+        "grid": sweep.grid,
+        "set": sweep.fixed,
+        "resources": dataclasses.asdict(sweep.resources),
+        "retries": sweep.retries,
+    }
+    statuses = {
+        status: sum(r["status"] == status for r in records) for status in ("finished", "failed", "pending")
+    }
+    report = {"sweep": settings, **statuses, "trials": records, "groups": rows}
+    write_atomic(out / "sweep.json", json.dumps(report, indent=2))
+    write_atomic(out / "sweep.md", markdown(sweep, rows, records))
+    if any(row["return"] is not None for row in rows):
+        plot(rows, out / "sweep.png")
+
+
+def run_sweep(
+    sweep: Sweep,
+    out: str | Path,
+    *,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    progress: bool = True,
+    trial_fn: Callable[[Trial], None] = run_trial,
+) -> list[dict[str, Any]]:
+    """Run a sweep's unfinished trials (see `run_trials`), rewriting the report in `out` as they end."""
+    out = Path(out)
+    return run_trials(
+        sweep.trials,
+        sweep.resources,
+        sweep.retries,
+        address=address,
+        max_concurrent=max_concurrent,
+        progress=progress,
+        trial_fn=trial_fn,
+        on_result=lambda records: write_report(sweep, records, out),
+    )

@@ -1,0 +1,270 @@
+"""Sweeps on a local Ray instance (2 CPUs, started once for the module): a tiny 4-trial grid completes,
+a killed worker is a retry, a failing trial is recorded, re-running trains nothing, an interrupted
+driver picks up where it stopped, and a bad grid is refused before Ray runs anything."""
+
+import importlib.util
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ray = pytest.importorskip("ray")
+
+from agents import sweep as engine  # noqa: E402
+from agents.config import ConfigError  # noqa: E402
+from agents.run_dir import RunDir  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "model.embed_dim": 16,
+    "model.num_layers": 1,
+    "model.context_steps": 5,
+    "train.batch_size": 3,
+    "train.steps": 8,
+    "train.warmup_steps": 3,
+    "train.log_every": 2,
+    "train.checkpoint_every": 4,
+    "train.eval_every": 0,
+    "train.lr": 1e-3,
+    "eval.episodes": 1,
+    "eval.num_envs": 1,
+    "eval.targets": [100],
+}
+
+# The trial functions below run in Ray workers, which cannot import this test module: ship them by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(
+        address="local",  # a new instance, even where a Ray cluster runs
+        num_cpus=2,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"AAREN_RL_OFFLINE": "1"}},
+    )
+    yield
+    ray.shutdown()
+
+
+def write_sweep(folder: Path, dataset: Path | str, grid: dict | None = None, retries: int = 1) -> Path:
+    """A sweep over the tiny model: by default backbone x seed, 4 trials."""
+    path = folder / "sweep.yaml"
+    spec = {
+        "config": str(ROOT / "configs" / "base.yaml"),
+        "grid": grid or {"model.backbone": ["aaren", "transformer"], "train.seed": [0, 1]},
+        "set": {"data.dataset": str(dataset), **TINY} if grid is None else TINY,
+        "resources": {"cpus": 1},
+        "retries": retries,
+    }
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def evaluations(records: list[dict]) -> dict[str, list]:
+    return {r["name"]: r["evaluation"] for r in records}
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_dataset, tmp_path_factory):
+    """The 4-trial grid run once, uninterrupted: (output folder, records)."""
+    out = tmp_path_factory.mktemp("sweep")
+    sweep = engine.load_sweep(write_sweep(out, tiny_dataset), out)
+    return out, engine.run_sweep(sweep, out, progress=False)
+
+
+def test_grid_completes_with_finite_scores_and_a_report(finished):
+    out, records = finished
+    report = json.loads((out / "sweep.json").read_text())
+    assert report["finished"] == 4 and report["failed"] == report["pending"] == 0
+    assert [r["name"] for r in report["trials"]] == [
+        "backbone=aaren_seed=0",
+        "backbone=aaren_seed=1",
+        "backbone=transformer_seed=0",
+        "backbone=transformer_seed=1",
+    ]
+    for record in report["trials"]:
+        assert record["status"] == "finished" and record["attempts"] == 1, record
+        (result,) = record["evaluation"]
+        assert result["target_return"] == 100 and all(
+            float("-inf") < result[k] < float("inf") for k in ("return_mean", "score_mean")
+        )
+        assert Path(record["run_dir"]) == out / "runs" / record["name"]
+    assert [row["point"] for row in report["groups"]] == [
+        {"model.backbone": "aaren"},
+        {"model.backbone": "transformer"},
+    ]
+    table = (out / "sweep.md").read_text()
+    assert "| aaren | 2/2 |" in table and "±" in table
+    assert (out / "sweep.png").stat().st_size > 0
+
+
+def test_rerunning_a_finished_sweep_trains_nothing(finished, monkeypatch):
+    out, records = finished
+    checkpoints = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("checkpoints/*")}
+
+    def no_ray(*args):
+        raise AssertionError("a finished sweep connected to Ray")
+
+    monkeypatch.setattr(engine, "connect", no_ray)
+    again = engine.run_sweep(engine.load_sweep(out / "sweep.yaml", out), out, progress=False)
+    assert again == records
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("checkpoints/*")} == checkpoints
+
+
+def test_a_changed_sweep_is_refused_where_runs_exist(finished, monkeypatch):
+    out, _ = finished
+    monkeypatch.setattr(engine, "connect", lambda *args: pytest.fail("Ray was started for a changed sweep"))
+    spec = yaml.safe_load((out / "sweep.yaml").read_text())
+    spec["set"]["train.lr"] = 3e-4
+    (out / "changed.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(
+        ConfigError, match=r"was started with train.lr=0.001, but trial backbone=aaren_seed=0 now"
+    ):
+        engine.run_sweep(engine.load_sweep(out / "changed.yaml", out), out, progress=False)
+
+
+def die_after_first_checkpoint(trial: engine.Trial) -> None:
+    """The first attempt of one trial is SIGKILLed right after its first checkpoint; all else runs as usual."""
+    marker = trial.run_dir.parents[1] / "killed-once"
+    if trial.name == "dataset=hopper_tiny_seed=0" and not marker.exists():
+        marker.touch()
+        save = RunDir.save_checkpoint
+
+        def save_then_die(self, *args, **kwargs):
+            save(self, *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        RunDir.save_checkpoint = save_then_die
+    engine.run_trial(trial)
+
+
+def test_killed_worker_is_retried_and_a_failing_trial_is_recorded(finished, tiny_dataset, tmp_path):
+    _, baseline = finished
+    grid = {"data.dataset": [str(tiny_dataset), str(tmp_path / "missing.hdf5")], "train.seed": [0, 1]}
+    sweep = engine.load_sweep(write_sweep(tmp_path, tiny_dataset, grid), tmp_path)
+    records = {
+        r["name"]: r
+        for r in engine.run_sweep(sweep, tmp_path, progress=False, trial_fn=die_after_first_checkpoint)
+    }
+    killed, clean = records["dataset=hopper_tiny_seed=0"], records["dataset=hopper_tiny_seed=1"]
+    assert (killed["status"], killed["attempts"], clean["status"], clean["attempts"]) == (
+        "finished",
+        2,
+        "finished",
+        1,
+    )
+    assert killed["evaluation"] == evaluations(baseline)["backbone=aaren_seed=0"]  # resumed, same result
+    for seed in (0, 1):
+        failed = records[f"dataset=missing_seed={seed}"]
+        assert (failed["status"], failed["attempts"], failed["evaluation"]) == ("failed", 2, None)
+        assert "missing.hdf5" in failed["error"] and "ConfigError" in failed["error"]
+    assert (
+        "2/2" in (tmp_path / "sweep.md").read_text() and "(2 failed)" in (tmp_path / "sweep.md").read_text()
+    )
+
+
+def interrupting_driver(driver_pid: int):
+    """A trial function whose second trial sends the driver a Ctrl-C (SIGINT) after its first
+    checkpoint, then keeps going until the driver stops it."""
+
+    def trial_fn(trial: engine.Trial) -> None:
+        if trial.name == "backbone=aaren_seed=1":
+            save = RunDir.save_checkpoint
+
+            def save_then_interrupt(self, *args, **kwargs):
+                folder = save(self, *args, **kwargs)
+                os.kill(driver_pid, signal.SIGINT)
+                time.sleep(60)
+                return folder
+
+            RunDir.save_checkpoint = save_then_interrupt
+        engine.run_trial(trial)
+
+    return trial_fn
+
+
+def test_interrupted_driver_resumes_to_the_same_results(finished, tiny_dataset, tmp_path):
+    _, baseline = finished
+    sweep = engine.load_sweep(write_sweep(tmp_path, tiny_dataset), tmp_path)
+    trial_fn = interrupting_driver(os.getpid())
+    with pytest.raises(KeyboardInterrupt):
+        engine.run_sweep(sweep, tmp_path, max_concurrent=1, progress=False, trial_fn=trial_fn)
+    partial = json.loads((tmp_path / "sweep.json").read_text())
+    assert (partial["finished"], partial["pending"]) == (1, 3)
+    assert RunDir(tmp_path / "runs" / "backbone=aaren_seed=1").checkpoint_folders()  # stopped mid-run
+    records = engine.run_sweep(engine.load_sweep(tmp_path / "sweep.yaml", tmp_path), tmp_path, progress=False)
+    assert [r["status"] for r in records] == ["finished"] * 4
+    assert evaluations(records) == evaluations(baseline)
+
+
+def test_bad_grid_key_is_refused_before_ray_runs_anything(tiny_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(engine, "connect", lambda *args: pytest.fail("Ray was started for a bad grid"))
+    path = write_sweep(tmp_path, tiny_dataset, {"model.backbon": ["aaren"], "train.seed": [0]})
+    sweep = engine.load_sweep(path, tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'model.backbon': did you mean model.backbone\?"
+    ):
+        engine.run_sweep(sweep, tmp_path, progress=False)
+    spec = importlib.util.spec_from_file_location("sweep_script", ROOT / "scripts" / "sweep.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--config", str(path), "--out", str(tmp_path), "--no-progress"]) == 2
+    assert capsys.readouterr().err.startswith("error: trial backbon=aaren_seed=0")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "sweep.json").exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"grid": {"model.backbone": "aaren"}}, "grid.model.backbone = 'aaren': expected a non-empty list"),
+        ({"set": {"name": "x"}}, "set sets 'name', which the sweep sets itself"),
+        (
+            {"grid": {"train.seed": [0], "pair": [{"train.seed": 1}]}},
+            "train.seed is set both by grid.pair and by grid.train.seed",
+        ),
+        ({"grid": {"train.lr": [1e-4, "0.0001"]}}, "get the same run name 'lr=0.0001'"),
+        ({"retry": 3}, "unknown sweep key 'retry': did you mean 'retries'"),
+        ({"resources": {"gpu": 1}}, "resources: unknown key 'gpu'"),
+    ],
+)
+def test_malformed_sweep_files_are_one_clear_error(tmp_path, change, message):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        yaml.safe_dump({"config": str(ROOT / "configs" / "base.yaml"), "grid": {"train.seed": [0]}, **change})
+    )
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("?", r"\?")):
+        engine.load_sweep(path, tmp_path)
+
+
+def test_trials_that_would_hold_a_gpu_they_do_not_use_are_refused(tiny_dataset, tmp_path):
+    sweep = engine.load_sweep(write_sweep(tmp_path, tiny_dataset), tmp_path)
+    with pytest.raises(ConfigError, match=r"train.device = 'cpu', but resources.gpus = 1"):
+        engine.check_trials(sweep.trials, engine.Resources(cpus=1, gpus=1))
+
+
+def test_example_sweep_is_the_quick_quality_grid(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import bench_quality
+    finally:
+        sys.path.remove(str(ROOT))
+    sweep = engine.load_sweep(ROOT / "configs" / "sweeps" / "quality-quick.yaml", tmp_path)
+    engine.check_trials(sweep.trials, sweep.resources)
+    quick = bench_quality.QUICK
+    planned = {
+        f"run={task}-{dataset}-{backbone}_seed={seed}"
+        for task in quick.tasks
+        for dataset in quick.datasets
+        for backbone in bench_quality.BACKBONES
+        for seed in quick.seeds
+    }
+    assert {trial.name for trial in sweep.trials} == planned
+    for trial in sweep.trials:
+        assert bench_quality._budget_overrides(quick).items() <= trial.overrides.items()
+        assert trial.overrides["data.dataset"].endswith(f"-{quick.transitions}.hdf5")
