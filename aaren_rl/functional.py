@@ -130,9 +130,11 @@ def _masked_exp(logits: Tensor, cut: Tensor | None) -> Tensor:
 
 @functools.lru_cache(maxsize=64)
 def _triangle(n: int, device: torch.device, diagonal: int = 0, upper: bool = False) -> Tensor:
-    """The n x n lower (or upper) triangular bool mask, made once per size and device."""
-    ones = torch.ones(n, n, dtype=torch.bool, device=device)
-    return ones.triu(diagonal) if upper else ones.tril(diagonal)
+    """The n x n lower (or upper) triangular bool mask, made once per size and device (a normal tensor
+    even when first asked for under inference mode, since training reuses it)."""
+    with torch.inference_mode(False):
+        ones = torch.ones(n, n, dtype=torch.bool, device=device)
+        return ones.triu(diagonal) if upper else ones.tril(diagonal)
 
 
 def _future(n: int, device: torch.device) -> Tensor:

@@ -125,9 +125,17 @@ class _AarenLayer:
         )
 
     def __call__(
-        self, x: Tensor, m: Tensor, z: Tensor, mask: Tensor, n: int, last: bool
+        self,
+        x: Tensor,
+        m: Tensor,
+        z: Tensor,
+        mask: Tensor | None,
+        n: int,
+        last: bool,
+        score_bias: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """x [n T, D]; m [n, H], z [n, H, Dh + 1] the state ([w, u]); mask [n|1, 1, T, T + 1] additive.
+        """x [n T, D]; m [n, H], z [n, H, Dh + 1] the state ([w, u]); mask [n|1, 1, T, T + 1] additive
+        (None: T = 1 and no reset); score_bias [n|1, H, T] or None, added to the scores.
         Returns the block output (at every token, or the newest if `last`) and the new (m, z)."""
         heads = m.shape[1]
         t = x.shape[0] // n
@@ -135,10 +143,14 @@ class _AarenLayer:
         mixed = torch.addmm(self.mix_b, self.ln_1(x), self.mix_t)
         values = mixed[:, :split].view(n, t, heads, -1).transpose(1, 2)  # [n, H, T, Dh + 1]
         scores = mixed[:, split:].view(n, t, heads).transpose(1, 2)  # [n, H, T]
-        if last:
-            mask = mask[..., -1:, :]
+        if score_bias is not None:
+            scores = scores + score_bias
+        if last and t > 1:
+            mask = None if mask is None else mask[..., -1:, :]
             x = x.view(n, t, -1)[:, -1]
-        logits = torch.cat([m.unsqueeze(-1), scores], -1).unsqueeze(-2) + mask  # the state is key -1
+        logits = torch.cat([m.unsqueeze(-1), scores], -1).unsqueeze(-2)  # the state is key -1
+        if mask is not None:
+            logits = logits + mask
         run_max = logits.amax(-1, keepdim=True)
         num = logits.sub_(run_max).exp_() @ torch.cat([z.unsqueeze(-2), values], -2)  # [n, H, T', Dh + 1]
         out = num / num[..., -1:]  # per head: the attention output and a 1 (carries the proj bias)
@@ -150,7 +162,8 @@ class AarenStep:
     """An `AarenBackbone` folded for acting: `step(x, state, mask) -> (y_newest, state)`.
 
     Equals the backbone's forward on the same tokens (its output at the newest token, and its state),
-    with memory resets inside the call expressed by `score_mask`. No `score_bias`.
+    with memory resets inside the call expressed by `score_mask` and the backbone's optional
+    `score_bias` passed through.
     """
 
     def __init__(self, backbone: AarenBackbone):
@@ -171,15 +184,21 @@ class AarenStep:
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=resets.device)
         return mask.masked_fill_(~allowed, float("-inf")).unsqueeze(1)
 
-    def __call__(self, x: Tensor, state: AarenState, mask: Tensor) -> tuple[Tensor, AarenState]:
-        """x [B, N, D] new tokens, state of B sequences, mask from `score_mask` ([B or 1, 1, N, N + 1]).
+    def __call__(
+        self, x: Tensor, state: AarenState, mask: Tensor | None, score_bias: Tensor | None = None
+    ) -> tuple[Tensor, AarenState]:
+        """x [B, N, D] new tokens, state of B sequences, mask from `score_mask` ([B or 1, 1, N, N + 1];
+        None for one token, N = 1, continuing the state), score_bias [B or 1, H, N] in the folded dtype
+        as in `AarenBackbone.forward` (or None).
         Returns the output at the newest token [B, D] and the state after all N tokens."""
+        if mask is None and x.shape[1] != 1:
+            raise ValueError(f"AarenStep: `mask` may be None for one token only, got {x.shape[1]} tokens")
         n = x.shape[0]
         z = torch.cat([state.w, state.u.unsqueeze(-1)], -1)  # [L, B, H, Dh + 1]
         x = x.reshape(-1, x.shape[-1])
         ms, zs = [], []
         for i, layer in enumerate(self.layers):
-            x, m_i, z_i = layer(x, state.m[i], z[i], mask, n, last=i == len(self.layers) - 1)
+            x, m_i, z_i = layer(x, state.m[i], z[i], mask, n, i == len(self.layers) - 1, score_bias)
             ms.append(m_i)
             zs.append(z_i)
         z = torch.stack(zs)

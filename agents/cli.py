@@ -49,9 +49,9 @@ def user_error_types() -> tuple[type[Exception], ...]:
     from agents.checkpoint import CheckpointError
     from agents.config import ConfigError
     from agents.evaluation import EvaluationError
-    from agents.run_dir import RunLockedError
+    from agents.run_dir import RunDirError, RunLockedError
     from agents.training import DivergedError
-    from envs.errors import DatasetError
+    from envs.errors import DatasetError, EnvNameError
     from envs.experts import PolicyFileError
 
     return (
@@ -60,8 +60,10 @@ def user_error_types() -> tuple[type[Exception], ...]:
         PolicyFileError,
         CheckpointError,
         RunLockedError,
+        RunDirError,
         DivergedError,
         EvaluationError,
+        EnvNameError,
     )
 
 

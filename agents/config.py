@@ -45,8 +45,9 @@ class ModelConfig(ModelHyperparameters):
 @dataclass
 class TrainConfig:
     steps: int = 100_000
-    batch_size: int = 64  # sequences per batch: K-windows (Transformer) or whole episodes (Aaren); under
-    # torchrun the global batch, split evenly across the processes (lr and the result do not change)
+    batch_steps: int = 1280  # supervised timesteps per batch, for both backbones (reference DT: 64 K-windows
+    # x K = 20): the Transformer gets round(batch_steps / K) windows, the Aaren agent rows of whole episodes
+    # (agents.training.batch_layout); under torchrun the global batch, split evenly across the processes
     lr: float = 1e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 10_000
@@ -283,8 +284,16 @@ def _empty_value_message(key: str, spec: dataclasses.Field) -> str:
     )
 
 
-#: Keys that were renamed: old dotted name -> new one (an old key is an error naming the new one).
-RENAMED_KEYS = {"eval.vec_mode": "eval.vectorization"}
+#: Keys that were renamed: old dotted name -> (new one, how its values change); an old key is an error
+#: naming the new one.
+RENAMED_KEYS = {
+    "eval.vec_mode": ("eval.vectorization", "same values"),
+    "train.batch_size": (
+        "train.batch_steps",
+        "it counts supervised timesteps per batch for both backbones, not sequences: "
+        "batch_size K-windows x K steps, e.g. 64 x 20 = 1280",
+    ),
+}
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -300,9 +309,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for key, value in data.items():
         where = f"{prefix}{key}"
         if where in RENAMED_KEYS:
+            new, values = RENAMED_KEYS[where]
             raise ConfigError(
-                f"config key {where!r} is now called {RENAMED_KEYS[where]!r}. Fix: write "
-                f"{RENAMED_KEYS[where]} instead of {where} (same values)"
+                f"config key {where!r} is now called {new!r}. Fix: write {new} instead of {where} ({values})"
             )
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
@@ -363,7 +372,7 @@ def validate(cfg: Config) -> Config:
     _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
     _check(m.max_timestep >= 0, "model.max_timestep", m.max_timestep, "must be >= 1, or 0 for automatic")
     _check(m.return_scale > 0, "model.return_scale", m.return_scale, "must be > 0 (reference 0.001)")
-    for key in ("steps", "batch_size", "log_every", "checkpoint_every", "dist_timeout"):
+    for key in ("steps", "batch_steps", "log_every", "checkpoint_every", "dist_timeout"):
         _check(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), "must be >= 1")
     for key in ("warmup_steps", "eval_every", "threads"):
         _check(getattr(t, key) >= 0, f"train.{key}", getattr(t, key), "must be >= 0")

@@ -71,7 +71,10 @@ def default_targets(env_name: str, dataset_max_return: float | None = None) -> l
     if targets is not None:
         return list(targets)
     if dataset_max_return is None:
-        raise ValueError(f"no default target return for {env_name!r}: pass targets explicitly")
+        raise EvaluationError(
+            f"no default target return for {env_name!r}. Fix: pass targets explicitly (eval.targets=[...] "
+            "or --target R)"
+        )
     return [float(dataset_max_return)]
 
 

@@ -134,12 +134,16 @@ class DecisionModel(nn.Module):
         actions: Tensor,
         timesteps: Tensor,
         state=None,
+        *,
+        resets: Tensor | None = None,
     ) -> tuple[Tensor, object]:
         """Whole sequences at once: R [B, T], s [B, T, obs], a [B, T, act], t [B, T] (long).
 
         Returns the predicted actions in [-1, 1] at every step [B, T, act] (prediction t sees
         R_<=t, s_<=t, a_<t) and the backbone state after the last token (for continuation).
         Padding must come after the real steps (causality keeps it out of their predictions).
+        resets: optional [B, T] bool, True on the first step of each episode packed into a row (Aaren
+        backbone only): each episode's predictions then see its own steps alone, as if run by itself.
         """
         b, t = returns_to_go.shape
         tokens = torch.stack(
@@ -150,7 +154,14 @@ class DecisionModel(nn.Module):
             ],
             dim=2,
         ).reshape(b, 3 * t, self.config.embed_dim)
-        hidden, state = self.backbone(tokens, state)
+        if resets is None:
+            hidden, state = self.backbone(tokens, state)
+        elif self.config.backbone == "aaren":
+            token_resets = torch.zeros(b, t, 3, dtype=torch.bool, device=resets.device)
+            token_resets[..., 0] = resets  # an episode starts at its first step's return-to-go token
+            hidden, state = self.backbone(tokens, state, resets=token_resets.reshape(b, 3 * t))
+        else:
+            raise ValueError("resets (packed episodes) need the Aaren backbone; the Transformer takes none")
         return self.action_head(hidden[:, 1::3]), state
 
     def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None):

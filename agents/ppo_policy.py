@@ -4,7 +4,9 @@
                 -> MLP extractor -> action distribution / value head
 
 Acting feeds one token per env step through the backbone with the carried constant-size state
-(`ActorCriticState`, rows reset where an episode starts). Training re-runs whole stored sequences
+(`ActorCriticState`, rows reset where an episode starts); without gradients and outside training mode
+(predict, rollout collection) that step runs on the memories folded for acting (`FoldedMemory`), refolded
+whenever their weights have changed. Training re-runs whole stored sequences
 at once with the parallel prefix scan from each sequence's entering state (`RolloutSequences`), and
 gives the same log-probs and values as acting did, to float tolerance.
 
@@ -33,8 +35,10 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, MlpExtractor
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from aaren_rl import AarenBackbone, AarenState
+from aaren_rl.step import AarenStep, ParameterVersions
 
 
 def select_rows(state: AarenState, rows: Tensor) -> AarenState:
@@ -108,6 +112,28 @@ class AarenMemory(nn.Module):
         return self.backbone(self.embed(features), state, score_bias)
 
 
+class FoldedMemory:
+    """An `AarenMemory` folded for acting one token per env step (`aaren_rl.step.AarenStep`): equal to
+    its forward on one token, to float roundoff. `stale` says when the memory's weights have changed."""
+
+    def __init__(self, memory: AarenMemory):
+        self._versions = ParameterVersions(memory)
+        self.embed_weight, self.embed_bias = memory.embed.weight.detach(), memory.embed.bias.detach()
+        self.recency = memory.recency.detach()[None, :, None]  # [1, H, 1]
+        self.step = AarenStep(memory.backbone)
+
+    @property
+    def stale(self) -> bool:
+        return self._versions.changed()
+
+    def __call__(self, features: Tensor, timesteps: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
+        """Features [B, 1, F] at episode timesteps [B, 1] -> latents [B, 1, embed_dim], new state."""
+        score_bias = self.recency * timesteps[:, None, :].to(self.recency.dtype)  # [B, H, 1]
+        x = F.linear(features, self.embed_weight, self.embed_bias)
+        y, state = self.step(x, state, None, score_bias)
+        return y.unsqueeze(1), state
+
+
 class AarenActorCriticPolicy(ActorCriticPolicy):
     """ActorCriticPolicy with Aaren memory; the extra arguments size the memory.
 
@@ -115,7 +141,12 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         PPO ratio exactly 1 before the first update).
     share_memory: one memory for actor and critic instead of one each.
     Other arguments as SB3's ActorCriticPolicy; `net_arch` sizes the MLPs after the memory.
+
+    `fold_acting` (attribute, default True): act through the memories folded for acting; False acts
+    through the modules' forward (the same results to float roundoff; benchmarks compare the two).
     """
+
+    fold_acting: bool = True
 
     def __init__(
         self,
@@ -192,6 +223,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         self.mlp_extractor = MlpExtractor(
             self.memory_kwargs["embed_dim"], self.net_arch, self.activation_fn, device=self.device
         )
+        self._folded: dict[str, FoldedMemory] = {}
 
     @property
     def dtype(self) -> torch.dtype:
@@ -207,6 +239,20 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         """Features in the policy's dtype (SB3's preprocessing yields float32)."""
         return extractor(preprocess_obs(obs, self.observation_space, self.normalize_images)).to(self.dtype)
 
+    def _remember(
+        self, name: str, features: Tensor, timesteps: Tensor, state: AarenState
+    ) -> tuple[Tensor, AarenState]:
+        """The memory `name` ("actor_memory" or "critic_memory") on features [B, N, F]: folded when
+        acting one token without gradients outside training mode (folded again if its weights changed),
+        the module's forward otherwise."""
+        memory = getattr(self, name)
+        if not self.fold_acting or features.shape[1] != 1 or self.training or torch.is_grad_enabled():
+            return memory(features, timesteps, state)
+        folded = self._folded.get(name)
+        if folded is None or folded.stale:
+            folded = self._folded[name] = FoldedMemory(memory)
+        return folded(features, timesteps, state)
+
     def _latents(
         self, obs: Tensor, state: ActorCriticState, critic: bool = True
     ) -> tuple[Tensor, Tensor | None, ActorCriticState]:
@@ -215,15 +261,15 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         critic=False runs the actor only (its latent None, the state's critic None)."""
         b, n = obs.shape[:2]
         flat = obs.reshape(b * n, *obs.shape[2:])
-        timesteps = state.steps[:, None] + torch.arange(n, device=self.device)
+        timesteps = state.steps[:, None] + torch.arange(n, device=obs.device)
         pi_features = self._features(flat, self.pi_features_extractor).view(b, n, -1)
-        pi_out, actor = self.actor_memory(pi_features, timesteps, state.actor)
+        pi_out, actor = self._remember("actor_memory", pi_features, timesteps, state.actor)
         vf_out, critic_state = None, None
         if critic and self.critic_memory is None:
             vf_out = pi_out
         elif critic:
             vf_features = self._features(flat, self.vf_features_extractor).view(b, n, -1)
-            vf_out, critic_state = self.critic_memory(vf_features, timesteps, state.critic)
+            vf_out, critic_state = self._remember("critic_memory", vf_features, timesteps, state.critic)
         latent_vf = None if vf_out is None else self.mlp_extractor.forward_critic(vf_out)
         new_state = ActorCriticState(actor, critic_state, state.steps + n)
         return self.mlp_extractor.forward_actor(pi_out), latent_vf, new_state
@@ -287,18 +333,19 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         """SB3's predict with memory: `state` is what the previous call returned (None at the start),
         rows where `episode_start` is true begin a new episode. Only the actor runs; the state is the
         actor's (m, u, w, steps) as numpy arrays (batch on axis 1 of m, u, w, axis 0 of steps)."""
-        self.set_training_mode(False)
+        if self.training:  # the switch visits every submodule: a cost per step worth skipping
+            self.set_training_mode(False)
         obs, vectorized = self.obs_to_tensor(observation)
-        n = obs.shape[0]
+        n, device = obs.shape[0], obs.device
         if state is None:
             memory = replace(self.initial_state(n), critic=None)
         else:
-            m, u, w, steps = (torch.as_tensor(x, device=self.device) for x in state)
+            m, u, w, steps = (torch.as_tensor(x, device=device) for x in state)
             memory = ActorCriticState(AarenState(m, u, w), None, steps)
         starts = np.zeros(n, dtype=bool) if episode_start is None else np.asarray(episode_start, dtype=bool)
         with torch.no_grad():
             distribution, memory = self.get_distribution(
-                obs, memory, torch.as_tensor(starts.reshape(n), device=self.device)
+                obs, memory, torch.as_tensor(starts.reshape(n), device=device)
             )
             actions = distribution.get_actions(deterministic=deterministic).cpu().numpy()
         actions = actions.reshape((-1, *self.action_space.shape))

@@ -49,6 +49,11 @@ class RunLockedError(RuntimeError):
     """Another process holds the run directory's lock: it is training this run."""
 
 
+class RunDirError(ValueError):
+    """A folder that is not a run directory, or a run whose dataset_stats.json or metrics.jsonl is
+    damaged; the message names the file and the fix."""
+
+
 class RunDir:
     """The paths of one run directory (nothing is created until something is written)."""
 
@@ -219,18 +224,65 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
 
 
 def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The run's dataset statistics (dataset_stats.json): env, reference scores, dataset returns, targets."""
+    """The run's dataset statistics (dataset_stats.json): env, reference scores, dataset returns, targets.
+    RunDirError when `run_dir` is no run directory or the file lacks what evaluation reads."""
     path = RunDir(run_dir).dataset_stats
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} missing: is {run_dir} a run directory from scripts/train_offline.py?"
+        raise RunDirError(
+            f"{run_dir} is not a run directory: {path} is missing. Fix: pass a run directory written by "
+            "scripts/train_offline.py (<output_dir>/<name> of its config)"
         )
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_bytes())
+        problem = _run_info_problem(info)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problem = f"is not JSON ({exc})"
+    if problem is not None:
+        raise RunDirError(
+            f"{path} is damaged: it {problem}. Fix: restore it from a backup, or have it written again: "
+            f"scripts/train_offline.py --resume {run_dir} rewrites it from the run's config and data"
+        )
+    return info
+
+
+def _run_info_problem(info: Any) -> str | None:
+    """What keeps a parsed dataset_stats.json from being read by evaluation (None: nothing)."""
+    if not isinstance(info, dict):
+        return "holds no JSON object"
+    for key in ("env", "score_ref", "eval_targets", "return_mean"):
+        if key not in info:
+            return f"lacks {key!r}"
+    if not isinstance(info["env"], str):
+        return f"holds env = {info['env']!r:.60}, not an environment name"
+    score_ref = info[
+        "score_ref"
+    ]  # what envs.normalized_score takes: a task name, or env_id + reference scores
+    if score_ref is not None and not (
+        isinstance(score_ref, str)
+        or isinstance(score_ref, dict)
+        and _numbers([v for k, v in score_ref.items() if k in ("ref_min_score", "ref_max_score")])
+    ):
+        return (
+            f"holds score_ref = {score_ref!r:.60}, not null, a task name or an object with numbers as "
+            "reference scores"
+        )
+    if not _numbers(info["eval_targets"]):
+        return f"holds eval_targets = {info['eval_targets']!r:.60}, not a list of numbers"
+    if not _numbers([info["return_mean"]]):
+        return f"holds return_mean = {info['return_mean']!r:.60}, not a number"
+    return None
+
+
+def _numbers(value: Any) -> bool:
+    """Whether `value` is a JSON list of numbers (not booleans)."""
+    return isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    )
 
 
 def run_targets(run_dir: str | os.PathLike) -> list[float]:
     """The run's evaluation target returns, the main one first."""
-    return list(read_run_info(run_dir)["eval_targets"])
+    return [float(t) for t in read_run_info(run_dir)["eval_targets"]]
 
 
 def load_policy(
@@ -242,7 +294,12 @@ def load_policy(
     """The trained agent of a run (latest checkpoint), ready to act; target default: the run's first target."""
     model, _ = load_model(latest_checkpoint(run_dir), device)
     if target_return is None:
-        target_return = run_targets(run_dir)[0]
+        targets = run_targets(run_dir)
+        if not targets:
+            raise RunDirError(
+                f"{RunDir(run_dir).dataset_stats} lists no eval_targets to act towards. Fix: pass a target return"
+            )
+        target_return = targets[0]
     return DecisionAgent(model, target_return, acting=acting)
 
 
@@ -255,7 +312,7 @@ def read_metrics(path: Path, upto_step: int | None = None) -> list[dict[str, Any
 
 def _parse_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
     """The rows of a metrics.jsonl and its torn last line (None if the last line is whole). A bad line
-    before the last is a ValueError naming it: appends never tear those."""
+    before the last is a RunDirError naming it: appends never tear those."""
     if not path.is_file():
         return [], None
     lines = path.read_text(errors="replace").splitlines()
@@ -270,7 +327,7 @@ def _parse_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             if number == len(lines):
                 return rows, line
-            raise ValueError(
+            raise RunDirError(
                 f"{path}, line {number} is not a metrics row ({line[:60]!r}). Fix: delete or repair that line"
             )
         rows.append(row)

@@ -23,6 +23,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,8 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from agents.checkpoint import load_model, model_files
+from agents.checkpoint import CheckpointError, load_model, model_files
+from agents.model import DecisionModel
 from agents.policy import AgentState, DecisionAgent
 from agents.run_dir import load_policy
 from envs.files import atomic_path
@@ -64,9 +66,53 @@ class RewardToPolicyVecEnv(VecEnvWrapper):
         return self._with_reward(obs, rewards), rewards, dones, infos
 
 
-def _zip_names(path: Path) -> list[str]:
-    with zipfile.ZipFile(path) as archive:
-        return archive.namelist()
+#: The members of a DecisionPolicy zip: the weights and model.json (config, target return, acting, digests).
+ZIP_MEMBERS = ("model.safetensors", "model.json")
+
+#: What to do about a damaged DecisionPolicy zip.
+SAVE_AGAIN = (
+    "save the policy again (DecisionPolicy.load(run_dir).save(path) from the run directory it came from), "
+    "or use an intact copy of the file"
+)
+
+
+def _read_zip(path: Path) -> dict[str, bytes]:
+    """The members of a DecisionPolicy zip as name -> bytes, checked against the zip's own CRCs; a
+    CheckpointError naming the file (and the member) when it is no such zip or a damaged one."""
+    not_a_policy = (
+        f"{path} is not a DecisionPolicy file (a zip holding {' and '.join(ZIP_MEMBERS)}), or a damaged one",
+        f"pass a file written by DecisionPolicy.save or a run directory of scripts/train_offline.py; {SAVE_AGAIN}",
+    )
+    if not zipfile.is_zipfile(path):  # also a missing file, and a zip cut short (its directory is last)
+        raise CheckpointError(*not_a_policy)
+    files, reading = {}, "the zip's directory"
+    try:  # a damaged zip raises all kinds of errors (CRC, EOF, zlib, flags, bad offsets)
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            for reading in (name for name in ZIP_MEMBERS if name in names):
+                files[reading] = archive.read(reading)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path}: cannot read {reading} ({type(exc).__name__}: {exc}): the file is damaged", SAVE_AGAIN
+        ) from exc
+    missing = [name for name in ZIP_MEMBERS if name not in files]
+    if missing:
+        raise CheckpointError(f"{not_a_policy[0]}: the zip lacks {' and '.join(missing)}", not_a_policy[1])
+    return files
+
+
+def _load_zip(path: Path, device: str | torch.device) -> tuple[DecisionModel, dict[str, Any]]:
+    """The model and model.json of a DecisionPolicy zip, verified like a checkpoint (`agents.checkpoint`:
+    the digests model.json records); a CheckpointError names the zip and the member at fault."""
+    files = _read_zip(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in files.items():
+            Path(tmp, name).write_bytes(data)
+        try:
+            model, _ = load_model(tmp, device)
+        except CheckpointError as exc:  # it names the unpacked copy: name the zip's member instead
+            raise CheckpointError(exc.problem.replace(tmp, str(path)), SAVE_AGAIN) from None
+    return model, json.loads(files["model.json"])  # verified by load_model
 
 
 class DecisionPolicy:
@@ -116,16 +162,10 @@ class DecisionPolicy:
         path = Path(path)
         if path.is_dir():
             return cls(load_policy(path, target_return, str(device), acting))
-        members = ["model.safetensors", "model.json"]
-        if not zipfile.is_zipfile(path) or not set(members) <= set(_zip_names(path)):
-            raise ValueError(
-                f"{path} is not a DecisionPolicy file (a zip holding {' and '.join(members)}). Fix: pass a file "
-                "written by DecisionPolicy.save or a run directory of scripts/train_offline.py."
-            )
-        with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(path) as archive:
-            archive.extractall(tmp, members=members)
-            model, _ = load_model(tmp, device)
-            meta = json.loads(Path(tmp, "model.json").read_text())
-        target = meta["target_return"] if target_return is None else target_return
+        model, meta = _load_zip(path, device)
+        if target_return is None:
+            target_return = meta.get("target_return")
+            if target_return is None:
+                raise CheckpointError(f"{path}/model.json records no target_return", "pass target_return")
         saved = meta.get("acting", meta.get("mode"))  # "mode": zips saved before the key was renamed
-        return cls(DecisionAgent(model, target, acting=acting or saved))
+        return cls(DecisionAgent(model, target_return, acting=acting or saved))

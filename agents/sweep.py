@@ -8,7 +8,7 @@ one trial needs:
       model.backbone: [aaren, transformer]
       train.seed: [0, 1, 2]
       data:                             # a named axis whose values set several keys together
-        - {label: hopper, data.dataset: hopper-medium-v2, train.batch_size: 4}
+        - {label: hopper, data.dataset: hopper-medium-v2, train.batch_steps: 640}
     set: {train.steps: 500}             # the same for every trial
     resources: {cpus: 1, gpus: 0}       # Ray resources of one trial
     retries: 2                          # a failing or killed trial runs at most 1 + retries times

@@ -1,27 +1,31 @@
 """Offline training of a decision agent: `train`, a loop that reads top to bottom.
 
-What a batch is depends on the backbone, so that training sees what acting will do:
-- Transformer (reference DT): B windows of K = `model.context_steps` timesteps starting at
-  uniformly drawn dataset rows, right-padded at episode ends (acting re-runs the last K steps).
-- Aaren: B whole episodes from their first step, padded at the end and masked, drawn with
-  probability proportional to their length (each step equally likely, as DT's row sampling). The
-  recurrent state while acting summarises the episode from its start; whole episodes train exactly
-  that. The alternative, K-windows whose entering state is a no-grad scan of the episode prefix,
-  measured slower per supervised step, because the prefix scan costs more than the window itself.
+A batch holds about `train.batch_steps` supervised timesteps for either backbone (`batch_layout`), and
+what it is depends on the backbone, so that training sees what acting will do:
+- Transformer (reference DT): round(batch_steps / K) windows of K = `model.context_steps` timesteps
+  starting at uniformly drawn dataset rows, right-padded at episode ends (acting re-runs the last K
+  steps).
+- Aaren: rows as long as the longest episode, round(batch_steps / that) of them (at least one), packed
+  end to end with whole episodes from their first step (`envs.datasets.PackedSampler`: shuffled passes
+  over the episodes, so every dataset step is supervised equally often, with little padding at row
+  ends). The episode starts reset the scan (`resets`), so each episode is trained exactly as if run
+  alone. The recurrent state while acting summarises the episode from its start; whole episodes train
+  exactly that. The alternative, K-windows whose entering state is a no-grad scan of the episode
+  prefix, measured slower per supervised step, because the prefix scan costs more than the window.
 
 Loss: mean squared error between predicted and dataset actions (both scaled to [-1, 1]) over real
 steps. AdamW, linear warm-up, grad-norm clipping (docs/design.md, Decision agents). The run
 directory (`agents.run_dir`) holds config.yaml, dataset_stats.json, checkpoints/, tb/
 (TensorBoard), metrics.jsonl and curve.png. Resuming restores weights, optimizer, scheduler and
-every RNG (torch and the data sampler), so a killed-and-resumed run ends with the same weights as an
+every RNG and the data sampler's queue, so a killed-and-resumed run ends with the same weights as an
 uninterrupted one. One process trains a run directory at a time (its lock); a resume continues from
 the newest intact checkpoint, and must keep the model settings of that checkpoint. A non-finite loss
 or gradient (checked every step) or weight (checked before each checkpoint) stops the run with a
 `DivergedError`, so `latest` stays the last finite checkpoint.
 
 Under torchrun (`agents.distributed`) the model is wrapped in DistributedDataParallel and
-`train.batch_size` is the global batch: every rank draws the whole batch from the one seeded
-sampler and trains on its own contiguous share of it; the loss divides by the real steps of the
+`train.batch_steps` makes the global batch, whose rows must split evenly across the ranks: every rank
+draws the whole batch from the one seeded sampler and trains on its own contiguous share of rows; the loss divides by the real steps of the
 whole batch (times the world size, since DDP averages the ranks' gradients), so the gradient, and
 the run, is the one-process run's (to float rounding; dropout masks differ). lr is unchanged. Rank 0
 alone writes the run directory and shows progress; logged losses are averaged over the ranks.
@@ -59,6 +63,7 @@ from agents.model import DecisionModel, DecisionModelConfig, ModelHyperparameter
 from agents.policy import DecisionAgent
 from agents.run_dir import MetricsLog, RunDir, read_metrics
 from envs import DatasetError, OfflineDataset, load_dataset, make_env, normalized_score
+from envs.datasets import PackedSampler
 from envs.files import torch_threads, write_atomic
 
 
@@ -173,26 +178,44 @@ def build_model(cfg: Config, data: TrainingData) -> DecisionModel:
     return model
 
 
+def batch_layout(cfg: Config, dataset: OfflineDataset) -> tuple[int, int]:
+    """(rows, steps per row) of the global batch for `train.batch_steps` supervised steps: K-windows
+    (Transformer), or rows as long as the longest episode (Aaren), as many as come nearest, at least one."""
+    row_steps = (
+        int(dataset.episode_lengths.max()) if cfg.model.backbone == "aaren" else cfg.model.context_steps
+    )
+    return max(1, round(cfg.train.batch_steps / row_steps)), row_steps
+
+
+def packed_sampler(cfg: Config, dataset: OfflineDataset) -> PackedSampler | None:
+    """The Aaren agent's sampler of packed rows (None for the Transformer, whose windows need no state)."""
+    return PackedSampler(dataset, *batch_layout(cfg, dataset)) if cfg.model.backbone == "aaren" else None
+
+
 def sample_batch(
-    cfg: Config, dataset: OfflineDataset, rng: np.random.Generator, device: torch.device, dist: DistContext
+    cfg: Config,
+    dataset: OfflineDataset,
+    rng: np.random.Generator,
+    device: torch.device,
+    dist: DistContext,
+    packer: PackedSampler | None,
 ) -> dict:
-    """This rank's share of one global batch as tensors: whole episodes (Aaren, padded to the longest
-    of the share) or K-windows (Transformer); see the module docstring. "num_real" counts the real
-    steps of the whole global batch."""
-    size = cfg.train.batch_size // dist.world_size
+    """This rank's share of rows of one global batch as tensors: rows packed with whole episodes by
+    `packer` (Aaren, with "resets" on each episode's first step) or K-windows (Transformer); see the
+    module docstring. "num_real" counts the real steps of the whole global batch."""
+    keys = ["returns_to_go", "observations", "actions", "timesteps", "mask"]
+    if packer is not None:
+        batch = packer.sample(rng)
+        keys.append("resets")
+    else:
+        batch = dataset.sample_windows(rng, *batch_layout(cfg, dataset))
+    size = len(batch.mask) // dist.world_size
     share = slice(dist.rank * size, (dist.rank + 1) * size)
-    keys = ("returns_to_go", "observations", "actions", "timesteps", "mask")
-    if cfg.model.backbone == "aaren":
-        p = dataset.episode_lengths / dataset.episode_lengths.sum()
-        episodes = rng.choice(dataset.num_episodes, size=cfg.train.batch_size, p=p)
-        num_real = int(dataset.episode_lengths[episodes].sum())
-        batch = dataset.get_episodes(episodes[share])
-        arrays = {k: getattr(batch, k) for k in keys}
-    else:  # windows are small: draw the whole batch and keep this rank's rows
-        batch = dataset.sample_windows(rng, cfg.train.batch_size, cfg.model.context_steps)
-        num_real = int(batch.mask.sum())
-        arrays = {k: getattr(batch, k)[share] for k in keys}
-    return {**{k: torch.as_tensor(v, device=device) for k, v in arrays.items()}, "num_real": num_real}
+    arrays = {k: getattr(batch, k)[share] for k in keys}
+    return {
+        **{k: torch.as_tensor(v, device=device) for k, v in arrays.items()},
+        "num_real": int(batch.mask.sum()),
+    }
 
 
 def action_loss(model: DecisionModel | DDP, batch: dict, world_size: int = 1) -> torch.Tensor:
@@ -201,7 +224,13 @@ def action_loss(model: DecisionModel | DDP, batch: dict, world_size: int = 1) ->
     Divided by the global batch's real steps over `world_size`: DDP averages the ranks' gradients,
     so their mean is the gradient of the one-process loss over the whole batch.
     """
-    pred, _ = model(batch["returns_to_go"], batch["observations"], batch["actions"], batch["timesteps"])
+    pred, _ = model(
+        batch["returns_to_go"],
+        batch["observations"],
+        batch["actions"],
+        batch["timesteps"],
+        resets=batch.get("resets"),
+    )
     target = getattr(model, "module", model).unit_actions(batch["actions"])
     err = (pred.float() - target).pow(2).mean(-1)
     return (err * batch["mask"].float()).sum() / (batch["num_real"] / world_size)
@@ -280,11 +309,7 @@ def _train(
 ) -> Path:
     """The training loop, on every rank once config, data and process group are ready."""
     t = cfg.train
-    if t.batch_size % dist.world_size:
-        raise ConfigError(
-            f"train.batch_size = {t.batch_size} (the global batch) does not split evenly across "
-            f"{dist.world_size} processes. Fix: a multiple of {dist.world_size}, or another --nproc_per_node"
-        )
+    check_batch_splits(cfg, data.dataset, dist.world_size)
     progress = progress and dist.is_main
     trainer = Trainer(cfg, data, dist, run)
     if resuming:
@@ -296,6 +321,19 @@ def _train(
         if trainer.step >= t.steps and dist.is_main:  # not stopped early (stop_after), and the writing rank
             final_eval_and_curve(cfg, data, run, metrics, trainer.step, progress)
     return run.root
+
+
+def check_batch_splits(cfg: Config, dataset: OfflineDataset, world_size: int) -> None:
+    """The global batch's rows must split evenly across the processes: a ConfigError naming a
+    train.batch_steps that does."""
+    rows, row_steps = batch_layout(cfg, dataset)
+    if rows % world_size:
+        what = "rows of the longest episode's" if cfg.model.backbone == "aaren" else "windows of"
+        raise ConfigError(
+            f"train.batch_steps = {cfg.train.batch_steps} makes a global batch of {rows} {what} {row_steps} "
+            f"steps, which does not split evenly across {world_size} processes. Fix: "
+            f"train.batch_steps={-(-rows // world_size) * world_size * row_steps}, or another --nproc_per_node"
+        )
 
 
 def train_steps(
@@ -317,7 +355,7 @@ def train_steps(
     losses = LossLog(metrics, dist, bar)
     end = t.steps if stop_after is None else min(t.steps, trainer.step + stop_after)
     while trainer.step < end:
-        batch = sample_batch(cfg, data.dataset, trainer.rng, dist.device, dist)
+        batch = sample_batch(cfg, data.dataset, trainer.rng, dist.device, dist, trainer.packer)
         loss, grad_norm = trainer.update(batch)
         step = trainer.step
         losses.count(batch)
@@ -348,6 +386,7 @@ class Trainer:
             self.optimizer, lr_schedule(t.warmup_steps, t.steps, t.lr_decay)
         )
         self.rng = np.random.default_rng(t.seed)
+        self.packer = packed_sampler(cfg, data.dataset)
         self.autocast = (
             torch.autocast(dist.device.type, dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext()
         )
@@ -402,6 +441,8 @@ class Trainer:
             self.rng.bit_generator.state = state["rng"]["numpy"]
             torch_ranks = state["rng"].get("torch_ranks", [state["rng"]["torch"]])
             torch.set_rng_state(torch_ranks[self.dist.rank % len(torch_ranks)])
+            if self.packer is not None:
+                self.packer.load_state_dict(state["sampler"])
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(
                 f"{checkpoint / 'trainer.pt'} does not fit this run's optimizer and sampler ({exc!r})",
@@ -439,6 +480,8 @@ class Trainer:
                 "torch_ranks": torch_ranks,
             },
         }
+        if self.packer is not None:  # the same on every rank
+            state["sampler"] = self.packer.state_dict()
         if self.dist.is_main:
             self.run.save_checkpoint(self.model, self.step, state)
         self.last_checkpoint = self.run.checkpoint(self.step)
@@ -483,16 +526,18 @@ def check_same_model(checkpoint: Path, saved: DecisionModelConfig, configured: D
 
 
 def write_run_files(cfg: Config, data: TrainingData, run: RunDir, dist: DistContext) -> None:
-    """config.yaml and dataset_stats.json (with the resolved batch split), written by every session."""
+    """config.yaml and dataset_stats.json (with the resolved batch layout and split), written by every
+    session."""
     run.root.mkdir(parents=True, exist_ok=True)
     write_atomic(run.config, dump_config(cfg))
+    rows, row_steps = batch_layout(cfg, data.dataset)
     stats = {
         **dataset_stats(data),
+        "batch": {"batch_steps": cfg.train.batch_steps, "rows": rows, "row_steps": row_steps},
         "distributed": {
             "world_size": dist.world_size,
             "backend": dist.backend,
-            "global_batch_size": cfg.train.batch_size,
-            "per_rank_batch_size": cfg.train.batch_size // dist.world_size,
+            "per_rank_rows": rows // dist.world_size,
         },
     }
     write_atomic(run.dataset_stats, json.dumps(stats, indent=2))

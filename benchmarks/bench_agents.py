@@ -14,12 +14,18 @@
 2. Rollout throughput: 16 vectorised Hopper-v5 envs driven by the Aaren agent (fast and eager) against
    the same envs driven by random actions (the env-only ceiling): environment steps per second, the
    median of `rollout_reps` alternating runs.
-3. Training throughput: supervised steps (actions predicted) and tokens per second of one
-   forward + backward + AdamW step, Aaren-DT on whole 1000-step trajectories against
-   Transformer-DT on K = 20 windows, at the reference width; and the peak memory of each (on CPU the
-   growth of a fresh process's peak RSS from before the model is built; torch's peak allocation on CUDA).
+3. Training throughput at equal `train.batch_steps`, batches drawn as training draws them
+   (`agents.training.batch_layout`, `sample_batch`): Aaren-DT on rows packed with whole episodes (with
+   `resets`) against Transformer-DT on K = 20 windows, at the reference width, on two synthetic
+   datasets (`TRAIN_DATASETS`: hopper-medium-like lengths and widely mixed ones). Per case: real
+   (supervised) steps per second of one forward + backward + AdamW step, and the peak memory (on CPU
+   the growth of a fresh process's peak RSS from before the model is built; torch's peak allocation
+   on CUDA). Per dataset: the padding fraction of Aaren batches before packing (whole episodes drawn
+   in proportion to their length, as many as hold batch_steps on average, padded to the batch's
+   longest) and after (packed rows), and of the Transformer's windows.
 
-Writes <out>/agents_speed.json and <out>/agents_speed.png. Untrained models: this measures speed only.
+Writes <out>/agents_speed.json and <out>/agents_speed.png (with --training-only: the training section
+alone, to <out>/agents_training.json). Untrained models: this measures speed only.
 """
 
 from __future__ import annotations
@@ -36,9 +42,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agents import load_config
+from agents.config import Config
+from agents.distributed import DistContext
 from agents.model import DecisionModel, DecisionModelConfig
 from agents.policy import DecisionAgent
-from envs import VecRollout, make_vec_env
+from agents.training import action_loss, batch_layout, packed_sampler, sample_batch
+from envs import OfflineDataset, VecRollout, load_dataset, make_vec_env
 from envs.files import torch_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
@@ -70,10 +80,10 @@ class Settings:
     rollout_envs: int = 16
     rollout_steps: int = 300
     rollout_reps: int = 3
-    train_episode_len: int = 1000
-    train_aaren_batch: int = 4
-    train_window_batch: int = 64
+    train_batch_steps: int = 1280
     train_reps: int = 5
+    train_transitions: int = 100_000
+    padding_batches: int = 200
     kv_max_steps: int = 10000
 
 
@@ -221,30 +231,69 @@ def _peak_rss() -> int:
     return int(line.split()[1]) * 1024
 
 
-def _train_case(backbone: str, settings: Settings, device: str) -> dict:
-    """One training-throughput case, in a fresh process so that its peak memory is its own."""
+def _hopper_medium_lengths(rng: np.random.Generator, count: int) -> np.ndarray:
+    """Episode lengths like hopper-medium's: most fall after a few hundred steps, a few reach the limit."""
+    lengths = rng.normal(450, 80, count).clip(50, 1000)
+    lengths[rng.random(count) < 0.02] = 1000
+    return lengths
+
+
+#: Synthetic datasets of the training section: name -> episode lengths (rng, count) -> lengths.
+TRAIN_DATASETS = {
+    "hopper-medium-like": _hopper_medium_lengths,
+    "mixed-lengths": lambda rng, count: rng.uniform(10, 1000, count),
+}
+
+
+def synthetic_dataset(name: str, transitions: int) -> OfflineDataset:
+    """Random Hopper-sized steps cut into episodes of TRAIN_DATASETS[name]'s lengths (speed and
+    padding depend on the lengths only)."""
+    rng = np.random.default_rng(0)
+    lengths = TRAIN_DATASETS[name](rng, transitions).astype(np.int64)
+    lengths = lengths[: np.searchsorted(np.cumsum(lengths), transitions) + 1]
+    size = int(lengths.sum())
+    timeouts = np.zeros(size, dtype=bool)
+    timeouts[np.cumsum(lengths) - 1] = True
+    return load_dataset(
+        {
+            "observations": rng.standard_normal((size, OBS_DIM), dtype=np.float32),
+            "actions": rng.uniform(-1, 1, (size, ACT_DIM)).astype(np.float32),
+            "rewards": rng.uniform(0, 3, size).astype(np.float32),
+            "terminals": np.zeros(size, dtype=bool),
+            "timeouts": timeouts,
+        }
+    )
+
+
+def _train_config(backbone: str, dataset_name: str, settings: Settings) -> Config:
+    """The training config whose batch layout a case uses (the dataset named only to pass validation)."""
+    overrides = [f"model.backbone={backbone}", f"train.batch_steps={settings.train_batch_steps}"]
+    return load_config(None, [*overrides, f"data.dataset={dataset_name}"])
+
+
+def _train_case(backbone: str, dataset_name: str, settings: Settings, device: str) -> dict:
+    """One training-throughput case on batches as training draws them, in a fresh process so that its
+    peak memory is its own."""
+    dataset = synthetic_dataset(dataset_name, settings.train_transitions)
+    cfg = _train_config(backbone, dataset_name, settings)
+    dist, rng, packer = (
+        DistContext(device=torch.device(device)),
+        np.random.default_rng(0),
+        packed_sampler(cfg, dataset),
+    )
+    batches = [
+        sample_batch(cfg, dataset, rng, dist.device, dist, packer) for _ in range(settings.train_reps + 1)
+    ]
     _reset_peak_rss()  # a spawned process starts with its parent's high-water mark
     baseline = _peak_rss()
     torch.manual_seed(0)
-    model = DecisionModel(DecisionModelConfig(obs_dim=OBS_DIM, act_dim=ACT_DIM, backbone=backbone)).to(device)
-    model.train()
-    if backbone == "aaren":
-        batch, length = settings.train_aaren_batch, settings.train_episode_len
-    else:
-        batch, length = settings.train_window_batch, model.config.context_steps
-    gen = torch.Generator().manual_seed(0)
-    inputs = (
-        torch.rand(batch, length, generator=gen).to(device) * TARGET_RETURN,
-        torch.randn(batch, length, OBS_DIM, generator=gen).to(device),
-        torch.rand(batch, length, ACT_DIM, generator=gen).to(device) * 2 - 1,
-        torch.arange(length).expand(batch, length).to(device),
-    )
+    config = DecisionModelConfig(obs_dim=OBS_DIM, act_dim=ACT_DIM, backbone=backbone, max_timestep=1000)
+    model = DecisionModel(config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     times = []
-    for _ in range(settings.train_reps + 1):
+    for batch in batches:
         start = time.perf_counter()
-        pred, _ = model(*inputs)
-        loss = (pred - inputs[2]).pow(2).mean()
+        loss = action_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
@@ -252,15 +301,17 @@ def _train_case(backbone: str, settings: Settings, device: str) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    seconds = statistics.median(times[1:])
+    seconds = sum(times[1:])  # the first step warms up
+    real_steps = sum(b["num_real"] for b in batches[1:])
+    rows, row_steps = batch_layout(cfg, dataset)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss() - baseline
     return {
         "agent": backbone,
-        "batch": batch,
-        "sequence_steps": length,
-        "step_seconds": seconds,
-        "supervised_steps_per_second": batch * length / seconds,
-        "tokens_per_second": 3 * batch * length / seconds,
+        "dataset": dataset_name,
+        "rows": rows,
+        "row_steps": row_steps,
+        "step_seconds": seconds / settings.train_reps,
+        "supervised_steps_per_second": real_steps / seconds,
         "peak_memory_bytes": peak,
         "peak_memory_kind": "torch.cuda.max_memory_allocated"
         if device == "cuda"
@@ -268,18 +319,48 @@ def _train_case(backbone: str, settings: Settings, device: str) -> dict:
     }
 
 
+def padding_fractions(dataset: OfflineDataset, settings: Settings) -> dict[str, float]:
+    """Padded share of batch steps: Aaren's whole episodes padded to the batch's longest (before
+    packing), Aaren's packed rows (after), and the Transformer's K-windows."""
+    lengths = dataset.episode_lengths
+    per_batch = max(1, round(settings.train_batch_steps / float(lengths.mean())))
+    rng = np.random.default_rng(0)
+    drawn = lengths[
+        rng.choice(len(lengths), (settings.padding_batches, per_batch), p=lengths / lengths.sum())
+    ]
+    padded = 1 - drawn.sum() / (drawn.max(1) * per_batch).sum()
+    fractions = {"aaren_whole_episodes_padded": float(padded)}
+    for backbone, key in (("aaren", "aaren_packed"), ("transformer", "transformer_windows")):
+        cfg = _train_config(backbone, dataset.source, settings)
+        packer = packed_sampler(cfg, dataset)
+        masks = [
+            packer.sample(rng).mask
+            if packer
+            else dataset.sample_windows(rng, *batch_layout(cfg, dataset)).mask
+            for _ in range(settings.padding_batches)
+        ]
+        fractions[key] = float(1 - np.mean(masks))
+    return fractions
+
+
 def bench_training(settings: Settings, device: str) -> dict:
-    """Training throughput and peak memory of both backbones, and Aaren's tokens/s over the Transformer's."""
-    cases = {}
-    for backbone in ("aaren", "transformer"):  # a fresh process each, so that peak memory is its own
-        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-            cases[backbone] = pool.submit(_train_case, backbone, settings, device).result()
-    return {
-        "cases": list(cases.values()),
-        "aaren_over_transformer_tokens_per_second": ratio(
-            cases["aaren"]["tokens_per_second"], cases["transformer"]["tokens_per_second"]
-        ),
-    }
+    """Per synthetic dataset: both backbones' supervised steps/s and peak memory at equal batch_steps,
+    Aaren's over the Transformer's, and the padding fractions."""
+    results = {}
+    for name in TRAIN_DATASETS:
+        cases = {}
+        for backbone in ("aaren", "transformer"):  # a fresh process each, so that peak memory is its own
+            with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+                cases[backbone] = pool.submit(_train_case, backbone, name, settings, device).result()
+        results[name] = {
+            "cases": list(cases.values()),
+            "aaren_over_transformer_supervised_steps_per_second": ratio(
+                cases["aaren"]["supervised_steps_per_second"],
+                cases["transformer"]["supervised_steps_per_second"],
+            ),
+            "padding": padding_fractions(synthetic_dataset(name, settings.train_transitions), settings),
+        }
+    return results
 
 
 def evaluate_goals(cases: list[dict], acting: list[dict], rollout: dict) -> dict:
@@ -382,6 +463,26 @@ def run(settings: Settings, device: str, out_dir: Path) -> dict:
     return results
 
 
+def run_training_only(settings: Settings, device: str, out_dir: Path) -> dict:
+    """The training section alone, to out_dir/agents_training.json (agents_speed.* stay a full run's)."""
+    results = {
+        "machine": machine_info(device),
+        "settings": dataclasses.asdict(settings),
+        "training": bench_training(settings, device),
+    }
+    write_json(out_dir / "agents_training.json", results)
+    return results
+
+
+def print_training(training: dict) -> None:
+    """One line per dataset: supervised steps/s of each backbone, their ratio and the padding fractions."""
+    for name, row in training.items():
+        speed = ", ".join(f"{c['agent']} {c['supervised_steps_per_second']:,.0f}" for c in row["cases"])
+        padding = ", ".join(f"{k} {v:.1%}" for k, v in row["padding"].items())
+        ratio_value = row["aaren_over_transformer_supervised_steps_per_second"]
+        print(f"{name}: supervised steps/s {speed} (aaren/transformer {ratio_value:.2f}); padding {padding}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(
@@ -396,8 +497,19 @@ def main(argv: list[str] | None = None) -> None:
         "--device", default="cpu", choices=("cpu", "cuda"), help="device for the training case"
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="output folder")
+    parser.add_argument(
+        "--training-only",
+        action="store_true",
+        help="only the training section, written to <out>/agents_training.json",
+    )
     args = parser.parse_args(argv)
-    results = run(QUICK if args.quick else Settings(), args.device, args.out)
+    settings = QUICK if args.quick else Settings()
+    if args.training_only:
+        print_training(run_training_only(settings, args.device, args.out)["training"])
+        print(f"wrote {args.out / 'agents_training.json'}")
+        return
+    results = run(settings, args.device, args.out)
+    print_training(results["training"])
     for name, goal in results["goals"].items():
         print(f"{name:28s} {goal['value']:.2f} (goal {goal['goal']}): {'met' if goal['met'] else 'NOT met'}")
     print(f"wrote {args.out / 'agents_speed.json'} and {args.out / 'agents_speed.png'}")

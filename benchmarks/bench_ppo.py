@@ -10,6 +10,12 @@ algorithm.
 
 Goal: AarenPPO reaches RecurrentPPO's return and trains >= 1.5x faster in wall-clock.
 "Reaches" is recorded as (aaren - random) / (lstm - random) >= 0.9 on the seed means.
+
+Acting speed (`--acting-only` runs just this section): the time per env step of `predict` (actor only)
+and of a rollout-collection step (actor and critic, `policy.forward` without gradients), for AarenPPO
+acting through its folded memories and through the modules' forward, against RecurrentPPO's LSTM of
+the same width, at batch (envs) 1 and 8, one torch thread, timed interleaved; medians and ratios.
+Goal: AarenPPO's folded acting no slower than the LSTM's (aaren / lstm <= 1).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +44,14 @@ from envs.files import torch_threads
 from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
-from benchmarks.common import RESULTS, load_average, machine_info, write_json, write_png  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    load_average,
+    machine_info,
+    time_interleaved,
+    write_json,
+    write_png,
+)
 
 ALGOS = ("aaren", "lstm", "mlp")
 RETURN_FRACTION_GOAL = 0.9  # (aaren - random) / (lstm - random), at least
@@ -318,6 +332,110 @@ def run(settings: Settings, out_dir: Path, name: str) -> dict:
     return results
 
 
+@dataclass(frozen=True)
+class ActingSettings:
+    """Batches, and how each timed call is made up: `calls` env steps from a fresh episode, `rounds`
+    interleaved calls per case."""
+
+    batches: tuple[int, ...] = (1, 8)
+    calls: int = 100
+    rounds: int = 21
+    task: str = "CartPoleNoVel"
+
+
+ACTING = ActingSettings()
+ACTING_CASES = ("aaren_folded", "aaren_eager", "lstm")
+
+
+def _predict_steps(model: BaseAlgorithm, obs: np.ndarray, calls: int) -> None:
+    """`calls` deterministic predict calls carrying the memory, from a fresh episode in every env."""
+    state, starts = None, np.ones(len(obs), dtype=bool)
+    for _ in range(calls):
+        _, state = model.predict(obs, state, starts, deterministic=True)
+        starts = np.zeros_like(starts)
+
+
+def _rollout_steps(model: BaseAlgorithm, obs: np.ndarray, calls: int) -> None:
+    """`calls` acting steps of rollout collection (actor and critic, no gradients), as collect_rollouts."""
+    policy = model.policy
+    policy.set_training_mode(False)
+    obs_t = torch.as_tensor(obs, device=policy.device)
+    state = model._last_policy_state if isinstance(model, AarenPPO) else model._last_lstm_states
+    starts = torch.ones(len(obs), dtype=torch.float32, device=policy.device)
+    with torch.no_grad():
+        for _ in range(calls):
+            _, _, _, state = policy(obs_t, state, starts)
+            starts = torch.zeros_like(starts)
+
+
+def _acting_fns(batch: int, settings: ActingSettings) -> dict[str, Callable[[], None]]:
+    """Per case and kind of step, a call of `settings.calls` steps at batch `batch`."""
+    task = TASKS[settings.task]
+    task = dataclasses.replace(task, n_envs=batch, ppo={**task.ppo, "batch_size": max(2, batch)})
+    models = {algo: make_model(algo, task, seed=0) for algo in ("aaren", "lstm")}
+    models["aaren"]._setup_learn(1)  # the initial memory state that collect_rollouts starts from
+    obs = models["aaren"].env.reset()
+
+    def case(name: str, steps: Callable[[BaseAlgorithm, np.ndarray, int], None]) -> Callable[[], None]:
+        model = models["lstm" if name == "lstm" else "aaren"]
+
+        def call() -> None:
+            if name != "lstm":
+                model.policy.fold_acting = name == "aaren_folded"
+            steps(model, obs, settings.calls)
+
+        return call
+
+    return {
+        f"{kind}/{name}": case(name, steps)
+        for kind, steps in (("predict", _predict_steps), ("rollout", _rollout_steps))
+        for name in ACTING_CASES
+    }
+
+
+def bench_acting_speed(settings: ActingSettings) -> dict[str, Any]:
+    """Median microseconds per env step of every case at every batch, and the ratios to the LSTM."""
+    rows = []
+    with torch_threads(1):
+        for batch in settings.batches:
+            times = time_interleaved(
+                _acting_fns(batch, settings), "cpu", settings.rounds, settings.rounds, 0.0
+            )
+            for key, seconds in times.items():
+                kind, name = key.split("/")
+                us = float(np.median(seconds)) / settings.calls * 1e6
+                rows.append({"kind": kind, "batch": batch, "case": name, "us_per_step": us})
+    by_key = {(r["kind"], r["batch"], r["case"]): r["us_per_step"] for r in rows}
+    for r in rows:
+        r["over_lstm"] = r["us_per_step"] / by_key[(r["kind"], r["batch"], "lstm")]
+    folded = [r for r in rows if r["case"] == "aaren_folded"]
+    return {
+        "settings": dataclasses.asdict(settings),
+        "rows": rows,
+        "goal_no_slower_than_lstm": all(r["over_lstm"] <= 1.0 for r in folded),
+    }
+
+
+def format_acting(acting: dict[str, Any]) -> str:
+    """The acting-speed table."""
+    lines = [f"{'step':<8} {'batch':>5} {'case':<13} {'us/step':>9} {'/ lstm':>7}"]
+    for r in acting["rows"]:
+        lines.append(
+            f"{r['kind']:<8} {r['batch']:>5} {r['case']:<13} {r['us_per_step']:>9.1f} {r['over_lstm']:>7.2f}"
+        )
+    verdict = "met" if acting["goal_no_slower_than_lstm"] else "NOT met"
+    lines.append(f"AarenPPO folded acting no slower than the LSTM: {verdict}")
+    return "\n".join(lines)
+
+
+def run_acting(settings: ActingSettings, out_dir: Path) -> dict[str, Any]:
+    """The acting-speed section alone, written to ppo_acting.json."""
+    results = {"machine": machine_info("cpu"), **bench_acting_speed(settings)}
+    results["machine"]["load_average_at_end"] = load_average()
+    write_json(out_dir / "ppo_acting.json", results)
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -325,7 +443,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), help="only these tasks (their budgets)")
     parser.add_argument("--seeds", type=int, help="only the first SEEDS seeds")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
+    parser.add_argument(
+        "--acting-only", action="store_true", help="only the acting-speed section (ppo_acting.json)"
+    )
     args = parser.parse_args(argv)
+    acting = run_acting(ACTING, args.out)
+    print(format_acting(acting) + f"\nwrote {args.out / 'ppo_acting.json'}\n")
+    if args.acting_only:
+        return
     settings, name = (QUICK, "ppo_memory_quick") if args.quick else (FULL, "ppo_memory")
     if args.tasks:
         missing = [t for t in args.tasks if t not in settings.steps]

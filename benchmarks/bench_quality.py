@@ -5,16 +5,18 @@ once from the Hugging Face Hub, or from $AAREN_RL_EXPERTS offline: see `envs.exp
 recipes (medium = a policy at about 1/3 of expert, medium-expert = medium + expert halves),
 written in the D4RL format and cached. Every (task, dataset, backbone, seed) is trained with the
 reference DT hyperparameters of configs/base.yaml and the same number of gradient steps and
-supervised timesteps per step: the Transformer sees `batch_size` K-windows (batch_size x K steps),
-the Aaren agent whole episodes from their first step, as many as hold about the same number of
-steps on average. Each run ends with a live evaluation at the task's target returns (envs on
+`train.batch_steps` supervised timesteps per step: the Transformer sees batch_steps / K K-windows, the
+Aaren agent rows packed with whole episodes from their first step (agents.training.batch_layout). Each
+run ends with a live evaluation at the task's target returns (envs on
 Gymnasium v5); the table reports the best target's D4RL-normalised score, mean +- std over seeds.
 
 The default protocol is sized for a couple of CPU cores (see QUICK); `--full`
 is the papers' protocol (100k steps, 1M-transition datasets, all three tasks), unchanged code.
 The runs are the trials of one sweep (`agents.sweep`) on Ray: locally, one run per CPU at a time, or
 on a cluster with --address (then --work must be a folder that every node shares).
-Interrupted? Run the same command again: finished runs are kept, unfinished ones resume.
+Interrupted? Run the same command again: finished runs are kept, unfinished ones resume. Runs from
+before train.batch_steps (their config.yaml sets train.batch_size) trained other batches: a --work
+folder holding one is refused, with the fix (a new --work folder).
 
 Writes <out>/quality.json, <out>/quality.png (scores and learning curves) and <out>/quality.md; the
 datasets and run directories (checkpoints, TensorBoard logs) go to --work.
@@ -31,9 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agents import load_config
+from agents.cli import exits_2_on_user_errors
+from agents.config import ConfigError, read_yaml
 from agents.sweep import Trial, make_trial, print_failures, run_trials
-from envs import collect_recipe, load_dataset
+from envs import collect_recipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
 from benchmarks.common import REPO, RESULTS, machine_info, write_json, write_png, write_text  # noqa: E402
@@ -52,7 +55,7 @@ class Settings:
     transitions: int = 1_000_000
     steps: int = 100_000
     warmup_steps: int = 10_000
-    batch_size: int = 64
+    batch_steps: int = 1280  # supervised timesteps per batch, both backbones (reference DT: 64 x K = 20)
     eval_every: int = 10_000
     eval_episodes: int = 10
 
@@ -69,16 +72,23 @@ def make_dataset(task: str, dataset: str, settings: Settings, data_dir: Path) ->
     return path
 
 
-def aaren_batch(dataset_path: Path, settings: Settings, context_steps: int) -> int:
-    """Whole episodes per Aaren batch holding about batch_size x K steps (the Transformer's batch)."""
-    lengths = load_dataset(dataset_path).episode_lengths
-    return max(1, round(settings.batch_size * context_steps / float(lengths.mean())))
+def check_no_old_runs(work: Path) -> None:
+    """A ConfigError if `work` holds a run started with the old train.batch_size: its batches were not
+    those of train.batch_steps, so it can neither resume nor stand beside the new runs in the table."""
+    for config in sorted((work / "runs").glob("*/config.yaml")):
+        if "batch_size" in (read_yaml(config).get("train") or {}):
+            raise ConfigError(
+                f"{config} sets train.batch_size: that run predates train.batch_steps and trained other "
+                f"batches, so it can neither resume nor be compared with new runs. Fix: use a new --work "
+                f"folder (copy {work / 'data'} there to keep the datasets), or delete {work / 'runs'}"
+            )
 
 
 def _budget_overrides(settings: Settings) -> dict[str, int]:
-    """Config overrides of the training and evaluation budget, the same for every run."""
+    """Config overrides of the training budget (batch included) and evaluation, the same for every run."""
     return {
         "train.steps": settings.steps,
+        "train.batch_steps": settings.batch_steps,
         "train.warmup_steps": settings.warmup_steps,
         "train.eval_every": settings.eval_every,
         "train.checkpoint_every": settings.eval_every,
@@ -100,15 +110,9 @@ def make_run(
 ) -> Trial:
     """One run as a sweep trial, in work/runs/<task>-<dataset>-<backbone>-s<seed>."""
     config_path = REPO / "configs" / f"{task}-{dataset}.yaml"
-    batch = (
-        aaren_batch(data_path, settings, load_config(config_path).model.context_steps)
-        if backbone == "aaren"
-        else settings.batch_size
-    )
     overrides = {
         "data.dataset": str(data_path),
         "model.backbone": backbone,
-        "train.batch_size": batch,
         "train.seed": seed,
         **_budget_overrides(settings),
     }
@@ -126,7 +130,7 @@ def run_summary(trial: Trial, record: dict) -> dict:
         "dataset": trial.point["dataset"],
         "backbone": trial.point["backbone"],
         "seed": trial.overrides["train.seed"],
-        "batch_size": trial.overrides["train.batch_size"],
+        "batch_steps": trial.overrides["train.batch_steps"],
         "best_target": best["target_return"],
         "score": best["score_mean"],
         "return": best["return_mean"],
@@ -273,6 +277,7 @@ def run(settings: Settings, out: Path, work: Path, address: str | None = None) -
     """Every run as a trial of one sweep on Ray (locally, or on the cluster at `address`); the report
     is rewritten as each run ends. Task and dataset outermost, so the report soon has all seeds of a
     pair when trials run one or two at a time."""
+    check_no_old_runs(work)
     pairs = [(t, d) for t in settings.tasks for d in settings.datasets]
     data = {pair: make_dataset(*pair, settings, work / "data") for pair in pairs}
     trials = [
@@ -291,7 +296,8 @@ def run(settings: Settings, out: Path, work: Path, address: str | None = None) -
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
+@exits_2_on_user_errors
+def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument(
@@ -318,7 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v})
     run(settings, args.out, args.work, args.address)
     print((args.out / "quality.md").read_text())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from envs.d4rl import TASKS, canonical_env_id, fill_metadata, parse_dataset_id
 from envs.datasets import d4rl_dataset_dir, d4rl_filename, episode_return_stats, save_dataset
-from envs.errors import DatasetError
-from envs.experts import PredictPolicy, RandomPolicy, load_sb3_policy
+from envs.errors import DatasetError, EnvNameError
+from envs.experts import PolicyFileError, PredictPolicy, RandomPolicy, load_sb3_policy
 from envs.files import torch_threads
 from envs.make import MujocoStateInfo
 from envs.vector import VecRollout, VecStep, make_vec_env, split_evenly
@@ -246,9 +246,13 @@ class CollectResult:
     steps_per_second: float
 
 
-def _write(path: Path, parts: list[Rollouts], metadata: dict[str, Any], overwrite: bool) -> CollectResult:
+def _refuse_existing(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it.")
+
+
+def _write(path: Path, parts: list[Rollouts], metadata: dict[str, Any], overwrite: bool) -> CollectResult:
+    _refuse_existing(path, overwrite)
     arrays = {k: np.concatenate([p.arrays[k] for p in parts]) for k in parts[0].arrays}
     infos = {k: np.concatenate([p.infos[k] for p in parts]) for k in parts[0].infos}
     returns = np.concatenate([p.episode_returns for p in parts])
@@ -289,6 +293,7 @@ def collect_dataset(
     ``policy``: ``"random"``, an SB3 zip / folder / experts-folder name (e.g. ``"tqc-Hopper"``), or an
     object with SB3's ``predict``. See :func:`rollout_policy` for seeding, noise and the last steps.
     """
+    _refuse_existing(Path(path), overwrite)  # fail before minutes of collection, not after
     part = rollout_policy(
         env_name,
         policy,
@@ -314,7 +319,7 @@ def parse_recipe_id(dataset_id: str) -> tuple[str, str]:
     except DatasetError:  # not even '<word>-<word>': reported below like any other bad id
         task = recipe = ""
     if task not in TASKS or recipe not in RECIPES:
-        raise ValueError(
+        raise EnvNameError(
             f"{dataset_id!r} is not '<task>-<recipe>[-vK]' with task in {sorted(TASKS)} "
             f"and recipe in {sorted(RECIPES)}."
         )
@@ -347,13 +352,12 @@ def collect_recipe(
     roles = RECIPES[recipe]
     missing = [r for r in roles if r != "random" and r not in table]
     if missing:
-        raise ValueError(
+        raise PolicyFileError(
             f"No {missing[0]!r} policy for task {task!r}: pass policies={{{missing[0]!r}: 'path/to/model.zip'}} "
             f"(CLI: --policy {missing[0]}=path/to/model.zip)."
         )
     path = Path(path) if path is not None else d4rl_dataset_dir() / d4rl_filename(dataset_id)
-    if path.exists() and not overwrite:  # fail before minutes of collection, not after
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it.")
+    _refuse_existing(path, overwrite)  # fail before minutes of collection, not after
     deterministic = recipe not in STOCHASTIC_RECIPES
     shares = split_evenly(num_steps, len(roles)).tolist()
     parts = [

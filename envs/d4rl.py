@@ -19,7 +19,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from envs.errors import DatasetError
+from envs.errors import DatasetError, EnvNameError
 
 
 @dataclass(frozen=True)
@@ -121,13 +121,13 @@ def is_published(task: str, dataset: str, version: str) -> bool:
 def canonical_env_id(name: str) -> str:
     """The Gymnasium id ``envs.make_env(name)`` creates: registered ids as given, D4RL names -> their v5 task.
 
-    Raises ``ValueError`` for a name that is neither, listing the D4RL tasks known here.
+    Raises :class:`EnvNameError` for a name that is neither, listing the D4RL tasks known here.
     """
     if name in gym.envs.registry or ":" in name:  # "module:EnvId" ids import their module at make time
         return name
     task = task_of(name)
     if task is None:
-        raise ValueError(
+        raise EnvNameError(
             f"Unknown environment {name!r}: not a registered Gymnasium id and not a D4RL name "
             f"starting with one of {sorted(TASKS)} (e.g. 'hopper-medium-v2')."
         )

@@ -8,14 +8,17 @@ d4rl's ``sequence_dataset`` splits them.
 
 In memory, :class:`OfflineDataset` keeps those flat arrays (no per-step Python objects) plus a few
 per-row and per-episode index arrays, so memory stays close to the raw arrays' size; batches of
-sub-sequences or of whole episodes are gathered with one fancy-indexing call.
+sub-sequences or of whole episodes are gathered with one fancy-indexing call. :class:`PackedSampler`
+packs whole episodes end to end into rows of a fixed length (for models that can restart their
+sequence inside a row), drawing episodes from a shuffled stream so that every step is supervised
+equally often.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +134,17 @@ class SequenceBatch:
 
     def __repr__(self) -> str:
         return f"SequenceBatch(batch={self.mask.shape[0]}, length={self.mask.shape[1]}, steps={int(self.mask.sum())})"
+
+
+@dataclass(repr=False)
+class PackedBatch(SequenceBatch):
+    """Rows of whole episodes laid end to end from their first step, zero-padded at the row's end.
+
+    Here ``episode_index`` is per step (B, L), -1 on padding, and ``start_step`` is all zeros (every
+    episode starts at its step 0); ``timesteps`` and ``returns_to_go`` restart with each episode.
+    """
+
+    resets: np.ndarray  # (B, L) bool, True on each episode's first step
 
 
 @dataclass(repr=False, eq=False)
@@ -290,6 +304,49 @@ class OfflineDataset:
         """``batch_size`` whole episodes drawn uniformly (with replacement), from step 0, padded."""
         return self.get_episodes(rng.integers(0, self.num_episodes, size=batch_size), max_length)
 
+    def pack_episodes(self, rows: Sequence[Sequence[int]], row_steps: int) -> PackedBatch:
+        """Rows of ``row_steps`` steps holding the given episodes (indices per row) end to end, each from
+        its first step; an episode reaching past the row's end is cut there (it keeps its beginning)."""
+        episodes = np.array([e for row in rows for e in row], dtype=np.int64)
+        row_of = np.repeat(np.arange(len(rows)), [len(row) for row in rows])
+        lengths = self.episode_lengths[episodes]
+        offsets = np.cumsum(lengths) - lengths  # each episode's first step in the flat concatenation
+        first_in_row = np.zeros(len(rows), dtype=np.int64)
+        if len(episodes):
+            first_in_row[row_of[::-1]] = offsets[::-1]  # the smallest offset of each row
+        columns = offsets - first_in_row[row_of]  # each episode's first column in its row
+        step = np.arange(int(lengths.sum())) - np.repeat(offsets, lengths)
+        column = np.repeat(columns, lengths) + step
+        kept = column < row_steps
+        token_row, column = np.repeat(row_of, lengths)[kept], column[kept]
+        idx = np.zeros((len(rows), row_steps), dtype=np.int64)
+        idx[token_row, column] = (np.repeat(self.episode_starts[episodes], lengths) + step)[kept]
+        mask = np.zeros(idx.shape, dtype=bool)
+        mask[token_row, column] = True
+        episode_index = np.full(idx.shape, -1, dtype=np.int64)
+        episode_index[token_row, column] = np.repeat(episodes, lengths)[kept]
+        resets = np.zeros(idx.shape, dtype=bool)
+        starts = columns < row_steps
+        resets[row_of[starts], columns[starts]] = True
+
+        def take(a: np.ndarray) -> np.ndarray:
+            out = a[idx]
+            out[~mask] = 0
+            return out
+
+        return PackedBatch(
+            observations=take(self.observations),
+            actions=take(self.actions),
+            rewards=take(self.rewards),
+            returns_to_go=take(self.returns_to_go),
+            timesteps=take(self.timesteps),
+            terminals=take(self.terminals),
+            mask=mask,
+            episode_index=episode_index,
+            start_step=np.zeros(len(rows), dtype=np.int64),
+            resets=resets,
+        )
+
     def qlearning_view(self, terminate_on_end: bool = False) -> dict[str, np.ndarray]:
         """Transitions exactly as d4rl's ``qlearning_dataset``: next observation = ``observations[i+1]``.
 
@@ -309,6 +366,64 @@ class OfflineDataset:
     def normalized_score(self, returns: float | np.ndarray) -> float | np.ndarray:
         """D4RL-normalised score x100 using this dataset's reference scores (metadata, else its env id)."""
         return normalized_score(self, returns)
+
+
+class PackedSampler:
+    """Batches of ``rows`` rows of ``row_steps`` steps packed with whole episodes, under which every
+    dataset step is supervised equally often (as under uniform row sampling), with little padding.
+
+    Episodes come from a stream of shuffled passes over the dataset, each pass holding every episode
+    once. A batch fills its rows first-fit in stream order, looking up to ``lookahead`` episodes past
+    ones that do not fit the space left; those stay at the head of the queue for the next batch, where
+    they fit (``row_steps`` is at least the longest episode), so none is dropped or cut. The queue is
+    the sampler's state (``state_dict``, for resuming); the shuffles come from the caller's generator.
+    """
+
+    def __init__(self, dataset: OfflineDataset, rows: int, row_steps: int, lookahead: int = 64):
+        longest = int(dataset.episode_lengths.max())
+        if rows < 1 or row_steps < longest:
+            raise ValueError(
+                f"PackedSampler needs rows >= 1 and row_steps >= the longest episode ({longest}), "
+                f"got rows={rows}, row_steps={row_steps}"
+            )
+        self.dataset, self.rows, self.row_steps, self.lookahead = dataset, rows, row_steps, lookahead
+        self.queue: list[int] = []  # episodes drawn from the stream and not yet packed, in stream order
+
+    def sample(self, rng: np.random.Generator) -> PackedBatch:
+        """The next batch; ``rng`` shuffles each new pass over the episodes."""
+        lengths = self.dataset.episode_lengths
+        shortest = int(lengths.min())
+        free = np.full(self.rows, self.row_steps)
+        packed: list[list[int]] = [[] for _ in range(self.rows)]
+        skipped: list[int] = []
+        taken = 0
+        while len(skipped) < self.lookahead and free.max() >= shortest:
+            if taken == len(self.queue):
+                self.queue.extend(rng.permutation(self.dataset.num_episodes).tolist())
+            episode = self.queue[taken]
+            taken += 1
+            room = np.flatnonzero(free >= lengths[episode])
+            if room.size:
+                packed[room[0]].append(episode)
+                free[room[0]] -= lengths[episode]
+            else:
+                skipped.append(episode)
+        self.queue = skipped + self.queue[taken:]
+        return self.dataset.pack_episodes(packed, self.row_steps)
+
+    def state_dict(self) -> dict[str, list[int]]:
+        return {"queue": list(self.queue)}
+
+    def load_state_dict(self, state: dict[str, list[int]]) -> None:
+        """Continue from a saved ``state_dict``; ValueError if it cannot be this dataset's."""
+        queue = state["queue"]
+        if not isinstance(queue, list) or not all(
+            isinstance(e, int) and 0 <= e < self.dataset.num_episodes for e in queue
+        ):
+            raise ValueError(
+                f"a packed sampler's queue must list episodes of this dataset, got {queue!r:.80}"
+            )
+        self.queue = list(queue)
 
 
 def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

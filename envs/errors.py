@@ -1,5 +1,9 @@
-"""The one error type of the environment side's data handling."""
+"""The error types of the environment side for input a user can fix (scripts print them as one line)."""
 
 
 class DatasetError(ValueError):
     """A dataset that cannot be used; the message names the file, key and row at fault and a fix."""
+
+
+class EnvNameError(ValueError):
+    """An environment name or dataset recipe id that names nothing known here; the message lists what is."""

@@ -84,7 +84,7 @@ def experts_dir() -> Path:
 def hub_repo_id(name: str) -> str:
     """The Hub repository of an RL Zoo agent: ``"tqc-Hopper"`` -> ``"sb3/tqc-Hopper-v3"``."""
     if not _EXPERT_NAME.match(name):
-        raise ValueError(f"{name!r} is not an RL Zoo agent name '<algo>-<Env>' (e.g. 'tqc-Hopper').")
+        raise PolicyFileError(f"{name!r} is not an RL Zoo agent name '<algo>-<Env>' (e.g. 'tqc-Hopper').")
     return f"{HUB_ORGANIZATION}/{name}-{HUB_TASK_VERSION}"
 
 

@@ -19,7 +19,7 @@ examples:
   python scripts/train_offline.py --config configs/hopper-medium.yaml --set train.steps=500 train.device=cuda
   python scripts/train_offline.py --resume runs/hopper-medium-v2-aaren-s0          # continue a killed run
   torchrun --nproc_per_node=4 scripts/train_offline.py --config configs/hopper-medium.yaml --set train.device=cuda
-                                                     # DDP on 4 GPUs; train.batch_size is the global batch
+                                                     # DDP on 4 GPUs; train.batch_steps makes the global batch
 
 The run directory (<output_dir>/<name>, default runs/<dataset>-<backbone>-s<seed>) gets config.yaml,
 dataset_stats.json, checkpoints/ (safetensors), tb/ (tensorboard --logdir runs), metrics.jsonl and

@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aaren_rl import functional
 from aaren_rl.functional import aaren_scan, empty_state
 from aaren_rl.ops.naive import naive_aaren, recurrent_aaren
 
@@ -231,3 +232,15 @@ def test_autocast_bfloat16_forward_and_backward(n):
         assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert torch.isfinite(scores.grad).all() and torch.isfinite(values.grad).all()
+
+
+def test_masks_cached_under_inference_mode_still_train():
+    """The scan caches its triangular masks; one first built under inference_mode must not break a
+    later backward in the same process."""
+    functional._triangle.cache_clear()  # so the masks are first built under inference_mode
+    scores, values = torch.randn(1, 1, 301), torch.randn(1, 1, 301, 4)
+    with torch.inference_mode():
+        aaren_scan(scores, values)
+    scores.requires_grad_()
+    aaren_scan(scores, values)[0].sum().backward()
+    assert scores.grad is not None and torch.isfinite(scores.grad).all()

@@ -15,7 +15,7 @@ from agents import ConfigError, load_config, train
 from agents.distributed import DistContext
 from agents.evaluation import rank_share
 from agents.run_dir import latest_checkpoint
-from agents.training import sample_batch
+from agents.training import packed_sampler, sample_batch
 from envs import load_dataset
 from envs.vector import split_evenly
 
@@ -24,7 +24,7 @@ TINY = [
     "model.embed_dim=32",
     "model.num_layers=1",
     "model.dropout=0",
-    "train.batch_size=4",
+    "train.batch_steps=240",
     "train.steps=6",
     "train.warmup_steps=2",
     "train.log_every=2",
@@ -124,12 +124,10 @@ def test_two_processes_train_the_one_process_weights(tiny_dataset, tmp_path, bac
     # turns each run's rounding noise there into lr-sized steps (1.1e-5 apart); every other weight agrees.
     skip = "mixer.qkv.bias" if backbone == "transformer" else ""
     assert max_difference(one, two, skip) < 1e-5  # measured 1.9e-6 (aaren), 6e-8 (transformer)
-    assert json.loads((two / "dataset_stats.json").read_text())["distributed"] == {
-        "world_size": 2,
-        "backend": "gloo",
-        "global_batch_size": 4,
-        "per_rank_batch_size": 2,
-    }
+    stats = json.loads((two / "dataset_stats.json").read_text())
+    rows, row_steps = (4, 60) if backbone == "aaren" else (12, 20)  # the tiny data's longest episode; K
+    assert stats["batch"] == {"batch_steps": 240, "rows": rows, "row_steps": row_steps}
+    assert stats["distributed"] == {"world_size": 2, "backend": "gloo", "per_rank_rows": rows // 2}
     rows = [
         [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)
     ]
@@ -177,25 +175,21 @@ def test_a_failing_rank_ends_the_job_with_its_error(tiny_dataset, tmp_path):
 @pytest.mark.parametrize("backbone", ["aaren", "transformer"])
 def test_rank_shares_make_up_the_one_process_batch(tiny_dataset, tmp_path, backbone):
     cfg = load_config(
-        None, settings(tiny_dataset, tmp_path, "x", f"model.backbone={backbone}", "train.batch_size=6")
+        None, settings(tiny_dataset, tmp_path, "x", f"model.backbone={backbone}", "train.batch_steps=360")
     )
     dataset = load_dataset(str(tiny_dataset))
 
     def draw(rank: int, world_size: int) -> dict:
-        return sample_batch(
-            cfg, dataset, np.random.default_rng(0), torch.device("cpu"), DistContext(rank, world_size)
-        )
+        dist = DistContext(rank, world_size)
+        sampler = packed_sampler(cfg, dataset)
+        return sample_batch(cfg, dataset, np.random.default_rng(0), torch.device("cpu"), dist, sampler)
 
     whole, shares = draw(0, 1), [draw(r, 3) for r in range(3)]
     assert all(s["num_real"] == whole["num_real"] == int(whole["mask"].sum()) for s in shares)
     assert sum(int(s["mask"].sum()) for s in shares) == whole["num_real"]
-    for key in ("observations", "actions", "returns_to_go", "timesteps", "mask"):
-        rows = [s[key][i] for s in shares for i in range(2)]
-        for row, full in zip(
-            rows, whole[key], strict=True
-        ):  # a share may be padded less than the whole batch
-            torch.testing.assert_close(row, full[: len(row)], rtol=0, atol=0)
-            assert not full[len(row) :].any()
+    keys = ["observations", "actions", "returns_to_go", "timesteps", "mask"]
+    for key in keys + (["resets"] if backbone == "aaren" else []):
+        torch.testing.assert_close(torch.cat([s[key] for s in shares]), whole[key], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
@@ -215,5 +209,7 @@ def test_rank_shares_of_an_evaluation_are_the_one_process_episodes(episodes, num
 
 def test_global_batch_must_split_evenly(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.setattr("agents.training.init_distributed", lambda *args: DistContext(world_size=3))
-    with pytest.raises(ConfigError, match="train.batch_size = 4 .* does not split evenly across 3 processes"):
+    with pytest.raises(
+        ConfigError, match="train.batch_steps = 240 .* does not split evenly across 3 processes"
+    ):
         train(load_config(None, settings(tiny_dataset, tmp_path, "odd")), progress=False)

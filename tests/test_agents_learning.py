@@ -24,7 +24,7 @@ def test_short_training_on_expert_data_beats_random_policy(tmp_path):
             "name=smoke",
             "model.embed_dim=64",
             "train.steps=250",
-            "train.batch_size=4",
+            "train.batch_steps=4000",  # four 1000-step episodes
             "train.lr=1e-3",
             "train.warmup_steps=25",
             "train.log_every=10",

@@ -26,7 +26,7 @@ def tiny_config(dataset: Path, out: Path, *extra: str):
             "model.embed_dim=16",
             "model.num_layers=1",
             "model.context_steps=5",
-            "train.batch_size=3",
+            "train.batch_steps=180",
             "train.steps=8",
             "train.warmup_steps=3",
             "train.log_every=2",
@@ -126,6 +126,7 @@ def test_evaluate_run_reports_the_acting_path_asked_for(tmp_path):
         ("model.num_heads=3", "must divide model.embed_dim"),
         ("eval.targets=[a]", "eval.targets[0]"),
         ("eval.vec_mode=async", "'eval.vec_mode' is now called 'eval.vectorization'"),
+        ("train.batch_size=64", "'train.batch_size' is now called 'train.batch_steps'.*64 x 20 = 1280"),
     ],
 )
 def test_bad_config_values_raise_one_clear_error(tiny_dataset, tmp_path, override, message):
@@ -181,7 +182,7 @@ def test_scripts_train_resume_and_evaluate(tiny_dataset, tmp_path, capsys):
         "name=cli",
         "model.embed_dim=16",
         "model.num_layers=1",
-        "train.batch_size=2",
+        "train.batch_steps=120",
         "train.log_every=1",
         "eval.episodes=1",
         "eval.num_envs=1",

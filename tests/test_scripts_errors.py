@@ -70,7 +70,7 @@ def tiny_overrides(dataset: Path, out: Path, name: str) -> list[str]:
         f"name={name}",
         "model.embed_dim=16",
         "model.num_layers=1",
-        "train.batch_size=2",
+        "train.batch_steps=120",
         "train.steps=2",
         "train.warmup_steps=1",
         "train.log_every=1",

@@ -24,7 +24,7 @@ TINY = {
     "model.embed_dim": 16,
     "model.num_layers": 1,
     "model.context_steps": 5,
-    "train.batch_size": 3,
+    "train.batch_steps": 60,
     "train.steps": 8,
     "train.warmup_steps": 3,
     "train.log_every": 2,
@@ -258,7 +258,7 @@ def test_example_sweep_is_the_quick_quality_grid(tmp_path):
     engine.check_trials(sweep.trials, sweep.resources)
     quick = bench_quality.QUICK
     planned = {
-        f"run={task}-{dataset}-{backbone}_seed={seed}"
+        f"data={task}-{dataset}_backbone={backbone}_seed={seed}"
         for task in quick.tasks
         for dataset in quick.datasets
         for backbone in bench_quality.BACKBONES

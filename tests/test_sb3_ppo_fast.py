@@ -1,0 +1,124 @@
+"""AarenPPO's folded acting path equals the module forward, and is refolded when the weights change."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.env_util import make_vec_env
+
+from agents.ppo import AarenPPO
+from agents.ppo_policy import AarenActorCriticPolicy, ActorCriticState
+from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SMALL = dict(embed_dim=16, num_layers=2, num_heads=4, ffn_mult=2, net_arch=dict(pi=[16], vf=[16]))
+TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-9}
+ENVS, STEPS = 4, 12
+
+
+def _model(env_id: str, dtype: torch.dtype, share_memory: bool = False) -> AarenPPO:
+    env = make_vec_env(env_id, n_envs=ENVS, seed=0)
+    kwargs = dict(SMALL, share_memory=share_memory)
+    model = AarenPPO(
+        "MlpAarenPolicy", env, n_steps=16, batch_size=32, n_epochs=1, seed=0, policy_kwargs=kwargs
+    )
+    with torch.no_grad():  # non-zero recency slopes on every head, so the score bias is exercised
+        for memory in (model.policy.actor_memory, model.policy.critic_memory):
+            if memory is not None:
+                memory.recency.uniform_(0.1, 0.5)
+    model.policy.to(dtype)
+    model.policy.set_training_mode(False)
+    return model
+
+
+def _starts(step: int) -> torch.Tensor:
+    """Every env starts at step 0; later some envs start a new episode while the others go on."""
+    rows = torch.arange(ENVS)
+    return torch.ones(ENVS, dtype=torch.bool) if step == 0 else (rows + step) % 5 == 0
+
+
+def _act(
+    policy: AarenActorCriticPolicy, obs: torch.Tensor, state: ActorCriticState, step: int, folded: bool
+) -> tuple[tuple[torch.Tensor, ...], ActorCriticState]:
+    """One deterministic step through `forward`, folded (no gradients) or the module forward (gradients)."""
+    with torch.set_grad_enabled(not folded):
+        actions, values, log_prob, state = policy(obs, state, _starts(step), deterministic=True)
+    return tuple(t.detach() for t in (actions, values, log_prob)), state
+
+
+def _state_tensors(state: ActorCriticState) -> list[torch.Tensor]:
+    memories = [state.actor] + ([] if state.critic is None else [state.critic])
+    return [t.detach() for s in memories for t in (s.m, s.u, s.w)] + [state.steps]
+
+
+def _assert_folded_equals_forward(policy: AarenActorCriticPolicy, dtype: torch.dtype) -> None:
+    tol = TOLERANCE[dtype]
+    generator = torch.Generator().manual_seed(0)
+    obs_dim = policy.observation_space.shape[0]
+    fast = slow = policy.initial_state(ENVS)
+    for step in range(STEPS):
+        obs = torch.randn(ENVS, obs_dim, generator=generator)
+        out_fast, fast = _act(policy, obs, fast, step, folded=True)
+        out_slow, slow = _act(policy, obs, slow, step, folded=False)
+        for a, b in zip(out_fast, out_slow, strict=True):
+            torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+        for a, b in zip(_state_tensors(fast), _state_tensors(slow), strict=True):
+            torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("env_id", "share_memory"), [(CARTPOLE_NO_VEL, False), (PENDULUM_NO_VEL, True)])
+def test_folded_acting_equals_forward(env_id: str, share_memory: bool, dtype: torch.dtype) -> None:
+    policy = _model(env_id, dtype, share_memory).policy
+    _assert_folded_equals_forward(policy, dtype)
+    assert set(policy._folded) == {"actor_memory"} | (set() if share_memory else {"critic_memory"})
+
+
+def test_predict_and_predict_values_use_the_folded_memory() -> None:
+    model = _model(CARTPOLE_NO_VEL, torch.float64)
+    policy = model.policy
+    obs = np.random.default_rng(0).normal(size=(ENVS, 2)).astype(np.float32)
+    actions, state = model.predict(obs, None, np.ones(ENVS, dtype=bool), deterministic=True)
+    assert set(policy._folded) == {"actor_memory"}  # predict runs the actor only
+    (expected_actions, _, _), expected = _act(
+        policy, torch.as_tensor(obs), policy.initial_state(ENVS), 0, folded=False
+    )
+    np.testing.assert_array_equal(actions, expected_actions.numpy())
+    actor = expected.actor
+    for got, want in zip(state, (actor.m, actor.u, actor.w, expected.steps), strict=True):
+        np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-9, rtol=1e-9)
+    with torch.no_grad():
+        policy.predict_values(
+            torch.as_tensor(obs), policy.initial_state(ENVS), torch.ones(ENVS, dtype=torch.bool)
+        )
+    assert set(policy._folded) == {"actor_memory", "critic_memory"}
+
+
+def test_refolded_after_training_changes_the_weights() -> None:
+    model = _model(CARTPOLE_NO_VEL, torch.float32)
+    model.learn(ENVS * 16 * 2)  # rollouts act folded, and each train() changes the weights in between
+    after_learn = dict(model.policy._folded)
+    assert set(after_learn) == {"actor_memory", "critic_memory"}
+    assert all(f.stale for f in after_learn.values())  # learn() ends with an update after the last rollout
+    model.policy.set_training_mode(False)
+    _assert_folded_equals_forward(model.policy, torch.float32)
+    folded = dict(model.policy._folded)
+    assert not any(f.stale or f is after_learn[name] for name, f in folded.items())
+    with torch.no_grad():
+        model.policy.actor_memory.backbone.ln_f.bias.add_(0.5)
+    assert folded["actor_memory"].stale and not folded["critic_memory"].stale
+    _assert_folded_equals_forward(model.policy, torch.float32)
+    assert model.policy._folded["actor_memory"] is not folded["actor_memory"]
+    assert model.policy._folded["critic_memory"] is folded["critic_memory"]
+
+
+def test_training_mode_and_sequences_run_the_module_forward() -> None:
+    policy = _model(CARTPOLE_NO_VEL, torch.float32).policy
+    state = policy.initial_state(2)
+    with torch.no_grad():
+        policy._latents(torch.zeros(2, 3, 2), state)  # several tokens: the parallel forward
+        policy.set_training_mode(True)
+        policy(torch.zeros(2, 2), state, torch.ones(2, dtype=torch.bool))  # training mode (dropout)
+    assert policy._folded == {}
