@@ -5,10 +5,10 @@
 
 Acting feeds one token per env step through the backbone with the carried constant-size state
 (`ActorCriticState`, rows reset where an episode starts); without gradients and outside training mode
-(predict, rollout collection) that step runs on the memories folded for acting (`FoldedMemory`), refolded
-whenever their weights have changed. Training re-runs whole stored sequences
-at once with the parallel prefix scan from each sequence's entering state (`RolloutSequences`), and
-gives the same log-probs and values as acting did, to float tolerance.
+(predict, rollout collection) that step runs on the memories folded for acting (`FoldedMemory`),
+folded again whenever their weights have changed. Training re-runs whole stored sequences at once with
+the parallel prefix scan from each sequence's entering state (`RolloutSequences`), and gives the same
+log-probs and values as acting did, to float tolerance.
 
 Each head adds a learned recency slope times the step's episode timestep to its scores (ALiBi-like).
 Aaren's query is input-independent, so without that the memory is a weighted average of the past

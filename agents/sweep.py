@@ -45,7 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agents.config import ConfigError, TrainConfig, apply_overrides, from_dict, read_yaml
+from agents.config import RENAMED_KEYS, ConfigError, TrainConfig, apply_overrides, from_dict, read_yaml
 from agents.run_dir import RunDir
 from envs.files import atomic_path, write_atomic
 
@@ -268,6 +268,14 @@ def _check_same_run(trial: Trial, settings: dict[str, Any]) -> None:
     if not run.config.is_file():
         return
     before, now = _flatten(read_yaml(run.config)), _flatten(settings)
+    retired = sorted(before.keys() - now.keys())  # `now` holds every key this version knows
+    if retired:
+        names = [f"{key} (now {RENAMED_KEYS[key][0]})" if key in RENAMED_KEYS else key for key in retired]
+        raise ConfigError(
+            f"{run.config} sets {', '.join(names)}, which this version no longer reads, so that run can "
+            f"neither resume nor count as trial {trial.name}. Fix: delete {run.root} to train that trial "
+            "again, or choose another --out"
+        )
     changed = sorted(
         key
         for key in before.keys() & now.keys()

@@ -25,9 +25,9 @@ or gradient (checked every step) or weight (checked before each checkpoint) stop
 
 Under torchrun (`agents.distributed`) the model is wrapped in DistributedDataParallel and
 `train.batch_steps` makes the global batch, whose rows must split evenly across the ranks: every rank
-draws the whole batch from the one seeded sampler and trains on its own contiguous share of rows; the loss divides by the real steps of the
-whole batch (times the world size, since DDP averages the ranks' gradients), so the gradient, and
-the run, is the one-process run's (to float rounding; dropout masks differ). lr is unchanged. Rank 0
+draws the whole batch from the one seeded sampler and trains on its own contiguous share of rows; the
+loss divides by the real steps of the whole batch (times the world size, since DDP averages the ranks'
+gradients), so the gradient, and the run, is the one-process run's (to float rounding; dropout masks differ). lr is unchanged. Rank 0
 alone writes the run directory and shows progress; logged losses are averaged over the ranks.
 """
 

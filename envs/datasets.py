@@ -265,24 +265,20 @@ class OfflineDataset:
         idx = rows[:, None] + np.arange(length, dtype=np.int64)
         mask = idx < ends[ep][:, None]
         np.minimum(idx, (ends[ep] - 1)[:, None], out=idx)
-        pad = ~mask
-
-        def take(a: np.ndarray) -> np.ndarray:
-            out = a[idx]
-            out[pad] = 0
-            return out
-
         return SequenceBatch(
-            observations=take(self.observations),
-            actions=take(self.actions),
-            rewards=take(self.rewards),
-            returns_to_go=take(self.returns_to_go),
-            timesteps=take(self.timesteps),
-            terminals=take(self.terminals),
+            **self._steps_at(idx, mask),
             mask=mask,
             episode_index=ep,
             start_step=rows - self.episode_starts[ep],
         )
+
+    def _steps_at(self, idx: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """The per-step arrays at flat rows ``idx``, zero where ``mask`` is False (padding)."""
+        names = ("observations", "actions", "rewards", "returns_to_go", "timesteps", "terminals")
+        out = {name: getattr(self, name)[idx] for name in names}
+        for array in out.values():
+            array[~mask] = 0
+        return out
 
     def sample_windows(self, rng: np.random.Generator, batch_size: int, length: int) -> SequenceBatch:
         """``batch_size`` windows of ``length`` steps from uniformly drawn episode rows (so episodes are
@@ -328,19 +324,8 @@ class OfflineDataset:
         resets = np.zeros(idx.shape, dtype=bool)
         starts = columns < row_steps
         resets[row_of[starts], columns[starts]] = True
-
-        def take(a: np.ndarray) -> np.ndarray:
-            out = a[idx]
-            out[~mask] = 0
-            return out
-
         return PackedBatch(
-            observations=take(self.observations),
-            actions=take(self.actions),
-            rewards=take(self.rewards),
-            returns_to_go=take(self.returns_to_go),
-            timesteps=take(self.timesteps),
-            terminals=take(self.terminals),
+            **self._steps_at(idx, mask),
             mask=mask,
             episode_index=episode_index,
             start_step=np.zeros(len(rows), dtype=np.int64),

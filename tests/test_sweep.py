@@ -248,6 +248,32 @@ def test_trials_that_would_hold_a_gpu_they_do_not_use_are_refused(tiny_dataset, 
         engine.check_trials(sweep.trials, engine.Resources(cpus=1, gpus=1))
 
 
+@pytest.mark.parametrize("finished_before", [False, True])
+def test_a_run_with_a_retired_config_key_is_refused_up_front(
+    tiny_dataset, tmp_path, monkeypatch, finished_before
+):
+    """An old run (finished or not) whose config.yaml sets a key this version dropped is one ConfigError
+    before Ray starts, not a finished trial or a failure inside a worker."""
+    monkeypatch.setattr(engine, "connect", lambda *args: pytest.fail("Ray was started for a retired key"))
+    sweep = engine.load_sweep(write_sweep(tmp_path, tiny_dataset), tmp_path)
+    trial = sweep.trials[0]
+    old = {**trial.settings, "train": {**trial.settings["train"], "batch_size": 8}}
+    del old["train"]["batch_steps"]
+    run = RunDir(trial.run_dir)
+    run.root.mkdir(parents=True)
+    run.config.write_text(yaml.safe_dump(old))
+    if finished_before:
+        run.eval.mkdir()
+        (run.eval / "eval.json").write_text(json.dumps({"results": []}))
+    with pytest.raises(ConfigError) as caught:
+        engine.run_sweep(sweep, tmp_path, progress=False)
+    assert str(caught.value) == (
+        f"{run.config} sets train.batch_size (now train.batch_steps), which this version no longer reads, "
+        f"so that run can neither resume nor count as trial {trial.name}. Fix: delete {run.root} to train "
+        "that trial again, or choose another --out"
+    )
+
+
 def test_example_sweep_is_the_quick_quality_grid(tmp_path):
     sys.path.insert(0, str(ROOT))
     try:
