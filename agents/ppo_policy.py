@@ -13,7 +13,7 @@ log-probs and values as acting did, to float tolerance.
 Each head adds a learned recency slope times the step's episode timestep to its scores (ALiBi-like).
 Aaren's query is input-independent, so without that the memory is a weighted average of the past
 that cannot tell recent observations from old ones: on CartPole without velocities it stayed at
-random return (28 after 80k steps, against RecurrentPPO's 78 after 20k). A learned timestep
+the random policy's return where RecurrentPPO learned. A learned timestep
 embedding (as in the Decision Transformer) was tried too and hurt: random per-step vectors swamp
 the observation early in training.
 
