@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from envs import save_dataset
 
@@ -63,3 +64,23 @@ def tiny_dataset(tmp_path_factory) -> Path:
         metadata={"env_id": "Hopper-v5"},
     )
     return path
+
+
+@pytest.fixture
+def extreme_scores():
+    """make(pattern, n) -> float64 scores [2, 1, n] that stress the scan's running max: "rising" and
+    "falling" by 40 per token (a chunk's max spans far more than exp can hold), "spike" (+-1e4) and
+    "all_very_negative" (about -1e4)."""
+
+    def make(pattern: str, n: int) -> torch.Tensor:
+        t = torch.arange(n, dtype=torch.float64)
+        scores = {
+            "rising": t * 40.0,
+            "falling": -t * 40.0,
+            "spike": torch.where(t % 97 == 0, 1e4, -1e4).double(),
+            "all_very_negative": torch.full((n,), -1e4, dtype=torch.float64)
+            + torch.randn(n, dtype=torch.float64),
+        }[pattern]
+        return scores.expand(2, 1, n)
+
+    return make

@@ -50,16 +50,9 @@ def test_lengths_not_multiple_of_chunk(n, scale):
 
 
 @pytest.mark.parametrize("pattern", ["rising", "falling", "spike", "all_very_negative"])
-def test_extreme_score_patterns(pattern):
+def test_extreme_score_patterns(pattern, extreme_scores):
     n = 700
-    t = torch.arange(n, dtype=torch.float64)
-    scores = {
-        "rising": t * 40.0,  # every chunk's running max spans far more than exp can hold
-        "falling": -t * 40.0,
-        "spike": torch.where(t % 97 == 0, 1e4, -1e4).double(),
-        "all_very_negative": torch.full((n,), -1e4, dtype=torch.float64)
-        + torch.randn(n, dtype=torch.float64),
-    }[pattern].expand(2, 1, n)
+    scores = extreme_scores(pattern, n)
     values = torch.randn(2, 1, n, 5, dtype=torch.float64)
     out, _ = aaren_scan(scores, values, chunk_size=64)
     assert_close(out, naive_aaren(scores, values))

@@ -107,16 +107,9 @@ def test_reset_patterns(pattern, chunk):
 
 
 @pytest.mark.parametrize("pattern", ["rising", "falling", "spike", "all_very_negative"])
-def test_extreme_scores(pattern):
+def test_extreme_scores(pattern, extreme_scores):
     n = 700
-    t = torch.arange(n, dtype=torch.float64)
-    scores = {
-        "rising": t * 40.0,  # a chunk's running max spans far more than exp can hold
-        "falling": -t * 40.0,
-        "spike": torch.where(t % 97 == 0, 1e4, -1e4).double(),
-        "all_very_negative": torch.full((n,), -1e4, dtype=torch.float64)
-        + torch.randn(n, dtype=torch.float64),
-    }[pattern].expand(2, 1, n)
+    scores = extreme_scores(pattern, n)
     values = torch.randn(2, 1, n, 5, dtype=torch.float64)
     resets = random_resets(2, n, 0.02, 0) | resets_at(2, n, [64, 65, 300])
     check_against_sequences(scores, values, resets, chunk=64)
