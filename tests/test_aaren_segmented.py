@@ -4,19 +4,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scan_inputs import make  # tests/scan_inputs.py (pytest puts tests/ on sys.path)
 
 from aaren_rl import AarenBackbone
 from aaren_rl.functional import aaren_scan
 from aaren_rl.ops.naive import naive_segmented_aaren
 
 TOL = 1e-10
-
-
-def make(b: int, h: int, n: int, dh: int, scale: float = 1.0, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    scores = torch.randn(b, h, n, generator=g, dtype=torch.float64) * scale
-    values = torch.randn(b, h, n, dh, generator=g, dtype=torch.float64)
-    return scores, values
 
 
 def entering_state(b: int, h: int, dh: int, seed: int = 1):
