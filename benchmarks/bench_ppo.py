@@ -428,11 +428,34 @@ def format_acting(acting: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot_acting(acting: dict[str, Any], path: Path) -> None:
+    """Bars: time per env step over the LSTM's, per step kind and batch, for each case."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["kind"], r["batch"]) for r in acting["rows"]})
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for i, case in enumerate(ACTING_CASES):
+        ratios = {(r["kind"], r["batch"]): r["over_lstm"] for r in acting["rows"] if r["case"] == case}
+        ax.bar(np.arange(len(groups)) + (i - 1) * 0.27, [ratios[g] for g in groups], 0.27, label=case)
+    ax.axhline(1.0, color="tab:gray", ls="--")
+    ax.set_xticks(range(len(groups)), [f"{kind}, batch {batch}" for kind, batch in groups])
+    ax.set(ylabel="time per env step / LSTM's", title="AarenPPO acting vs RecurrentPPO (one thread)")
+    ax.set_ylim(0, 1.3 * max(r["over_lstm"] for r in acting["rows"]))
+    ax.legend(loc="upper center", ncol=len(ACTING_CASES))
+    fig.tight_layout()
+    write_png(fig, path)
+    plt.close(fig)
+
+
 def run_acting(settings: ActingSettings, out_dir: Path) -> dict[str, Any]:
-    """The acting-speed section alone, written to ppo_acting.json."""
+    """The acting-speed section alone, written to ppo_acting.json and ppo_acting.png."""
     results = {"machine": machine_info("cpu"), **bench_acting_speed(settings)}
     results["machine"]["load_average_at_end"] = load_average()
     write_json(out_dir / "ppo_acting.json", results)
+    plot_acting(results, out_dir / "ppo_acting.png")
     return results
 
 
@@ -444,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, help="only the first SEEDS seeds")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
     parser.add_argument(
-        "--acting-only", action="store_true", help="only the acting-speed section (ppo_acting.json)"
+        "--acting-only", action="store_true", help="only the acting-speed section (ppo_acting.json, .png)"
     )
     args = parser.parse_args(argv)
     acting = run_acting(ACTING, args.out)
