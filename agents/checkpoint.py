@@ -107,10 +107,25 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def read_meta(checkpoint: str | os.PathLike) -> dict[str, Any]:
+class InMemory:
+    """A checkpoint's files held in memory (the members of a DecisionPolicy zip): `folder / name` is how
+    errors name a file (`policy.zip/model.json`), `files[name]` its bytes."""
+
+    def __init__(self, folder: Path, files: Mapping[str, bytes]):
+        self.folder, self.files = folder, files
+
+
+Source = str | os.PathLike | InMemory
+
+
+def _folder(checkpoint: Source) -> Path:
+    return checkpoint.folder if isinstance(checkpoint, InMemory) else Path(checkpoint)
+
+
+def read_meta(checkpoint: Source) -> dict[str, Any]:
     """A checkpoint's model.json, checked against its own digest (a pre-digest one with a warning)."""
-    path = Path(checkpoint) / "model.json"
-    meta = _parse(path, json.loads, _read(path))
+    path = _folder(checkpoint) / "model.json"
+    meta = _parse(path, json.loads, _read(checkpoint, "model.json"))
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path} holds no JSON object: the file is damaged", USE_ANOTHER)
     if "files" not in meta and "digest" not in meta:
@@ -129,11 +144,11 @@ def read_meta(checkpoint: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def read_verified(checkpoint: str | os.PathLike, name: str, meta: Mapping[str, Any]) -> bytes:
+def read_verified(checkpoint: Source, name: str, meta: Mapping[str, Any]) -> bytes:
     """The bytes of file `name` of a checkpoint, once they match the size and sha256 its model.json
     (`meta`, from `read_meta`) records; a pre-digest checkpoint's files are read unverified."""
-    path = Path(checkpoint) / name
-    data = _read(path)
+    path = _folder(checkpoint) / name
+    data = _read(checkpoint, name)
     if "files" not in meta:
         return data
     record = meta["files"].get(name)
@@ -158,7 +173,13 @@ def verify_checkpoint(checkpoint: str | os.PathLike) -> None:
         read_verified(checkpoint, name, meta)
 
 
-def _read(path: Path) -> bytes:
+def _read(checkpoint: Source, name: str) -> bytes:
+    """The bytes of file `name` of a checkpoint; CheckpointError when it is missing or unreadable."""
+    path = _folder(checkpoint) / name
+    if isinstance(checkpoint, InMemory):
+        if name not in checkpoint.files:
+            raise CheckpointError(f"{path} is missing", USE_ANOTHER)
+        return checkpoint.files[name]
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -198,15 +219,12 @@ def state_dict_mismatch(expected: Mapping[str, torch.Tensor], weights: Mapping[s
     )
 
 
-def load_model(
-    checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[DecisionModel, int]:
-    """(model in eval mode, step) from a checkpoint folder (or an unpacked DecisionPolicy zip), its
-    files verified; a CheckpointError when they are damaged or the weights do not fit the
-    architecture its model.json describes."""
-    checkpoint = Path(checkpoint)
+def load_model(checkpoint: Source, device: str | torch.device = "cpu") -> tuple[DecisionModel, int]:
+    """(model in eval mode, step) from a checkpoint folder (or a DecisionPolicy zip's members,
+    `InMemory`), its files verified; a CheckpointError when they are damaged or the weights do not fit
+    the architecture its model.json describes."""
     meta = read_meta(checkpoint)
-    weights_path, meta_path = checkpoint / "model.safetensors", checkpoint / "model.json"
+    weights_path, meta_path = _folder(checkpoint) / "model.safetensors", _folder(checkpoint) / "model.json"
     weights = _parse(weights_path, load, read_verified(checkpoint, "model.safetensors", meta))
     try:
         model = DecisionModel(DecisionModelConfig(**meta["model"]))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from agents.checkpoint import CheckpointError, load_model, model_files
+from agents.checkpoint import CheckpointError, InMemory, load_model, model_files
 from agents.model import DecisionModel
 from agents.policy import AgentState, DecisionAgent
 from agents.run_dir import load_policy
@@ -105,13 +104,10 @@ def _load_zip(path: Path, device: str | torch.device) -> tuple[DecisionModel, di
     """The model and model.json of a DecisionPolicy zip, verified like a checkpoint (`agents.checkpoint`:
     the digests model.json records); a CheckpointError names the zip and the member at fault."""
     files = _read_zip(path)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, data in files.items():
-            Path(tmp, name).write_bytes(data)
-        try:
-            model, _ = load_model(tmp, device)
-        except CheckpointError as exc:  # it names the unpacked copy: name the zip's member instead
-            raise CheckpointError(exc.problem.replace(tmp, str(path)), SAVE_AGAIN) from None
+    try:
+        model, _ = load_model(InMemory(path, files), device)
+    except CheckpointError as exc:  # a zip is not one of a run's checkpoints: its own fix
+        raise CheckpointError(exc.problem, SAVE_AGAIN) from None
     return model, json.loads(files["model.json"])  # verified by load_model
 
 
