@@ -10,6 +10,9 @@ roundoff differs from the modules' forward):
   projection, bias and residual are one addmm.
 - GELU's constants go into the feed-forward weights; weights are stored transposed for addmm.
 - The last layer runs its projection and feed-forward on the newest token (or the read position) only.
+- Where it can (`aaren_rl.ops.fused`: CPU, float32/64, no autograd, a C++ compiler) a whole step is one
+  C++ call doing the same arithmetic: the matmuls stay torch's, the small work between them is plain
+  loops. Otherwise the step runs the same operations from Python.
 
 The folded weights are those of fold time: fold again after the module's weights change
 (`ParameterVersions` tells). Inference only: no dropout, no gradients.
@@ -25,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from aaren_rl.model import AarenBackbone, Block, TransformerBackbone
+from aaren_rl.ops import fused
 from aaren_rl.states import AarenState
 
 
@@ -84,6 +88,15 @@ class _FeedForward:
     def __call__(self, x: Tensor) -> Tensor:
         a = torch.addmm(self.b1, self.ln(x), self.w1_t)  # a / sqrt(2) of the unfolded FFN
         return torch.addmm(x, a.erf().add_(1).mul_(a), self.w2_t).add_(self.b2)
+
+
+def _norm_weights(ln: _LayerNorm) -> tuple[Tensor, Tensor]:
+    return ln.weight.contiguous(), ln.bias.contiguous()
+
+
+def _ffn_weights(ffn: _FeedForward) -> tuple[Tensor, ...]:
+    """The feed-forward's tensors in the fused step's order (`aaren_rl/ops/fused_step.cpp`)."""
+    return (*_norm_weights(ffn.ln), ffn.w1_t, ffn.b1.contiguous(), ffn.w2_t, ffn.b2.contiguous())
 
 
 def _bias(linear: nn.Linear) -> Tensor:
@@ -172,6 +185,25 @@ class AarenStep:
         self.layers = [_AarenLayer.of(block) for block in backbone.blocks]
         self.ln_f = _LayerNorm.of(backbone.ln_f)
         self.dtype = self.ln_f.weight.dtype
+        self.flat_weights = [
+            w
+            for layer in self.layers
+            for w in (
+                *_norm_weights(layer.ln_1),
+                layer.mix_t,
+                layer.mix_b,
+                layer.proj_t,
+                *_ffn_weights(layer.ffn),
+            )
+        ] + list(_norm_weights(self.ln_f))
+        self.eps = fused.shared_eps(
+            self.ln_f, *(n for layer in self.layers for n in (layer.ln_1, layer.ffn.ln))
+        )
+
+    @staticmethod
+    def unpack(m: Tensor, z: Tensor) -> AarenState:
+        """The state from the step's m and z [L, B, H, Dh + 1] = [w, u]."""
+        return AarenState(m, z[..., -1], z[..., :-1])
 
     def score_mask(self, resets: Tensor) -> Tensor:
         """Additive [B, 1, N, N + 1] mask from resets [B, N] bool (token j starts a new sequence: the
@@ -194,15 +226,21 @@ class AarenStep:
         if mask is None and x.shape[1] != 1:
             raise ValueError(f"AarenStep: `mask` may be None for one token only, got {x.shape[1]} tokens")
         n = x.shape[0]
-        z = torch.cat([state.w, state.u.unsqueeze(-1)], -1)  # [L, B, H, Dh + 1]
         x = x.reshape(-1, x.shape[-1])
+        module = fused.module_for(x) if self.eps is not None else None
+        if module is not None:
+            mask, score_bias = (None if t is None else t.contiguous() for t in (mask, score_bias))
+            y, m, z = module.aaren_step(
+                x.contiguous(), state.m, state.u, state.w, mask, score_bias, n, self.flat_weights, self.eps
+            )
+            return y, self.unpack(m, z)
+        z = torch.cat([state.w, state.u.unsqueeze(-1)], -1)  # [L, B, H, Dh + 1]
         ms, zs = [], []
         for i, layer in enumerate(self.layers):
             x, m_i, z_i = layer(x, state.m[i], z[i], mask, n, i == len(self.layers) - 1, score_bias)
             ms.append(m_i)
             zs.append(z_i)
-        z = torch.stack(zs)
-        return self.ln_f(x), AarenState(torch.stack(ms), z[..., -1], z[..., :-1])
+        return self.ln_f(x), self.unpack(torch.stack(ms), torch.stack(zs))
 
 
 @dataclass(frozen=True)
@@ -255,10 +293,31 @@ class TransformerStep:
             raise ValueError("TransformerStep folds a TransformerBackbone without max_context")
         self.layers = [_TransformerLayer.of(block) for block in backbone.blocks]
         self.ln_f = _LayerNorm.of(backbone.ln_f)
+        self.flat_weights = [
+            w
+            for layer in self.layers
+            for w in (
+                *_norm_weights(layer.ln_1),
+                layer.qkv_t,
+                layer.qkv_b,
+                layer.proj_t,
+                layer.proj_b,
+                *_ffn_weights(layer.ffn),
+            )
+        ] + list(_norm_weights(self.ln_f))
+        self.eps = fused.shared_eps(
+            self.ln_f, *(n for layer in self.layers for n in (layer.ln_1, layer.ffn.ln))
+        )
+        self.num_heads = self.layers[0].num_heads
 
     def __call__(self, x: Tensor, read: Tensor) -> Tensor:
         n = x.shape[0]
         x = x.reshape(-1, x.shape[-1])
+        module = fused.module_for(x) if self.eps is not None else None
+        if module is not None:
+            return module.transformer_step(
+                x.contiguous(), read, n, self.num_heads, self.flat_weights, self.eps
+            )
         for i, layer in enumerate(self.layers):
             x = layer(x, n, read if i == len(self.layers) - 1 else None)
         return self.ln_f(x)

@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from types import ModuleType
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from aaren_rl import AarenBackbone, AarenState, KVCache
+from aaren_rl.ops import fused
 from aaren_rl.step import AarenStep, ParameterVersions, TransformerStep
 from agents.model import DecisionModel
 
@@ -174,6 +176,25 @@ class FoldedDecisionModel:
             )
         elif acting == "window" and not isinstance(model.backbone, AarenBackbone):
             self.window_step = TransformerStep(model.backbone)
+        backbone_step = self.step or self.window_step
+        # the fused step (aaren_rl.ops.fused) takes one eps for every layer norm, and these ends around it
+        self.eps = None
+        if backbone_step is not None and backbone_step.eps == model.embed_ln.eps:
+            self.eps = backbone_step.eps
+        self.ends = [
+            t.contiguous()
+            for t in (
+                self.embed_t,
+                self.embed_b,
+                self.time_table,
+                model.embed_ln.weight.detach(),
+                model.embed_ln.bias.detach(),
+                self.head_t,
+                self.head_b,
+                self.action_mid,
+                self.action_half,
+            )
+        ]
 
     def tokens(self, inputs: Tensor, times: Tensor) -> Tensor:
         pre = torch.addmm(self.embed_b, inputs.reshape(-1, inputs.shape[-1]), self.embed_t)
@@ -186,6 +207,40 @@ class FoldedDecisionModel:
         return torch.addcmul(
             self.action_mid, torch.tanh(torch.addmm(self.head_b, hidden, self.head_t)), self.action_half
         )
+
+    def _fused(self, x: Tensor) -> ModuleType | None:
+        return fused.module_for(x) if self.eps is not None else None
+
+    def recurrent_actions(
+        self, inputs: Tensor, times: Tensor, state: AarenState, start: Tensor
+    ) -> tuple[Tensor, AarenState]:
+        """Actions [n, act_dim] and the next Aaren state for one step of step inputs [n, F], token
+        times [n, 3], rows at `start` beginning a new episode (fused into one call where it can be)."""
+        module = self._fused(inputs)
+        if module is None:
+            hidden, memory = self.step(self.tokens(inputs, times), state, self.resets[start.long()])
+            return self.actions(hidden), memory
+        weights = (self.step.flat_weights, self.ends, self.eps)
+        actions, m, z = module.aaren_act(
+            inputs, times, state.m, state.u, state.w, self.resets, start, *weights
+        )
+        return actions, self.step.unpack(m, z)
+
+    def window_actions(self, memory: StepWindow, backbone: nn.Module) -> Tensor:
+        """Actions [n, act_dim] from each row's window of step inputs, read at its newest s_t (the
+        folded or fused Transformer step; `backbone`'s forward where there is none)."""
+        n, k = memory.times.shape[:2]
+        read = 3 * memory.length - 2  # s_t of each row, among the tokens from R_1 on (a_0 is out)
+        module = self._fused(memory.inputs)
+        if module is not None:
+            step = self.window_step
+            return module.window_act(
+                memory.inputs, memory.times, read, step.num_heads, step.flat_weights, self.ends, self.eps
+            )
+        tokens = self.tokens(memory.inputs, memory.times).view(n, 3 * k, -1)[:, 1:]
+        if self.window_step is not None:
+            return self.actions(self.window_step(tokens, read))
+        return self.actions(backbone(tokens)[0][torch.arange(n, device=read.device), read])
 
 
 class DecisionAgent:
@@ -316,21 +371,12 @@ class DecisionAgent:
         folded = self._folded
         inputs = torch.cat([state.actions, rtg.unsqueeze(1), obs], 1)
         times = torch.stack([state.timesteps, t, t], 1).clamp_(max=self.model.config.max_timestep - 1)
-        if self.acting == "recurrent":
-            tokens = folded.tokens(inputs, times)
-            if folded.step is not None:
-                hidden, memory = folded.step(tokens, state.memory, folded.resets[start.long()])
-            else:
-                hidden, memory = _recurrent(self.model.backbone, tokens, state.memory, start)
-            return folded.actions(hidden), memory
-        memory = state.memory.push(inputs, times, start)
-        n, k = memory.times.shape[:2]
-        tokens = folded.tokens(memory.inputs, memory.times).view(n, 3 * k, -1)[:, 1:]  # from R_1: a_0 is out
-        read = 3 * memory.length - 2  # s_t of each row
-        if folded.window_step is not None:
-            hidden = folded.window_step(tokens, read)
-        else:
-            hidden = self.model.backbone(tokens)[0][torch.arange(n, device=read.device), read]
+        if self.acting == "window":
+            memory = state.memory.push(inputs, times, start)
+            return folded.window_actions(memory, self.model.backbone), memory
+        if folded.step is not None:
+            return folded.recurrent_actions(inputs, times, state.memory, start)
+        hidden, memory = _recurrent(self.model.backbone, folded.tokens(inputs, times), state.memory, start)
         return folded.actions(hidden), memory
 
     def _act_eager(

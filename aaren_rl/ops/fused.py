@@ -1,0 +1,62 @@
+"""The fused acting steps (`fused_step.cpp`): the folded steps of `aaren_rl.step` as one C++ call each.
+
+Built on first use with the C++ compiler torch uses (`torch.utils.cpp_extension`, about half a minute,
+once per machine: torch caches the build under ``$TORCH_EXTENSIONS_DIR``, default
+``~/.cache/torch_extensions``, and rebuilds when the source changes). Where it cannot be built (no
+compiler) the steps stay in Python, with one warning. ``AAREN_RL_FUSED=0`` turns it off.
+CPU, float32 and float64, inference only.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("fused_step.cpp")
+NAME = "aaren_rl_fused_step"
+SWITCH = "AAREN_RL_FUSED"
+DTYPES = (torch.float32, torch.float64)
+
+
+@functools.cache
+def fused_module() -> ModuleType | None:
+    """The built extension, or None where it is switched off or cannot be built (warned once)."""
+    if os.environ.get(SWITCH, "1") == "0":
+        return None
+    from torch.utils import cpp_extension
+
+    build_dir = Path(cpp_extension.get_default_build_root(), f"{NAME}-torch{torch.__version__}")
+    if not (build_dir / f"{NAME}.so").exists():
+        print("aaren-rl: building the fused acting step (once per machine)...", file=sys.stderr, flush=True)
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        return cpp_extension.load(NAME, [str(SOURCE)], extra_cflags=["-O3"], build_directory=str(build_dir))
+    except (OSError, RuntimeError, ImportError) as error:  # no compiler, or a failed build
+        warnings.warn(
+            f"aaren-rl: the fused acting step could not be built ({error}); acting runs the folded "
+            f"step in Python (slower, same results). Install a C++ compiler, or set {SWITCH}=0 to "
+            "skip the build",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+def module_for(x: Tensor) -> ModuleType | None:
+    """The fused module if it can take `x` (CPU, float32/64, no autograd) and is built, else None."""
+    if x.device.type != "cpu" or x.dtype not in DTYPES or torch.is_grad_enabled():
+        return None
+    return fused_module()
+
+
+def shared_eps(*norms: torch.nn.LayerNorm | object) -> float | None:
+    """The one eps of these layer norms (the fused step takes one), or None where they differ."""
+    values = {norm.eps for norm in norms}
+    return values.pop() if len(values) == 1 else None

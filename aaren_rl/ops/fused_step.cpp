@@ -1,0 +1,270 @@
+// The folded acting steps of aaren_rl/step.py as one C++ call each (CPU, float32/float64, inference).
+//
+// Same arithmetic as the Python steps, in the same order: the matmuls stay torch's (addmm, and the
+// Transformer's scaled_dot_product_attention), while the small per-token work between them (layer norms,
+// the Aaren state update, GELU, bias adds) runs as plain loops, so a step costs its few matmuls rather
+// than the dispatch of about a hundred small operations.
+//
+// Weights come as one flat list per model, 11 tensors per layer then the final layer norm:
+//   Aaren:       ln_1 w, ln_1 b, mix_t, mix_b, proj_t, ln_2 w, ln_2 b, w1_t, b1, w2_t, b2
+//   Transformer: ln_1 w, ln_1 b, qkv_t, qkv_b, proj_t, proj_b, ln_2 w, ln_2 b, w1_t, b1, w2_t, b2 (12)
+#include <torch/extension.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+using at::Tensor;
+
+namespace {
+
+constexpr int64_t kAarenWeights = 11;
+// Below this many elements a plain loop beats a torch kernel's dispatch; above it torch's vectorised
+// kernels win (the Transformer's windows), so each side of a comparison gets the faster one.
+constexpr int64_t kLoopElements = 4096;
+constexpr int64_t kTransformerWeights = 12;
+
+// y = (x - mean) / sqrt(var + eps) * w + b over the last dimension of contiguous rows.
+template <typename T>
+Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
+  if (x.numel() > kLoopElements) return at::layer_norm(x, {x.size(-1)}, w, b, eps);
+  Tensor y = at::empty_like(x);
+  const int64_t d = x.size(-1), rows = x.numel() / d;
+  const T *src = x.data_ptr<T>(), *wp = w.data_ptr<T>(), *bp = b.data_ptr<T>();
+  T* dst = y.data_ptr<T>();
+  for (int64_t r = 0; r < rows; ++r, src += d, dst += d) {
+    double mean = 0, var = 0;  // accumulated in double, as torch's layer norm accumulates widely too
+    for (int64_t i = 0; i < d; ++i) mean += src[i];
+    mean /= d;
+    for (int64_t i = 0; i < d; ++i) var += (src[i] - mean) * (src[i] - mean);
+    const double inv = 1 / std::sqrt(var / d + eps);
+    for (int64_t i = 0; i < d; ++i) dst[i] = T((src[i] - mean) * inv) * wp[i] + bp[i];
+  }
+  return y;
+}
+
+// x += b, b broadcast over the rows of contiguous x.
+template <typename T>
+void add_rows(Tensor& x, const Tensor& b) {
+  const int64_t d = x.size(-1), rows = x.numel() / d;
+  T* p = x.data_ptr<T>();
+  const T* bp = b.data_ptr<T>();
+  for (int64_t r = 0; r < rows; ++r, p += d)
+    for (int64_t i = 0; i < d; ++i) p[i] += bp[i];
+}
+
+// x + FFN(LN(x)) with GELU's 1/sqrt(2) folded into w1_t, b1 and w2_t (aaren_rl.step._FeedForward).
+template <typename T>
+Tensor feed_forward(const Tensor& x, const Tensor* w, double eps) {
+  Tensor a = at::addmm(w[3], layer_norm<T>(x, w[0], w[1], eps), w[2]);
+  if (a.numel() > kLoopElements) {
+    a = a.erf().add_(1).mul_(a);
+  } else {
+    T* p = a.data_ptr<T>();
+    for (int64_t i = 0, size = a.numel(); i < size; ++i) p[i] = (std::erf(p[i]) + T(1)) * p[i];
+  }
+  Tensor y = at::addmm(x, a, w[4]);
+  add_rows<T>(y, w[5]);
+  return y;
+}
+
+// Inputs of one Aaren layer's attention: mixed [n T, H dz + H] (per head dz value columns, the last a
+// constant 1, then one score per head), state m [n, H] and z [n, H, dz], optional additive mask
+// [n or 1, 1, T, T + 1] (or [2, 1, T, T + 1] picked per sequence by `starts` [n] bool) and score bias
+// [n or 1, H, T].
+template <typename T>
+struct AarenAttention {
+  const T *mixed, *m, *z, *mask, *bias;
+  const bool* starts;
+  int64_t n, t, heads, dz, mask_rows, bias_rows;
+
+  int64_t mask_row(int64_t s) const { return starts ? starts[s] : (mask_rows == 1 ? 0 : s); }
+
+  // Attention of query position q of sequence s, head h, over the state and tokens 0..q: writes the
+  // normalised output (dz values) to out and returns the running max; num receives the numerator.
+  T attend(int64_t s, int64_t h, int64_t q, T* num, T* out) const {
+    const int64_t cols = heads * dz + heads;
+    const T* row_mask = mask ? mask + (mask_row(s) * t + q) * (t + 1) : nullptr;
+    const T* row_bias = bias ? bias + ((bias_rows == 1 ? 0 : s) * heads + h) * t : nullptr;
+    std::vector<T> logits(q + 2);
+    logits[0] = m[s * heads + h] + (row_mask ? row_mask[0] : T(0));
+    T top = logits[0];
+    for (int64_t j = 0; j <= q; ++j) {
+      T logit = mixed[(s * t + j) * cols + heads * dz + h];
+      if (row_bias) logit += row_bias[j];
+      if (row_mask) logit += row_mask[j + 1];
+      logits[j + 1] = logit;
+      top = std::max(top, logit);
+    }
+    const T* state = z + (s * heads + h) * dz;
+    T weight = std::exp(logits[0] - top);
+    for (int64_t k = 0; k < dz; ++k) num[k] = weight * state[k];
+    for (int64_t j = 0; j <= q; ++j) {
+      weight = std::exp(logits[j + 1] - top);
+      const T* value = mixed + (s * t + j) * cols + h * dz;
+      for (int64_t k = 0; k < dz; ++k) num[k] += weight * value[k];
+    }
+    for (int64_t k = 0; k < dz; ++k) out[k] = num[k] / num[dz - 1];
+    return top;
+  }
+};
+
+// One folded Aaren block (aaren_rl.step._AarenLayer): returns the block output at every token (or the
+// newest only when `last`) and writes the state after the newest token into m_out, z_out.
+template <typename T>
+Tensor aaren_layer(Tensor x, const Tensor* w, const Tensor& m, const Tensor& z,
+                   const c10::optional<Tensor>& mask, const bool* starts, const c10::optional<Tensor>& bias,
+                   int64_t n, bool last, double eps, Tensor& m_out, Tensor& z_out) {
+  const int64_t t = x.size(0) / n, heads = m.size(1), dz = z.size(2), d = x.size(1);
+  Tensor mixed = at::addmm(w[3], layer_norm<T>(x, w[0], w[1], eps), w[2]);
+  const int64_t first = last ? t - 1 : 0, queries = t - first;
+  AarenAttention<T> att{mixed.data_ptr<T>(), m.data_ptr<T>(), z.data_ptr<T>(),
+                        mask ? mask->data_ptr<T>() : nullptr, bias ? bias->data_ptr<T>() : nullptr,
+                        starts, n, t, heads, dz, mask ? mask->size(0) : 0, bias ? bias->size(0) : 0};
+  Tensor out = at::empty({n * queries, heads * dz}, x.options());
+  T *o = out.data_ptr<T>(), *mo = m_out.data_ptr<T>(), *zo = z_out.data_ptr<T>();
+  std::vector<T> num(dz);
+  for (int64_t s = 0; s < n; ++s)
+    for (int64_t q = first; q < t; ++q)
+      for (int64_t h = 0; h < heads; ++h) {
+        const T top = att.attend(s, h, q, num.data(), o + (s * queries + q - first) * heads * dz + h * dz);
+        if (q == t - 1) {
+          mo[s * heads + h] = top;
+          std::copy(num.begin(), num.end(), zo + (s * heads + h) * dz);
+        }
+      }
+  if (last && t > 1) x = x.view({n, t, d}).select(1, t - 1).contiguous();
+  return feed_forward<T>(at::addmm(x, out, w[4]), w + 5, eps);
+}
+
+// The state m [L, n, H], u [L, n, H], w [L, n, H, Dh] -> the new m and z = [w, u] [L, n, H, Dh + 1].
+template <typename T>
+std::vector<Tensor> aaren_step_impl(const Tensor& x, const Tensor& m, const Tensor& u, const Tensor& w_state,
+                                    const c10::optional<Tensor>& mask, const bool* starts,
+                                    const c10::optional<Tensor>& bias, int64_t n, const std::vector<Tensor>& w,
+                                    double eps) {
+  const int64_t layers = m.size(0);
+  Tensor z = at::cat({w_state, u.unsqueeze(-1)}, -1), m_in = m.contiguous();
+  Tensor m_new = at::empty_like(m_in), z_new = at::empty_like(z), h = x;
+  for (int64_t i = 0; i < layers; ++i) {
+    Tensor m_i = m_new.select(0, i), z_i = z_new.select(0, i);
+    h = aaren_layer<T>(h, &w[i * kAarenWeights], m_in.select(0, i), z.select(0, i), mask, starts, bias, n,
+                       i == layers - 1, eps, m_i, z_i);
+  }
+  const int64_t f = layers * kAarenWeights;
+  return {layer_norm<T>(h, w[f], w[f + 1], eps), m_new, z_new};
+}
+
+template <typename T>
+Tensor transformer_layer(Tensor x, const Tensor* w, int64_t n, int64_t heads,
+                         const c10::optional<Tensor>& read, double eps) {
+  const int64_t t = x.size(0) / n, d = x.size(1);
+  Tensor qkv = at::addmm(w[3], layer_norm<T>(x, w[0], w[1], eps), w[2]).view({n, t, 3, heads, -1});
+  auto parts = qkv.permute({2, 0, 3, 1, 4}).unbind(0);  // [n, H, T, Dh] each
+  Tensor y;
+  if (!read) {
+    y = at::scaled_dot_product_attention(parts[0], parts[1], parts[2], {}, 0.0, true);
+  } else {
+    Tensor rows = at::arange(n, read->options());
+    Tensor q = parts[0].index({rows, at::indexing::Slice(), *read}).unsqueeze(2);
+    Tensor visible = at::arange(t, read->options()).le(read->unsqueeze(1));
+    y = at::scaled_dot_product_attention(q, parts[1], parts[2], visible.view({n, 1, 1, t}));
+    x = x.view({n, t, d}).index({rows, *read});
+  }
+  Tensor h = at::addmm(x, y.transpose(1, 2).reshape({x.size(0), d}), w[4]);
+  add_rows<T>(h, w[5]);
+  return feed_forward<T>(h, w + 6, eps);
+}
+
+template <typename T>
+Tensor transformer_step_impl(const Tensor& x, const Tensor& read, int64_t n, int64_t heads,
+                             const std::vector<Tensor>& w, double eps) {
+  const int64_t layers = (static_cast<int64_t>(w.size()) - 2) / kTransformerWeights;
+  Tensor h = x;
+  for (int64_t i = 0; i < layers; ++i)
+    h = transformer_layer<T>(h, &w[i * kTransformerWeights], n, heads,
+                             i == layers - 1 ? c10::optional<Tensor>(read) : c10::nullopt, eps);
+  const int64_t f = layers * kTransformerWeights;
+  return layer_norm<T>(h, w[f], w[f + 1], eps);
+}
+
+// Decision-agent ends around a step, 9 tensors: embed_t [F, 3 D], embed_b [3 D], time_table [steps, D],
+// ln w, ln b, head_t [D, A], head_b, action_mid, action_half.
+// Step inputs [R, F] (a_{t-1}, R_t, s_t) and their token times [R, 3] -> layer-normed tokens [R 3, D].
+template <typename T>
+Tensor embed_tokens(const Tensor& inputs, const Tensor& times, const std::vector<Tensor>& ends, double eps) {
+  const int64_t d = ends[2].size(1);
+  Tensor pre = at::addmm(ends[1], inputs, ends[0]).view({-1, d});
+  const int64_t* tp = times.data_ptr<int64_t>();
+  const T* table = ends[2].data_ptr<T>();
+  T* p = pre.data_ptr<T>();
+  for (int64_t r = 0, rows = pre.size(0); r < rows; ++r, p += d)
+    for (int64_t i = 0; i < d; ++i) p[i] += table[tp[r] * d + i];
+  return layer_norm<T>(pre, ends[3], ends[4], eps);
+}
+
+// Backbone outputs [n, D] -> actions in env units: mid + tanh(head) * half.
+template <typename T>
+Tensor action_head(const Tensor& hidden, const std::vector<Tensor>& ends) {
+  Tensor a = at::addmm(ends[6], hidden, ends[5]);
+  const int64_t k = a.size(1);
+  const T *mid = ends[7].data_ptr<T>(), *half = ends[8].data_ptr<T>();
+  T* p = a.data_ptr<T>();
+  for (int64_t r = 0, rows = a.size(0); r < rows; ++r, p += k)
+    for (int64_t i = 0; i < k; ++i) p[i] = mid[i] + std::tanh(p[i]) * half[i];
+  return a;
+}
+
+}  // namespace
+
+// x [n T, D] new tokens; m, u, w the state; mask [n|1, 1, T, T + 1] or None; score bias [n|1, H, T]
+// or None. Returns the output at the newest token [n, D] and the new m, z = [w, u].
+std::vector<Tensor> aaren_step(const Tensor& x, const Tensor& m, const Tensor& u, const Tensor& w,
+                               const c10::optional<Tensor>& mask, const c10::optional<Tensor>& bias,
+                               int64_t n, const std::vector<Tensor>& weights, double eps) {
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "aaren_step", [&] {
+    return aaren_step_impl<scalar_t>(x, m, u, w, mask, nullptr, bias, n, weights, eps);
+  });
+}
+
+// x [n T, D] from an empty cache; read [n] long. Returns the output at position read[b] of each row.
+Tensor transformer_step(const Tensor& x, const Tensor& read, int64_t n, int64_t heads,
+                        const std::vector<Tensor>& weights, double eps) {
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "transformer_step", [&] {
+    return transformer_step_impl<scalar_t>(x, read, n, heads, weights, eps);
+  });
+}
+
+// One recurrent decision-agent step: step inputs [n, F] and token times [n, 3] -> actions [n, A] and
+// the new m, z (the embeddings and head of `ends`, then `aaren_step` on the three new tokens); masks
+// [2, 1, 3, 4] for rows that continue and rows that start (`starts` [n] bool).
+std::vector<Tensor> aaren_act(const Tensor& inputs, const Tensor& times, const Tensor& m, const Tensor& u,
+                              const Tensor& w, const Tensor& masks, const Tensor& starts,
+                              const std::vector<Tensor>& weights, const std::vector<Tensor>& ends, double eps) {
+  TORCH_CHECK(starts.scalar_type() == at::kBool && starts.is_contiguous(), "starts must be contiguous bool");
+  return AT_DISPATCH_FLOATING_TYPES(inputs.scalar_type(), "aaren_act", [&] {
+    Tensor tokens = embed_tokens<scalar_t>(inputs, times, ends, eps);
+    auto out = aaren_step_impl<scalar_t>(tokens, m, u, w, masks, starts.data_ptr<bool>(), c10::nullopt,
+                                         inputs.size(0), weights, eps);
+    return std::vector<Tensor>{action_head<scalar_t>(out[0], ends), out[1], out[2]};
+  });
+}
+
+// One window decision-agent step: the window's step inputs [n, K, F] and times [n, K, 3] -> actions
+// [n, A], read at token `read` [n] of the window's tokens from R_1 on (a_0 is left out).
+Tensor window_act(const Tensor& inputs, const Tensor& times, const Tensor& read, int64_t heads,
+                  const std::vector<Tensor>& weights, const std::vector<Tensor>& ends, double eps) {
+  return AT_DISPATCH_FLOATING_TYPES(inputs.scalar_type(), "window_act", [&] {
+    const int64_t n = inputs.size(0), k = inputs.size(1);
+    Tensor tokens = embed_tokens<scalar_t>(inputs.reshape({n * k, -1}), times.reshape({n * k, 3}), ends, eps);
+    tokens = tokens.view({n, 3 * k, -1}).narrow(1, 1, 3 * k - 1).reshape({n * (3 * k - 1), -1});
+    return action_head<scalar_t>(transformer_step_impl<scalar_t>(tokens, read, n, heads, weights, eps), ends);
+  });
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("aaren_step", &aaren_step, "One folded Aaren acting step");
+  module.def("transformer_step", &transformer_step, "One folded Transformer window step");
+  module.def("aaren_act", &aaren_act, "One recurrent decision-agent step");
+  module.def("window_act", &window_act, "One window decision-agent step");
+}

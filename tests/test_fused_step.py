@@ -1,0 +1,109 @@
+"""The fused acting step (`aaren_rl.ops.fused`, one C++ call) equals the folded step run from Python,
+for both backbones, with resets inside a call, score biases and envs starting episodes at different
+steps; where it cannot be built, acting falls back to Python with one warning."""
+
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from test_agents_fast_acting import TARGET, TOLERANCE, drive, make_model  # (tests/ is on sys.path)
+
+from aaren_rl import AarenBackbone, TransformerBackbone
+from aaren_rl.ops import fused
+from aaren_rl.step import AarenStep, TransformerStep
+from agents.policy import DecisionAgent
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+DTYPES = [torch.float32, torch.float64]
+
+
+@pytest.fixture
+def python_steps(monkeypatch):
+    """Within the test, the steps run from Python (the fused module is reported unavailable)."""
+
+    def switch_off() -> None:
+        monkeypatch.setattr(fused, "module_for", lambda x: None)
+
+    return switch_off
+
+
+def test_the_fused_module_builds_where_a_compiler_is():
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler on this machine")
+    assert fused.fused_module() is not None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias_rows", [None, 1, 3])
+def test_aaren_step_fused_equals_python(dtype, bias_rows, python_steps):
+    torch.manual_seed(0)
+    backbone = AarenBackbone(16, num_layers=2, num_heads=2, ffn_mult=2).to(dtype).eval()
+    step = AarenStep(backbone)
+    x = torch.randn(3, 4, 16, dtype=dtype)
+    state = backbone.init_state(3, dtype=dtype)
+    with torch.no_grad():
+        _, state = backbone(torch.randn(3, 5, 16, dtype=dtype), state)
+        resets = torch.tensor([[False] * 4, [False, True, False, False], [True, False, True, True]])
+        bias = None if bias_rows is None else torch.randn(bias_rows, 2, 4, dtype=dtype)
+        got = step(x, state, step.score_mask(resets), bias)
+        python_steps()
+        want = step(x, state, step.score_mask(resets), bias)
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(got[0], want[0], atol=tol, rtol=tol)
+    for name in ("m", "u", "w"):
+        torch.testing.assert_close(getattr(got[1], name), getattr(want[1], name), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transformer_step_fused_equals_python(dtype, python_steps):
+    torch.manual_seed(0)
+    backbone = TransformerBackbone(16, num_layers=2, num_heads=2, ffn_mult=2).to(dtype).eval()
+    step = TransformerStep(backbone)
+    x, read = torch.randn(3, 7, 16, dtype=dtype), torch.tensor([6, 0, 3])
+    with torch.no_grad():
+        got = step(x, read)
+        python_steps()
+        want = step(x, read)
+    torch.testing.assert_close(got, want, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backbone", ["aaren", "transformer"])
+def test_fused_agent_acts_as_the_python_one(backbone, dtype, python_steps):
+    agent = DecisionAgent(make_model(backbone, dtype), TARGET)
+    _, _, _, fused_actions = drive(agent)
+    python_steps()
+    _, _, _, python_actions = drive(agent)
+    np.testing.assert_allclose(fused_actions, python_actions, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+
+
+def test_a_failed_build_warns_once_and_acting_goes_on(monkeypatch):
+    from torch.utils import cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension: c++: command not found")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    monkeypatch.setattr(fused, "NAME", "aaren_rl_fused_step_missing")  # not built: the load is tried
+    fused.fused_module.cache_clear()
+    try:
+        agent = DecisionAgent(make_model("aaren", torch.float32), TARGET)
+        with pytest.warns(RuntimeWarning, match="could not be built.*C\\+\\+ compiler"):
+            actions, state = agent.act(np.zeros((2, 5)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            agent.act(np.zeros((2, 5)), state)
+        assert np.isfinite(actions).all()
+    finally:
+        fused.fused_module.cache_clear()
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv(fused.SWITCH, "0")
+    fused.fused_module.cache_clear()
+    try:
+        assert fused.module_for(torch.zeros(1)) is None
+    finally:
+        fused.fused_module.cache_clear()
