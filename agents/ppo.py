@@ -12,7 +12,10 @@ In the style of sb3-contrib's RecurrentPPO, with the LSTM replaced by Aaren:
   start enters with the empty state, the first sequence of each env with the carried state;
 - training re-runs every stored sequence of a minibatch in parallel with the prefix scan (padded at
   the end); minibatches are whole sequences, about `batch_size` real steps each. RecurrentPPO
-  re-runs its LSTM step by step instead.
+  re-runs its LSTM step by step instead;
+- with `policy_kwargs=dict(previous_action_reward=True)` the acting state also carries the last
+  action and reward (the reward recorded after `env.step`), and training derives them from the
+  stored sequences, so both see the same inputs.
 
 The PPO update itself is SB3's `PPO.train`, unchanged: a minibatch's `observations` are the padded
 sequences with their entering states (`RolloutSequences`), and every other field, as well as the
@@ -59,7 +62,9 @@ class AarenRolloutBuffer(RolloutBuffer):
     """RolloutBuffer that yields whole sequences (cut at episode starts) with their entering states.
 
     Arrays stay [n_steps, n_envs, ...]; `initial_state` is the policy state entering step 0 (set by
-    the algorithm), the only memory stored.
+    the algorithm), the only memory stored. Sequences carry their actions and rewards too, from which
+    the policy derives each step's previous action and reward (`previous_action_reward`): shifted by
+    one step within the sequence, the entering state's for its first step (zero at an episode start).
     """
 
     initial_state: ActorCriticState | None
@@ -90,6 +95,7 @@ class AarenRolloutBuffer(RolloutBuffer):
                 "advantages",
                 "returns",
                 "episode_starts",
+                "rewards",
             )
             self._tensors = {name: self.to_torch(getattr(self, name)) for name in names}
         env, first, length = self.sequences()
@@ -113,7 +119,13 @@ class AarenRolloutBuffer(RolloutBuffer):
         real_steps, real_envs = steps[mask], envs[mask]
         entering = self.initial_state.select(env_t).reset(data["episode_starts"][first_t, env_t].bool())
         return AarenRolloutBufferSamples(
-            observations=RolloutSequences(data["observations"][steps, envs], entering, mask),
+            observations=RolloutSequences(
+                data["observations"][steps, envs],
+                entering,
+                mask,
+                data["actions"][steps, envs],
+                data["rewards"][steps, envs],
+            ),
             actions=data["actions"][real_steps, real_envs],
             old_values=data["values"][real_steps, real_envs],
             old_log_prob=data["log_probs"][real_steps, real_envs],
@@ -277,6 +289,7 @@ class AarenPPO(PPO):
             actions = actions.cpu().numpy()
             new_obs, rewards, dones, infos = env.step(self._env_actions(actions))
             self.num_timesteps += env.num_envs
+            state = state.with_reward(torch.tensor(rewards, device=self.device))
 
             callback.update_locals(locals())
             if not callback.on_step():

@@ -19,7 +19,17 @@ the observation early in training.
 
 By default the actor and the critic have separate memories (as RecurrentPPO's default LSTMs), so
 value-loss gradients do not shape the actor's memory; `share_memory=True` uses one memory for both
-(one backbone pass per step, about half the cost).
+(one backbone pass per step, about half the cost). `recency=False` drops the slopes (for ablations).
+
+`previous_action_reward=True` also feeds each memory the previous step's action (one-hot, one-hot per
+component for MultiDiscrete, Box actions clipped to their bounds and scaled to [-1, 1]; zeros at an
+episode's first step), and the critic's own memory the previous reward too. The reward stays out of
+the actor's input on purpose: SB3's `predict` (so `evaluate_policy`, `EvalCallback`) never receives
+rewards, so an actor reading them would act on zeros there and on true rewards in rollouts. The
+previous action is known to every path (`predict` keeps it in its state), so acting in `predict`,
+in rollouts and in training's re-run all see the same inputs. To give the actor rewards exactly, let
+them travel with the observation (`agents.sb3.RewardToPolicyVecEnv`). With `share_memory=True` the one
+memory is the actor's, so it gets the previous action only.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim, preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, MlpExtractor
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -46,14 +56,23 @@ def select_rows(state: AarenState, rows: Tensor) -> AarenState:
     return AarenState(state.m[:, rows], state.u[:, rows], state.w[:, rows])
 
 
+def _zero_rows(t: Tensor | None, rows: Tensor) -> Tensor | None:
+    """`t` [B, ...] with the rows of bool mask `rows` [B] zeroed (None stays None)."""
+    return None if t is None else t.masked_fill(rows.view(-1, *(1,) * (t.dim() - 1)), 0)
+
+
 @dataclass(frozen=True)
 class ActorCriticState:
-    """Per-env memory of the policy: actor and critic Aaren states (critic None when shared) and the
-    number of steps seen in the current episode ([B] long, the timestep of the next token)."""
+    """Per-env memory of the policy: actor and critic Aaren states (critic None when shared, or when
+    only the actor runs), the number of steps seen in the current episode ([B] long, the timestep of
+    the next token) and, with `previous_action_reward`, the last step's encoded action [B, A] and
+    reward [B] (None where no memory reads them; zero before an episode's first step)."""
 
     actor: AarenState
     critic: AarenState | None
     steps: Tensor
+    last_action: Tensor | None = None
+    last_reward: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -65,6 +84,8 @@ class ActorCriticState:
             self.actor.reset(rows),
             None if self.critic is None else self.critic.reset(rows),
             self.steps.masked_fill(rows, 0),
+            _zero_rows(self.last_action, rows),
+            _zero_rows(self.last_reward, rows),
         )
 
     def select(self, rows: Tensor) -> ActorCriticState:
@@ -73,43 +94,75 @@ class ActorCriticState:
             select_rows(self.actor, rows),
             None if self.critic is None else select_rows(self.critic, rows),
             self.steps[rows],
+            None if self.last_action is None else self.last_action[rows],
+            None if self.last_reward is None else self.last_reward[rows],
         )
+
+    def with_reward(self, rewards: Tensor) -> ActorCriticState:
+        """The state after the env returned `rewards` [B] for the step just taken (kept only where a
+        memory reads previous rewards)."""
+        return self if self.last_reward is None else replace(self, last_reward=rewards.to(self.last_reward))
 
 
 class RolloutSequences(NamedTuple):
     """A minibatch of stored sequences, padded at the end: observations [S, T, *obs_shape], the state
-    entering each sequence, and mask [S, T] (True on real steps)."""
+    entering each sequence, mask [S, T] (True on real steps), and the actions [S, T, action_dim] and
+    rewards [S, T] taken at each step (the next steps' previous action and reward)."""
 
     observations: Tensor
     state: ActorCriticState
     mask: Tensor
+    actions: Tensor
+    rewards: Tensor
+
+
+def _check_bounded(action_space: spaces.Space) -> None:
+    """previous_action_reward scales Box actions by their bounds: a clear error for unbounded ones."""
+    if isinstance(action_space, spaces.Box) and not (
+        np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()
+    ):
+        raise ValueError(
+            f"previous_action_reward scales Box actions to [-1, 1] by their bounds, but {action_space} is "
+            "unbounded. Fix: give the env an action space with finite low and high, or set "
+            "previous_action_reward=False"
+        )
+
+
+def recency_bias(recency: Tensor | None, timesteps: Tensor) -> Tensor | None:
+    """Score bias [B, H, N] = recency[h] * timestep for slopes [H] and episode timesteps [B, N]; None
+    without slopes."""
+    if recency is None:
+        return None
+    return recency[:, None] * timesteps[:, None, :].to(recency.dtype)
 
 
 class AarenMemory(nn.Module):
-    """Features [B, N, F] and their episode timesteps [B, N] -> latents [B, N, embed_dim], new state.
+    """Inputs [B, N, input_dim] and their episode timesteps [B, N] -> latents [B, N, embed_dim], new state.
 
-    Each head h adds recency[h] * timestep to its attention scores (learned; initialised to 0 for the
-    first head, 1, 1/2, 1/4, ... for the others, like ALiBi's slopes): its output is then an
-    exponentially decaying average of the past, so recent observations (velocities) can be read.
+    With `recency`, each head h adds recency[h] * timestep to its attention scores (learned;
+    initialised to 0 for the first head, 1, 1/2, 1/4, ... for the others, like ALiBi's slopes): its
+    output is then an exponentially decaying average of the past, so recent observations (velocities)
+    can be read. Without, `recency` is None and the heads weigh the past by content only.
     """
 
     def __init__(
         self,
-        features_dim: int,
+        input_dim: int,
         embed_dim: int,
         num_layers: int,
         num_heads: int,
         ffn_mult: int,
         dropout: float,
+        recency: bool = True,
     ):
         super().__init__()
-        self.embed = nn.Linear(features_dim, embed_dim)
-        self.recency = nn.Parameter(torch.tensor([0.0] + [2.0**-i for i in range(num_heads - 1)]))
+        self.embed = nn.Linear(input_dim, embed_dim)
+        slopes = torch.tensor([0.0] + [2.0**-i for i in range(num_heads - 1)])
+        self.recency = nn.Parameter(slopes) if recency else None
         self.backbone = AarenBackbone(embed_dim, num_layers, num_heads, ffn_mult, dropout)
 
-    def forward(self, features: Tensor, timesteps: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
-        score_bias = self.recency[:, None] * timesteps[:, None, :].to(self.recency.dtype)  # [B, H, N]
-        return self.backbone(self.embed(features), state, score_bias)
+    def forward(self, inputs: Tensor, timesteps: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
+        return self.backbone(self.embed(inputs), state, recency_bias(self.recency, timesteps))
 
 
 class FoldedMemory:
@@ -119,18 +172,17 @@ class FoldedMemory:
     def __init__(self, memory: AarenMemory):
         self._versions = ParameterVersions(memory)
         self.embed_weight, self.embed_bias = memory.embed.weight.detach(), memory.embed.bias.detach()
-        self.recency = memory.recency.detach()[None, :, None]  # [1, H, 1]
+        self.recency = None if memory.recency is None else memory.recency.detach()
         self.step = AarenStep(memory.backbone)
 
     @property
     def stale(self) -> bool:
         return self._versions.changed()
 
-    def __call__(self, features: Tensor, timesteps: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
-        """Features [B, 1, F] at episode timesteps [B, 1] -> latents [B, 1, embed_dim], new state."""
-        score_bias = self.recency * timesteps[:, None, :].to(self.recency.dtype)  # [B, H, 1]
-        x = F.linear(features, self.embed_weight, self.embed_bias)
-        y, state = self.step(x, state, None, score_bias)
+    def __call__(self, inputs: Tensor, timesteps: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
+        """Inputs [B, 1, input_dim] at episode timesteps [B, 1] -> latents [B, 1, embed_dim], new state."""
+        x = F.linear(inputs, self.embed_weight, self.embed_bias)
+        y, state = self.step(x, state, None, recency_bias(self.recency, timesteps))
         return y.unsqueeze(1), state
 
 
@@ -140,6 +192,9 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     embed_dim, num_layers, num_heads, ffn_mult, dropout: the AarenBackbone (dropout 0 keeps the
         PPO ratio exactly 1 before the first update).
     share_memory: one memory for actor and critic instead of one each.
+    recency: the learned per-head recency slopes (False: none, content-only attention).
+    previous_action_reward: feed the memories the previous action, and the critic's own memory the
+        previous reward too (see the module's docstring for why the actor gets no reward).
     Other arguments as SB3's ActorCriticPolicy; `net_arch` sizes the MLPs after the memory.
 
     `fold_acting` (attribute, default True): act through the memories folded for acting; False acts
@@ -173,9 +228,13 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         ffn_mult: int = 2,
         dropout: float = 0.0,
         share_memory: bool = False,
+        recency: bool = True,
+        previous_action_reward: bool = False,
     ):
         if isinstance(observation_space, spaces.Dict):
             raise ValueError("AarenActorCriticPolicy does not support Dict observation spaces")
+        if previous_action_reward and not squash_output:
+            _check_bounded(action_space)
         # Read by _build_mlp_extractor, which ActorCriticPolicy.__init__ calls.
         self.memory_kwargs = dict(
             embed_dim=embed_dim,
@@ -183,8 +242,10 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             num_heads=num_heads,
             ffn_mult=ffn_mult,
             dropout=dropout,
+            recency=recency,
         )
         self.share_memory = share_memory
+        self.previous_action_reward = previous_action_reward
         super().__init__(
             observation_space,
             action_space,
@@ -210,16 +271,18 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         data.update(
             self.memory_kwargs,
             share_memory=self.share_memory,
+            previous_action_reward=self.previous_action_reward,
             share_features_extractor=self.share_features_extractor,
         )
         return data
 
     def _build_mlp_extractor(self) -> None:
         """Build the memories too: this runs inside ActorCriticPolicy._build, before the optimizer is made."""
-        self.actor_memory = AarenMemory(self.features_dim, **self.memory_kwargs)
-        self.critic_memory = (
-            None if self.share_memory else AarenMemory(self.features_dim, **self.memory_kwargs)
-        )
+        self.action_input_dim = get_flattened_obs_dim(self.action_space) if self.previous_action_reward else 0
+        actor_input = self.features_dim + self.action_input_dim
+        self.actor_memory = AarenMemory(actor_input, **self.memory_kwargs)
+        critic_input = actor_input + int(self.previous_action_reward)
+        self.critic_memory = None if self.share_memory else AarenMemory(critic_input, **self.memory_kwargs)
         self.mlp_extractor = MlpExtractor(
             self.memory_kwargs["embed_dim"], self.net_arch, self.activation_fn, device=self.device
         )
@@ -233,45 +296,111 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         """The state of `batch_size` envs before their first step."""
         empty = self.actor_memory.backbone.init_state(batch_size, self.device, self.dtype)
         steps = torch.zeros(batch_size, dtype=torch.long, device=self.device)
-        return ActorCriticState(empty, None if self.share_memory else empty, steps)
+        options = dict(dtype=self.dtype, device=self.device)
+        reads_reward = self.previous_action_reward and not self.share_memory
+        last_action = (
+            torch.zeros(batch_size, self.action_input_dim, **options) if self.previous_action_reward else None
+        )
+        last_reward = torch.zeros(batch_size, **options) if reads_reward else None
+        return ActorCriticState(empty, None if self.share_memory else empty, steps, last_action, last_reward)
 
     def _features(self, obs: Tensor, extractor: BaseFeaturesExtractor) -> Tensor:
         """Features in the policy's dtype (SB3's preprocessing yields float32)."""
         return extractor(preprocess_obs(obs, self.observation_space, self.normalize_images)).to(self.dtype)
 
+    def _encode_actions(self, actions: Tensor) -> Tensor:
+        """Policy-space actions [B, N, ...] (as sampled and stored) -> memory inputs [B, N, A] in the
+        policy's dtype: one-hot (per component for MultiDiscrete); Box actions as the env gets them
+        (clipped to the bounds, or unsquashed) scaled to [-1, 1]."""
+        b, n = actions.shape[:2]
+        flat, space = actions.reshape(b * n, -1), self.action_space
+        if not isinstance(space, spaces.Box):
+            return preprocess_obs(flat, space).to(self.dtype).reshape(b, n, -1)
+        flat = flat.to(self.dtype)
+        if self.squash_output:  # in [-1, 1] already: the env gets them unscaled to its bounds
+            return flat.reshape(b, n, -1)
+        low, high = (
+            torch.as_tensor(bound.reshape(-1), dtype=self.dtype, device=flat.device)
+            for bound in (space.low, space.high)
+        )
+        return (2 * (flat.clamp(low, high) - low) / (high - low) - 1).reshape(b, n, -1)
+
+    def _record(self, state: ActorCriticState, actions: Tensor) -> ActorCriticState:
+        """The state after acting `actions` [B, ...] (policy space): their encoding is the last action."""
+        if state.last_action is None:
+            return state
+        return replace(state, last_action=self._encode_actions(actions.reshape(len(actions), 1, -1))[:, 0])
+
+    def _previous(
+        self, state: ActorCriticState, taken: tuple[Tensor, Tensor] | None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Each token's previous action [B, N, A] and reward [B, N, 1] (None where no memory reads
+        them): the state's last ones for the first token, then those taken at the tokens before it
+        (`taken`: the actions [B, N, action_dim] and rewards [B, N] of stored sequences; None for one
+        token)."""
+        action = None if state.last_action is None else state.last_action[:, None]
+        reward = None if state.last_reward is None else state.last_reward[:, None, None]
+        if taken is None or action is None:
+            return action, reward
+        actions, rewards = taken
+        action = torch.cat([action, self._encode_actions(actions[:, :-1])], 1)
+        if reward is not None:
+            reward = torch.cat([reward, rewards[:, :-1, None].to(reward)], 1)
+        return action, reward
+
+    def _memory_input(
+        self,
+        flat_obs: Tensor,
+        extractor: BaseFeaturesExtractor,
+        shape: tuple[int, int],
+        *previous: Tensor | None,
+    ) -> Tensor:
+        """Features of observations [B * N, ...] as [B, N, F], the previous action and reward appended."""
+        features = self._features(flat_obs, extractor).view(*shape, -1)
+        extra = [p for p in previous if p is not None]
+        return torch.cat([features, *extra], -1) if extra else features
+
     def _remember(
-        self, name: str, features: Tensor, timesteps: Tensor, state: AarenState
+        self, name: str, inputs: Tensor, timesteps: Tensor, state: AarenState
     ) -> tuple[Tensor, AarenState]:
-        """The memory `name` ("actor_memory" or "critic_memory") on features [B, N, F]: folded when
+        """The memory `name` ("actor_memory" or "critic_memory") on inputs [B, N, *]: folded when
         acting one token without gradients outside training mode (folded again if its weights changed),
         the module's forward otherwise."""
         memory = getattr(self, name)
-        if not self.fold_acting or features.shape[1] != 1 or self.training or torch.is_grad_enabled():
-            return memory(features, timesteps, state)
+        if not self.fold_acting or inputs.shape[1] != 1 or self.training or torch.is_grad_enabled():
+            return memory(inputs, timesteps, state)
         folded = self._folded.get(name)
         if folded is None or folded.stale:
             folded = self._folded[name] = FoldedMemory(memory)
-        return folded(features, timesteps, state)
+        return folded(inputs, timesteps, state)
 
     def _latents(
-        self, obs: Tensor, state: ActorCriticState, critic: bool = True
+        self,
+        obs: Tensor,
+        state: ActorCriticState,
+        critic: bool = True,
+        taken: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None, ActorCriticState]:
         """obs [B, N, *obs_shape] continuing `state` -> actor and critic latents [B, N, *], new state.
 
-        critic=False runs the actor only (its latent None, the state's critic None)."""
+        critic=False runs the actor only (its latent None, the state's critic None). For N > 1 with
+        `previous_action_reward`, `taken` holds the actions and rewards taken at the N steps (see
+        `_previous`). The new state keeps the entering last action and reward: the caller records
+        the step's (`_record`, `ActorCriticState.with_reward`)."""
         b, n = obs.shape[:2]
         flat = obs.reshape(b * n, *obs.shape[2:])
         timesteps = state.steps[:, None] + torch.arange(n, device=obs.device)
-        pi_features = self._features(flat, self.pi_features_extractor).view(b, n, -1)
-        pi_out, actor = self._remember("actor_memory", pi_features, timesteps, state.actor)
+        action, reward = self._previous(state, taken)
+        pi_in = self._memory_input(flat, self.pi_features_extractor, (b, n), action)
+        pi_out, actor = self._remember("actor_memory", pi_in, timesteps, state.actor)
         vf_out, critic_state = None, None
         if critic and self.critic_memory is None:
             vf_out = pi_out
         elif critic:
-            vf_features = self._features(flat, self.vf_features_extractor).view(b, n, -1)
-            vf_out, critic_state = self._remember("critic_memory", vf_features, timesteps, state.critic)
+            vf_in = self._memory_input(flat, self.vf_features_extractor, (b, n), action, reward)
+            vf_out, critic_state = self._remember("critic_memory", vf_in, timesteps, state.critic)
         latent_vf = None if vf_out is None else self.mlp_extractor.forward_critic(vf_out)
-        new_state = ActorCriticState(actor, critic_state, state.steps + n)
+        new_state = replace(state, actor=actor, critic=critic_state, steps=state.steps + n)
         return self.mlp_extractor.forward_actor(pi_out), latent_vf, new_state
 
     def _step_latents(
@@ -289,6 +418,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         distribution = self._get_action_dist_from_latent(latent_pi)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
+        state = self._record(state, actions)
         return actions.reshape((-1, *self.action_space.shape)), self.value_net(latent_vf), log_prob, state
 
     def predict_values(  # type: ignore[override]
@@ -313,7 +443,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         states; `actions` and the outputs cover the real steps only (`obs.mask` order), so every
         loss term built on them is masked.
         """
-        latent_pi, latent_vf, _ = self._latents(obs.observations, obs.state)
+        latent_pi, latent_vf, _ = self._latents(obs.observations, obs.state, taken=(obs.actions, obs.rewards))
         distribution = self._get_action_dist_from_latent(latent_pi[obs.mask])
         values = self.value_net(latent_vf[obs.mask])
         return values, distribution.log_prob(actions), distribution.entropy()
@@ -322,6 +452,21 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         raise NotImplementedError(
             "AarenActorCriticPolicy acts with memory: use predict(obs, state, episode_start)"
         )
+
+    def _predict_memory(
+        self, state: tuple[np.ndarray, ...] | None, n: int, device: torch.device
+    ) -> ActorCriticState:
+        """predict's state tuple as an actor-only ActorCriticState (None: `n` envs before their first step)."""
+        if state is None:
+            return replace(self.initial_state(n), critic=None, last_reward=None)
+        names = ("m", "u", "w", "steps", "last_action")[: 5 if self.previous_action_reward else 4]
+        if len(state) != len(names):
+            raise ValueError(
+                f"predict got a state of {len(state)} arrays, but this policy's state is ({', '.join(names)}). "
+                "Fix: pass the state its previous predict call returned, or None to start afresh"
+            )
+        m, u, w, steps, *last_action = (torch.as_tensor(x, device=device) for x in state)
+        return ActorCriticState(AarenState(m, u, w), None, steps, *last_action)
 
     def predict(  # type: ignore[override]
         self,
@@ -332,23 +477,23 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """SB3's predict with memory: `state` is what the previous call returned (None at the start),
         rows where `episode_start` is true begin a new episode. Only the actor runs; the state is the
-        actor's (m, u, w, steps) as numpy arrays (batch on axis 1 of m, u, w, axis 0 of steps)."""
+        actor's (m, u, w, steps) as numpy arrays (batch on axis 1 of m, u, w, axis 0 of the others),
+        and with `previous_action_reward` the encoded action this call chose (`last_action` [B, A]).
+        No reward is needed: only the critic reads previous rewards, so predict acts exactly as
+        rollouts did."""
         if self.training:  # the switch visits every submodule: a cost per step worth skipping
             self.set_training_mode(False)
         obs, vectorized = self.obs_to_tensor(observation)
         n, device = obs.shape[0], obs.device
-        if state is None:
-            memory = replace(self.initial_state(n), critic=None)
-        else:
-            m, u, w, steps = (torch.as_tensor(x, device=device) for x in state)
-            memory = ActorCriticState(AarenState(m, u, w), None, steps)
+        memory = self._predict_memory(state, n, device)
         starts = np.zeros(n, dtype=bool) if episode_start is None else np.asarray(episode_start, dtype=bool)
         with torch.no_grad():
             distribution, memory = self.get_distribution(
                 obs, memory, torch.as_tensor(starts.reshape(n), device=device)
             )
-            actions = distribution.get_actions(deterministic=deterministic).cpu().numpy()
-        actions = actions.reshape((-1, *self.action_space.shape))
+            chosen = distribution.get_actions(deterministic=deterministic)
+            memory = self._record(memory, chosen)
+        actions = chosen.cpu().numpy().reshape((-1, *self.action_space.shape))
         if isinstance(self.action_space, spaces.Box):
             actions = (
                 self.unscale_action(actions)
@@ -357,5 +502,5 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             )
         if not vectorized:
             actions = actions.squeeze(axis=0)
-        actor = memory.actor
-        return actions, tuple(t.cpu().numpy() for t in (actor.m, actor.u, actor.w, memory.steps))
+        kept = (memory.actor.m, memory.actor.u, memory.actor.w, memory.steps, memory.last_action)
+        return actions, tuple(t.cpu().numpy() for t in kept if t is not None)

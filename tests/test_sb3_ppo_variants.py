@@ -1,0 +1,254 @@
+"""AarenPPO's policy options for ablations (recency, previous_action_reward, share_memory): folded acting
+equals the parallel re-run, learn() runs, and save/load and export keep the options and the actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.env_util import make_vec_env
+
+from agents.ppo import AarenPPO
+from agents.ppo_export import export_policy, load_exported_policy
+from agents.ppo_policy import AarenActorCriticPolicy
+from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SMALL = dict(embed_dim=16, num_layers=2, num_heads=2, ffn_mult=2, net_arch=dict(pi=[16], vf=[16]))
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
+ENVS, STEPS = 4, 12
+PREVIOUS = dict(previous_action_reward=True)
+COMBINED = dict(recency=False, previous_action_reward=True, share_memory=True)
+OPTIONS = [dict(recency=False), PREVIOUS, dict(share_memory=True), COMBINED]
+
+
+class RepeatPreviousEnv(gym.Env):
+    """Discrete observations and MultiDiscrete actions (as POPGym's card and board tasks): reward 1
+    when the action's first part names the previous observation; episodes of 5 steps."""
+
+    observation_space = spaces.Discrete(3)
+    action_space = spaces.MultiDiscrete([3, 2])
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[int, dict]:
+        super().reset(seed=seed)
+        self._t, self._obs = 0, int(self.np_random.integers(3))
+        return self._obs, {}
+
+    def step(self, action: np.ndarray) -> tuple[int, float, bool, bool, dict]:
+        reward = float(self._t > 0 and int(action[0]) == self._previous)
+        self._t, self._previous, self._obs = self._t + 1, self._obs, int(self.np_random.integers(3))
+        return self._obs, reward, self._t >= 5, False, {}
+
+
+def _policy(obs_space: spaces.Space, action_space: spaces.Space, dtype: torch.dtype, **options: Any):
+    """A policy in eval mode with non-zero recency slopes on every head (when it has them)."""
+    policy = AarenActorCriticPolicy(obs_space, action_space, lambda _: 3e-4, **SMALL, **options)
+    with torch.no_grad():
+        for memory in (policy.actor_memory, policy.critic_memory):
+            if memory is not None and memory.recency is not None:
+                memory.recency.uniform_(0.1, 0.5)
+    policy.to(dtype).set_training_mode(False)
+    return policy
+
+
+def _starts() -> torch.Tensor:
+    """[STEPS, ENVS]: every env starts at step 0; later some start a new episode while the others go on."""
+    rows, steps = torch.arange(ENVS), torch.arange(STEPS)[:, None]
+    return (steps == 0) | ((rows + steps) % 5 == 0)
+
+
+def _random_obs(space: spaces.Space, generator: torch.Generator) -> torch.Tensor:
+    if isinstance(space, spaces.Discrete):
+        return torch.randint(int(space.n), (ENVS,), generator=generator)
+    return torch.randn(ENVS, *space.shape, generator=generator)
+
+
+def _act(policy: AarenActorCriticPolicy) -> dict[str, torch.Tensor]:
+    """Act STEPS steps through the folded memories with random observations and rewards: obs, actions,
+    rewards, values and log-probs as [ENVS, STEPS, ...]."""
+    torch.manual_seed(0)
+    generator, starts = torch.Generator().manual_seed(1), _starts()
+    state, steps = policy.initial_state(ENVS), []
+    for t in range(STEPS):
+        obs = _random_obs(policy.observation_space, generator)
+        with torch.no_grad():
+            actions, values, log_prob, state = policy(obs, state, starts[t])
+        rewards = torch.randn(ENVS, generator=generator, dtype=torch.float64).to(policy.dtype)
+        state = state.with_reward(rewards)
+        steps.append(
+            dict(obs=obs, actions=actions, rewards=rewards, values=values.flatten(), log_prob=log_prob)
+        )
+    assert set(policy._folded) == {"actor_memory"} | ({"critic_memory"} if policy.critic_memory else set())
+    return {key: torch.stack([step[key] for step in steps], 1) for key in steps[0]}
+
+
+def _rerun(
+    policy: AarenActorCriticPolicy,
+    acted: dict[str, torch.Tensor],
+    actions: torch.Tensor,
+    rewards: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the acted actions and values [ENVS, STEPS], each episode re-run at once by the
+    module forward (the parallel scan) from the empty state, with `actions` and `rewards` as the ones
+    taken (their shift by one step gives each step's previous action and reward)."""
+    log_prob, values = torch.empty_like(acted["log_prob"]), torch.empty_like(acted["values"])
+    starts = _starts()
+    for env in range(ENVS):
+        cuts = [*torch.nonzero(starts[:, env]).flatten().tolist(), STEPS]
+        for first, end in zip(cuts[:-1], cuts[1:], strict=False):
+            rows = (slice(env, env + 1), slice(first, end))
+            taken = (actions[rows], rewards[rows])
+            latent_pi, latent_vf, _ = policy._latents(
+                acted["obs"][rows], policy.initial_state(1), taken=taken
+            )
+            distribution = policy._get_action_dist_from_latent(latent_pi[0])
+            log_prob[env, first:end] = distribution.log_prob(acted["actions"][rows][0]).detach()
+            values[env, first:end] = policy.value_net(latent_vf[0]).flatten().detach()
+    return log_prob, values
+
+
+SPACES = {
+    "discrete": (spaces.Box(-1, 1, (3,)), spaces.Discrete(4)),
+    "multidiscrete": (spaces.Discrete(5), spaces.MultiDiscrete([3, 2])),
+    "box": (spaces.Box(-1, 1, (3,)), spaces.Box(-2, 2, (2,))),
+}
+CASES = [("discrete", options) for options in OPTIONS] + [
+    ("multidiscrete", PREVIOUS),
+    ("box", PREVIOUS),
+    ("box", COMBINED),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("space", "options"), CASES)
+def test_folded_acting_equals_the_parallel_rerun(space: str, options: dict, dtype: torch.dtype) -> None:
+    policy = _policy(*SPACES[space], dtype, **options)
+    acted = _act(policy)
+    log_prob, values = _rerun(policy, acted, acted["actions"], acted["rewards"])
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(log_prob, acted["log_prob"], atol=tol, rtol=tol)
+    torch.testing.assert_close(values, acted["values"], atol=tol, rtol=tol)
+
+    # The previous action is read by actor and critic, the previous reward by the critic's own memory only.
+    order = torch.arange(STEPS - 1, -1, -1)
+    other_actions, _ = _rerun(policy, acted, acted["actions"][:, order], acted["rewards"])
+    _, other_rewards = _rerun(policy, acted, acted["actions"], acted["rewards"][:, order])
+    previous = policy.previous_action_reward
+    assert torch.equal(other_actions, log_prob) != previous
+    assert torch.equal(other_rewards, values) != (previous and policy.critic_memory is not None)
+
+
+def _collect(model: AarenPPO, rollouts: int) -> None:
+    """Fill the rollout buffer `rollouts` times in a row (the state carries over between them)."""
+    _, callback = model._setup_learn(10**6)
+    for _ in range(rollouts):
+        assert model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+
+
+ENVS_BY_KIND = {"discrete": CARTPOLE_NO_VEL, "multidiscrete": RepeatPreviousEnv, "box": PENDULUM_NO_VEL}
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"), [("discrete", PREVIOUS), ("multidiscrete", PREVIOUS), ("box", COMBINED)]
+)
+def test_rerun_of_stored_sequences_equals_acting(kind: str, options: dict) -> None:
+    """The buffer's sequences give training the previous actions and rewards acting saw, also across
+    rollouts (the second one starts mid-episode) and at episode starts (zeros)."""
+    env = make_vec_env(ENVS_BY_KIND[kind], n_envs=3, seed=1)
+    policy_kwargs = {**SMALL, **options}
+    model = AarenPPO("MlpAarenPolicy", env, n_steps=22, batch_size=66, seed=0, policy_kwargs=policy_kwargs)
+    model.policy.to(torch.float64)  # so the comparison is limited only by the buffer's float32 storage
+    _collect(model, rollouts=2)
+    buffer = model.rollout_buffer
+    assert not buffer.episode_starts[0].all() and buffer.initial_state.last_action.abs().sum() > 0
+    seen = 0
+    for batch in buffer.get(25):
+        actions = batch.actions.long().flatten() if kind == "discrete" else batch.actions
+        with torch.no_grad():
+            values, log_prob, _ = model.policy.evaluate_actions(batch.observations, actions)
+        torch.testing.assert_close(values.flatten(), batch.old_values.double(), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(log_prob, batch.old_log_prob.double(), atol=1e-6, rtol=1e-6)
+        seen += int(batch.observations.mask.sum())
+    assert seen == 22 * 3
+
+
+def _assert_same_predictions(a: Any, b: Any, env_id: Any) -> None:
+    """`a` and `b` (models or policies) predict the same actions and states over 20 steps of 2 envs."""
+    env = make_vec_env(env_id, n_envs=2, seed=3)
+    obs, state_a, state_b, starts = env.reset(), None, None, np.ones(2, dtype=bool)
+    for _ in range(20):
+        act_a, state_a = a.predict(obs, state_a, starts, deterministic=True)
+        act_b, state_b = b.predict(obs, state_b, starts, deterministic=True)
+        np.testing.assert_array_equal(act_a, act_b)
+        for x, y in zip(state_a, state_b, strict=True):
+            np.testing.assert_array_equal(x, y)
+        obs, _, starts, _ = env.step(act_a)
+
+
+@pytest.mark.parametrize(
+    ("env_id", "options"),
+    [
+        (REMEMBER_CUE, COMBINED),
+        (CARTPOLE_NO_VEL, PREVIOUS),
+        (PENDULUM_NO_VEL, PREVIOUS),
+        (RepeatPreviousEnv, PREVIOUS),
+    ],
+)
+def test_learn_save_load_export_keep_the_options(tmp_path, env_id: Any, options: dict) -> None:
+    env = make_vec_env(env_id, n_envs=2, seed=0)
+    model = AarenPPO(
+        "MlpAarenPolicy",
+        env,
+        n_steps=16,
+        batch_size=16,
+        n_epochs=1,
+        seed=0,
+        policy_kwargs={**SMALL, **options},
+    )
+    model.learn(64)
+    assert model.num_timesteps == 64
+    model.save(tmp_path / "model.zip")
+    loaded = AarenPPO.load(tmp_path / "model.zip", device="cpu")
+    params = loaded.policy._get_constructor_parameters()
+    assert {key: params[key] for key in options} == options
+    assert ("actor_memory.recency" in loaded.policy.state_dict()) == options.get("recency", True)
+    _assert_same_predictions(model, loaded, env_id)
+    if not isinstance(env.action_space, spaces.MultiDiscrete):  # exports write Box and Discrete spaces only
+        _assert_same_predictions(
+            model, load_exported_policy(export_policy(model, tmp_path / "p.zip")), env_id
+        )
+
+
+def test_predict_keeps_the_last_action_and_needs_no_reward() -> None:
+    """predict's state carries the encoded last action (zero after an episode start), and its actions
+    equal the parallel re-run's, with no reward given."""
+    policy = _policy(spaces.Box(-1, 1, (3,)), spaces.Discrete(4), torch.float64, **PREVIOUS)
+    obs = torch.randn(1, 8, 3, dtype=torch.float64)
+    state, actions = None, []
+    for t in range(8):
+        action, state = policy.predict(obs[:, t].numpy(), state, np.array([t == 0]), deterministic=True)
+        assert len(state) == 5 and state[4][0].tolist() == np.eye(4)[action[0]].tolist()
+        actions.append(int(action[0]))
+    taken = (torch.tensor([actions]), torch.zeros(1, 8))
+    latent_pi, _, _ = policy._latents(obs, policy.initial_state(1), critic=False, taken=taken)
+    parallel = policy._get_action_dist_from_latent(latent_pi[0]).get_actions(deterministic=True)
+    assert parallel.tolist() == actions
+    # An episode start empties the memory and the last action: the same as starting without a state.
+    restarted = policy.predict(obs[:, 3].numpy(), state, np.array([True]), deterministic=True)
+    fresh = policy.predict(obs[:, 3].numpy(), None, None, deterministic=True)
+    for x, y in zip((restarted[0], *restarted[1]), (fresh[0], *fresh[1]), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_bad_option_inputs_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="unbounded"):
+        _policy(spaces.Box(-1, 1, (3,)), spaces.Box(-np.inf, np.inf, (2,)), torch.float32, **PREVIOUS)
+    policy = _policy(spaces.Box(-1, 1, (3,)), spaces.Discrete(4), torch.float32, **PREVIOUS)
+    _, state = policy.predict(np.zeros((2, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="last_action"):
+        policy.predict(np.zeros((2, 3), dtype=np.float32), state[:4])
