@@ -24,6 +24,7 @@ import yaml
 
 from agents.model import BACKBONES, ModelHyperparameters
 from agents.policy import TARGET_RETURN_FIX, target_return_problem
+from agents.windows import BATCHINGS
 
 
 class ConfigError(ValueError):
@@ -48,6 +49,11 @@ class TrainConfig:
     batch_steps: int = 1280  # supervised timesteps per batch, for both backbones (reference DT: 64 K-windows
     # x K = 20): the Transformer gets round(batch_steps / K) windows, the Aaren agent rows of whole episodes
     # (agents.training.batch_layout); under torchrun the global batch, split evenly across the processes
+    batching: str = "packed"  # Aaren batches (agents.training, agents.windows): "packed" (rows of whole
+    # episodes) | "stored" (K-windows from anywhere, entering state from a periodically refreshed table)
+    # | "prefix" (K-windows, entering state rescanned from the episode start each step); the Transformer
+    # always trains on K-windows from an empty context and takes "packed" (the default) only
+    state_refresh_every: int = 1000  # batching=stored: gradient steps between rescans of the stored states
     lr: float = 1e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 10_000
@@ -372,8 +378,24 @@ def validate(cfg: Config) -> Config:
     _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
     _check(m.max_timestep >= 0, "model.max_timestep", m.max_timestep, "must be >= 1, or 0 for automatic")
     _check(m.return_scale > 0, "model.return_scale", m.return_scale, "must be > 0 (reference 0.001)")
-    for key in ("steps", "batch_steps", "log_every", "checkpoint_every", "dist_timeout"):
+    for key in (
+        "steps",
+        "batch_steps",
+        "log_every",
+        "checkpoint_every",
+        "dist_timeout",
+        "state_refresh_every",
+    ):
         _check(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), "must be >= 1")
+    _check(t.batching in BATCHINGS, "train.batching", t.batching, f"use one of {list(BATCHINGS)}")
+    _check(
+        m.backbone == "aaren" or t.batching == "packed",
+        "train.batching",
+        t.batching,
+        "K-windows with a stored or rescanned entering state are for the Aaren backbone; the Transformer "
+        "always trains on K-windows from an empty context (as it acts). Fix: set model.backbone=aaren, or "
+        "drop the train.batching override (train.batching=packed, its default, which the Transformer ignores)",
+    )
     for key in ("warmup_steps", "eval_every", "threads"):
         _check(getattr(t, key) >= 0, f"train.{key}", getattr(t, key), "must be >= 0")
     _check(t.lr > 0, "train.lr", t.lr, "must be > 0 (reference 1e-4)")

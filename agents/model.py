@@ -21,6 +21,9 @@ from torch import Tensor, nn
 from aaren_rl import AarenBackbone, TransformerBackbone
 
 BACKBONES = ("aaren", "transformer")
+#: The Aaren score of an ignored (padding) token: exp(IGNORED_SCORE - s) is exactly 0 in float32 and float64
+#: (and bfloat16's range holds it) for any real score s, so such a token adds nothing to a state.
+IGNORED_SCORE = -1e30
 
 
 @dataclass
@@ -136,14 +139,21 @@ class DecisionModel(nn.Module):
         state=None,
         *,
         resets: Tensor | None = None,
+        ignore: Tensor | None = None,
     ) -> tuple[Tensor, object]:
         """Whole sequences at once: R [B, T], s [B, T, obs], a [B, T, act], t [B, T] (long).
 
         Returns the predicted actions in [-1, 1] at every step [B, T, act] (prediction t sees
         R_<=t, s_<=t, a_<t) and the backbone state after the last token (for continuation).
-        Padding must come after the real steps (causality keeps it out of their predictions).
+        Padding must come after the real steps (causality keeps it out of their predictions), or be
+        marked by `ignore`.
         resets: optional [B, T] bool, True on the first step of each episode packed into a row (Aaren
         backbone only): each episode's predictions then see its own steps alone, as if run by itself.
+        ignore: optional [B, T] bool, True on padding steps anywhere in a row (Aaren backbone only, e.g.
+        left padding before a state is wanted): their tokens score IGNORED_SCORE in every layer, so their
+        weight is exactly 0 next to any real token or non-empty entering state, and the real steps'
+        outputs and the returned state are theirs alone. Outputs at ignored steps mean nothing, and a row
+        of ignored steps only, entered empty, is left non-empty (reset it).
         """
         b, t = returns_to_go.shape
         tokens = torch.stack(
@@ -154,15 +164,35 @@ class DecisionModel(nn.Module):
             ],
             dim=2,
         ).reshape(b, 3 * t, self.config.embed_dim)
-        if resets is None:
+        if resets is None and ignore is None:
             hidden, state = self.backbone(tokens, state)
         elif self.config.backbone == "aaren":
-            token_resets = torch.zeros(b, t, 3, dtype=torch.bool, device=resets.device)
-            token_resets[..., 0] = resets  # an episode starts at its first step's return-to-go token
-            hidden, state = self.backbone(tokens, state, resets=token_resets.reshape(b, 3 * t))
+            hidden, state = self.backbone(
+                tokens, state, self._ignored_scores(ignore), resets=self._token_resets(resets)
+            )
         else:
-            raise ValueError("resets (packed episodes) need the Aaren backbone; the Transformer takes none")
+            raise ValueError(
+                "resets (packed episodes) and ignore (left padding) need the Aaren backbone; the Transformer "
+                "takes neither"
+            )
         return self.action_head(hidden[:, 1::3]), state
+
+    @staticmethod
+    def _token_resets(resets: Tensor | None) -> Tensor | None:
+        """Per-step resets [B, T] -> per-token [B, 3T]: an episode starts at its first return-to-go token."""
+        if resets is None:
+            return None
+        b, t = resets.shape
+        token_resets = torch.zeros(b, t, 3, dtype=torch.bool, device=resets.device)
+        token_resets[..., 0] = resets
+        return token_resets.reshape(b, 3 * t)
+
+    def _ignored_scores(self, ignore: Tensor | None) -> Tensor | None:
+        """Per-step ignore [B, T] -> the Aaren score bias [B, 1, 3T]: IGNORED_SCORE on its steps' tokens."""
+        if ignore is None:
+            return None
+        bias = torch.zeros(*ignore.shape, 3, device=ignore.device, dtype=self.embed_ln.weight.dtype)
+        return bias.masked_fill(ignore.unsqueeze(-1), IGNORED_SCORE).reshape(ignore.shape[0], 1, -1)
 
     def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None):
         return self.backbone.init_state(batch_size, device, dtype)

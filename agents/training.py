@@ -5,28 +5,35 @@ what it is depends on the backbone, so that training sees what acting will do:
 - Transformer (reference DT): round(batch_steps / K) windows of K = `model.context_steps` timesteps
   starting at uniformly drawn dataset rows, right-padded at episode ends (acting re-runs the last K
   steps).
-- Aaren: rows as long as the longest episode, round(batch_steps / that) of them (at least one), packed
-  end to end with whole episodes from their first step (`envs.datasets.PackedSampler`: shuffled passes
-  over the episodes, so every dataset step is supervised equally often, with little padding at row
-  ends). The episode starts reset the scan (`resets`), so each episode is trained exactly as if run
-  alone. The recurrent state while acting summarises the episode from its start; whole episodes train
-  exactly that. The alternative, K-windows whose entering state is a no-grad scan of the episode
-  prefix, measured slower per supervised step, because the prefix scan costs more than the window.
+- Aaren, `train.batching` = "packed" (the default): rows as long as the longest episode, round(batch_steps
+  / that) of them (at least one), packed end to end with whole episodes from their first step
+  (`envs.datasets.PackedSampler`: shuffled passes over the episodes, so every dataset step is supervised
+  equally often, with little padding at row ends). The episode starts reset the scan (`resets`), so each
+  episode is trained exactly as if run alone. The recurrent state while acting summarises the episode
+  from its start; whole episodes train exactly that. With long episodes a batch holds few of them.
+- Aaren, "stored" or "prefix": the Transformer's K-windows (the same sampler), each entering with the
+  backbone state of its episode's earlier steps (no gradient, dropout off): rescanned from the episode
+  start every step ("prefix", exact), or read from a table of states at every K-th step of every episode
+  that one scan over the dataset rewrites every `train.state_refresh_every` steps, run on exactly to the
+  window's start ("stored": stale by up to that interval; metrics.jsonl's state/* rows measure it on a
+  fixed probe batch just before each refresh). See `agents.windows`.
 
 Loss: mean squared error between predicted and dataset actions (both scaled to [-1, 1]) over real
 steps. AdamW, linear warm-up, grad-norm clipping (docs/design.md, Decision agents). The run
 directory (`agents.run_dir`) holds config.yaml, dataset_stats.json, checkpoints/, tb/
 (TensorBoard), metrics.jsonl and curve.png. Resuming restores weights, optimizer, scheduler and
-every RNG and the data sampler's queue, so a killed-and-resumed run ends with the same weights as an
-uninterrupted one. One process trains a run directory at a time (its lock); a resume continues from
-the newest intact checkpoint, and must keep the model settings of that checkpoint. A non-finite loss
+every RNG and the data sampler's queue (batching=stored: the weights of the last refresh, from which
+the same table is rebuilt), so a killed-and-resumed run ends with the same weights as an uninterrupted
+one. One process trains a run directory at a time (its lock); a resume continues from the newest intact
+checkpoint, and must keep the model settings of that checkpoint. A non-finite loss
 or gradient (checked every step) or weight (checked before each checkpoint) stops the run with a
 `DivergedError`, so `latest` stays the last finite checkpoint.
 
 Under torchrun (`agents.distributed`) the model is wrapped in DistributedDataParallel and
 `train.batch_steps` makes the global batch, whose rows must split evenly across the ranks: every rank
-draws the whole batch from the one seeded sampler and trains on its own contiguous share of rows; the
-loss divides by the real steps of the whole batch (times the world size, since DDP averages the ranks'
+draws the whole batch from the one seeded sampler and trains on its own contiguous share of rows
+(batching=stored: every rank keeps the same table of states, and scans its share's burn-ins); the loss
+divides by the real steps of the whole batch (times the world size, since DDP averages the ranks'
 gradients), so the gradient, and the run, is the one-process run's (to float rounding; dropout masks differ). lr is unchanged. Rank 0
 alone writes the run directory and shows progress; logged losses are averaged over the ranks.
 """
@@ -62,8 +69,9 @@ from agents.evaluation import default_targets, evaluate_agent, evaluate_run, mer
 from agents.model import DecisionModel, DecisionModelConfig, ModelHyperparameters
 from agents.policy import DecisionAgent
 from agents.run_dir import MetricsLog, RunDir, read_metrics
+from agents.windows import PrefixStates, StoredStates, scanning, state_gap
 from envs import DatasetError, OfflineDataset, load_dataset, make_env, normalized_score
-from envs.datasets import PackedSampler
+from envs.datasets import PackedBatch, PackedSampler, SequenceBatch
 from envs.files import torch_threads, write_atomic
 
 
@@ -178,18 +186,34 @@ def build_model(cfg: Config, data: TrainingData) -> DecisionModel:
     return model
 
 
+def packs_episodes(cfg: Config) -> bool:
+    """Whether batches are rows packed with whole episodes (Aaren, batching=packed), not K-windows."""
+    return cfg.model.backbone == "aaren" and cfg.train.batching == "packed"
+
+
 def batch_layout(cfg: Config, dataset: OfflineDataset) -> tuple[int, int]:
-    """(rows, steps per row) of the global batch for `train.batch_steps` supervised steps: K-windows
-    (Transformer), or rows as long as the longest episode (Aaren), as many as come nearest, at least one."""
-    row_steps = (
-        int(dataset.episode_lengths.max()) if cfg.model.backbone == "aaren" else cfg.model.context_steps
-    )
+    """(rows, steps per row) of the global batch for `train.batch_steps` supervised steps: rows as long as
+    the longest episode (Aaren, packed) or K-windows, as many as come nearest, at least one."""
+    row_steps = int(dataset.episode_lengths.max()) if packs_episodes(cfg) else cfg.model.context_steps
     return max(1, round(cfg.train.batch_steps / row_steps)), row_steps
 
 
 def packed_sampler(cfg: Config, dataset: OfflineDataset) -> PackedSampler | None:
-    """The Aaren agent's sampler of packed rows (None for the Transformer, whose windows need no state)."""
-    return PackedSampler(dataset, *batch_layout(cfg, dataset)) if cfg.model.backbone == "aaren" else None
+    """The Aaren agent's sampler of packed rows (None for K-windows)."""
+    return PackedSampler(dataset, *batch_layout(cfg, dataset)) if packs_episodes(cfg) else None
+
+
+EnteringStates = StoredStates | PrefixStates
+
+
+def entering_states(cfg: Config, dataset: OfflineDataset, model: DecisionModel) -> EnteringStates | None:
+    """Where the Aaren agent's K-windows get their entering states (None for packed rows and the
+    Transformer, whose windows start from an empty context); see `agents.windows`."""
+    if cfg.model.backbone != "aaren" or cfg.train.batching == "packed":
+        return None
+    if cfg.train.batching == "stored":
+        return StoredStates(model, dataset, grid=cfg.model.context_steps)
+    return PrefixStates(model, dataset)
 
 
 def sample_batch(
@@ -199,23 +223,38 @@ def sample_batch(
     device: torch.device,
     dist: DistContext,
     packer: PackedSampler | None,
+    entering: EnteringStates | None = None,
 ) -> dict:
     """This rank's share of rows of one global batch as tensors: rows packed with whole episodes by
-    `packer` (Aaren, with "resets" on each episode's first step) or K-windows (Transformer); see the
-    module docstring. "num_real" counts the real steps of the whole global batch."""
-    keys = ["returns_to_go", "observations", "actions", "timesteps", "mask"]
+    `packer` (Aaren, with "resets" on each episode's first step) or K-windows, with their entering
+    "state" from `entering` for the Aaren agent's windows; see the module docstring. "num_real" counts
+    the real steps of the whole global batch."""
+    aaren_windows = packer is None and cfg.model.backbone == "aaren"
+    if (entering is not None) != aaren_windows:
+        raise ValueError(
+            "sample_batch takes entering states (agents.training.entering_states) exactly for the Aaren "
+            f"backbone's K-windows; got train.batching = {cfg.train.batching!r}, model.backbone = "
+            f"{cfg.model.backbone!r}, packer {packer is not None}, entering states {entering is not None}"
+        )
     if packer is not None:
         batch = packer.sample(rng)
-        keys.append("resets")
     else:
         batch = dataset.sample_windows(rng, *batch_layout(cfg, dataset))
     size = len(batch.mask) // dist.world_size
-    share = slice(dist.rank * size, (dist.rank + 1) * size)
-    arrays = {k: getattr(batch, k)[share] for k in keys}
-    return {
-        **{k: torch.as_tensor(v, device=device) for k, v in arrays.items()},
-        "num_real": int(batch.mask.sum()),
-    }
+    return batch_tensors(batch, slice(dist.rank * size, (dist.rank + 1) * size), device, entering)
+
+
+def batch_tensors(
+    batch: SequenceBatch, share: slice, device: torch.device, entering: EnteringStates | None = None
+) -> dict:
+    """The `share` of a batch's rows as the tensors `action_loss` takes (with "resets" for packed rows,
+    "state" from `entering` for windows); "num_real" counts the real steps of the whole batch."""
+    keys = ["returns_to_go", "observations", "actions", "timesteps", "mask"]
+    keys += ["resets"] if isinstance(batch, PackedBatch) else []
+    tensors = {k: torch.as_tensor(getattr(batch, k)[share], device=device) for k in keys}
+    if entering is not None:
+        tensors["state"] = entering(batch.episode_index[share], batch.start_step[share])
+    return {**tensors, "num_real": int(batch.mask.sum())}
 
 
 def action_loss(model: DecisionModel | DDP, batch: dict, world_size: int = 1) -> torch.Tensor:
@@ -229,6 +268,7 @@ def action_loss(model: DecisionModel | DDP, batch: dict, world_size: int = 1) ->
         batch["observations"],
         batch["actions"],
         batch["timesteps"],
+        batch.get("state"),
         resets=batch.get("resets"),
     )
     target = getattr(model, "module", model).unit_actions(batch["actions"])
@@ -328,7 +368,7 @@ def check_batch_splits(cfg: Config, dataset: OfflineDataset, world_size: int) ->
     train.batch_steps that does."""
     rows, row_steps = batch_layout(cfg, dataset)
     if rows % world_size:
-        what = "rows of the longest episode's" if cfg.model.backbone == "aaren" else "windows of"
+        what = "rows of the longest episode's" if packs_episodes(cfg) else "windows of"
         raise ConfigError(
             f"train.batch_steps = {cfg.train.batch_steps} makes a global batch of {rows} {what} {row_steps} "
             f"steps, which does not split evenly across {world_size} processes. Fix: "
@@ -352,16 +392,22 @@ def train_steps(
     bar = tqdm(
         total=t.steps, initial=trainer.step, disable=not progress, unit="step", desc=f"train {cfg.run_name}"
     )
-    losses = LossLog(metrics, dist, bar)
+    losses = LossLog(metrics, dist, bar, trainer.seconds)
     end = t.steps if stop_after is None else min(t.steps, trainer.step + stop_after)
+    trainer.refresh_states(metrics)  # batching=stored: a new run's first table (a resumed run has its own)
     while trainer.step < end:
-        batch = sample_batch(cfg, data.dataset, trainer.rng, dist.device, dist, trainer.packer)
+        tic = time.perf_counter()
+        batch = sample_batch(
+            cfg, data.dataset, trainer.rng, dist.device, dist, trainer.packer, trainer.entering
+        )
         loss, grad_norm = trainer.update(batch)
+        trainer.seconds += time.perf_counter() - tic
         step = trainer.step
+        trainer.refresh_states(metrics)
         losses.count(batch)
         bar.update(1)
         if step % t.log_every == 0 or step == t.steps:
-            losses.write(step, loss, grad_norm, trainer.lr)
+            losses.write(step, loss, grad_norm, trainer.lr, trainer.seconds)
         if step % t.checkpoint_every == 0 or step == t.steps:
             metrics.sync()
             trainer.save()
@@ -370,9 +416,15 @@ def train_steps(
     bar.close()
 
 
+#: The probe batch of batching=stored (fixed windows on which staleness is measured) comes from its own
+#: generator, seeded with (train.seed, PROBE_STREAM), so it leaves the training batches as they are.
+PROBE_STREAM = 1
+
+
 class Trainer:
-    """The model (DDP-wrapped under torchrun), AdamW, the lr schedule, the data sampler's RNG and the
-    step: what one update changes and a checkpoint of `run` saves and restores."""
+    """The model (DDP-wrapped under torchrun), AdamW, the lr schedule, the data sampler's RNG, the
+    entering states of K-windows, the step and the training seconds: what one update changes and a
+    checkpoint of `run` saves and restores."""
 
     def __init__(self, cfg: Config, data: TrainingData, dist: DistContext, run: RunDir):
         t = cfg.train
@@ -387,12 +439,22 @@ class Trainer:
         )
         self.rng = np.random.default_rng(t.seed)
         self.packer = packed_sampler(cfg, data.dataset)
+        self.entering = entering_states(cfg, data.dataset, self.model)
+        self.probe = (
+            data.dataset.sample_windows(
+                np.random.default_rng([t.seed, PROBE_STREAM]), *batch_layout(cfg, data.dataset)
+            )
+            if isinstance(self.entering, StoredStates)
+            else None
+        )
+        self.refresh_every, self.total_steps = t.state_refresh_every, t.steps
         self.autocast = (
             torch.autocast(dist.device.type, dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext()
         )
         self.grad_clip, self.base_lr = t.grad_clip, t.lr
         self.dist, self.run = dist, run
         self.step = 0
+        self.seconds = 0.0  # spent drawing batches, updating and refreshing stored states, over all sessions
         self.last_checkpoint: Path | None = None
 
     @property
@@ -415,6 +477,41 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         return loss, grad_norm
+
+    def refresh_states(self, metrics: MetricsLog) -> None:
+        """batching=stored: the first table, then a new one every train.state_refresh_every steps (timed
+        as training), once rank 0 has logged how stale the old one got (`staleness`, not timed). At the
+        last step the old table is measured only: no batch would use a new one."""
+        stored = self.entering
+        if not isinstance(stored, StoredStates):
+            return
+        if stored.refreshed_at is not None:
+            if self.step < stored.refreshed_at + self.refresh_every:
+                return
+            if self.dist.is_main:
+                metrics.log({"step": self.step, **self.staleness()})
+            if self.step >= self.total_steps:
+                return
+        tic = time.perf_counter()
+        stored.refresh(self.step)
+        self.seconds += time.perf_counter() - tic
+
+    def staleness(self) -> dict[str, float]:
+        """How stale the stored states are on the fixed probe batch: `state_gap` between its stored and
+        rescanned (exact) entering states, and the loss (dropout off) with each, as state/* metrics."""
+        assert isinstance(self.entering, StoredStates) and self.probe is not None
+        stale = batch_tensors(self.probe, slice(None), self.dist.device, self.entering)
+        exact = PrefixStates(self.model, self.entering.dataset)
+        fresh = {**stale, "state": exact(self.probe.episode_index, self.probe.start_step)}
+        with scanning(self.model), self.autocast:
+            loss_stale, loss_fresh = (float(action_loss(self.model, b)) for b in (stale, fresh))
+        gap = state_gap(stale["state"], fresh["state"], self.probe.start_step)
+        return {
+            "state/age": self.step - self.entering.refreshed_at,
+            **{f"state/{key}": value for key, value in gap.items()},
+            "state/loss_stale": loss_stale,
+            "state/loss_fresh": loss_fresh,
+        }
 
     def resume(self) -> None:
         """Continue the run from its newest intact checkpoint, if it got to one (a warning names any newer
@@ -443,6 +540,9 @@ class Trainer:
             torch.set_rng_state(torch_ranks[self.dist.rank % len(torch_ranks)])
             if self.packer is not None:
                 self.packer.load_state_dict(state["sampler"])
+            self.seconds = float(state.get("seconds", 0.0))
+            if isinstance(self.entering, StoredStates) and "stored_states" in state:
+                self.entering.load_state_dict(state["stored_states"])  # else: refreshed from these weights
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(
                 f"{checkpoint / 'trainer.pt'} does not fit this run's optimizer and sampler ({exc!r})",
@@ -482,6 +582,9 @@ class Trainer:
         }
         if self.packer is not None:  # the same on every rank
             state["sampler"] = self.packer.state_dict()
+        if isinstance(self.entering, StoredStates):  # the same on every rank
+            state["stored_states"] = self.entering.state_dict()
+        state["seconds"] = self.seconds
         if self.dist.is_main:
             self.run.save_checkpoint(self.model, self.step, state)
         self.last_checkpoint = self.run.checkpoint(self.step)
@@ -544,19 +647,23 @@ def write_run_files(cfg: Config, data: TrainingData, run: RunDir, dist: DistCont
 
 
 class LossLog:
-    """Training rows: the loss averaged over the ranks, lr, gradient norm and tokens per second since the
-    previous row; also shown on the progress bar."""
+    """Training rows: the loss averaged over the ranks, lr, gradient norm, the training seconds so far
+    (`Trainer.seconds`: batches, updates and state refreshes, not checkpoints or evaluations) and the
+    tokens per training second since the previous row; also shown on the progress bar."""
 
-    def __init__(self, metrics: MetricsLog, dist: DistContext, bar: tqdm):
+    def __init__(self, metrics: MetricsLog, dist: DistContext, bar: tqdm, seconds: float):
         self.metrics, self.dist, self.bar = metrics, dist, bar
-        self.tokens, self.tic = 0, time.perf_counter()
+        self.tokens, self.seconds = 0, seconds
 
     def count(self, batch: dict) -> None:
         self.tokens += 3 * batch["num_real"]  # R, s and a tokens per real step
 
-    def write(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> None:
-        """Log one row (every rank calls it: the loss is averaged with a collective)."""
-        tok_s = self.tokens / max(time.perf_counter() - self.tic, 1e-9)
+    def write(
+        self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float, seconds: float
+    ) -> None:
+        """Log one row at `seconds` of training (every rank calls it: the loss is averaged with a
+        collective)."""
+        tok_s = self.tokens / max(seconds - self.seconds, 1e-9)
         loss_value = self.dist.all_reduce_mean(loss.detach())
         self.metrics.log(
             {
@@ -565,10 +672,11 @@ class LossLog:
                 "train/lr": lr,
                 "train/grad_norm": float(grad_norm),
                 "train/tokens_per_s": tok_s,
+                "train/seconds": seconds,
             }
         )
         self.bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
-        self.tokens, self.tic = 0, time.perf_counter()
+        self.tokens, self.seconds = 0, seconds
 
 
 def eval_row(step: int, result: dict[str, Any]) -> dict[str, Any]:

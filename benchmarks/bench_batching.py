@@ -1,0 +1,395 @@
+"""Batch-diversity study: the Aaren agent on packed whole episodes, or on K-windows with stored or
+prefix-rescanned entering states (`train.batching`), at equal supervised steps per batch.
+
+Every mode trains with the same config (the task's file over configs/base.yaml), seeds, gradient steps and
+`train.batch_steps`, one run at a time in this process (so their timings do not compete), and ends with
+the live evaluation of `agents.train`. The dataset is a `<task>-<recipe>` made like bench_quality's (the
+RL Zoo's behaviour policies by D4RL's recipes, cached in --work) or a D4RL-format file. Per run:
+- score: the final evaluation's D4RL-normalised score at the best target (as bench_quality);
+- training seconds (`train/seconds`: drawing batches, updates and state refreshes; no checkpoints or
+  evaluations) and supervised steps per training second; the session's wall-clock (evaluations included);
+- for `stored`: just before each refresh, on a fixed probe batch (training windows drawn once), the mean
+  relative distance between the stored and the exact entering states' readouts and the loss (dropout off)
+  with either (metrics.jsonl's state/* rows);
+- equal wall-clock: per seed, T = the shortest training time of the modes; each mode's score at its last
+  periodic evaluation (first target) reached within T of training. Evaluations are every --eval-every
+  steps, so a mode is credited with the score of the last evaluation before T, never after it.
+
+Interrupted? Run the same command again: finished runs (recorded in <work>/finished.json) are skipped,
+an unfinished one resumes from its last checkpoint. A --work folder holds one study's settings; other
+settings need another folder.
+
+Writes <out>/batching.json and batching.png (--quick: batching_quick.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from agents import train
+from agents.cli import exits_2_on_user_errors
+from agents.config import ConfigError, load_config
+from agents.run_dir import read_metrics
+from agents.training import batch_layout
+from agents.windows import BATCHINGS
+from envs import load_dataset
+from envs.files import write_atomic
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
+from benchmarks.bench_quality import Settings as QualitySettings  # noqa: E402
+from benchmarks.bench_quality import make_dataset  # noqa: E402
+from benchmarks.common import REPO, RESULTS, machine_info, write_json, write_png  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The study: dataset, modes, seeds and the training budget shared by every run."""
+
+    dataset: str = "hopper-medium"  # <task>-<recipe> (collected into --work) or a D4RL-format file
+    transitions: int = 1_000_000  # size of a collected dataset
+    modes: tuple[str, ...] = BATCHINGS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 20_000
+    warmup_steps: int = 2_000
+    batch_steps: int = 1000  # supervised timesteps per batch, every mode: a multiple of the longest episode
+    # (packed rows) and of K (windows) makes the batches equal (hopper-medium: 1 row of 1000 = 50 x K = 20)
+    refresh_every: int = 1_000  # train.state_refresh_every of `stored`
+    eval_every: int = 2_000  # periodic evaluations (and checkpoints): the equal-time comparison's points
+    eval_episodes: int = 10
+    device: str = "cpu"
+    threads: int = 0  # torch CPU threads per run; 0 = torch's default
+
+
+#: A few minutes on a CPU: checks the whole path, measures nothing worth reporting.
+QUICK = Settings(
+    transitions=20_000,
+    seeds=(0,),
+    steps=40,
+    warmup_steps=10,
+    refresh_every=10,
+    eval_every=20,
+    eval_episodes=2,
+)
+
+
+def dataset_and_config(settings: Settings, work: Path) -> tuple[Path, Path]:
+    """The dataset file (collected once into work/data for a <task>-<recipe>) and the config to train it
+    with (configs/<task>-<recipe>.yaml where there is one, else configs/base.yaml)."""
+    given = Path(settings.dataset).expanduser()
+    if given.is_file():
+        return given, REPO / "configs" / "base.yaml"
+    task, _, recipe = settings.dataset.partition("-")
+    if not recipe:
+        raise ConfigError(
+            f"--dataset {settings.dataset!r} is neither a file nor <task>-<recipe>. Fix: e.g. --dataset "
+            "hopper-medium, or the path of a D4RL-format file"
+        )
+    path = make_dataset(task, recipe, QualitySettings(transitions=settings.transitions), work / "data")
+    config = REPO / "configs" / f"{task}-{recipe}.yaml"
+    return path, config if config.is_file() else REPO / "configs" / "base.yaml"
+
+
+def run_config(settings: Settings, mode: str, seed: int, data: Path, config: Path, work: Path):
+    """The config of one run, in work/runs/<mode>-s<seed>."""
+    overrides = {
+        "data.dataset": str(data),
+        "output_dir": str(work / "runs"),
+        "name": f"{mode}-s{seed}",
+        "model.backbone": "aaren",
+        "train.batching": mode,
+        "train.state_refresh_every": settings.refresh_every,
+        "train.seed": seed,
+        "train.steps": settings.steps,
+        "train.warmup_steps": settings.warmup_steps,
+        "train.batch_steps": settings.batch_steps,
+        "train.eval_every": settings.eval_every,
+        "train.checkpoint_every": settings.eval_every,
+        "train.log_every": math.gcd(settings.eval_every, 50),  # a training row at every evaluation
+        "train.device": settings.device,
+        "train.threads": settings.threads,
+        "eval.episodes": settings.eval_episodes,
+    }
+    return load_config(config, [f"{key}={value}" for key, value in overrides.items()])
+
+
+def run_summary(run_dir: Path, mode: str, seed: int, wall_s: float, resumed: bool) -> dict[str, Any]:
+    """A finished run's numbers, read back from its eval/eval.json and metrics.jsonl."""
+    report = json.loads((run_dir / "eval" / "eval.json").read_text())
+    best = max(report["results"], key=lambda r: r["score_mean"])
+    first_target = report["results"][0]["target_return"]  # periodic evaluations use the first target
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    train_rows = [r for r in rows if "train/seconds" in r]
+    seconds_at = {r["step"]: r["train/seconds"] for r in train_rows}
+    previous = [0.0] + [r["train/seconds"] for r in train_rows[:-1]]
+    supervised = sum(
+        r["train/tokens_per_s"] * (r["train/seconds"] - s) / 3
+        for r, s in zip(train_rows, previous, strict=True)
+    )
+    stale = [r for r in rows if "state/readout_gap" in r]
+    return {
+        "mode": mode,
+        "seed": seed,
+        "score": best["score_mean"],
+        "best_target": best["target_return"],
+        "dataset_score": report["dataset_score_mean"],
+        "train_seconds": train_rows[-1]["train/seconds"],
+        "supervised_steps_per_s": supervised / train_rows[-1]["train/seconds"],
+        "supervised_steps_per_batch": supervised / train_rows[-1]["step"],
+        "wall_s": wall_s,
+        "resumed": resumed,
+        "curve": [  # (gradient step, training seconds, score at the first target)
+            (r["step"], seconds_at[r["step"]], r["eval/score_mean"])
+            for r in rows
+            if r.get("eval/target") == first_target and "eval/score_mean" in r
+        ],
+        "staleness": [
+            {key.removeprefix("state/"): r[key] for key in r if key == "step" or key.startswith("state/")}
+            for r in stale
+        ],
+        "run_dir": str(run_dir),
+    }
+
+
+def score_within(curve: list, seconds: float) -> float | None:
+    """The score of the last evaluation reached within `seconds` of training (None: none was)."""
+    scores = [score for _, at, score in curve if at <= seconds]
+    return scores[-1] if scores else None
+
+
+def summarise(runs: list[dict], modes: tuple[str, ...]) -> dict[str, Any]:
+    """Per mode: means over seeds of the score, speed and (stored) staleness; and the equal-time scores."""
+    table = {}
+    for mode in modes:
+        mine = [r for r in runs if r["mode"] == mode]
+        if not mine:
+            continue
+        row = {
+            "seeds": len(mine),
+            **{
+                key: statistics.mean(r[key] for r in mine)
+                for key in (
+                    "score",
+                    "train_seconds",
+                    "supervised_steps_per_s",
+                    "supervised_steps_per_batch",
+                    "wall_s",
+                )
+            },
+            "score_std": statistics.stdev(r["score"] for r in mine) if len(mine) > 1 else 0.0,
+        }
+        stale = [s for r in mine for s in r["staleness"]]
+        if stale:
+            row["readout_gap"] = statistics.mean(s["readout_gap"] for s in stale)
+            row["log_norm_gap"] = statistics.mean(s["log_norm_gap"] for s in stale)
+            row["loss_stale_minus_fresh"] = statistics.mean(s["loss_stale"] - s["loss_fresh"] for s in stale)
+            row["loss_fresh"] = statistics.mean(s["loss_fresh"] for s in stale)
+        table[mode] = row
+    return {"by_mode": table, "equal_time": equal_time(runs)}
+
+
+def equal_time(runs: list[dict]) -> list[dict]:
+    """Per seed run by several modes: T = their shortest training time, and each one's score within T."""
+    out = []
+    for seed in sorted({r["seed"] for r in runs}):
+        mine = [r for r in runs if r["seed"] == seed]
+        if len(mine) < 2:
+            continue
+        budget = min(r["train_seconds"] for r in mine)
+        out.append(
+            {
+                "seed": seed,
+                "seconds": budget,
+                "score": {r["mode"]: score_within(r["curve"], budget) for r in mine},
+            }
+        )
+    return out
+
+
+def plot(runs: list[dict], summary: dict, path: Path) -> None:
+    """Score per gradient step and per training second, and the stored states' staleness."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_step, by_time, stale) = plt.subplots(1, 3, figsize=(16, 4.2))
+    for i, mode in enumerate(summary["by_mode"]):
+        for r in (r for r in runs if r["mode"] == mode):
+            steps, seconds, scores = zip(*r["curve"], strict=True) if r["curve"] else ((), (), ())
+            label = mode if r["seed"] == min(x["seed"] for x in runs if x["mode"] == mode) else None
+            by_step.plot(steps, scores, "o-", color=f"C{i}", alpha=0.7, label=label)
+            by_time.plot(seconds, scores, "o-", color=f"C{i}", alpha=0.7, label=label)
+    for point in summary["equal_time"]:
+        by_time.axvline(point["seconds"], color="k", lw=0.8, ls=":")
+    by_step.set(xlabel="gradient step", ylabel="score (first target)", title="equal gradient steps")
+    by_time.set(
+        xlabel="training seconds", ylabel="score (first target)", title="equal wall-clock (dotted: T)"
+    )
+    for ax in (by_step, by_time):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    stored = [r for r in runs if r["staleness"]]
+    for r in stored:
+        steps = [s["step"] for s in r["staleness"]]
+        stale.plot(steps, [s["readout_gap"] for s in r["staleness"]], "o-", label=f"readout gap s{r['seed']}")
+        stale.plot(
+            steps,
+            [(s["loss_stale"] - s["loss_fresh"]) / s["loss_fresh"] for s in r["staleness"]],
+            "x--",
+            label=f"loss stale/fresh - 1, s{r['seed']}",
+        )
+    stale.set(xlabel="gradient step (just before a refresh)", title="stored states: staleness")
+    stale.grid(alpha=0.3)
+    if stored:
+        stale.legend(fontsize=8)
+    fig.tight_layout()
+    write_png(fig, path)
+    plt.close(fig)
+
+
+def report(runs: list[dict], settings: Settings, out: Path, name: str, planned: int) -> dict:
+    """Write <out>/<name>.json and .png for the runs so far (partial until all `planned` ran)."""
+    summary = summarise(runs, settings.modes)
+    results = {
+        "machine": machine_info(settings.device),
+        "settings": dataclasses.asdict(settings),
+        "complete": len(runs) == planned,
+        "runs_done": len(runs),
+        "runs_planned": planned,
+        **summary,
+        "runs": runs,
+    }
+    write_json(out / f"{name}.json", results)
+    if runs:
+        plot(runs, summary, out / f"{name}.png")
+    return results
+
+
+def check_equal_batches(configs: dict[str, Any], data: Path) -> None:
+    """A warning when the modes' batches do not hold the same number of steps: packed rows are as long as
+    the longest episode, windows K steps, and `train.batch_steps` rounds to a whole number of either."""
+    dataset = load_dataset(str(data))
+    sizes = {mode: math.prod(batch_layout(cfg, dataset)) for mode, cfg in configs.items()}
+    if len(set(sizes.values())) > 1:
+        cfg = next(iter(configs.values()))
+        equal = math.lcm(int(dataset.episode_lengths.max()), cfg.model.context_steps)
+        warnings.warn(
+            f"train.batch_steps = {cfg.train.batch_steps} makes batches of {sizes} steps (with padding). "
+            f"Fix for equal batches: --batch-steps {equal} or a multiple of it",
+            stacklevel=2,
+        )
+
+
+def check_work_folder(work: Path, settings: Settings) -> dict[str, dict]:
+    """The finished runs recorded in `work` (none for a new folder); a ConfigError if it holds a study
+    with other settings, whose runs cannot stand beside these."""
+    work.mkdir(parents=True, exist_ok=True)
+    recorded, mine = work / "settings.json", dataclasses.asdict(settings)
+    if recorded.is_file():
+        theirs = json.loads(recorded.read_text())
+        if json.loads(json.dumps(mine)) != theirs:
+            changed = sorted(k for k in mine if json.loads(json.dumps(mine[k])) != theirs.get(k))
+            raise ConfigError(
+                f"{work} holds a study with other settings ({', '.join(changed)} differ). Fix: pass another "
+                f"--work folder, or the same settings to go on with that study"
+            )
+    else:
+        write_atomic(recorded, json.dumps(mine, indent=2))
+    finished = work / "finished.json"
+    return json.loads(finished.read_text()) if finished.is_file() else {}
+
+
+def run(settings: Settings, out: Path, work: Path, name: str) -> dict:
+    """Train and evaluate every (seed, mode) one after another, skipping finished ones; the report is
+    rewritten as each run ends."""
+    finished = check_work_folder(work, settings)
+    data, config = dataset_and_config(settings, work)
+    jobs = [(mode, seed) for seed in settings.seeds for mode in settings.modes]
+    configs = {(mode, seed): run_config(settings, mode, seed, data, config, work) for mode, seed in jobs}
+    check_equal_batches({mode: configs[mode, settings.seeds[0]] for mode in settings.modes}, data)
+    results = report(list(finished.values()), settings, out, name, len(jobs))
+    for mode, seed in (bar := tqdm(jobs, desc="runs")):
+        key = f"{mode}-s{seed}"
+        bar.set_postfix_str(key)
+        if key in finished:
+            continue
+        cfg = configs[mode, seed]
+        resumed = (cfg.run_dir / "checkpoints").exists()
+        tic = time.perf_counter()
+        run_dir = train(resume=cfg.run_dir) if resumed else train(cfg)
+        finished[key] = run_summary(run_dir, mode, seed, time.perf_counter() - tic, resumed)
+        write_atomic(work / "finished.json", json.dumps(finished, indent=2))
+        results = report(list(finished.values()), settings, out, name, len(jobs))
+    return results
+
+
+def print_table(results: dict) -> None:
+    """The per-mode means and the equal-time scores, on stdout."""
+    print(
+        f"{'mode':8} {'score':>14} {'steps/batch':>11} {'steps/s':>9} {'train s':>9} {'readout gap':>12} "
+        f"{'dloss stale':>12}"
+    )
+    for mode, row in results["by_mode"].items():
+        gap = f"{row['readout_gap']:12.3g}" if "readout_gap" in row else f"{'':12}"
+        dloss = f"{row['loss_stale_minus_fresh']:12.3g}" if "readout_gap" in row else f"{'':12}"
+        print(
+            f"{mode:8} {row['score']:7.1f} ± {row['score_std']:4.1f} {row['supervised_steps_per_batch']:11.0f} "
+            f"{row['supervised_steps_per_s']:9.0f} "
+            f"{row['train_seconds']:9.1f} {gap} {dloss}"
+        )
+    for point in results["equal_time"]:
+        scores = ", ".join(f"{m} {s:.1f}" if s is not None else f"{m} -" for m, s in point["score"].items())
+        print(f"seed {point['seed']}, equal time T = {point['seconds']:.1f} s: {scores}")
+
+
+@exits_2_on_user_errors
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--quick", action="store_true", help="a tiny preset that checks the whole path")
+    parser.add_argument("--dataset", help="<task>-<recipe> (default hopper-medium) or a D4RL-format file")
+    parser.add_argument("--transitions", type=int, help="size of a collected dataset")
+    parser.add_argument("--modes", nargs="+", choices=BATCHINGS, help="the train.batching values to compare")
+    parser.add_argument("--seeds", nargs="+", type=int, help="override the seeds")
+    parser.add_argument("--steps", type=int, help="gradient steps per run")
+    parser.add_argument("--warmup-steps", type=int, help="lr warm-up steps")
+    parser.add_argument("--batch-steps", type=int, help="supervised timesteps per batch, every mode")
+    parser.add_argument("--refresh-every", type=int, help="train.state_refresh_every of the stored mode")
+    parser.add_argument("--eval-every", type=int, help="steps between evaluations (and checkpoints)")
+    parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation")
+    parser.add_argument("--device", help="train.device: cpu, cuda, cuda:<i>")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per run (0: torch's default)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the report files")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="folder of the dataset and run directories (reused: finished runs are skipped); default "
+        "~/.cache/aaren-rl/batching/<dataset>[-quick]",
+    )
+    args = parser.parse_args(argv)
+    settings, name = (QUICK, "batching_quick") if args.quick else (Settings(), "batching")
+    changes = {field.name: getattr(args, field.name) for field in dataclasses.fields(Settings)}
+    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items() if v is not None}
+    settings = dataclasses.replace(settings, **changes)
+    stem = Path(settings.dataset).name.removesuffix(".hdf5")
+    work = (
+        args.work or Path(f"~/.cache/aaren-rl/batching/{stem}{'-quick' if args.quick else ''}").expanduser()
+    )
+    results = run(settings, args.out, work, name)
+    print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The batch-diversity study (benchmarks/bench_batching.py) end to end on tiny data: every mode trains and
+is evaluated, the report holds scores, speeds, staleness and the equal-time comparison, and a second
+invocation skips the finished runs."""
+
+import json
+
+import pytest
+
+from benchmarks import bench_batching
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_study_reports_every_mode_and_resumes(tiny_dataset, tmp_path, monkeypatch, capsys):
+    args = [
+        "--quick",
+        "--dataset", str(tiny_dataset),
+        "--steps", "4",
+        "--warmup-steps", "2",
+        "--batch-steps", "120",
+        "--refresh-every", "2",
+        "--eval-every", "2",
+        "--eval-episodes", "1",
+        "--threads", "1",
+        "--out", str(tmp_path / "out"),
+        "--work", str(tmp_path / "work"),
+    ]  # fmt: skip
+    assert bench_batching.main(args) == 0
+    results = json.loads((tmp_path / "out" / "batching_quick.json").read_text())
+    assert results["complete"] and results["runs_done"] == 3
+    assert set(results["by_mode"]) == {"packed", "stored", "prefix"}
+    assert all(
+        row["supervised_steps_per_s"] > 0 and row["train_seconds"] > 0 for row in results["by_mode"].values()
+    )
+    assert (
+        results["by_mode"]["stored"]["readout_gap"] > 0 and "readout_gap" not in results["by_mode"]["packed"]
+    )
+    stored = next(r for r in results["runs"] if r["mode"] == "stored")
+    assert [s["step"] for s in stored["staleness"]] == [2, 4]
+    assert [step for step, _, _ in stored["curve"]] == [2, 4]
+    (point,) = results["equal_time"]
+    assert point["seconds"] == min(r["train_seconds"] for r in results["runs"])
+    fastest = min(results["runs"], key=lambda r: r["train_seconds"])
+    assert point["score"][fastest["mode"]] == fastest["curve"][-1][2]  # its final evaluation, within T
+    assert (tmp_path / "out" / "batching_quick.png").is_file()
+    assert "equal time T" in capsys.readouterr().out
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(bench_batching, "train", no_training)
+    assert bench_batching.main(args) == 0
+    assert json.loads((tmp_path / "out" / "batching_quick.json").read_text())["runs"] == results["runs"]
+    assert bench_batching.main([*args, "--steps", "6"]) == 2  # other settings need another --work folder
+    assert "holds a study with other settings (steps differ)" in capsys.readouterr().err
+
+
+def test_unequal_batches_are_warned_with_the_fix(tiny_dataset, tmp_path):
+    settings = bench_batching.Settings(dataset=str(tiny_dataset), batch_steps=100)
+    configs = {
+        mode: bench_batching.run_config(
+            settings, mode, 0, tiny_dataset, bench_batching.REPO / "configs" / "base.yaml", tmp_path
+        )
+        for mode in ("packed", "stored")
+    }  # packed: 2 rows of the longest episode (60 steps); stored: 5 windows of K = 20
+    with pytest.warns(
+        UserWarning, match=r"batches of \{'packed': 120, 'stored': 100\} steps .* --batch-steps 60"
+    ):
+        bench_batching.check_equal_batches(configs, tiny_dataset)
