@@ -79,7 +79,10 @@ class ActorCriticState:
         return self.steps.shape[0]
 
     def reset(self, rows: Tensor) -> ActorCriticState:
-        """The state with the rows of bool mask `rows` emptied (their episode starts again)."""
+        """The state with the rows of bool mask `rows` emptied (their episode starts again); the same
+        state when no row starts (most acting steps: seven masked copies saved)."""
+        if not rows.any():
+            return self
         return ActorCriticState(
             self.actor.reset(rows),
             None if self.critic is None else self.critic.reset(rows),
