@@ -58,6 +58,11 @@ class AarenState:
             self.w.masked_fill(mask[None, :, None, None], 0.0),
         )
 
+    def select(self, rows: Tensor) -> AarenState:
+        """The state of `rows` (indices along the batch axis, repeats allowed)."""
+        rows = torch.as_tensor(rows, device=self.m.device)
+        return AarenState(self.m[:, rows], self.u[:, rows], self.w[:, rows])
+
     def detach(self) -> AarenState:
         return AarenState(self.m.detach(), self.u.detach(), self.w.detach())
 

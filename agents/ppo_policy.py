@@ -51,11 +51,6 @@ from aaren_rl import AarenBackbone, AarenState
 from aaren_rl.step import AarenStep, ParameterVersions
 
 
-def select_rows(state: AarenState, rows: Tensor) -> AarenState:
-    """The rows `rows` (indices, repeats allowed) of an AarenState."""
-    return AarenState(state.m[:, rows], state.u[:, rows], state.w[:, rows])
-
-
 def _zero_rows(t: Tensor | None, rows: Tensor) -> Tensor | None:
     """`t` [B, ...] with the rows of bool mask `rows` [B] zeroed (None stays None)."""
     return None if t is None else t.masked_fill(rows.view(-1, *(1,) * (t.dim() - 1)), 0)
@@ -94,8 +89,8 @@ class ActorCriticState:
     def select(self, rows: Tensor) -> ActorCriticState:
         """The rows `rows` (indices, repeats allowed)."""
         return ActorCriticState(
-            select_rows(self.actor, rows),
-            None if self.critic is None else select_rows(self.critic, rows),
+            self.actor.select(rows),
+            None if self.critic is None else self.critic.select(rows),
             self.steps[rows],
             None if self.last_action is None else self.last_action[rows],
             None if self.last_reward is None else self.last_reward[rows],

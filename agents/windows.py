@@ -51,12 +51,6 @@ def scanning(model: DecisionModel) -> Iterator[None]:
         model.train(was_training)
 
 
-def select(state: AarenState, rows: Tensor | np.ndarray) -> AarenState:
-    """The state of the given rows (indices along the batch axis)."""
-    rows = torch.as_tensor(rows, device=state.m.device)
-    return AarenState(state.m[:, rows], state.u[:, rows], state.w[:, rows])
-
-
 def empty_states(model: DecisionModel, batch_size: int) -> AarenState:
     """The empty state (no step seen) of `batch_size` rows, on the model's device and in its dtype."""
     weight = next(model.parameters())
@@ -156,7 +150,7 @@ class StoredStates:
             for k in range(1, int(self.counts[episodes[0]])):
                 n = int(np.count_nonzero(self.counts[episodes] > k))  # the longest first: a prefix
                 rows = ds.episode_starts[episodes[:n]] + (k - 1) * grid
-                state = scan_steps(model, ds, rows, np.full(n, grid), select(state, np.arange(n)))
+                state = scan_steps(model, ds, rows, np.full(n, grid), state.select(np.arange(n)))
                 at = torch.as_tensor(self.first[episodes[:n]] + k, device=table.m.device)
                 table.m[:, at], table.u[:, at], table.w[:, at] = state.m, state.u, state.w
         return table
@@ -168,7 +162,7 @@ class StoredStates:
             raise RuntimeError("StoredStates: refresh() before asking for entering states")
         point = np.asarray(starts) // self.grid
         with scanning(self.model):
-            stored = select(self.table, self.first[episodes] + point)
+            stored = self.table.select(self.first[episodes] + point)
             rows = self.dataset.episode_starts[episodes] + point * self.grid
             return scan_steps(self.model, self.dataset, rows, starts - point * self.grid, stored)
 
@@ -188,7 +182,7 @@ def state_gap(stale: AarenState, fresh: AarenState, starts: np.ndarray) -> dict[
     rows = torch.as_tensor(np.flatnonzero(np.asarray(starts) > 0), device=fresh.m.device)
     if rows.numel() == 0:
         return {"readout_gap": 0.0, "log_norm_gap": 0.0}
-    a, b = select(stale, rows), select(fresh, rows)
+    a, b = stale.select(rows), fresh.select(rows)
     readout_a, readout_b = a.w / a.u.unsqueeze(-1), b.w / b.u.unsqueeze(-1)
     rel = (readout_a - readout_b).norm(dim=-1) / readout_b.norm(dim=-1)
     log_norm = (a.m + a.u.log() - b.m - b.u.log()).abs()
