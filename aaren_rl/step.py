@@ -21,7 +21,9 @@ The folded weights are those of fold time: fold again after the module's weights
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -94,9 +96,17 @@ def _norm_weights(ln: _LayerNorm) -> tuple[Tensor, Tensor]:
     return ln.weight.contiguous(), ln.bias.contiguous()
 
 
-def _ffn_weights(ffn: _FeedForward) -> tuple[Tensor, ...]:
-    """The feed-forward's tensors in the fused step's order (`aaren_rl/ops/fused_step.cpp`)."""
-    return (*_norm_weights(ffn.ln), ffn.w1_t, ffn.b1.contiguous(), ffn.w2_t, ffn.b2.contiguous())
+def _fused_weights(layers: list, ln_f: _LayerNorm, mixer: Callable[[Any], tuple[Tensor, ...]]):
+    """The flat weight list the fused step takes (`aaren_rl/ops/fused_step.cpp`: per layer ln_1, the
+    `mixer` tensors, ln_2 and the feed-forward; then the final norm) and the one eps of every layer
+    norm (None where they differ: no fusion)."""
+    flat = []
+    for layer in layers:
+        ffn = layer.ffn
+        flat += [*_norm_weights(layer.ln_1), *mixer(layer), *_norm_weights(ffn.ln)]
+        flat += [ffn.w1_t, ffn.b1.contiguous(), ffn.w2_t, ffn.b2.contiguous()]
+    norms = [ln_f, *(n for layer in layers for n in (layer.ln_1, layer.ffn.ln))]
+    return flat + list(_norm_weights(ln_f)), fused.shared_eps(*norms)
 
 
 def _bias(linear: nn.Linear) -> Tensor:
@@ -185,19 +195,8 @@ class AarenStep:
         self.layers = [_AarenLayer.of(block) for block in backbone.blocks]
         self.ln_f = _LayerNorm.of(backbone.ln_f)
         self.dtype = self.ln_f.weight.dtype
-        self.flat_weights = [
-            w
-            for layer in self.layers
-            for w in (
-                *_norm_weights(layer.ln_1),
-                layer.mix_t,
-                layer.mix_b,
-                layer.proj_t,
-                *_ffn_weights(layer.ffn),
-            )
-        ] + list(_norm_weights(self.ln_f))
-        self.eps = fused.shared_eps(
-            self.ln_f, *(n for layer in self.layers for n in (layer.ln_1, layer.ffn.ln))
+        self.flat_weights, self.eps = _fused_weights(
+            self.layers, self.ln_f, lambda layer: (layer.mix_t, layer.mix_b, layer.proj_t)
         )
 
     @staticmethod
@@ -293,20 +292,8 @@ class TransformerStep:
             raise ValueError("TransformerStep folds a TransformerBackbone without max_context")
         self.layers = [_TransformerLayer.of(block) for block in backbone.blocks]
         self.ln_f = _LayerNorm.of(backbone.ln_f)
-        self.flat_weights = [
-            w
-            for layer in self.layers
-            for w in (
-                *_norm_weights(layer.ln_1),
-                layer.qkv_t,
-                layer.qkv_b,
-                layer.proj_t,
-                layer.proj_b,
-                *_ffn_weights(layer.ffn),
-            )
-        ] + list(_norm_weights(self.ln_f))
-        self.eps = fused.shared_eps(
-            self.ln_f, *(n for layer in self.layers for n in (layer.ln_1, layer.ffn.ln))
+        self.flat_weights, self.eps = _fused_weights(
+            self.layers, self.ln_f, lambda layer: (layer.qkv_t, layer.qkv_b, layer.proj_t, layer.proj_b)
         )
         self.num_heads = self.layers[0].num_heads
 
