@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from types import ModuleType
 
 import numpy as np
 import torch
@@ -208,35 +207,48 @@ class FoldedDecisionModel:
             self.action_mid, torch.tanh(torch.addmm(self.head_b, hidden, self.head_t)), self.action_half
         )
 
-    def _fused(self, x: Tensor) -> ModuleType | None:
-        return fused.module_for(x) if self.eps is not None else None
+    def fused_act(
+        self, obs: Tensor, reward: Tensor | None, start: Tensor | None, state: AgentState, target: float
+    ) -> tuple[Tensor, Tensor, Tensor, AarenState | StepWindow] | None:
+        """One whole agent step as one C++ call (`aaren_rl.ops.fused`): the bookkeeping of
+        `DecisionAgent.act`, the embedding, the backbone step and the head. Returns the actions, the new
+        returns-to-go, timesteps and memory; None where the fused module cannot take this step."""
+        module = fused.module_for(obs) if self.eps is not None else None
+        if module is None or (self.step is None and self.window_step is None):
+            return None
+        agent = (obs, reward, start, state.returns_to_go, state.timesteps, state.actions, target)
+        memory = state.memory
+        if self.step is not None:
+            actions, rtg, t, m, z = module.aaren_act(
+                *agent, memory.m, memory.u, memory.w, self.resets, self.step.flat_weights, self.ends, self.eps
+            )
+            return actions, rtg, t, self.step.unpack(m, z)
+        step = self.window_step
+        actions, rtg, t, *window = module.window_act(
+            *agent,
+            memory.inputs,
+            memory.times,
+            memory.length,
+            step.num_heads,
+            step.flat_weights,
+            self.ends,
+            self.eps,
+        )
+        return actions, rtg, t, StepWindow(*window)
 
     def recurrent_actions(
         self, inputs: Tensor, times: Tensor, state: AarenState, start: Tensor
     ) -> tuple[Tensor, AarenState]:
         """Actions [n, act_dim] and the next Aaren state for one step of step inputs [n, F], token
-        times [n, 3], rows at `start` beginning a new episode (fused into one call where it can be)."""
-        module = self._fused(inputs)
-        if module is None:
-            hidden, memory = self.step(self.tokens(inputs, times), state, self.resets[start.long()])
-            return self.actions(hidden), memory
-        weights = (self.step.flat_weights, self.ends, self.eps)
-        actions, m, z = module.aaren_act(
-            inputs, times, state.m, state.u, state.w, self.resets, start, *weights
-        )
-        return actions, self.step.unpack(m, z)
+        times [n, 3], rows at `start` beginning a new episode."""
+        hidden, memory = self.step(self.tokens(inputs, times), state, self.resets[start.long()])
+        return self.actions(hidden), memory
 
     def window_actions(self, memory: StepWindow, backbone: nn.Module) -> Tensor:
         """Actions [n, act_dim] from each row's window of step inputs, read at its newest s_t (the
-        folded or fused Transformer step; `backbone`'s forward where there is none)."""
+        folded Transformer step; `backbone`'s forward where there is none)."""
         n, k = memory.times.shape[:2]
         read = 3 * memory.length - 2  # s_t of each row, among the tokens from R_1 on (a_0 is out)
-        module = self._fused(memory.inputs)
-        if module is not None:
-            step = self.window_step
-            return module.window_act(
-                memory.inputs, memory.times, read, step.num_heads, step.flat_weights, self.ends, self.eps
-            )
         tokens = self.tokens(memory.inputs, memory.times).view(n, 3 * k, -1)[:, 1:]
         if self.window_step is not None:
             return self.actions(self.window_step(tokens, read))
@@ -318,25 +330,33 @@ class DecisionAgent:
         """
         obs = self._input("observations", observations, (None, self.model.config.obs_dim))
         n = obs.shape[0]
+        start = reward = None
         if state is None:
             state, start = self.initial_state(n), torch.ones(n, dtype=torch.bool, device=self.device)
         else:
             self._check_state(state, n)
-            start = torch.zeros(n, dtype=torch.bool, device=self.device)
             if episode_start is not None:
                 start = self._input("episode_start", episode_start, (n,), torch.bool)
-        reward = torch.zeros(n, device=self.device, dtype=self.dtype)
         if rewards is not None:
             reward = self._input("rewards", rewards, (n,))
-        rtg = torch.where(start, self.target_return, state.returns_to_go - reward)
-        t = torch.where(start, 0, state.timesteps + 1)
-        if self.eager:
-            actions, memory = self._act_eager(state, start, rtg, obs, t)
-        else:
-            if self._folded.versions.changed():
-                self._folded = FoldedDecisionModel(self.model, self.acting)
-            actions, memory = self._act_folded(state, start, rtg, obs, t)
+        if not self.eager and self._folded.versions.changed():
+            self._folded = FoldedDecisionModel(self.model, self.acting)
+        step = None if self.eager else self._folded.fused_act(obs, reward, start, state, self.target_return)
+        actions, rtg, t, memory = step or self._act_python(state, start, reward, obs)
         return actions.cpu().numpy(), AgentState(rtg, t, actions, memory)
+
+    def _act_python(
+        self, state: AgentState, start: Tensor | None, reward: Tensor | None, obs: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, AarenState | KVCache | StepWindow | Window]:
+        """`act`'s step where no fused call takes it: the bookkeeping, then the folded or eager step."""
+        if start is None:
+            start = torch.zeros(len(obs), dtype=torch.bool, device=self.device)
+        rtg = state.returns_to_go if reward is None else state.returns_to_go - reward
+        rtg = torch.where(start, self.target_return, rtg)
+        t = torch.where(start, 0, state.timesteps + 1)
+        act = self._act_eager if self.eager else self._act_folded
+        actions, memory = act(state, start, rtg, obs, t)
+        return actions, rtg, t, memory
 
     def _input(
         self, name: str, value, shape: tuple[int | None, ...], dtype: torch.dtype | None = None
@@ -350,7 +370,7 @@ class DecisionAgent:
             raise ValueError(f"`{name}` must have shape [{want}], got {list(array.shape)}")
         if dtype is None and not np.isfinite(array).all():
             raise ValueError(f"`{name}` holds non-finite values (NaN or inf): {array.tolist()}")
-        return torch.as_tensor(array, device=self.device, dtype=dtype or self.dtype)
+        return torch.as_tensor(array, device=self.device, dtype=dtype or self.dtype).contiguous()
 
     def _check_state(self, state: AgentState, n: int) -> None:
         if not isinstance(state, AgentState) or not isinstance(state.memory, self._memory_type):

@@ -69,14 +69,27 @@ def test_transformer_step_fused_equals_python(dtype, python_steps):
     torch.testing.assert_close(got, want, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
 
 
+def _state_tensors(state) -> list[torch.Tensor]:
+    return [state.returns_to_go, state.timesteps, state.actions, *vars(state.memory).values()]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("backbone", ["aaren", "transformer"])
-def test_fused_agent_acts_as_the_python_one(backbone, dtype, python_steps):
+def test_fused_agent_step_equals_the_python_one(backbone, dtype, monkeypatch):
+    """Step by step from the same state: the same actions and the same next state (returns-to-go,
+    timesteps, actions, memory), with rewards and episode starts given or left out."""
     agent = DecisionAgent(make_model(backbone, dtype), TARGET)
-    _, _, _, fused_actions = drive(agent)
-    python_steps()
-    _, _, _, python_actions = drive(agent)
-    np.testing.assert_allclose(fused_actions, python_actions, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+    starts, obs, rewards, _ = drive(agent)
+    state, tol = None, TOLERANCE[dtype]
+    for t in range(len(obs)):
+        args = (obs[t], state, starts[t] if t % 3 else None, rewards[t - 1] if t % 4 else None)
+        fused_actions, fused_state = agent.act(*args)
+        with monkeypatch.context() as python_only:
+            python_only.setattr(fused, "module_for", lambda x: None)
+            python_actions, state = agent.act(*args)
+        np.testing.assert_allclose(fused_actions, python_actions, atol=tol, rtol=tol)
+        for got, want in zip(_state_tensors(fused_state), _state_tensors(state), strict=True):
+            torch.testing.assert_close(got, want, atol=tol, rtol=tol)
 
 
 def test_a_failed_build_warns_once_and_acting_goes_on(monkeypatch):

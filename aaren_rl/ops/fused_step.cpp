@@ -215,6 +215,67 @@ Tensor action_head(const Tensor& hidden, const std::vector<Tensor>& ends) {
   return a;
 }
 
+// One decision-agent step's bookkeeping (agents.policy.DecisionAgent.act): R_t = target where a row
+// starts, else R_{t-1} - r_{t-1}; t = 0 where it starts, else t_{t-1} + 1; the step inputs [n, F] =
+// (a_{t-1}, R_t, s_t) and their token times [n, 3] = (t_{t-1}, t, t) clamped to the timestep table.
+// reward [n] may be None (no rewards: R_t = R_{t-1}), start [n] bool None (no row starts).
+struct AgentStep {
+  Tensor inputs, times, returns_to_go, timesteps;
+};
+
+template <typename T>
+AgentStep agent_step(const Tensor& obs, const c10::optional<Tensor>& reward, const bool* start,
+                     const Tensor& returns_to_go, const Tensor& timesteps, const Tensor& actions, double target,
+                     int64_t table_rows) {
+  const int64_t n = obs.size(0), obs_dim = obs.size(1), act_dim = actions.size(1);
+  const int64_t width = act_dim + 1 + obs_dim;
+  AgentStep out{at::empty({n, width}, obs.options()), at::empty({n, 3}, timesteps.options()),
+                at::empty_like(returns_to_go), at::empty_like(timesteps)};
+  const T *o = obs.data_ptr<T>(), *a = actions.data_ptr<T>(), *g = returns_to_go.data_ptr<T>();
+  const T* r = reward ? reward->data_ptr<T>() : nullptr;
+  const int64_t* t = timesteps.data_ptr<int64_t>();
+  T *in = out.inputs.data_ptr<T>(), *g_new = out.returns_to_go.data_ptr<T>();
+  int64_t *times = out.times.data_ptr<int64_t>(), *t_new = out.timesteps.data_ptr<int64_t>();
+  const int64_t last = table_rows - 1;
+  for (int64_t i = 0; i < n; ++i, in += width, times += 3) {
+    const bool begins = start && start[i];
+    g_new[i] = begins ? T(target) : (r ? g[i] - r[i] : g[i]);
+    t_new[i] = begins ? 0 : t[i] + 1;
+    std::copy(a + i * act_dim, a + (i + 1) * act_dim, in);
+    in[act_dim] = g_new[i];
+    std::copy(o + i * obs_dim, o + (i + 1) * obs_dim, in + act_dim + 1);
+    times[0] = std::min(t[i], last);
+    times[1] = times[2] = std::min(t_new[i], last);
+  }
+  return out;
+}
+
+// A window of step inputs [n, K, F] and times [n, K, 3] with `length` [n] real entries after one more
+// step (agents.policy.StepWindow.push): rows that start begin empty, a full row drops its oldest step.
+// Returns the new inputs, times and length.
+template <typename T>
+std::vector<Tensor> push_window(const Tensor& inputs, const Tensor& times, const Tensor& length,
+                                const AgentStep& step, const bool* start) {
+  const int64_t n = inputs.size(0), k = inputs.size(1), width = inputs.size(2);
+  Tensor new_inputs = at::empty_like(inputs), new_times = at::empty_like(times), new_length = at::empty_like(length);
+  const T *src = inputs.data_ptr<T>(), *step_in = step.inputs.data_ptr<T>();
+  const int64_t *src_t = times.data_ptr<int64_t>(), *step_t = step.times.data_ptr<int64_t>();
+  const int64_t* len = length.data_ptr<int64_t>();
+  T* dst = new_inputs.data_ptr<T>();
+  int64_t *dst_t = new_times.data_ptr<int64_t>(), *len_new = new_length.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t used = start && start[i] ? 0 : len[i], drop = used == k ? 1 : 0, slot = used - drop;
+    const T* row = src + i * k * width;
+    const int64_t* row_t = src_t + i * k * 3;
+    std::copy(row + drop * width, row + k * width, dst + i * k * width);  // a full row drops step 0
+    std::copy(row_t + drop * 3, row_t + k * 3, dst_t + i * k * 3);
+    std::copy(step_in + i * width, step_in + (i + 1) * width, dst + (i * k + slot) * width);
+    std::copy(step_t + i * 3, step_t + (i + 1) * 3, dst_t + (i * k + slot) * 3);
+    len_new[i] = slot + 1;
+  }
+  return {new_inputs, new_times, new_length};
+}
+
 }  // namespace
 
 // x [n T, D] new tokens; m, u, w the state; mask [n|1, 1, T, T + 1] or None; score bias [n|1, H, T]
@@ -235,36 +296,53 @@ Tensor transformer_step(const Tensor& x, const Tensor& read, int64_t n, int64_t 
   });
 }
 
-// One recurrent decision-agent step: step inputs [n, F] and token times [n, 3] -> actions [n, A] and
-// the new m, z (the embeddings and head of `ends`, then `aaren_step` on the three new tokens); masks
-// [2, 1, 3, 4] for rows that continue and rows that start (`starts` [n] bool).
-std::vector<Tensor> aaren_act(const Tensor& inputs, const Tensor& times, const Tensor& m, const Tensor& u,
-                              const Tensor& w, const Tensor& masks, const Tensor& starts,
+// One recurrent decision-agent step, bookkeeping included: observations [n, S], rewards [n] or None,
+// starts [n] bool or None, the agent state's returns-to-go [n], timesteps [n] long, last actions [n, A]
+// and Aaren state m, u, w -> actions [n, A], the new returns-to-go, timesteps, m and z = [w, u]. masks
+// [2, 1, 3, 4]: the score masks of rows that continue and rows that start.
+std::vector<Tensor> aaren_act(const Tensor& obs, const c10::optional<Tensor>& reward,
+                              const c10::optional<Tensor>& start, const Tensor& returns_to_go,
+                              const Tensor& timesteps, const Tensor& actions, double target, const Tensor& m,
+                              const Tensor& u, const Tensor& w, const Tensor& masks,
                               const std::vector<Tensor>& weights, const std::vector<Tensor>& ends, double eps) {
-  TORCH_CHECK(starts.scalar_type() == at::kBool && starts.is_contiguous(), "starts must be contiguous bool");
-  return AT_DISPATCH_FLOATING_TYPES(inputs.scalar_type(), "aaren_act", [&] {
-    Tensor tokens = embed_tokens<scalar_t>(inputs, times, ends, eps);
-    auto out = aaren_step_impl<scalar_t>(tokens, m, u, w, masks, starts.data_ptr<bool>(), c10::nullopt,
-                                         inputs.size(0), weights, eps);
-    return std::vector<Tensor>{action_head<scalar_t>(out[0], ends), out[1], out[2]};
+  const bool* starts = start ? start->data_ptr<bool>() : nullptr;
+  return AT_DISPATCH_FLOATING_TYPES(obs.scalar_type(), "aaren_act", [&] {
+    AgentStep step = agent_step<scalar_t>(obs.contiguous(), reward, starts, returns_to_go, timesteps, actions,
+                                          target, ends[2].size(0));
+    Tensor tokens = embed_tokens<scalar_t>(step.inputs, step.times, ends, eps);
+    Tensor mask = starts ? masks : masks.narrow(0, 0, 1);  // without starts every row continues
+    auto out = aaren_step_impl<scalar_t>(tokens, m, u, w, mask, starts, c10::nullopt, obs.size(0), weights, eps);
+    return std::vector<Tensor>{action_head<scalar_t>(out[0], ends), step.returns_to_go, step.timesteps, out[1],
+                               out[2]};
   });
 }
 
-// One window decision-agent step: the window's step inputs [n, K, F] and times [n, K, 3] -> actions
-// [n, A], read at token `read` [n] of the window's tokens from R_1 on (a_0 is left out).
-Tensor window_act(const Tensor& inputs, const Tensor& times, const Tensor& read, int64_t heads,
-                  const std::vector<Tensor>& weights, const std::vector<Tensor>& ends, double eps) {
-  return AT_DISPATCH_FLOATING_TYPES(inputs.scalar_type(), "window_act", [&] {
+// One window decision-agent step, bookkeeping included: as `aaren_act` up to the target, then the window's
+// step inputs [n, K, F], times [n, K, 3] and length [n] -> actions [n, A], the new returns-to-go and
+// timesteps, and the window after this step (inputs, times, length), read at each row's newest s_t.
+std::vector<Tensor> window_act(const Tensor& obs, const c10::optional<Tensor>& reward,
+                               const c10::optional<Tensor>& start, const Tensor& returns_to_go,
+                               const Tensor& timesteps, const Tensor& actions, double target,
+                               const Tensor& inputs, const Tensor& times, const Tensor& length, int64_t heads,
+                               const std::vector<Tensor>& weights, const std::vector<Tensor>& ends, double eps) {
+  const bool* starts = start ? start->data_ptr<bool>() : nullptr;
+  return AT_DISPATCH_FLOATING_TYPES(obs.scalar_type(), "window_act", [&] {
+    AgentStep step = agent_step<scalar_t>(obs.contiguous(), reward, starts, returns_to_go, timesteps, actions,
+                                          target, ends[2].size(0));
+    auto window = push_window<scalar_t>(inputs, times, length, step, starts);
     const int64_t n = inputs.size(0), k = inputs.size(1);
-    Tensor tokens = embed_tokens<scalar_t>(inputs.reshape({n * k, -1}), times.reshape({n * k, 3}), ends, eps);
+    Tensor tokens = embed_tokens<scalar_t>(window[0].view({n * k, -1}), window[1].view({n * k, 3}), ends, eps);
     tokens = tokens.view({n, 3 * k, -1}).narrow(1, 1, 3 * k - 1).reshape({n * (3 * k - 1), -1});
-    return action_head<scalar_t>(transformer_step_impl<scalar_t>(tokens, read, n, heads, weights, eps), ends);
+    Tensor read = window[2] * 3 - 2;  // s_t of each row, among the tokens from R_1 on (a_0 is left out)
+    Tensor hidden = transformer_step_impl<scalar_t>(tokens, read, n, heads, weights, eps);
+    return std::vector<Tensor>{action_head<scalar_t>(hidden, ends), step.returns_to_go, step.timesteps,
+                               window[0], window[1], window[2]};
   });
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("aaren_step", &aaren_step, "One folded Aaren acting step");
   module.def("transformer_step", &transformer_step, "One folded Transformer window step");
-  module.def("aaren_act", &aaren_act, "One recurrent decision-agent step");
-  module.def("window_act", &window_act, "One window decision-agent step");
+  module.def("aaren_act", &aaren_act, "One recurrent decision-agent step, bookkeeping included");
+  module.def("window_act", &window_act, "One window decision-agent step, bookkeeping included");
 }
