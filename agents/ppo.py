@@ -13,7 +13,7 @@ In the style of sb3-contrib's RecurrentPPO, with the LSTM replaced by Aaren:
 - training re-runs every stored sequence of a minibatch in parallel with the prefix scan (padded at
   the end); minibatches are whole sequences, about `batch_size` real steps each. RecurrentPPO
   re-runs its LSTM step by step instead;
-- with `policy_kwargs=dict(previous_action_reward=True)` the acting state also carries the last
+- with `previous_action_reward` (the policy's default) the acting state also carries the last
   action and reward (the reward recorded after `env.step`), and training derives them from the
   stored sequences, so both see the same inputs.
 
@@ -24,6 +24,7 @@ values and log-probs the policy returns, covers the real steps only, so every lo
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 from collections.abc import Generator
@@ -41,7 +42,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
-from agents.ppo_policy import AarenActorCriticPolicy, ActorCriticState, RolloutSequences
+from agents.ppo_policy import SAVED_WITHOUT, AarenActorCriticPolicy, ActorCriticState, RolloutSequences
 
 SelfAarenPPO = TypeVar("SelfAarenPPO", bound="AarenPPO")
 
@@ -174,6 +175,9 @@ class AarenPPO(PPO):
         _init_setup_model: bool = True,
     ):
         self._last_policy_state: ActorCriticState | None = None
+        # spelled out, so a saved zip records them (see _setup_model)
+        defaults = inspect.signature(AarenActorCriticPolicy).parameters
+        policy_kwargs = {**{key: defaults[key].default for key in SAVED_WITHOUT}, **(policy_kwargs or {})}
         super().__init__(
             policy,
             env,
@@ -203,6 +207,8 @@ class AarenPPO(PPO):
         )
 
     def _setup_model(self) -> None:
+        # a zip saved before an option existed or changed its default lacks it: build as it was saved
+        self.policy_kwargs = {**SAVED_WITHOUT, **self.policy_kwargs}
         super()._setup_model()
         if not isinstance(self.policy, AarenActorCriticPolicy):
             raise ValueError(f"AarenPPO needs an AarenActorCriticPolicy, got {type(self.policy).__name__}")

@@ -34,7 +34,7 @@ from torch import nn
 
 from agents.checkpoint import state_dict_mismatch
 from agents.ppo import AarenPPO
-from agents.ppo_policy import AarenActorCriticPolicy
+from agents.ppo_policy import SAVED_WITHOUT, AarenActorCriticPolicy
 from envs.files import atomic_path
 
 EXPORT_FORMAT = "aaren-ppo-policy/1"
@@ -162,7 +162,7 @@ def load_exported_policy(
     path = Path(path)
     meta, weights = _read_export(path)
     try:
-        params = dict(meta["parameters"])
+        params = {**SAVED_WITHOUT, **meta["parameters"]}  # an export from before an option existed
         params["observation_space"] = _space(params["observation_space"])
         params["action_space"] = _space(params["action_space"])
         params["activation_fn"] = ACTIVATIONS[params["activation_fn"]]

@@ -21,7 +21,8 @@ By default the actor and the critic have separate memories (as RecurrentPPO's de
 value-loss gradients do not shape the actor's memory; `share_memory=True` uses one memory for both
 (one backbone pass per step, about half the cost). `recency=False` drops the slopes (for ablations).
 
-`previous_action_reward=True` also feeds each memory the previous step's action (one-hot, one-hot per
+By default (`previous_action_reward=True`, on since it lifted AarenPPO on the POPGym set: README)
+each memory is also fed the previous step's action (one-hot, one-hot per
 component for MultiDiscrete, Box actions clipped to their bounds and scaled to [-1, 1]; zeros at an
 episode's first step), and the critic's own memory the previous reward too. The reward stays out of
 the actor's input on purpose: SB3's `predict` (so `evaluate_policy`, `EvalCallback`) never receives
@@ -29,7 +30,8 @@ rewards, so an actor reading them would act on zeros there and on true rewards i
 previous action is known to every path (`predict` keeps it in its state), so acting in `predict`,
 in rollouts and in training's re-run all see the same inputs. To give the actor rewards exactly, let
 them travel with the observation (`agents.sb3.RewardToPolicyVecEnv`). With `share_memory=True` the one
-memory is the actor's, so it gets the previous action only.
+memory is the actor's, so it gets the previous action only. `previous_action_reward=False` leaves
+the memories the observations alone (Box actions without bounds need it).
 """
 
 from __future__ import annotations
@@ -184,6 +186,11 @@ class FoldedMemory:
         return y.unsqueeze(1), state
 
 
+#: Constructor options a policy saved without them was built with: they were added, or their default
+#: changed, later (AarenPPO zips and exports from before then lack the key).
+SAVED_WITHOUT = {"previous_action_reward": False}
+
+
 class AarenActorCriticPolicy(ActorCriticPolicy):
     """ActorCriticPolicy with Aaren memory; the extra arguments size the memory.
 
@@ -227,7 +234,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         dropout: float = 0.0,
         share_memory: bool = False,
         recency: bool = True,
-        previous_action_reward: bool = False,
+        previous_action_reward: bool = True,
     ):
         if isinstance(observation_space, spaces.Dict):
             raise ValueError("AarenActorCriticPolicy does not support Dict observation spaces")

@@ -291,15 +291,21 @@ def check_equal_batches(configs: dict[str, Any], data: Path) -> None:
         )
 
 
+#: Settings a study's work folder may change between sittings.
+GROWABLE = ("seeds", "modes")
+
+
 def check_work_folder(work: Path, settings: Settings) -> dict[str, dict]:
     """The finished runs recorded in `work` (none for a new folder); a ConfigError if it holds a study
-    with other settings, whose runs cannot stand beside these."""
+    with other settings, whose runs cannot stand beside these. Seeds and modes may differ: each run is
+    its own (mode, seed), so a study can grow by seeds or modes."""
     work.mkdir(parents=True, exist_ok=True)
-    recorded, mine = work / "settings.json", dataclasses.asdict(settings)
+    recorded = work / "settings.json"
+    mine = json.loads(json.dumps(dataclasses.asdict(settings)))
     if recorded.is_file():
         theirs = json.loads(recorded.read_text())
-        if json.loads(json.dumps(mine)) != theirs:
-            changed = sorted(k for k in mine if json.loads(json.dumps(mine[k])) != theirs.get(k))
+        changed = sorted(k for k in mine if k not in GROWABLE and mine[k] != theirs.get(k))
+        if changed:
             raise ConfigError(
                 f"{work} holds a study with other settings ({', '.join(changed)} differ). Fix: pass another "
                 f"--work folder, or the same settings to go on with that study"

@@ -90,7 +90,7 @@ WORK = Path("~/.cache/aaren-rl/bench_ppo").expanduser()  # default folder of the
 # Tanh heads (SB3's default) rather than rl-zoo's ReLU: with ReLU and lr 1e-3 an AarenPPO seed of
 # CartPoleNoVel collapsed to a constant action (entropy 0, KL 0: dead units); with Tanh it learned.
 MEMORY = dict(ortho_init=False, activation_fn=torch.nn.Tanh, net_arch=dict(pi=[64], vf=[64]))
-AAREN_KWARGS = dict(embed_dim=64, num_layers=1, num_heads=4, ffn_mult=2)
+AAREN_KWARGS = dict(embed_dim=64, num_layers=1, num_heads=4, ffn_mult=2, previous_action_reward=True)
 
 
 class IntFlattenExtractor(FlattenExtractor):
@@ -106,7 +106,7 @@ LSTM_KWARGS = dict(lstm_hidden_size=64, enable_critic_lstm=True, features_extrac
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "no-recency": {"recency": False},  # content-only heads
-    "prev-action": {"previous_action_reward": True},  # previous action in, previous reward to the critic
+    "no-prev-action": {"previous_action_reward": False},  # observations only (the default before POPGym)
     "8-heads": {"num_heads": 8},
     "shared": {"share_memory": True},  # one memory for actor and critic
 }

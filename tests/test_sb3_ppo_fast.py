@@ -87,7 +87,9 @@ def test_predict_and_predict_values_use_the_folded_memory() -> None:
     )
     np.testing.assert_array_equal(actions, expected_actions.numpy())
     actor = expected.actor
-    for got, want in zip(state, (actor.m, actor.u, actor.w, expected.steps), strict=True):
+    for got, want in zip(
+        state, (actor.m, actor.u, actor.w, expected.steps, expected.last_action), strict=True
+    ):
         np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-9, rtol=1e-9)
     with torch.no_grad():
         policy.predict_values(
@@ -118,7 +120,8 @@ def test_training_mode_and_sequences_run_the_module_forward() -> None:
     policy = _model(CARTPOLE_NO_VEL, torch.float32).policy
     state = policy.initial_state(2)
     with torch.no_grad():
-        policy._latents(torch.zeros(2, 3, 2), state)  # several tokens: the parallel forward
+        taken = torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3)  # the actions and rewards of 3 steps
+        policy._latents(torch.zeros(2, 3, 2), state, taken=taken)  # several tokens: the parallel forward
         policy.set_training_mode(True)
         policy(torch.zeros(2, 2), state, torch.ones(2, dtype=torch.bool))  # training mode (dropout)
     assert policy._folded == {}

@@ -1,8 +1,12 @@
-"""AarenPPO's policy options for ablations (recency, previous_action_reward, share_memory): folded acting
-equals the parallel re-run, learn() runs, and save/load and export keep the options and the actions."""
+"""AarenPPO's policy options (recency, previous_action_reward, share_memory): folded acting equals the
+parallel re-run, learn() runs, save/load and export keep the options and the actions, and zips and
+exports saved before previous_action_reward became the default load as they were saved."""
 
 from __future__ import annotations
 
+import json
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -22,9 +26,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL = dict(embed_dim=16, num_layers=2, num_heads=2, ffn_mult=2, net_arch=dict(pi=[16], vf=[16]))
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
 ENVS, STEPS = 4, 12
-PREVIOUS = dict(previous_action_reward=True)
+PREVIOUS = dict(previous_action_reward=True)  # the default, spelled out
 COMBINED = dict(recency=False, previous_action_reward=True, share_memory=True)
-OPTIONS = [dict(recency=False), PREVIOUS, dict(share_memory=True), COMBINED]
+OPTIONS = [dict(recency=False), dict(previous_action_reward=False), dict(share_memory=True), COMBINED]
 
 
 class RepeatPreviousEnv(gym.Env):
@@ -252,3 +256,32 @@ def test_bad_option_inputs_are_clear_errors() -> None:
     _, state = policy.predict(np.zeros((2, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="last_action"):
         policy.predict(np.zeros((2, 3), dtype=np.float32), state[:4])
+
+
+def _drop_option(zip_path: Path, member: str, key: str) -> None:
+    """Rewrite `member` of the zip without `key` in its saved constructor options, as an older save."""
+    with zipfile.ZipFile(zip_path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    data = json.loads(files[member])
+    options = data["policy_kwargs"] if "policy_kwargs" in data else data["parameters"]
+    del options[key]
+    files[member] = json.dumps(data).encode()
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+
+
+def test_saves_from_before_the_default_changed_load_without_the_previous_action(tmp_path) -> None:
+    """A zip or an export without `previous_action_reward` was saved when it defaulted to False."""
+    env = make_vec_env(CARTPOLE_NO_VEL, n_envs=2, seed=0)
+    old = dict(previous_action_reward=False)
+    model = AarenPPO("MlpAarenPolicy", env, n_steps=16, batch_size=32, seed=0, policy_kwargs={**SMALL, **old})
+    assert AarenPPO("MlpAarenPolicy", env, policy_kwargs=SMALL).policy.previous_action_reward
+    model.save(tmp_path / "model.zip")
+    _drop_option(tmp_path / "model.zip", "data", "previous_action_reward")
+    loaded = AarenPPO.load(tmp_path / "model.zip", device="cpu")
+    assert not loaded.policy.previous_action_reward
+    _assert_same_predictions(model, loaded, CARTPOLE_NO_VEL)
+    exported = export_policy(model, tmp_path / "p.zip")
+    _drop_option(exported, "policy.json", "previous_action_reward")
+    _assert_same_predictions(model, load_exported_policy(exported), CARTPOLE_NO_VEL)
