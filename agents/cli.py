@@ -51,7 +51,7 @@ def user_error_types() -> tuple[type[Exception], ...]:
     from agents.evaluation import EvaluationError
     from agents.run_dir import RunDirError, RunLockedError
     from agents.training import DivergedError
-    from envs.errors import DatasetError, EnvNameError
+    from envs.errors import DatasetError, EnvNameError, MissingExtraError
     from envs.experts import PolicyFileError
 
     return (
@@ -64,6 +64,7 @@ def user_error_types() -> tuple[type[Exception], ...]:
         DivergedError,
         EvaluationError,
         EnvNameError,
+        MissingExtraError,
     )
 
 

@@ -7,3 +7,8 @@ class DatasetError(ValueError):
 
 class EnvNameError(ValueError):
     """An environment name or dataset recipe id that names nothing known here; the message lists what is."""
+
+
+class MissingExtraError(ImportError):
+    """An optional extra that the asked-for task needs is not installed; the message names the install
+    command."""

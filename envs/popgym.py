@@ -1,7 +1,7 @@
 """POPGym tasks (Morad et al., ICLR 2023) under our own ids, in spaces Stable-Baselines3 takes.
 
 POPGym is an optional extra (`pip install -e .[popgym]`): importing this module never needs it, and
-asking for a task without it raises one ImportError naming the install command. Where POPGym is
+asking for a task without it raises one MissingExtraError (an ImportError) naming the install command. Where POPGym is
 installed, importing this module registers every task of `popgym.envs.ALL` (the Easy, Medium and
 Hard levels) as `aaren_rl/popgym-<Name>-v0`, `<Name>` being the POPGym class name (e.g.
 `RepeatPreviousEasy`). The entry points live here, so the qualified id that `popgym_env_id` returns
@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.errors import EnvNameError
+from envs.errors import EnvNameError, MissingExtraError
 
 NAMESPACE = "aaren_rl"
 ID_FORMAT = NAMESPACE + "/popgym-{name}-v0"
@@ -33,11 +33,13 @@ INSTALL_HINT = "pip install -e .[popgym]"
 
 
 def _popgym_envs() -> ModuleType:
-    """`popgym.envs`, or one ImportError naming the install command where POPGym is missing."""
+    """`popgym.envs`, or one MissingExtraError naming the install command where POPGym is missing."""
     try:
         import popgym.envs
     except ImportError as error:
-        raise ImportError(f"POPGym tasks need the optional popgym package: {INSTALL_HINT}") from error
+        raise MissingExtraError(
+            f"POPGym tasks need the optional popgym package. Fix: {INSTALL_HINT}"
+        ) from error
     return popgym.envs
 
 

@@ -3,6 +3,7 @@ finished runs are recorded and skipped on a second start, other settings are ref
 by name (in worker processes too), and MMER follows its definition (no timing or return checks)."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -125,6 +126,16 @@ def test_popgym_tasks_by_name(tmp_path) -> None:
     (run,) = results["runs"]
     assert run["task"] == "AutoencodeEasy" and run["env_steps"] == 512 and -1.0 <= run["return_mean"] <= 1.0
     assert -1.0 <= results["summary"]["AutoencodeEasy"]["random_return"] <= 1.0
+
+
+def test_popgym_preset_without_popgym_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "popgym", None)  # `import popgym...` now raises ImportError
+    monkeypatch.setitem(sys.modules, "popgym.envs", None)
+    args = ["--preset", "popgym", "--no-acting", "--tasks", "RepeatPreviousEasy", "--seeds", "1"]
+    assert bench_ppo.main([*args, "--work", str(tmp_path), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: POPGym tasks need") and err.endswith("pip install -e .[popgym]")
+    assert "\n" not in err
 
 
 @pytest.mark.slow  # two fresh worker processes import torch and Stable-Baselines3
