@@ -37,6 +37,7 @@ from agents.cli import exits_2_on_user_errors
 from agents.config import ConfigError, read_yaml
 from agents.sweep import Trial, make_trial, print_failures, run_trials
 from envs import collect_recipe
+from envs.collect import RECIPES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
 from benchmarks.common import REPO, RESULTS, machine_info, write_json, write_png, write_text  # noqa: E402
@@ -304,8 +305,16 @@ def main(argv: list[str] | None = None) -> int:
         "--full", action="store_true", help="the full protocol: 100k steps, 1M transitions, 3 tasks"
     )
     parser.add_argument("--tasks", nargs="+", help="override the tasks (hopper halfcheetah walker2d)")
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        choices=list(RECIPES),
+        help="override the dataset recipes (medium medium-expert)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, help="override the seeds")
     parser.add_argument("--steps", type=int, help="override the gradient steps per run")
+    parser.add_argument("--warmup-steps", type=int, help="override the learning-rate warm-up steps")
+    parser.add_argument("--eval-every", type=int, help="override the steps between evaluations")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the report files")
     parser.add_argument(
         "--work",
@@ -320,7 +329,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = Settings() if args.full else QUICK
-    changes = {"tasks": tuple(args.tasks or ()), "seeds": tuple(args.seeds or ()), "steps": args.steps}
+    changes = {
+        "tasks": tuple(args.tasks or ()),
+        "datasets": tuple(args.datasets or ()),
+        "seeds": tuple(args.seeds or ()),
+        "steps": args.steps,
+        "warmup_steps": args.warmup_steps,
+        "eval_every": args.eval_every,
+    }
     settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v})
     run(settings, args.out, args.work, args.address)
     print((args.out / "quality.md").read_text())

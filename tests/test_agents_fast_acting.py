@@ -5,13 +5,15 @@ backbones and both ways of acting, with envs starting new episodes at different 
 import numpy as np
 import pytest
 import torch
+from test_agents_model import ACT, OBS, TARGET  # (tests/ is on sys.path)
+from test_agents_model import make_model as base_model
 
 from aaren_rl import AarenBackbone, TransformerBackbone
 from aaren_rl.step import AarenStep, TransformerStep
-from agents.model import DecisionModel, DecisionModelConfig
+from agents.model import DecisionModel
 from agents.policy import DecisionAgent
 
-OBS, ACT, TARGET, K = 5, 3, 7.5, 4
+K = 4
 # Per env row: the lengths of its consecutive episodes (rows start episodes at different steps).
 SCHEDULE = [[30], [9, 21], [1, 12, 17], [1, 1, 28]]
 STEPS = 30
@@ -21,23 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_model(backbone: str, dtype: torch.dtype) -> DecisionModel:
-    torch.manual_seed(0)
-    config = DecisionModelConfig(
-        obs_dim=OBS,
-        act_dim=ACT,
-        backbone=backbone,
-        embed_dim=32,
-        num_layers=2,
-        num_heads=2,
-        context_steps=K,
-        max_timestep=20,  # episodes of 30 clamp t >= 19
-        return_scale=0.1,
-        action_low=[-2.0, 0.0, -1.0],
-        action_high=[1.0, 3.0, 1.0],
-    )
-    model = DecisionModel(config).to(dtype).eval()
-    model.set_state_stats(torch.randn(OBS), torch.rand(OBS) + 0.5)
-    return model
+    return base_model(backbone, K, dtype=dtype, max_timestep=20)  # episodes of 30 clamp t >= 19
 
 
 def drive(agent: DecisionAgent) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -15,7 +15,10 @@ STEPS = 60
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny batches: 1 thread is fastest
 
 
-def make_model(backbone: str, context_steps: int = 20) -> DecisionModel:
+def make_model(
+    backbone: str, context_steps: int = 20, *, dtype: torch.dtype = torch.float64, max_timestep: int = 40
+) -> DecisionModel:
+    """A small seeded model in eval mode with observation statistics and asymmetric action bounds."""
     torch.manual_seed(0)
     config = DecisionModelConfig(
         obs_dim=OBS,
@@ -25,12 +28,12 @@ def make_model(backbone: str, context_steps: int = 20) -> DecisionModel:
         num_layers=2,
         num_heads=2,
         context_steps=context_steps,
-        max_timestep=40,
-        return_scale=0.1,  # episodes of 60 clamp t >= 39
+        max_timestep=max_timestep,  # the default clamps t >= 39 in episodes of 60
+        return_scale=0.1,
         action_low=[-2.0, 0.0, -1.0],
         action_high=[1.0, 3.0, 1.0],
     )
-    model = DecisionModel(config).double().eval()
+    model = DecisionModel(config).to(dtype).eval()
     model.set_state_stats(torch.randn(OBS), torch.rand(OBS) + 0.5)
     return model
 

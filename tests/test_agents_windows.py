@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
+from test_agents_training import tiny_config as training_config  # (tests/ is on sys.path)
 
 from agents import ConfigError, load_config, train
 from agents.model import DecisionModel, DecisionModelConfig
@@ -116,28 +117,8 @@ def test_a_scan_past_its_episode_is_refused(tiny_dataset):
 
 
 def tiny_config(dataset: Path, out: Path, *extra: str):
-    return load_config(
-        None,
-        [
-            f"data.dataset={dataset}",
-            f"output_dir={out}",
-            "model.embed_dim=16",
-            "model.num_layers=1",
-            f"model.context_steps={K}",
-            "train.batch_steps=180",
-            "train.steps=8",
-            "train.warmup_steps=3",
-            "train.log_every=2",
-            "train.checkpoint_every=4",
-            "train.state_refresh_every=3",
-            "train.lr=1e-3",
-            "train.threads=1",
-            "eval.episodes=1",
-            "eval.num_envs=1",
-            "eval.targets=[100]",
-            *extra,
-        ],
-    )
+    """test_agents_training's tiny run (K = 5), the stored states refreshed every 3 steps."""
+    return training_config(dataset, out, "train.state_refresh_every=3", "train.threads=1", *extra)
 
 
 def metric_rows(run: Path) -> list[dict]:
