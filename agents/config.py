@@ -49,10 +49,11 @@ class TrainConfig:
     batch_steps: int = 1280  # supervised timesteps per batch, for both backbones (reference DT: 64 K-windows
     # x K = 20): the Transformer gets round(batch_steps / K) windows, the Aaren agent rows of whole episodes
     # (agents.training.batch_layout); under torchrun the global batch, split evenly across the processes
-    batching: str = "packed"  # Aaren batches (agents.training, agents.windows): "packed" (rows of whole
-    # episodes) | "stored" (K-windows from anywhere, entering state from a periodically refreshed table)
-    # | "prefix" (K-windows, entering state rescanned from the episode start each step); the Transformer
-    # always trains on K-windows from an empty context and takes "packed" (the default) only
+    batching: str = "stored"  # Aaren batches (agents.training, agents.windows): "stored" (K-windows from
+    # anywhere, entering state from a periodically refreshed table; the default, the batch-diversity study's
+    # winner: README) | "packed" (rows of whole episodes) | "prefix" (K-windows, entering state rescanned from
+    # the episode start each step); the Transformer always trains on K-windows from an empty context and
+    # ignores it
     state_refresh_every: int = 1000  # batching=stored: gradient steps between rescans of the stored states
     lr: float = 1e-4
     weight_decay: float = 1e-4
@@ -388,14 +389,6 @@ def validate(cfg: Config) -> Config:
     ):
         _check(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), "must be >= 1")
     _check(t.batching in BATCHINGS, "train.batching", t.batching, f"use one of {list(BATCHINGS)}")
-    _check(
-        m.backbone == "aaren" or t.batching == "packed",
-        "train.batching",
-        t.batching,
-        "K-windows with a stored or rescanned entering state are for the Aaren backbone; the Transformer "
-        "always trains on K-windows from an empty context (as it acts). Fix: set model.backbone=aaren, or "
-        "drop the train.batching override (train.batching=packed, its default, which the Transformer ignores)",
-    )
     for key in ("warmup_steps", "eval_every", "threads"):
         _check(getattr(t, key) >= 0, f"train.{key}", getattr(t, key), "must be >= 0")
     _check(t.lr > 0, "train.lr", t.lr, "must be > 0 (reference 1e-4)")

@@ -5,13 +5,13 @@ what it is depends on the backbone, so that training sees what acting will do:
 - Transformer (reference DT): round(batch_steps / K) windows of K = `model.context_steps` timesteps
   starting at uniformly drawn dataset rows, right-padded at episode ends (acting re-runs the last K
   steps).
-- Aaren, `train.batching` = "packed" (the default): rows as long as the longest episode, round(batch_steps
+- Aaren, `train.batching` = "packed": rows as long as the longest episode, round(batch_steps
   / that) of them (at least one), packed end to end with whole episodes from their first step
   (`envs.datasets.PackedSampler`: shuffled passes over the episodes, so every dataset step is supervised
   equally often, with little padding at row ends). The episode starts reset the scan (`resets`), so each
   episode is trained exactly as if run alone. The recurrent state while acting summarises the episode
   from its start; whole episodes train exactly that. With long episodes a batch holds few of them.
-- Aaren, "stored" or "prefix": the Transformer's K-windows (the same sampler), each entering with the
+- Aaren, "stored" (the default) or "prefix": the Transformer's K-windows (the same sampler), each entering with the
   backbone state of its episode's earlier steps (no gradient, dropout off): rescanned from the episode
   start every step ("prefix", exact), or read from a table of states at every K-th step of every episode
   that one scan over the dataset rewrites every `train.state_refresh_every` steps, run on exactly to the

@@ -266,8 +266,11 @@ def synthetic_dataset(name: str, transitions: int) -> OfflineDataset:
 
 
 def _train_config(backbone: str, dataset_name: str, settings: Settings) -> Config:
-    """The training config whose batch layout a case uses (the dataset named only to pass validation)."""
+    """The training config whose batch layout a case uses (the dataset named only to pass validation):
+    the Aaren agent on packed rows, the layout whose speed this section measures (`stored` windows:
+    bench_batching.py)."""
     overrides = [f"model.backbone={backbone}", f"train.batch_steps={settings.train_batch_steps}"]
+    overrides.append("train.batching=packed")
     return load_config(None, [*overrides, f"data.dataset={dataset_name}"])
 
 

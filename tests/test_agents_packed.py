@@ -20,7 +20,9 @@ def _squared_errors(model: DecisionModel, batch: dict, resets: torch.Tensor | No
 
 
 def test_loss_on_a_packed_row_is_the_sum_over_its_episodes_run_alone(tiny_dataset, tmp_path):
-    cfg = load_config(None, [f"data.dataset={tiny_dataset}", "train.batch_steps=120"])
+    cfg = load_config(
+        None, [f"data.dataset={tiny_dataset}", "train.batch_steps=120", "train.batching=packed"]
+    )
     dataset = load_dataset(str(tiny_dataset))
     torch.manual_seed(0)
     model = DecisionModel(DecisionModelConfig(obs_dim=11, act_dim=3, embed_dim=32, num_layers=2, dropout=0.0))
@@ -45,11 +47,13 @@ def test_loss_on_a_packed_row_is_the_sum_over_its_episodes_run_alone(tiny_datase
     assert not torch.isclose(unsegmented, alone, rtol=1e-6)  # the resets matter: the test can fail
 
 
-@pytest.mark.parametrize(("backbone", "layout"), [("aaren", (2, 60)), ("transformer", (6, 20))])
-def test_batch_steps_resolve_to_rows_of_either_backbone(tiny_dataset, backbone, layout):
-    cfg = load_config(
-        None, [f"data.dataset={tiny_dataset}", f"model.backbone={backbone}", "train.batch_steps=120"]
-    )
+@pytest.mark.parametrize(
+    ("backbone", "batching", "layout"),
+    [("aaren", "packed", (2, 60)), ("aaren", "stored", (6, 20)), ("transformer", "stored", (6, 20))],
+)
+def test_batch_steps_resolve_to_rows_of_either_backbone(tiny_dataset, backbone, batching, layout):
+    options = [f"model.backbone={backbone}", f"train.batching={batching}", "train.batch_steps=120"]
+    cfg = load_config(None, [f"data.dataset={tiny_dataset}", *options])
     assert batch_layout(cfg, load_dataset(str(tiny_dataset))) == layout  # the tiny data's longest episode: 60
 
 

@@ -14,7 +14,7 @@ from test_agents_training import tiny_config as training_config  # (tests/ is on
 from agents import ConfigError, load_config, train
 from agents.model import DecisionModel, DecisionModelConfig
 from agents.run_dir import latest_checkpoint
-from agents.training import action_loss, batch_tensors
+from agents.training import action_loss, batch_tensors, entering_states
 from agents.windows import PrefixStates, StoredStates, empty_states, scan_steps, scanning, state_gap
 from envs import OfflineDataset, load_dataset
 from envs.datasets import SequenceBatch
@@ -148,18 +148,19 @@ def test_each_batching_trains(tiny_dataset, tmp_path, batching):
             ["train.batching=windows"],
             "train.batching = 'windows' is impossible: use one of ['packed', 'stored'",
         ),
-        (
-            ["model.backbone=transformer", "train.batching=stored"],
-            "train.batching = 'stored' is impossible: K-windows with a stored or rescanned entering state are "
-            "for the Aaren backbone",
-        ),
         (["train.state_refresh_every=0"], "train.state_refresh_every = 0 is impossible: must be >= 1"),
     ],
 )
 def test_bad_batching_settings_are_one_config_error(tiny_dataset, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         tiny_config(tiny_dataset, tmp_path, *overrides)
-    assert tiny_config(tiny_dataset, tmp_path, "model.backbone=transformer").train.batching == "packed"
+
+
+def test_stored_is_the_default_and_the_transformer_ignores_batching(tiny_dataset, tmp_path):
+    assert tiny_config(tiny_dataset, tmp_path).train.batching == "stored"
+    cfg = tiny_config(tiny_dataset, tmp_path, "model.backbone=transformer", "train.batching=prefix")
+    # the Transformer's windows start from an empty context: no entering states, whatever the model
+    assert entering_states(cfg, load_dataset(str(tiny_dataset)), model=None) is None
 
 
 def weights(run: Path) -> dict[str, np.ndarray]:
