@@ -1,8 +1,8 @@
 """POPGym tasks (Morad et al., ICLR 2023) under our own ids, in spaces Stable-Baselines3 takes.
 
 POPGym is an optional extra (`pip install -e .[popgym]`): importing this module never needs it, and
-asking for a task without it raises one MissingExtraError (an ImportError) naming the install command. Where POPGym is
-installed, importing this module registers every task of `popgym.envs.ALL` (the Easy, Medium and
+asking for a task without it raises one MissingExtraError (an ImportError) naming the install
+command. Where POPGym is installed, importing this module registers every task of `popgym.envs.ALL` (the Easy, Medium and
 Hard levels) as `aaren_rl/popgym-<Name>-v0`, `<Name>` being the POPGym class name (e.g.
 `RepeatPreviousEasy`). The entry points live here, so the qualified id that `popgym_env_id` returns
 (`envs.popgym:aaren_rl/popgym-<Name>-v0`) makes `gym.make` import this module first: fresh processes,
