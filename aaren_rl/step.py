@@ -40,13 +40,15 @@ class ParameterVersions:
 
     def __init__(self, module: nn.Module):
         self._tensors = [*module.parameters(), *module.buffers()]
-        self._versions = self._current()
+        self._seen = self._current()
+        built = fused.fused_module()
+        self._fast = built.Versions(self._tensors) if built is not None else None  # the same check in C++
 
     def _current(self) -> list[tuple[int, int]]:
         return [(t._version, t.data_ptr()) for t in self._tensors]
 
     def changed(self) -> bool:
-        return self._current() != self._versions
+        return self._fast.changed() if self._fast is not None else self._current() != self._seen
 
 
 @dataclass(frozen=True)
@@ -199,11 +201,6 @@ class AarenStep:
             self.layers, self.ln_f, lambda layer: (layer.mix_t, layer.mix_b, layer.proj_t)
         )
 
-    @staticmethod
-    def unpack(m: Tensor, z: Tensor) -> AarenState:
-        """The state from the step's m and z [L, B, H, Dh + 1] = [w, u]."""
-        return AarenState(m, z[..., -1], z[..., :-1])
-
     def score_mask(self, resets: Tensor) -> Tensor:
         """Additive [B, 1, N, N + 1] mask from resets [B, N] bool (token j starts a new sequence: the
         state and the tokens before j are forgotten from token j on). Key 0 is the carried state."""
@@ -226,20 +223,22 @@ class AarenStep:
             raise ValueError(f"AarenStep: `mask` may be None for one token only, got {x.shape[1]} tokens")
         n = x.shape[0]
         x = x.reshape(-1, x.shape[-1])
-        module = fused.module_for(x) if self.eps is not None else None
+        memory = (state.m, state.u, state.w, mask, score_bias)
+        module = fused.module_for(x, *memory) if self.eps is not None else None
         if module is not None:
             mask, score_bias = (None if t is None else t.contiguous() for t in (mask, score_bias))
-            y, m, z = module.aaren_step(
+            y, *memory = module.aaren_step(
                 x.contiguous(), state.m, state.u, state.w, mask, score_bias, n, self.flat_weights, self.eps
             )
-            return y, self.unpack(m, z)
+            return y, AarenState(*memory)
         z = torch.cat([state.w, state.u.unsqueeze(-1)], -1)  # [L, B, H, Dh + 1]
         ms, zs = [], []
         for i, layer in enumerate(self.layers):
             x, m_i, z_i = layer(x, state.m[i], z[i], mask, n, i == len(self.layers) - 1, score_bias)
             ms.append(m_i)
             zs.append(z_i)
-        return self.ln_f(x), self.unpack(torch.stack(ms), torch.stack(zs))
+        z = torch.stack(zs)  # [L, B, H, Dh + 1] = [w, u]
+        return self.ln_f(x), AarenState(torch.stack(ms), z[..., -1], z[..., :-1])
 
 
 @dataclass(frozen=True)

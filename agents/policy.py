@@ -142,7 +142,6 @@ class FoldedDecisionModel:
 
     def __init__(self, model: DecisionModel, acting: str):
         c, dtype = model.config, model.state_mean.dtype
-        self.versions = ParameterVersions(model)
         low, high = model.action_low.to(dtype), model.action_high.to(dtype)
         action_scale = 2 / (high - low)  # unit = a * scale - (low * scale + 1)
         w_a, w_r, w_s = (
@@ -194,6 +193,19 @@ class FoldedDecisionModel:
                 self.action_half,
             )
         ]
+        self.fused = self._fused_agent(dtype, low.device)
+
+    def _fused_agent(self, dtype: torch.dtype, device: torch.device):
+        """The folded weights bound to the fused module's agent step, or None where it cannot take them."""
+        module = fused.fused_module() if device.type == "cpu" and dtype in fused.DTYPES else None
+        if module is None or self.eps is None:
+            return None
+        if self.step is not None:
+            return module.AarenAgent(self.step.flat_weights, self.ends, self.resets, self.eps)
+        if self.window_step is not None:
+            step = self.window_step
+            return module.WindowAgent(step.flat_weights, self.ends, step.num_heads, self.eps)
+        return None
 
     def tokens(self, inputs: Tensor, times: Tensor) -> Tensor:
         pre = torch.addmm(self.embed_b, inputs.reshape(-1, inputs.shape[-1]), self.embed_t)
@@ -213,27 +225,14 @@ class FoldedDecisionModel:
         """One whole agent step as one C++ call (`aaren_rl.ops.fused`): the bookkeeping of
         `DecisionAgent.act`, the embedding, the backbone step and the head. Returns the actions, the new
         returns-to-go, timesteps and memory; None where the fused module cannot take this step."""
-        module = fused.module_for(obs) if self.eps is not None else None
-        if module is None or (self.step is None and self.window_step is None):
+        if self.fused is None or fused.module_for(obs) is None:
             return None
         agent = (obs, reward, start, state.returns_to_go, state.timesteps, state.actions, target)
         memory = state.memory
         if self.step is not None:
-            actions, rtg, t, m, z = module.aaren_act(
-                *agent, memory.m, memory.u, memory.w, self.resets, self.step.flat_weights, self.ends, self.eps
-            )
-            return actions, rtg, t, self.step.unpack(m, z)
-        step = self.window_step
-        actions, rtg, t, *window = module.window_act(
-            *agent,
-            memory.inputs,
-            memory.times,
-            memory.length,
-            step.num_heads,
-            step.flat_weights,
-            self.ends,
-            self.eps,
-        )
+            actions, rtg, t, *memory = self.fused.act(*agent, memory.m, memory.u, memory.w)
+            return actions, rtg, t, AarenState(*memory)
+        actions, rtg, t, *window = self.fused.act(*agent, memory.inputs, memory.times, memory.length)
         return actions, rtg, t, StepWindow(*window)
 
     def recurrent_actions(
@@ -277,8 +276,15 @@ class DecisionAgent:
         self.target_return = float(target_return)
         self.acting = acting
         self.eager = eager
-        self._folded = None if eager else FoldedDecisionModel(model, acting)
+        self._fold()
         self._memory_type = type(self.initial_state(1).memory)
+
+    def _fold(self) -> None:
+        """Fold the model for acting and note its dtype and device: again whenever its weights change."""
+        self._versions = ParameterVersions(self.model)
+        self._numpy_dtype = torch.empty(0, dtype=self.dtype).numpy().dtype
+        self._on_cpu = self.device.type == "cpu"
+        self._folded = None if self.eager else FoldedDecisionModel(self.model, self.acting)
 
     @property
     def device(self) -> torch.device:
@@ -315,7 +321,6 @@ class DecisionAgent:
             memory,
         )
 
-    @torch.inference_mode()
     def act(
         self,
         observations: np.ndarray,
@@ -328,6 +333,8 @@ class DecisionAgent:
         state None starts every row. episode_start [n] bool marks rows at their first step;
         rewards [n] are the rewards earned by the previous actions (ignored on starting rows).
         """
+        if self._versions.changed():
+            self._fold()
         obs = self._input("observations", observations, (None, self.model.config.obs_dim))
         n = obs.shape[0]
         start = reward = None
@@ -336,13 +343,14 @@ class DecisionAgent:
         else:
             self._check_state(state, n)
             if episode_start is not None:
-                start = self._input("episode_start", episode_start, (n,), torch.bool)
+                start = self._input("episode_start", episode_start, (n,), bool)
         if rewards is not None:
             reward = self._input("rewards", rewards, (n,))
-        if not self.eager and self._folded.versions.changed():
-            self._folded = FoldedDecisionModel(self.model, self.acting)
         step = None if self.eager else self._folded.fused_act(obs, reward, start, state, self.target_return)
-        actions, rtg, t, memory = step or self._act_python(state, start, reward, obs)
+        if step is None:
+            with torch.inference_mode():
+                step = self._act_python(state, start, reward, obs)
+        actions, rtg, t, memory = step
         return actions.cpu().numpy(), AgentState(rtg, t, actions, memory)
 
     def _act_python(
@@ -358,11 +366,10 @@ class DecisionAgent:
         actions, memory = act(state, start, rtg, obs, t)
         return actions, rtg, t, memory
 
-    def _input(
-        self, name: str, value, shape: tuple[int | None, ...], dtype: torch.dtype | None = None
-    ) -> Tensor:
-        """One `act` argument as a tensor, checked here once: its shape, and finite numbers."""
-        array = np.asarray(value, dtype=bool if dtype == torch.bool else None)
+    def _input(self, name: str, value, shape: tuple[int | None, ...], dtype: type | None = None) -> Tensor:
+        """One `act` argument as a contiguous tensor of the model's dtype (or `dtype`), checked here
+        once: its shape, and finite numbers."""
+        array = np.asarray(value, dtype=dtype or self._numpy_dtype)
         if array.ndim != len(shape) or any(
             want not in (None, got) for want, got in zip(shape, array.shape, strict=False)
         ):
@@ -370,7 +377,8 @@ class DecisionAgent:
             raise ValueError(f"`{name}` must have shape [{want}], got {list(array.shape)}")
         if dtype is None and not np.isfinite(array).all():
             raise ValueError(f"`{name}` holds non-finite values (NaN or inf): {array.tolist()}")
-        return torch.as_tensor(array, device=self.device, dtype=dtype or self.dtype).contiguous()
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        return tensor if self._on_cpu else tensor.to(self.device)
 
     def _check_state(self, state: AgentState, n: int) -> None:
         if not isinstance(state, AgentState) or not isinstance(state.memory, self._memory_type):

@@ -2,6 +2,7 @@
 for both backbones, with resets inside a call, score biases and envs starting episodes at different
 steps; where it cannot be built, acting falls back to Python with one warning."""
 
+import os
 import shutil
 import warnings
 
@@ -24,7 +25,7 @@ def python_steps(monkeypatch):
     """Within the test, the steps run from Python (the fused module is reported unavailable)."""
 
     def switch_off() -> None:
-        monkeypatch.setattr(fused, "module_for", lambda x: None)
+        monkeypatch.setattr(fused, "module_for", lambda *tensors: None)
 
     return switch_off
 
@@ -85,25 +86,25 @@ def test_fused_agent_step_equals_the_python_one(backbone, dtype, monkeypatch):
         args = (obs[t], state, starts[t] if t % 3 else None, rewards[t - 1] if t % 4 else None)
         fused_actions, fused_state = agent.act(*args)
         with monkeypatch.context() as python_only:
-            python_only.setattr(fused, "module_for", lambda x: None)
+            python_only.setattr(fused, "module_for", lambda *tensors: None)
             python_actions, state = agent.act(*args)
         np.testing.assert_allclose(fused_actions, python_actions, atol=tol, rtol=tol)
         for got, want in zip(_state_tensors(fused_state), _state_tensors(state), strict=True):
             torch.testing.assert_close(got, want, atol=tol, rtol=tol)
 
 
-def test_a_failed_build_warns_once_and_acting_goes_on(monkeypatch):
+def test_a_failed_build_warns_once_and_acting_goes_on(monkeypatch, tmp_path):
     from torch.utils import cpp_extension
 
     def no_compiler(*args, **kwargs):
         raise RuntimeError("Error building extension: c++: command not found")
 
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
-    monkeypatch.setattr(fused, "NAME", "aaren_rl_fused_step_missing")  # not built: the load is tried
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # nothing built there: the load is tried
     fused.fused_module.cache_clear()
     try:
-        agent = DecisionAgent(make_model("aaren", torch.float32), TARGET)
         with pytest.warns(RuntimeWarning, match="could not be built.*C\\+\\+ compiler"):
+            agent = DecisionAgent(make_model("aaren", torch.float32), TARGET)
             actions, state = agent.act(np.zeros((2, 5)))
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -120,3 +121,49 @@ def test_switched_off_by_the_environment(monkeypatch):
         assert fused.module_for(torch.zeros(1)) is None
     finally:
         fused.fused_module.cache_clear()
+
+
+def test_built_under_torch_extensions_dir_in_a_folder_of_this_source(monkeypatch, tmp_path):
+    """$TORCH_EXTENSIONS_DIR is honoured, and the folder names the source's hash: a checkout of another
+    version builds its own module instead of loading (or rebuilding over) this one's."""
+    from torch.utils import cpp_extension
+
+    folders = []
+    monkeypatch.setattr(
+        cpp_extension, "load", lambda *a, build_directory, **kw: folders.append(build_directory)
+    )
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    fused.fused_module.cache_clear()
+    try:
+        fused.fused_module()
+        source = fused.SOURCE.read_bytes()
+        monkeypatch.setattr(fused, "SOURCE", tmp_path / "other.cpp")
+        fused.SOURCE.write_bytes(source + b"// another version\n")
+        fused.fused_module.cache_clear()
+        fused.fused_module()
+    finally:
+        fused.fused_module.cache_clear()
+    assert all(folder.startswith(str(tmp_path)) for folder in folders)
+    assert len(set(folders)) == 2, folders
+
+
+def test_a_killed_builds_lock_is_removed_a_live_one_kept(tmp_path):
+    """torch waits forever on the lock of a build that was killed; one older than any build is removed."""
+    lock = tmp_path / "lock"
+    lock.touch()
+    fused._remove_stale_lock(lock)
+    assert lock.exists(), "a fresh lock belongs to a build in progress"
+    old = lock.stat().st_mtime - fused.STALE_LOCK_SECONDS - 1
+    os.utime(lock, (old, old))
+    fused._remove_stale_lock(lock)
+    assert not lock.exists()
+
+
+def test_taken_unless_a_tensor_needs_gradients():
+    if fused.fused_module() is None:
+        pytest.skip("the fused module is not built here")
+    needs = torch.zeros(2, requires_grad=True)
+    assert fused.module_for(torch.zeros(2)) is fused.fused_module()
+    assert fused.module_for(torch.zeros(2), None, needs) is None
+    with torch.no_grad():
+        assert fused.module_for(needs) is fused.fused_module()

@@ -10,13 +10,96 @@
 //   Transformer: ln_1 w, ln_1 b, qkv_t, qkv_b, proj_t, proj_b, ln_2 w, ln_2 b, w1_t, b1, w2_t, b2 (12)
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 using at::Tensor;
 
+// MKL's BLAS and VML, as torch's CPU library carries them on Linux x86: called straight, a matmul or an
+// erf skips an aten op's dispatch and allocation, a few microseconds that a batch-1 step would spend about
+// 20 times. Weak, so null where the library lacks them; the aten ops run instead.
+#if defined(__linux__)
+#define AAREN_RL_WEAK __attribute__((weak))
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
+            const float*, const int*, const float*, float*, const int*) AAREN_RL_WEAK;
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
+            const int*, const double*, const int*, const double*, double*, const int*) AAREN_RL_WEAK;
+void vsErf(int, const float*, float*) AAREN_RL_WEAK;
+void vdErf(int, const double*, double*) AAREN_RL_WEAK;
+}
+#endif
+
 namespace {
+
+template <typename T>
+using GemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const T*, const T*,
+                        const int*, const T*, const int*, const T*, T*, const int*);
+template <typename T>
+using ErfFn = void (*)(int, const T*, T*);
+
+template <typename T>
+GemmFn<T> mkl_gemm() {
+  return nullptr;
+}
+template <typename T>
+ErfFn<T> mkl_erf() {
+  return nullptr;
+}
+#if defined(__linux__)
+template <>
+GemmFn<float> mkl_gemm<float>() {
+  return sgemm_;
+}
+template <>
+GemmFn<double> mkl_gemm<double>() {
+  return dgemm_;
+}
+template <>
+ErfFn<float> mkl_erf<float>() {
+  return vsErf;
+}
+template <>
+ErfFn<double> mkl_erf<double>() {
+  return vdErf;
+}
+#endif
+
+// bias + x [m, k] @ w [k, n] for contiguous x and w; bias [n] (added to every row) or [m, n]. The same
+// arithmetic as at::addmm, which also copies the bias into the output and calls gemm with beta = 1.
+template <typename T>
+Tensor linear(const Tensor& bias, const Tensor& x, const Tensor& w) {
+  const GemmFn<T> gemm = mkl_gemm<T>();
+  const int64_t m = x.size(0), k = x.size(1), n = w.size(1);
+  if (!gemm || std::max({m, k, n}) > std::numeric_limits<int>::max()) return at::addmm(bias, x, w);
+  Tensor y = at::empty({m, n}, x.options());
+  const T* b = bias.data_ptr<T>();
+  const int64_t bias_step = bias.dim() == 1 ? 0 : n;
+  T* out = y.data_ptr<T>();
+  for (int64_t i = 0; i < m; ++i) std::copy(b + i * bias_step, b + i * bias_step + n, out + i * n);
+  const int rows = m, inner = k, cols = n;
+  const T one = 1;
+  // row-major y = x w is column-major y^T = w^T x^T
+  gemm("N", "N", &cols, &rows, &inner, &one, w.data_ptr<T>(), &cols, x.data_ptr<T>(), &inner, &one, out, &cols);
+  return y;
+}
+
+// a * (1 + erf(a)) in place: GELU with its constants folded into the weights (aaren_rl.step._FeedForward).
+template <typename T>
+void gelu_folded(Tensor& a) {
+  const ErfFn<T> erf = mkl_erf<T>();
+  if (!erf || a.numel() > std::numeric_limits<int>::max()) {
+    a = a.erf().add_(1).mul_(a);
+    return;
+  }
+  std::vector<T> e(a.numel());
+  T* p = a.data_ptr<T>();
+  erf(static_cast<int>(a.numel()), p, e.data());
+  for (size_t i = 0; i < e.size(); ++i) p[i] = (e[i] + T(1)) * p[i];
+}
 
 constexpr int64_t kAarenWeights = 11;
 // Below this many elements a plain loop beats a torch kernel's dispatch; above it torch's vectorised
@@ -56,14 +139,9 @@ void add_rows(Tensor& x, const Tensor& b) {
 // x + FFN(LN(x)) with GELU's 1/sqrt(2) folded into w1_t, b1 and w2_t (aaren_rl.step._FeedForward).
 template <typename T>
 Tensor feed_forward(const Tensor& x, const Tensor* w, double eps) {
-  Tensor a = at::addmm(w[3], layer_norm<T>(x, w[0], w[1], eps), w[2]);
-  if (a.numel() > kLoopElements) {
-    a = a.erf().add_(1).mul_(a);
-  } else {
-    T* p = a.data_ptr<T>();
-    for (int64_t i = 0, size = a.numel(); i < size; ++i) p[i] = (std::erf(p[i]) + T(1)) * p[i];
-  }
-  Tensor y = at::addmm(x, a, w[4]);
+  Tensor a = linear<T>(w[3], layer_norm<T>(x, w[0], w[1], eps), w[2]);
+  gelu_folded<T>(a);
+  Tensor y = linear<T>(x, a, w[4]);
   add_rows<T>(y, w[5]);
   return y;
 }
@@ -116,7 +194,7 @@ Tensor aaren_layer(Tensor x, const Tensor* w, const Tensor& m, const Tensor& z,
                    const c10::optional<Tensor>& mask, const bool* starts, const c10::optional<Tensor>& bias,
                    int64_t n, bool last, double eps, Tensor& m_out, Tensor& z_out) {
   const int64_t t = x.size(0) / n, heads = m.size(1), dz = z.size(2), d = x.size(1);
-  Tensor mixed = at::addmm(w[3], layer_norm<T>(x, w[0], w[1], eps), w[2]);
+  Tensor mixed = linear<T>(w[3], layer_norm<T>(x, w[0], w[1], eps), w[2]);
   const int64_t first = last ? t - 1 : 0, queries = t - first;
   AarenAttention<T> att{mixed.data_ptr<T>(), m.data_ptr<T>(), z.data_ptr<T>(),
                         mask ? mask->data_ptr<T>() : nullptr, bias ? bias->data_ptr<T>() : nullptr,
@@ -134,10 +212,11 @@ Tensor aaren_layer(Tensor x, const Tensor* w, const Tensor& m, const Tensor& z,
         }
       }
   if (last && t > 1) x = x.view({n, t, d}).select(1, t - 1).contiguous();
-  return feed_forward<T>(at::addmm(x, out, w[4]), w + 5, eps);
+  return feed_forward<T>(linear<T>(x, out, w[4]), w + 5, eps);
 }
 
-// The state m [L, n, H], u [L, n, H], w [L, n, H, Dh] -> the new m and z = [w, u] [L, n, H, Dh + 1].
+// The state m [L, n, H], u [L, n, H], w [L, n, H, Dh] -> the output and the new m, u, w (u and w views
+// of one [L, n, H, Dh + 1] tensor).
 template <typename T>
 std::vector<Tensor> aaren_step_impl(const Tensor& x, const Tensor& m, const Tensor& u, const Tensor& w_state,
                                     const c10::optional<Tensor>& mask, const bool* starts,
@@ -151,15 +230,15 @@ std::vector<Tensor> aaren_step_impl(const Tensor& x, const Tensor& m, const Tens
     h = aaren_layer<T>(h, &w[i * kAarenWeights], m_in.select(0, i), z.select(0, i), mask, starts, bias, n,
                        i == layers - 1, eps, m_i, z_i);
   }
-  const int64_t f = layers * kAarenWeights;
-  return {layer_norm<T>(h, w[f], w[f + 1], eps), m_new, z_new};
+  const int64_t f = layers * kAarenWeights, dz = z.size(-1);
+  return {layer_norm<T>(h, w[f], w[f + 1], eps), m_new, z_new.select(-1, dz - 1), z_new.narrow(-1, 0, dz - 1)};
 }
 
 template <typename T>
 Tensor transformer_layer(Tensor x, const Tensor* w, int64_t n, int64_t heads,
                          const c10::optional<Tensor>& read, double eps) {
   const int64_t t = x.size(0) / n, d = x.size(1);
-  Tensor qkv = at::addmm(w[3], layer_norm<T>(x, w[0], w[1], eps), w[2]).view({n, t, 3, heads, -1});
+  Tensor qkv = linear<T>(w[3], layer_norm<T>(x, w[0], w[1], eps), w[2]).view({n, t, 3, heads, -1});
   auto parts = qkv.permute({2, 0, 3, 1, 4}).unbind(0);  // [n, H, T, Dh] each
   Tensor y;
   if (!read) {
@@ -171,7 +250,7 @@ Tensor transformer_layer(Tensor x, const Tensor* w, int64_t n, int64_t heads,
     y = at::scaled_dot_product_attention(q, parts[1], parts[2], visible.view({n, 1, 1, t}));
     x = x.view({n, t, d}).index({rows, *read});
   }
-  Tensor h = at::addmm(x, y.transpose(1, 2).reshape({x.size(0), d}), w[4]);
+  Tensor h = linear<T>(x.contiguous(), y.transpose(1, 2).reshape({x.size(0), d}).contiguous(), w[4]);
   add_rows<T>(h, w[5]);
   return feed_forward<T>(h, w + 6, eps);
 }
@@ -194,7 +273,7 @@ Tensor transformer_step_impl(const Tensor& x, const Tensor& read, int64_t n, int
 template <typename T>
 Tensor embed_tokens(const Tensor& inputs, const Tensor& times, const std::vector<Tensor>& ends, double eps) {
   const int64_t d = ends[2].size(1);
-  Tensor pre = at::addmm(ends[1], inputs, ends[0]).view({-1, d});
+  Tensor pre = linear<T>(ends[1], inputs.contiguous(), ends[0]).view({-1, d});
   const int64_t* tp = times.data_ptr<int64_t>();
   const T* table = ends[2].data_ptr<T>();
   T* p = pre.data_ptr<T>();
@@ -206,7 +285,7 @@ Tensor embed_tokens(const Tensor& inputs, const Tensor& times, const std::vector
 // Backbone outputs [n, D] -> actions in env units: mid + tanh(head) * half.
 template <typename T>
 Tensor action_head(const Tensor& hidden, const std::vector<Tensor>& ends) {
-  Tensor a = at::addmm(ends[6], hidden, ends[5]);
+  Tensor a = linear<T>(ends[6], hidden.contiguous(), ends[5]);
   const int64_t k = a.size(1);
   const T *mid = ends[7].data_ptr<T>(), *half = ends[8].data_ptr<T>();
   T* p = a.data_ptr<T>();
@@ -279,7 +358,7 @@ std::vector<Tensor> push_window(const Tensor& inputs, const Tensor& times, const
 }  // namespace
 
 // x [n T, D] new tokens; m, u, w the state; mask [n|1, 1, T, T + 1] or None; score bias [n|1, H, T]
-// or None. Returns the output at the newest token [n, D] and the new m, z = [w, u].
+// or None. Returns the output at the newest token [n, D] and the new m, u, w.
 std::vector<Tensor> aaren_step(const Tensor& x, const Tensor& m, const Tensor& u, const Tensor& w,
                                const c10::optional<Tensor>& mask, const c10::optional<Tensor>& bias,
                                int64_t n, const std::vector<Tensor>& weights, double eps) {
@@ -298,13 +377,14 @@ Tensor transformer_step(const Tensor& x, const Tensor& read, int64_t n, int64_t 
 
 // One recurrent decision-agent step, bookkeeping included: observations [n, S], rewards [n] or None,
 // starts [n] bool or None, the agent state's returns-to-go [n], timesteps [n] long, last actions [n, A]
-// and Aaren state m, u, w -> actions [n, A], the new returns-to-go, timesteps, m and z = [w, u]. masks
+// and Aaren state m, u, w -> actions [n, A], the new returns-to-go, timesteps, m, u and w. masks
 // [2, 1, 3, 4]: the score masks of rows that continue and rows that start.
 std::vector<Tensor> aaren_act(const Tensor& obs, const c10::optional<Tensor>& reward,
                               const c10::optional<Tensor>& start, const Tensor& returns_to_go,
                               const Tensor& timesteps, const Tensor& actions, double target, const Tensor& m,
                               const Tensor& u, const Tensor& w, const Tensor& masks,
                               const std::vector<Tensor>& weights, const std::vector<Tensor>& ends, double eps) {
+  c10::InferenceMode inference;  // an agent step never needs gradients: skip autograd's dispatch
   const bool* starts = start ? start->data_ptr<bool>() : nullptr;
   return AT_DISPATCH_FLOATING_TYPES(obs.scalar_type(), "aaren_act", [&] {
     AgentStep step = agent_step<scalar_t>(obs.contiguous(), reward, starts, returns_to_go, timesteps, actions,
@@ -313,7 +393,7 @@ std::vector<Tensor> aaren_act(const Tensor& obs, const c10::optional<Tensor>& re
     Tensor mask = starts ? masks : masks.narrow(0, 0, 1);  // without starts every row continues
     auto out = aaren_step_impl<scalar_t>(tokens, m, u, w, mask, starts, c10::nullopt, obs.size(0), weights, eps);
     return std::vector<Tensor>{action_head<scalar_t>(out[0], ends), step.returns_to_go, step.timesteps, out[1],
-                               out[2]};
+                               out[2], out[3]};
   });
 }
 
@@ -325,6 +405,7 @@ std::vector<Tensor> window_act(const Tensor& obs, const c10::optional<Tensor>& r
                                const Tensor& timesteps, const Tensor& actions, double target,
                                const Tensor& inputs, const Tensor& times, const Tensor& length, int64_t heads,
                                const std::vector<Tensor>& weights, const std::vector<Tensor>& ends, double eps) {
+  c10::InferenceMode inference;  // an agent step never needs gradients: skip autograd's dispatch
   const bool* starts = start ? start->data_ptr<bool>() : nullptr;
   return AT_DISPATCH_FLOATING_TYPES(obs.scalar_type(), "window_act", [&] {
     AgentStep step = agent_step<scalar_t>(obs.contiguous(), reward, starts, returns_to_go, timesteps, actions,
@@ -340,9 +421,63 @@ std::vector<Tensor> window_act(const Tensor& obs, const c10::optional<Tensor>& r
   });
 }
 
+// A decision agent's folded weights bound once, for `aaren_act` or `window_act`: turning Python lists of
+// some 40 tensors into vectors on every call would cost a batch-1 step more than some of its matmuls.
+struct AarenAgent {
+  AarenAgent(std::vector<Tensor> weights, std::vector<Tensor> ends, Tensor masks, double eps)
+      : weights(std::move(weights)), ends(std::move(ends)), masks(std::move(masks)), eps(eps) {}
+  std::vector<Tensor> act(const Tensor& obs, const c10::optional<Tensor>& reward, const c10::optional<Tensor>& start,
+                          const Tensor& returns_to_go, const Tensor& timesteps, const Tensor& actions, double target,
+                          const Tensor& m, const Tensor& u, const Tensor& w) const {
+    return aaren_act(obs, reward, start, returns_to_go, timesteps, actions, target, m, u, w, masks, weights, ends, eps);
+  }
+  std::vector<Tensor> weights, ends;
+  Tensor masks;
+  double eps;
+};
+
+struct WindowAgent {
+  WindowAgent(std::vector<Tensor> weights, std::vector<Tensor> ends, int64_t heads, double eps)
+      : weights(std::move(weights)), ends(std::move(ends)), heads(heads), eps(eps) {}
+  std::vector<Tensor> act(const Tensor& obs, const c10::optional<Tensor>& reward, const c10::optional<Tensor>& start,
+                          const Tensor& returns_to_go, const Tensor& timesteps, const Tensor& actions, double target,
+                          const Tensor& inputs, const Tensor& times, const Tensor& length) const {
+    return window_act(obs, reward, start, returns_to_go, timesteps, actions, target, inputs, times, length, heads,
+                      weights, ends, eps);
+  }
+  std::vector<Tensor> weights, ends;
+  int64_t heads;
+  double eps;
+};
+
+// Whether any of these tensors was changed in place or given other storage since this was made
+// (aaren_rl.step.ParameterVersions): one call, where reading two attributes of each from Python is not.
+class Versions {
+ public:
+  explicit Versions(std::vector<Tensor> tensors) : tensors_(std::move(tensors)) {
+    for (const Tensor& t : tensors_) seen_.emplace_back(t._version(), t.data_ptr());
+  }
+  bool changed() const {
+    for (size_t i = 0; i < tensors_.size(); ++i)
+      if (tensors_[i]._version() != seen_[i].first || tensors_[i].data_ptr() != seen_[i].second) return true;
+    return false;
+  }
+
+ private:
+  std::vector<Tensor> tensors_;
+  std::vector<std::pair<int64_t, const void*>> seen_;
+};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("aaren_step", &aaren_step, "One folded Aaren acting step");
   module.def("transformer_step", &transformer_step, "One folded Transformer window step");
-  module.def("aaren_act", &aaren_act, "One recurrent decision-agent step, bookkeeping included");
-  module.def("window_act", &window_act, "One window decision-agent step, bookkeeping included");
+  pybind11::class_<AarenAgent>(module, "AarenAgent")
+      .def(pybind11::init<std::vector<Tensor>, std::vector<Tensor>, Tensor, double>())
+      .def("act", &AarenAgent::act, "One recurrent decision-agent step, bookkeeping included");
+  pybind11::class_<WindowAgent>(module, "WindowAgent")
+      .def(pybind11::init<std::vector<Tensor>, std::vector<Tensor>, int64_t, double>())
+      .def("act", &WindowAgent::act, "One window decision-agent step, bookkeeping included");
+  pybind11::class_<Versions>(module, "Versions")
+      .def(pybind11::init<std::vector<Tensor>>())
+      .def("changed", &Versions::changed, "Whether any tensor changed since this was made");
 }
