@@ -224,16 +224,20 @@ class FoldedDecisionModel:
     ) -> tuple[Tensor, Tensor, Tensor, AarenState | StepWindow] | None:
         """One whole agent step as one C++ call (`aaren_rl.ops.fused`): the bookkeeping of
         `DecisionAgent.act`, the embedding, the backbone step and the head. Returns the actions, the new
-        returns-to-go, timesteps and memory; None where the fused module cannot take this step."""
-        if self.fused is None or fused.module_for(obs) is None:
+        returns-to-go, timesteps and memory; None where the fused module cannot take this step or an
+        observation or reward is not finite."""
+        if self.fused is None:
             return None
         agent = (obs, reward, start, state.returns_to_go, state.timesteps, state.actions, target)
         memory = state.memory
         if self.step is not None:
-            actions, rtg, t, *memory = self.fused.act(*agent, memory.m, memory.u, memory.w)
-            return actions, rtg, t, AarenState(*memory)
-        actions, rtg, t, *window = self.fused.act(*agent, memory.inputs, memory.times, memory.length)
-        return actions, rtg, t, StepWindow(*window)
+            result = self.fused.act(*agent, memory.m, memory.u, memory.w)
+        else:
+            result = self.fused.act(*agent, memory.inputs, memory.times, memory.length)
+        if not result:  # an observation or reward is not finite
+            return None
+        actions, rtg, t, *memory = result
+        return actions, rtg, t, AarenState(*memory) if self.step is not None else StepWindow(*memory)
 
     def recurrent_actions(
         self, inputs: Tensor, times: Tensor, state: AarenState, start: Tensor
@@ -347,11 +351,12 @@ class DecisionAgent:
         if rewards is not None:
             reward = self._input("rewards", rewards, (n,))
         step = None if self.eager else self._folded.fused_act(obs, reward, start, state, self.target_return)
-        if step is None:
+        if step is None:  # no fused step here, or it found an input that is not finite
+            _check_finite(observations=obs, rewards=reward)
             with torch.inference_mode():
                 step = self._act_python(state, start, reward, obs)
         actions, rtg, t, memory = step
-        return actions.cpu().numpy(), AgentState(rtg, t, actions, memory)
+        return (actions if self._on_cpu else actions.cpu()).numpy(), AgentState(rtg, t, actions, memory)
 
     def _act_python(
         self, state: AgentState, start: Tensor | None, reward: Tensor | None, obs: Tensor
@@ -367,16 +372,13 @@ class DecisionAgent:
         return actions, rtg, t, memory
 
     def _input(self, name: str, value, shape: tuple[int | None, ...], dtype: type | None = None) -> Tensor:
-        """One `act` argument as a contiguous tensor of the model's dtype (or `dtype`), checked here
-        once: its shape, and finite numbers."""
+        """One `act` argument as a contiguous tensor of the model's dtype (or `dtype`), its shape checked
+        here once (shape[0] None: any number of rows; its numbers: by the fused step, or `_check_finite`)."""
         array = np.asarray(value, dtype=dtype or self._numpy_dtype)
-        if array.ndim != len(shape) or any(
-            want not in (None, got) for want, got in zip(shape, array.shape, strict=False)
-        ):
+        got = array.shape
+        if len(got) != len(shape) or got[1:] != shape[1:] or shape[0] not in (None, got[0]):
             want = ", ".join("num_envs" if s is None else str(s) for s in shape)
             raise ValueError(f"`{name}` must have shape [{want}], got {list(array.shape)}")
-        if dtype is None and not np.isfinite(array).all():
-            raise ValueError(f"`{name}` holds non-finite values (NaN or inf): {array.tolist()}")
         tensor = torch.from_numpy(np.ascontiguousarray(array))
         return tensor if self._on_cpu else tensor.to(self.device)
 
@@ -441,6 +443,13 @@ class DecisionAgent:
         window = Window(*fields, length=slot + 1)
         pred, _ = self.model(window.returns_to_go, window.observations, window.actions, window.timesteps)
         return pred[rows, slot], window
+
+
+def _check_finite(**inputs: Tensor | None) -> None:
+    """A ValueError naming the first of `inputs` that holds a NaN or inf."""
+    for name, value in inputs.items():
+        if value is not None and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"`{name}` holds non-finite values (NaN or inf): {value.tolist()}")
 
 
 def _recurrent(

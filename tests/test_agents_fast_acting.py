@@ -9,6 +9,7 @@ from test_agents_model import ACT, OBS, TARGET  # (tests/ is on sys.path)
 from test_agents_model import make_model as base_model
 
 from aaren_rl import AarenBackbone, TransformerBackbone
+from aaren_rl.ops import fused
 from aaren_rl.step import AarenStep, TransformerStep
 from agents.model import DecisionModel
 from agents.policy import DecisionAgent
@@ -148,7 +149,15 @@ def test_state_from_an_agent_acting_otherwise_is_named(agent):
         agent.act(np.zeros((2, OBS)), state)
 
 
-def test_non_finite_inputs_are_named(agent):
+@pytest.mark.parametrize(
+    "backbone, eager, fused_off",
+    [("aaren", False, False), ("aaren", False, True), ("aaren", True, False), ("transformer", False, False)],
+)
+def test_non_finite_inputs_are_named(backbone, eager, fused_off, monkeypatch):
+    """Named by the fused step's check, the Python one (no fused module) and the eager path alike."""
+    if fused_off:
+        monkeypatch.setattr(fused, "fused_module", lambda: None)
+    agent = DecisionAgent(make_model(backbone, torch.float32), TARGET, eager=eager)
     obs = np.zeros((2, OBS))
     obs[1, 2] = np.nan
     with pytest.raises(ValueError, match="`observations` holds non-finite values"):

@@ -86,7 +86,7 @@ def test_fused_agent_step_equals_the_python_one(backbone, dtype, monkeypatch):
         args = (obs[t], state, starts[t] if t % 3 else None, rewards[t - 1] if t % 4 else None)
         fused_actions, fused_state = agent.act(*args)
         with monkeypatch.context() as python_only:
-            python_only.setattr(fused, "module_for", lambda *tensors: None)
+            python_only.setattr(agent._folded, "fused", None)
             python_actions, state = agent.act(*args)
         np.testing.assert_allclose(fused_actions, python_actions, atol=tol, rtol=tol)
         for got, want in zip(_state_tensors(fused_state), _state_tensors(state), strict=True):

@@ -355,6 +355,18 @@ std::vector<Tensor> push_window(const Tensor& inputs, const Tensor& times, const
   return {new_inputs, new_times, new_length};
 }
 
+// Whether every observation and reward (contiguous) is a finite number: `act`'s boundary check, here a
+// loop over a few numbers where from Python it is a numpy call that costs a batch-1 step tens of
+// microseconds.
+template <typename T>
+bool all_finite(const Tensor& obs, const c10::optional<Tensor>& reward) {
+  const auto finite = [](const Tensor& t) {
+    const T* p = t.data_ptr<T>();
+    return std::all_of(p, p + t.numel(), [](T v) { return std::isfinite(v); });
+  };
+  return finite(obs) && (!reward || finite(*reward));
+}
+
 }  // namespace
 
 // x [n T, D] new tokens; m, u, w the state; mask [n|1, 1, T, T + 1] or None; score bias [n|1, H, T]
@@ -377,8 +389,9 @@ Tensor transformer_step(const Tensor& x, const Tensor& read, int64_t n, int64_t 
 
 // One recurrent decision-agent step, bookkeeping included: observations [n, S], rewards [n] or None,
 // starts [n] bool or None, the agent state's returns-to-go [n], timesteps [n] long, last actions [n, A]
-// and Aaren state m, u, w -> actions [n, A], the new returns-to-go, timesteps, m, u and w. masks
-// [2, 1, 3, 4]: the score masks of rows that continue and rows that start.
+// and Aaren state m, u, w -> actions [n, A], the new returns-to-go, timesteps, m, u and w; nothing where
+// an observation or reward is not finite. masks [2, 1, 3, 4]: the score masks of rows that continue and
+// rows that start.
 std::vector<Tensor> aaren_act(const Tensor& obs, const c10::optional<Tensor>& reward,
                               const c10::optional<Tensor>& start, const Tensor& returns_to_go,
                               const Tensor& timesteps, const Tensor& actions, double target, const Tensor& m,
@@ -387,7 +400,9 @@ std::vector<Tensor> aaren_act(const Tensor& obs, const c10::optional<Tensor>& re
   c10::InferenceMode inference;  // an agent step never needs gradients: skip autograd's dispatch
   const bool* starts = start ? start->data_ptr<bool>() : nullptr;
   return AT_DISPATCH_FLOATING_TYPES(obs.scalar_type(), "aaren_act", [&] {
-    AgentStep step = agent_step<scalar_t>(obs.contiguous(), reward, starts, returns_to_go, timesteps, actions,
+    const Tensor observations = obs.contiguous();
+    if (!all_finite<scalar_t>(observations, reward)) return std::vector<Tensor>{};  // the caller names it
+    AgentStep step = agent_step<scalar_t>(observations, reward, starts, returns_to_go, timesteps, actions,
                                           target, ends[2].size(0));
     Tensor tokens = embed_tokens<scalar_t>(step.inputs, step.times, ends, eps);
     Tensor mask = starts ? masks : masks.narrow(0, 0, 1);  // without starts every row continues
@@ -399,7 +414,8 @@ std::vector<Tensor> aaren_act(const Tensor& obs, const c10::optional<Tensor>& re
 
 // One window decision-agent step, bookkeeping included: as `aaren_act` up to the target, then the window's
 // step inputs [n, K, F], times [n, K, 3] and length [n] -> actions [n, A], the new returns-to-go and
-// timesteps, and the window after this step (inputs, times, length), read at each row's newest s_t.
+// timesteps, and the window after this step (inputs, times, length), read at each row's newest s_t;
+// nothing where an observation or reward is not finite.
 std::vector<Tensor> window_act(const Tensor& obs, const c10::optional<Tensor>& reward,
                                const c10::optional<Tensor>& start, const Tensor& returns_to_go,
                                const Tensor& timesteps, const Tensor& actions, double target,
@@ -408,7 +424,9 @@ std::vector<Tensor> window_act(const Tensor& obs, const c10::optional<Tensor>& r
   c10::InferenceMode inference;  // an agent step never needs gradients: skip autograd's dispatch
   const bool* starts = start ? start->data_ptr<bool>() : nullptr;
   return AT_DISPATCH_FLOATING_TYPES(obs.scalar_type(), "window_act", [&] {
-    AgentStep step = agent_step<scalar_t>(obs.contiguous(), reward, starts, returns_to_go, timesteps, actions,
+    const Tensor observations = obs.contiguous();
+    if (!all_finite<scalar_t>(observations, reward)) return std::vector<Tensor>{};  // the caller names it
+    AgentStep step = agent_step<scalar_t>(observations, reward, starts, returns_to_go, timesteps, actions,
                                           target, ends[2].size(0));
     auto window = push_window<scalar_t>(inputs, times, length, step, starts);
     const int64_t n = inputs.size(0), k = inputs.size(1);
