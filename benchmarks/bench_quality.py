@@ -6,7 +6,8 @@ recipes (medium = a policy at about 1/3 of expert, medium-expert = medium + expe
 written in the D4RL format and cached. Every (task, dataset, backbone, seed) is trained with the
 reference DT hyperparameters of configs/base.yaml and the same number of gradient steps and
 `train.batch_steps` supervised timesteps per step: the Transformer sees batch_steps / K K-windows, the
-Aaren agent rows packed with whole episodes from their first step (agents.training.batch_layout). Each
+Aaren agent as many K-windows entered from stored recurrent states (`train.batching`'s default,
+stored; agents.training.batch_layout). Each
 run ends with a live evaluation at the task's target returns (envs on
 Gymnasium v5); the table reports the best target's D4RL-normalised score, mean +- std over seeds.
 

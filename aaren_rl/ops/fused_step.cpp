@@ -19,8 +19,8 @@
 using at::Tensor;
 
 // MKL's BLAS and VML, as torch's CPU library carries them on Linux x86: called straight, a matmul or an
-// erf skips an aten op's dispatch and allocation, a few microseconds that a batch-1 step would spend about
-// 20 times. Weak, so null where the library lacks them; the aten ops run instead.
+// erf skips an aten op's dispatch and allocation, which a batch-1 step would pay at each of its 14
+// matmuls. Weak, so null where the library lacks them; the aten ops run instead.
 #if defined(__linux__)
 #define AAREN_RL_WEAK __attribute__((weak))
 extern "C" {
@@ -102,8 +102,8 @@ void gelu_folded(Tensor& a) {
 }
 
 constexpr int64_t kAarenWeights = 11;
-// Below this many elements a plain loop beats a torch kernel's dispatch; above it torch's vectorised
-// kernels win (the Transformer's windows), so each side of a comparison gets the faster one.
+// Below this many elements a plain layer norm loop beats a torch kernel's dispatch; above it torch's
+// vectorised kernel wins (the Transformer's windows), so each side of a comparison gets the faster one.
 constexpr int64_t kLoopElements = 4096;
 constexpr int64_t kTransformerWeights = 12;
 
@@ -356,8 +356,8 @@ std::vector<Tensor> push_window(const Tensor& inputs, const Tensor& times, const
 }
 
 // Whether every observation and reward (contiguous) is a finite number: `act`'s boundary check, here a
-// loop over a few numbers where from Python it is a numpy call that costs a batch-1 step tens of
-// microseconds.
+// loop over a few numbers where from Python it is a numpy call made with caches the step has just
+// emptied (docs/design.md, acting).
 template <typename T>
 bool all_finite(const Tensor& obs, const c10::optional<Tensor>& reward) {
   const auto finite = [](const Tensor& t) {
