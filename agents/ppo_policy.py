@@ -32,6 +32,12 @@ in rollouts and in training's re-run all see the same inputs. To give the actor 
 them travel with the observation (`agents.sb3.RewardToPolicyVecEnv`). With `share_memory=True` the one
 memory is the actor's, so it gets the previous action only. `previous_action_reward=False` leaves
 the memories the observations alone (Box actions without bounds need it).
+
+`input_lags=k` (default 0) feeds each memory, next to a step's features, the features of the k steps
+before it in the episode (zeros before its start; `ActorCriticState.actor_lags`, `critic_lags`): a short
+causal convolution over the memory's inputs, as Mamba-like models put before their recurrence. A head
+of a content-weighted average cannot single out "the card 4 steps ago"; the lags give the last k steps
+exactly, at a constant [B, k, F] more state.
 """
 
 from __future__ import annotations
@@ -63,13 +69,16 @@ class ActorCriticState:
     """Per-env memory of the policy: actor and critic Aaren states (critic None when shared, or when
     only the actor runs), the number of steps seen in the current episode ([B] long, the timestep of
     the next token) and, with `previous_action_reward`, the last step's encoded action [B, A] and
-    reward [B] (None where no memory reads them; zero before an episode's first step)."""
+    reward [B] (None where no memory reads them; zero before an episode's first step) and, with
+    `input_lags` k, each memory's features of the last k steps [B, k, F], oldest first (None without)."""
 
     actor: AarenState
     critic: AarenState | None
     steps: Tensor
     last_action: Tensor | None = None
     last_reward: Tensor | None = None
+    actor_lags: Tensor | None = None
+    critic_lags: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -86,6 +95,8 @@ class ActorCriticState:
             self.steps.masked_fill(rows, 0),
             _zero_rows(self.last_action, rows),
             _zero_rows(self.last_reward, rows),
+            _zero_rows(self.actor_lags, rows),
+            _zero_rows(self.critic_lags, rows),
         )
 
     def select(self, rows: Tensor) -> ActorCriticState:
@@ -94,8 +105,8 @@ class ActorCriticState:
             self.actor.select(rows),
             None if self.critic is None else self.critic.select(rows),
             self.steps[rows],
-            None if self.last_action is None else self.last_action[rows],
-            None if self.last_reward is None else self.last_reward[rows],
+            *(None if t is None else t[rows] for t in (self.last_action, self.last_reward)),
+            *(None if t is None else t[rows] for t in (self.actor_lags, self.critic_lags)),
         )
 
     def with_reward(self, rewards: Tensor) -> ActorCriticState:
@@ -200,6 +211,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     recency: the learned per-head recency slopes (False: none, content-only attention).
     previous_action_reward: feed the memories the previous action, and the critic's own memory the
         previous reward too (see the module's docstring for why the actor gets no reward).
+    input_lags: feed the memories the features of this many steps before each step too.
     Other arguments as SB3's ActorCriticPolicy; `net_arch` sizes the MLPs after the memory.
 
     `fold_acting` (attribute, default True): act through the memories folded for acting; False acts
@@ -235,11 +247,14 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         share_memory: bool = False,
         recency: bool = True,
         previous_action_reward: bool = True,
+        input_lags: int = 0,
     ):
         if isinstance(observation_space, spaces.Dict):
             raise ValueError("AarenActorCriticPolicy does not support Dict observation spaces")
         if previous_action_reward and not squash_output:
             _check_bounded(action_space)
+        if not isinstance(input_lags, int) or input_lags < 0:
+            raise ValueError(f"input_lags must be a whole number >= 0 (steps fed back), got {input_lags!r}")
         # Read by _build_mlp_extractor, which ActorCriticPolicy.__init__ calls.
         self.memory_kwargs = dict(
             embed_dim=embed_dim,
@@ -251,6 +266,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         )
         self.share_memory = share_memory
         self.previous_action_reward = previous_action_reward
+        self.input_lags = input_lags
         super().__init__(
             observation_space,
             action_space,
@@ -277,6 +293,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             self.memory_kwargs,
             share_memory=self.share_memory,
             previous_action_reward=self.previous_action_reward,
+            input_lags=self.input_lags,
             share_features_extractor=self.share_features_extractor,
         )
         return data
@@ -284,7 +301,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     def _build_mlp_extractor(self) -> None:
         """Build the memories too: this runs inside ActorCriticPolicy._build, before the optimizer is made."""
         self.action_input_dim = get_flattened_obs_dim(self.action_space) if self.previous_action_reward else 0
-        actor_input = self.features_dim + self.action_input_dim
+        actor_input = self.features_dim * (1 + self.input_lags) + self.action_input_dim
         self.actor_memory = AarenMemory(actor_input, **self.memory_kwargs)
         critic_input = actor_input + int(self.previous_action_reward)
         self.critic_memory = None if self.share_memory else AarenMemory(critic_input, **self.memory_kwargs)
@@ -307,7 +324,15 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             torch.zeros(batch_size, self.action_input_dim, **options) if self.previous_action_reward else None
         )
         last_reward = torch.zeros(batch_size, **options) if reads_reward else None
-        return ActorCriticState(empty, None if self.share_memory else empty, steps, last_action, last_reward)
+        lags = (
+            torch.zeros(batch_size, self.input_lags, self.features_dim, **options)
+            if self.input_lags
+            else None
+        )
+        critic = None if self.share_memory else empty
+        return ActorCriticState(
+            empty, critic, steps, last_action, last_reward, lags, None if self.share_memory else lags
+        )
 
     def _features(self, obs: Tensor, extractor: BaseFeaturesExtractor) -> Tensor:
         """Features in the policy's dtype (SB3's preprocessing yields float32)."""
@@ -358,12 +383,20 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         flat_obs: Tensor,
         extractor: BaseFeaturesExtractor,
         shape: tuple[int, int],
+        lags: Tensor | None,
         *previous: Tensor | None,
-    ) -> Tensor:
-        """Features of observations [B * N, ...] as [B, N, F], the previous action and reward appended."""
+    ) -> tuple[Tensor, Tensor | None]:
+        """Features of observations [B * N, ...] as [B, N, F] after those of the `lags` steps before
+        each (the entering `lags` [B, k, F], then the sequence's own), the previous action and reward
+        appended; and the lags after the N steps."""
         features = self._features(flat_obs, extractor).view(*shape, -1)
+        if lags is not None:
+            padded = torch.cat([lags, features], 1)  # [B, k + N, F]
+            k = lags.shape[1]
+            features = padded.unfold(1, k + 1, 1).transpose(2, 3).reshape(*shape, -1)
+            lags = padded[:, -k:]
         extra = [p for p in previous if p is not None]
-        return torch.cat([features, *extra], -1) if extra else features
+        return (torch.cat([features, *extra], -1) if extra else features), lags
 
     def _remember(
         self, name: str, inputs: Tensor, timesteps: Tensor, state: AarenState
@@ -396,16 +429,27 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         flat = obs.reshape(b * n, *obs.shape[2:])
         timesteps = state.steps[:, None] + torch.arange(n, device=obs.device)
         action, reward = self._previous(state, taken)
-        pi_in = self._memory_input(flat, self.pi_features_extractor, (b, n), action)
+        pi_in, actor_lags = self._memory_input(
+            flat, self.pi_features_extractor, (b, n), state.actor_lags, action
+        )
         pi_out, actor = self._remember("actor_memory", pi_in, timesteps, state.actor)
-        vf_out, critic_state = None, None
+        vf_out, critic_state, critic_lags = None, None, None
         if critic and self.critic_memory is None:
             vf_out = pi_out
         elif critic:
-            vf_in = self._memory_input(flat, self.vf_features_extractor, (b, n), action, reward)
+            vf_in, critic_lags = self._memory_input(
+                flat, self.vf_features_extractor, (b, n), state.critic_lags, action, reward
+            )
             vf_out, critic_state = self._remember("critic_memory", vf_in, timesteps, state.critic)
         latent_vf = None if vf_out is None else self.mlp_extractor.forward_critic(vf_out)
-        new_state = replace(state, actor=actor, critic=critic_state, steps=state.steps + n)
+        new_state = replace(
+            state,
+            actor=actor,
+            critic=critic_state,
+            steps=state.steps + n,
+            actor_lags=actor_lags,
+            critic_lags=critic_lags,
+        )
         return self.mlp_extractor.forward_actor(pi_out), latent_vf, new_state
 
     def _step_latents(
@@ -463,15 +507,17 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     ) -> ActorCriticState:
         """predict's state tuple as an actor-only ActorCriticState (None: `n` envs before their first step)."""
         if state is None:
-            return replace(self.initial_state(n), critic=None, last_reward=None)
-        names = ("m", "u", "w", "steps", "last_action")[: 5 if self.previous_action_reward else 4]
+            return replace(self.initial_state(n), critic=None, last_reward=None, critic_lags=None)
+        names = ["m", "u", "w", "steps"]
+        names += ["last_action"] * self.previous_action_reward + ["actor_lags"] * bool(self.input_lags)
         if len(state) != len(names):
             raise ValueError(
                 f"predict got a state of {len(state)} arrays, but this policy's state is ({', '.join(names)}). "
                 "Fix: pass the state its previous predict call returned, or None to start afresh"
             )
-        m, u, w, steps, *last_action = (torch.as_tensor(x, device=device) for x in state)
-        return ActorCriticState(AarenState(m, u, w), None, steps, *last_action)
+        m, u, w, steps, *rest = (torch.as_tensor(x, device=device) for x in state)
+        extra = dict(zip(names[4:], rest, strict=True))
+        return ActorCriticState(AarenState(m, u, w), None, steps, **extra)
 
     def predict(  # type: ignore[override]
         self,
@@ -483,7 +529,8 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         """SB3's predict with memory: `state` is what the previous call returned (None at the start),
         rows where `episode_start` is true begin a new episode. Only the actor runs; the state is the
         actor's (m, u, w, steps) as numpy arrays (batch on axis 1 of m, u, w, axis 0 of the others),
-        and with `previous_action_reward` the encoded action this call chose (`last_action` [B, A]).
+        and with `previous_action_reward` the encoded action this call chose (`last_action` [B, A]),
+        with `input_lags` the actor's features of the last steps (`actor_lags` [B, k, F]).
         No reward is needed: only the critic reads previous rewards, so predict acts exactly as
         rollouts did."""
         if self.training:  # the switch visits every submodule: a cost per step worth skipping
@@ -507,5 +554,12 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             )
         if not vectorized:
             actions = actions.squeeze(axis=0)
-        kept = (memory.actor.m, memory.actor.u, memory.actor.w, memory.steps, memory.last_action)
+        kept = (
+            memory.actor.m,
+            memory.actor.u,
+            memory.actor.w,
+            memory.steps,
+            memory.last_action,
+            memory.actor_lags,
+        )
         return actions, tuple(t.cpu().numpy() for t in kept if t is not None)

@@ -109,6 +109,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-prev-action": {"previous_action_reward": False},  # observations only (the default before POPGym)
     "8-heads": {"num_heads": 8},
     "shared": {"share_memory": True},  # one memory for actor and critic
+    "lags-4": {"input_lags": 4},  # the features of the last 4 steps too (RepeatPrevious Easy asks for lag 4)
 }
 """AarenPPO ablation variants (`--variants`): extra policy_kwargs for AarenActorCriticPolicy."""
 

@@ -28,7 +28,15 @@ TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
 ENVS, STEPS = 4, 12
 PREVIOUS = dict(previous_action_reward=True)  # the default, spelled out
 COMBINED = dict(recency=False, previous_action_reward=True, share_memory=True)
-OPTIONS = [dict(recency=False), dict(previous_action_reward=False), dict(share_memory=True), COMBINED]
+LAGS = dict(input_lags=2)
+OPTIONS = [
+    dict(recency=False),
+    dict(previous_action_reward=False),
+    dict(share_memory=True),
+    COMBINED,
+    LAGS,
+    dict(input_lags=3, share_memory=True, previous_action_reward=False),
+]
 
 
 class RepeatPreviousEnv(gym.Env):
@@ -125,6 +133,7 @@ CASES = [("discrete", options) for options in OPTIONS] + [
     ("multidiscrete", PREVIOUS),
     ("box", PREVIOUS),
     ("box", COMBINED),
+    ("multidiscrete", LAGS),
 ]
 
 
@@ -158,11 +167,12 @@ ENVS_BY_KIND = {"discrete": CARTPOLE_NO_VEL, "multidiscrete": RepeatPreviousEnv,
 
 
 @pytest.mark.parametrize(
-    ("kind", "options"), [("discrete", PREVIOUS), ("multidiscrete", PREVIOUS), ("box", COMBINED)]
+    ("kind", "options"),
+    [("discrete", PREVIOUS), ("multidiscrete", PREVIOUS), ("box", COMBINED), ("multidiscrete", LAGS)],
 )
 def test_rerun_of_stored_sequences_equals_acting(kind: str, options: dict) -> None:
-    """The buffer's sequences give training the previous actions and rewards acting saw, also across
-    rollouts (the second one starts mid-episode) and at episode starts (zeros)."""
+    """The buffer's sequences give training the previous actions and rewards (and lagged features)
+    acting saw, also across rollouts (the second one starts mid-episode) and at episode starts (zeros)."""
     env = make_vec_env(ENVS_BY_KIND[kind], n_envs=3, seed=1)
     policy_kwargs = {**SMALL, **options}
     model = AarenPPO("MlpAarenPolicy", env, n_steps=22, batch_size=66, seed=0, policy_kwargs=policy_kwargs)
@@ -201,6 +211,7 @@ def _assert_same_predictions(a: Any, b: Any, env_id: Any) -> None:
         (CARTPOLE_NO_VEL, PREVIOUS),
         (PENDULUM_NO_VEL, PREVIOUS),
         (RepeatPreviousEnv, PREVIOUS),
+        (CARTPOLE_NO_VEL, LAGS),
     ],
 )
 def test_learn_save_load_export_keep_the_options(tmp_path, env_id: Any, options: dict) -> None:
@@ -285,3 +296,20 @@ def test_saves_from_before_the_default_changed_load_without_the_previous_action(
     exported = export_policy(model, tmp_path / "p.zip")
     _drop_option(exported, "policy.json", "previous_action_reward")
     _assert_same_predictions(model, load_exported_policy(exported), CARTPOLE_NO_VEL)
+
+
+def test_input_lags_feed_each_step_the_features_of_the_steps_before_it() -> None:
+    """Step j's memory input is [f_{j-k}, ..., f_{j-1}, f_j] (zeros before the episode's first step),
+    in one call over a sequence and carried across calls by the state's lags alike."""
+    policy = _policy(spaces.Box(-1, 1, (3,)), spaces.Discrete(4), torch.float64, input_lags=2)
+    obs = torch.randn(1, 5, 3).double()  # float32 values: SB3's preprocessing passes them through float32
+    lags = policy.initial_state(1).actor_lags
+    inputs, after = policy._memory_input(obs.reshape(5, 3), policy.pi_features_extractor, (1, 5), lags)
+    padded = torch.cat([torch.zeros(1, 2, 3, dtype=torch.float64), obs], 1)
+    for j in range(5):
+        torch.testing.assert_close(inputs[0, j], padded[0, j : j + 3].flatten(), rtol=0, atol=0)
+    torch.testing.assert_close(after, obs[:, -2:], rtol=0, atol=0)
+    state = None
+    for j in range(5):  # step by step through predict: its state carries the lags
+        _, state = policy.predict(obs[:, j].numpy(), state, np.array([j == 0]), deterministic=True)
+        torch.testing.assert_close(torch.as_tensor(state[-1]), padded[:, j + 1 : j + 3], rtol=0, atol=0)
