@@ -124,8 +124,9 @@ def test_switched_off_by_the_environment(monkeypatch):
 
 
 def test_built_under_torch_extensions_dir_in_a_folder_of_this_source(monkeypatch, tmp_path):
-    """$TORCH_EXTENSIONS_DIR is honoured, and the folder names the source's hash: a checkout of another
-    version builds its own module instead of loading (or rebuilding over) this one's."""
+    """$TORCH_EXTENSIONS_DIR is honoured, and the folder names the source file's path and contents: a
+    checkout elsewhere (of the same version or another) builds its own module instead of loading, or
+    rebuilding over, this one's; the same checkout finds its folder again."""
     from torch.utils import cpp_extension
 
     folders = []
@@ -133,18 +134,20 @@ def test_built_under_torch_extensions_dir_in_a_folder_of_this_source(monkeypatch
         cpp_extension, "load", lambda *a, build_directory, **kw: folders.append(build_directory)
     )
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    fused.fused_module.cache_clear()
+    source = fused.SOURCE.read_bytes()
+    copy, changed = tmp_path / "copy" / "fused_step.cpp", tmp_path / "changed" / "fused_step.cpp"
+    for path, text in ((copy, source), (changed, source + b"// another version\n")):
+        path.parent.mkdir()
+        path.write_bytes(text)
     try:
-        fused.fused_module()
-        source = fused.SOURCE.read_bytes()
-        monkeypatch.setattr(fused, "SOURCE", tmp_path / "other.cpp")
-        fused.SOURCE.write_bytes(source + b"// another version\n")
-        fused.fused_module.cache_clear()
-        fused.fused_module()
+        for path in (fused.SOURCE, copy, changed, fused.SOURCE):
+            monkeypatch.setattr(fused, "SOURCE", path)
+            fused.fused_module.cache_clear()
+            fused.fused_module()
     finally:
         fused.fused_module.cache_clear()
     assert all(folder.startswith(str(tmp_path)) for folder in folders)
-    assert len(set(folders)) == 2, folders
+    assert len(set(folders[:3])) == 3 and folders[3] == folders[0], folders
 
 
 def test_a_killed_builds_lock_is_removed_a_live_one_kept(tmp_path):

@@ -2,8 +2,8 @@
 
 Built on first use with the C++ compiler torch uses (`torch.utils.cpp_extension`, about half a minute,
 once per machine and source version: the build is cached under ``$TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions``, in a folder named by torch's version and a hash of the source, so two
-checkouts of different versions never load each other's build). Where it cannot be built (no
+``~/.cache/torch_extensions``, in a folder named by torch's version and a hash of the source file's path
+and contents, so two checkouts never load or rebuild each other's build). Where it cannot be built (no
 compiler) the steps stay in Python, with one warning. ``AAREN_RL_FUSED=0`` turns it off.
 CPU, float32 and float64, inference only.
 """
@@ -37,7 +37,9 @@ def fused_module() -> ModuleType | None:
     from torch.utils import cpp_extension
 
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
-    source_hash = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    # torch's build files name the source's path: a checkout elsewhere, even of the same version, gets
+    # its own folder rather than rebuilding this one's
+    source_hash = hashlib.sha256(str(SOURCE.resolve()).encode() + SOURCE.read_bytes()).hexdigest()[:12]
     build_dir = Path(root, f"{NAME}-torch{torch.__version__}-{source_hash}")
     if not (build_dir / f"{NAME}.so").exists():
         print("aaren-rl: building the fused acting step (once per machine)...", file=sys.stderr, flush=True)
