@@ -283,6 +283,14 @@ class DecisionAgent:
         self._fold()
         self._memory_type = type(self.initial_state(1).memory)
 
+    def __getstate__(self) -> dict:
+        """Pickled and deep-copied without the fold (its C++ objects do not pickle): folded again on load."""
+        return {key: value for key, value in self.__dict__.items() if key not in ("_folded", "_versions")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._fold()
+
     def _fold(self) -> None:
         """Fold the model for acting and note its dtype and device: again whenever its weights change."""
         self._versions = ParameterVersions(self.model)

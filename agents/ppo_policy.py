@@ -287,6 +287,11 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             optimizer_kwargs=optimizer_kwargs,
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled and deep-copied without the folded memories (their C++ objects do not pickle): they
+        are folded again at the next act."""
+        return {**super().__getstate__(), "_folded": {}}
+
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(

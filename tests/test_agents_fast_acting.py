@@ -2,6 +2,9 @@
 backbones and both ways of acting, with envs starting new episodes at different steps; bad input to
 `act` gets one clear error naming the argument."""
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -167,3 +170,16 @@ def test_non_finite_inputs_are_named(backbone, eager, fused_off, monkeypatch):
         agent.act(np.zeros((2, OBS)), state, rewards=np.array([1.0, np.inf]))
     with pytest.raises(ValueError, match=r"`episode_start` must have shape \[2\]"):
         agent.act(np.zeros((2, OBS)), state, episode_start=np.array([True]))
+
+
+@pytest.mark.parametrize("backbone", ["aaren", "transformer"])
+def test_an_agent_pickles_and_deep_copies_and_acts_the_same(backbone):
+    """The fold's C++ objects do not pickle: the agent leaves them out and folds again on load."""
+    agent = DecisionAgent(make_model(backbone, torch.float32), TARGET)
+    obs = np.random.default_rng(0).standard_normal((4, 2, OBS))
+    for copy_of in (copy.deepcopy, lambda a: pickle.loads(pickle.dumps(a))):
+        other, state, other_state = copy_of(agent), None, None
+        for step in obs:
+            actions, state = agent.act(step, state)
+            other_actions, other_state = other.act(step, other_state)
+            np.testing.assert_array_equal(actions, other_actions)

@@ -4,7 +4,9 @@ exports saved before previous_action_reward became the default load as they were
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -313,3 +315,18 @@ def test_input_lags_feed_each_step_the_features_of_the_steps_before_it() -> None
     for j in range(5):  # step by step through predict: its state carries the lags
         _, state = policy.predict(obs[:, j].numpy(), state, np.array([j == 0]), deterministic=True)
         torch.testing.assert_close(torch.as_tensor(state[-1]), padded[:, j + 1 : j + 3], rtol=0, atol=0)
+
+
+def test_a_policy_that_acted_pickles_and_deep_copies() -> None:
+    """Its folded memories (C++ objects inside) are left out and folded again at the next act."""
+    policy = _policy(spaces.Box(-1, 1, (3,)), spaces.Discrete(4), torch.float32, **LAGS)
+    obs = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    policy.predict(obs[0], None, np.ones(2, dtype=bool))
+    assert policy._folded
+    for other in (copy.deepcopy(policy), pickle.loads(pickle.dumps(policy))):
+        state = other_state = None
+        for t, step in enumerate(obs):
+            starts = np.full(2, t == 0)
+            actions, state = policy.predict(step, state, starts, deterministic=True)
+            other_actions, other_state = other.predict(step, other_state, starts, deterministic=True)
+            np.testing.assert_array_equal(actions, other_actions)
