@@ -37,6 +37,7 @@ import numpy as np
 from agents.cli import exits_2_on_user_errors
 from agents.config import ConfigError, read_yaml
 from agents.sweep import Trial, make_trial, print_failures, run_trials
+from agents.windows import BATCHINGS
 from envs import collect_recipe
 from envs.collect import RECIPES
 
@@ -60,6 +61,7 @@ class Settings:
     batch_steps: int = 1280  # supervised timesteps per batch, both backbones (reference DT: 64 x K = 20)
     eval_every: int = 10_000
     eval_episodes: int = 10
+    batching: str | None = None  # the Aaren agent's train.batching (None: the config's default)
 
 
 #: All six task x dataset pairs at a CPU budget.
@@ -95,6 +97,7 @@ def _budget_overrides(settings: Settings) -> dict[str, int]:
         "train.eval_every": settings.eval_every,
         "train.checkpoint_every": settings.eval_every,
         "eval.episodes": settings.eval_episodes,
+        **({"train.batching": settings.batching} if settings.batching else {}),
     }
 
 
@@ -187,7 +190,9 @@ def markdown(table: list[dict], goal: dict, settings: Settings, done: int, plann
         f"D4RL-normalised scores on Gymnasium v5 tasks, best target return, mean ± std over seeds "
         f"({done} of {planned} planned runs done); {settings.steps:,} gradient steps, "
         f"{settings.transitions:,}-transition datasets, "
-        f"{settings.eval_episodes} evaluation episodes per target. Average gap {goal['value']:+.2f} points "
+        f"{settings.eval_episodes} evaluation episodes per target"
+        f"{f', Aaren train.batching={settings.batching}' if settings.batching else ''}. "
+        f"Average gap {goal['value']:+.2f} points "
         f"(goal: {goal['goal']}: {'met' if goal['met'] else 'not met'})."
     )
     return "\n".join(lines) + "\n"
@@ -316,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="override the gradient steps per run")
     parser.add_argument("--warmup-steps", type=int, help="override the learning-rate warm-up steps")
     parser.add_argument("--eval-every", type=int, help="override the steps between evaluations")
+    parser.add_argument(
+        "--batching",
+        choices=BATCHINGS,
+        help="the Aaren agent's train.batching (default: the config's); another value than a --work "
+        "folder's runs were made with needs its own --work folder",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the report files")
     parser.add_argument(
         "--work",
@@ -337,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "warmup_steps": args.warmup_steps,
         "eval_every": args.eval_every,
+        "batching": args.batching,
     }
     settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v})
     run(settings, args.out, args.work, args.address)
