@@ -7,9 +7,9 @@ written in the D4RL format and cached. Every (task, dataset, backbone, seed) is 
 reference DT hyperparameters of configs/base.yaml and the same number of gradient steps and
 `train.batch_steps` supervised timesteps per step: the Transformer sees batch_steps / K K-windows, the
 Aaren agent as many K-windows entered from stored recurrent states (`train.batching`'s default,
-stored; agents.training.batch_layout). Each
-run ends with a live evaluation at the task's target returns (envs on
-Gymnasium v5); the table reports the best target's D4RL-normalised score, mean +- std over seeds.
+stored; `--batching` picks another; agents.training.batch_layout). Each run ends with a live
+evaluation at the task's target returns (envs on Gymnasium v5); the table reports the best target's
+D4RL-normalised score, mean +- std over seeds.
 
 The default protocol is sized for a couple of CPU cores (see QUICK); `--full`
 is the papers' protocol (100k steps, 1M-transition datasets, all three tasks), unchanged code.
@@ -88,7 +88,7 @@ def check_no_old_runs(work: Path) -> None:
             )
 
 
-def _budget_overrides(settings: Settings) -> dict[str, int]:
+def _budget_overrides(settings: Settings) -> dict[str, int | str]:
     """Config overrides of the training budget (batch included) and evaluation, the same for every run."""
     return {
         "train.steps": settings.steps,
