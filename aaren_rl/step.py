@@ -40,9 +40,9 @@ class ParameterVersions:
 
     def __init__(self, module: nn.Module):
         self._tensors = [*module.parameters(), *module.buffers()]
-        self._seen = self._current()
         built = fused.fused_module()
         self._fast = built.Versions(self._tensors) if built is not None else None  # the same check in C++
+        self._seen = self._current() if self._fast is None else None
 
     def _current(self) -> list[tuple[int, int]]:
         return [(t._version, t.data_ptr()) for t in self._tensors]

@@ -382,7 +382,13 @@ class DecisionAgent:
     def _input(self, name: str, value, shape: tuple[int | None, ...], dtype: type | None = None) -> Tensor:
         """One `act` argument as a contiguous tensor of the model's dtype (or `dtype`), its shape checked
         here once (shape[0] None: any number of rows; its numbers: by the fused step, or `_check_finite`)."""
-        array = np.asarray(value, dtype=dtype or self._numpy_dtype)
+        want_type = dtype or self._numpy_dtype
+        try:
+            array = np.asarray(value, dtype=want_type)
+        except (TypeError, ValueError) as error:  # strings, ragged lists, objects
+            raise ValueError(
+                f"`{name}` must be an array of {np.dtype(want_type).name} numbers: {error}"
+            ) from None
         got = array.shape
         if len(got) != len(shape) or got[1:] != shape[1:] or shape[0] not in (None, got[0]):
             want = ", ".join("num_envs" if s is None else str(s) for s in shape)

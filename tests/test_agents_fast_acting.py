@@ -140,6 +140,13 @@ def test_wrong_observation_shape_is_named(agent):
         agent.act(np.zeros(OBS))
 
 
+def test_observations_that_are_not_numbers_are_named(agent):
+    with pytest.raises(ValueError, match="`observations` must be an array of float32 numbers"):
+        agent.act(np.full((2, OBS), "a"))
+    with pytest.raises(ValueError, match="`observations` must be an array of float32 numbers"):
+        agent.act([[0.0] * OBS, [0.0]])
+
+
 def test_state_from_another_batch_size_is_named(agent):
     _, state = agent.act(np.zeros((3, OBS)))
     with pytest.raises(ValueError, match="`state` holds 3 envs but `observations` has 2 rows"):
