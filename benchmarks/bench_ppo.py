@@ -90,7 +90,9 @@ WORK = Path("~/.cache/aaren-rl/bench_ppo").expanduser()  # default folder of the
 # Tanh heads (SB3's default) rather than rl-zoo's ReLU: with ReLU and lr 1e-3 an AarenPPO seed of
 # CartPoleNoVel collapsed to a constant action (entropy 0, KL 0: dead units); with Tanh it learned.
 MEMORY = dict(ortho_init=False, activation_fn=torch.nn.Tanh, net_arch=dict(pi=[64], vf=[64]))
-AAREN_KWARGS = dict(embed_dim=64, num_layers=1, num_heads=4, ffn_mult=2, previous_action_reward=True)
+AAREN_KWARGS = dict(
+    embed_dim=64, num_layers=1, num_heads=4, ffn_mult=2, previous_action_reward=True, input_lags=4
+)
 
 
 class IntFlattenExtractor(FlattenExtractor):
@@ -109,7 +111,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-prev-action": {"previous_action_reward": False},  # observations only (the default before POPGym)
     "8-heads": {"num_heads": 8},
     "shared": {"share_memory": True},  # one memory for actor and critic
-    "lags-4": {"input_lags": 4},  # the features of the last 4 steps too (RepeatPrevious Easy asks for lag 4)
+    "no-lags": {"input_lags": 0},  # the memories see each step alone (AarenPPO before input_lags)
 }
 """AarenPPO ablation variants (`--variants`): extra policy_kwargs for AarenActorCriticPolicy."""
 

@@ -88,7 +88,9 @@ def test_predict_and_predict_values_use_the_folded_memory() -> None:
     np.testing.assert_array_equal(actions, expected_actions.numpy())
     actor = expected.actor
     for got, want in zip(
-        state, (actor.m, actor.u, actor.w, expected.steps, expected.last_action), strict=True
+        state,
+        (actor.m, actor.u, actor.w, expected.steps, expected.last_action, expected.actor_lags),
+        strict=True,
     ):
         np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-9, rtol=1e-9)
     with torch.no_grad():

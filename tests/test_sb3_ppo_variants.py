@@ -1,6 +1,7 @@
 """AarenPPO's policy options (recency, previous_action_reward, share_memory): folded acting equals the
 parallel re-run, learn() runs, save/load and export keep the options and the actions, and zips and
-exports saved before previous_action_reward became the default load as they were saved."""
+exports saved before an option was added or its default changed (previous_action_reward, input_lags) load
+as they were saved."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from agents.ppo import AarenPPO
 from agents.ppo_export import export_policy, load_exported_policy
-from agents.ppo_policy import AarenActorCriticPolicy
+from agents.ppo_policy import SAVED_WITHOUT, AarenActorCriticPolicy
 from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -249,7 +250,7 @@ def test_predict_keeps_the_last_action_and_needs_no_reward() -> None:
     state, actions = None, []
     for t in range(8):
         action, state = policy.predict(obs[:, t].numpy(), state, np.array([t == 0]), deterministic=True)
-        assert len(state) == 5 and state[4][0].tolist() == np.eye(4)[action[0]].tolist()
+        assert len(state) == 6 and state[4][0].tolist() == np.eye(4)[action[0]].tolist()
         actions.append(int(action[0]))
     taken = (torch.tensor([actions]), torch.zeros(1, 8))
     latent_pi, _, _ = policy._latents(obs, policy.initial_state(1), critic=False, taken=taken)
@@ -284,19 +285,21 @@ def _drop_option(zip_path: Path, member: str, key: str) -> None:
             archive.writestr(name, content)
 
 
-def test_saves_from_before_the_default_changed_load_without_the_previous_action(tmp_path) -> None:
-    """A zip or an export without `previous_action_reward` was saved when it defaulted to False."""
+@pytest.mark.parametrize(("key", "saved_value"), list(SAVED_WITHOUT.items()))
+def test_saves_from_before_a_default_changed_load_as_they_were_saved(tmp_path, key: str, saved_value) -> None:
+    """A zip or an export without `key` was saved when that option was `saved_value` (added or changed later)."""
     env = make_vec_env(CARTPOLE_NO_VEL, n_envs=2, seed=0)
-    old = dict(previous_action_reward=False)
-    model = AarenPPO("MlpAarenPolicy", env, n_steps=16, batch_size=32, seed=0, policy_kwargs={**SMALL, **old})
-    assert AarenPPO("MlpAarenPolicy", env, policy_kwargs=SMALL).policy.previous_action_reward
+    model = AarenPPO(
+        "MlpAarenPolicy", env, n_steps=16, batch_size=32, seed=0, policy_kwargs={**SMALL, key: saved_value}
+    )
+    assert getattr(AarenPPO("MlpAarenPolicy", env, policy_kwargs=SMALL).policy, key) != saved_value
     model.save(tmp_path / "model.zip")
-    _drop_option(tmp_path / "model.zip", "data", "previous_action_reward")
+    _drop_option(tmp_path / "model.zip", "data", key)
     loaded = AarenPPO.load(tmp_path / "model.zip", device="cpu")
-    assert not loaded.policy.previous_action_reward
+    assert getattr(loaded.policy, key) == saved_value
     _assert_same_predictions(model, loaded, CARTPOLE_NO_VEL)
     exported = export_policy(model, tmp_path / "p.zip")
-    _drop_option(exported, "policy.json", "previous_action_reward")
+    _drop_option(exported, "policy.json", key)
     _assert_same_predictions(model, load_exported_policy(exported), CARTPOLE_NO_VEL)
 
 
