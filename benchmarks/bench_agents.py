@@ -18,7 +18,8 @@
 3. Training throughput at equal `train.batch_steps`, batches drawn as training draws them
    (`agents.training.batch_layout`, `sample_batch`): Aaren-DT on rows packed with whole episodes (with
    `resets`) against Transformer-DT on K = 20 windows, at the reference width, on two synthetic
-   datasets (`TRAIN_DATASETS`: hopper-medium-like lengths and widely mixed ones). Per case: real
+   datasets (`TRAIN_DATASETS`: hopper-medium-like lengths and widely mixed ones), in `train_rounds`
+   rounds of the two cases alternating (the ratio: the median round's). Per case: real
    (supervised) steps per second of one forward + backward + AdamW step, and the peak memory (on CPU
    the growth of a fresh process's peak RSS from before the model is built; torch's peak allocation
    on CUDA). Per dataset: the padding fraction of Aaren batches before packing (whole episodes drawn
@@ -83,6 +84,7 @@ class Settings:
     rollout_reps: int = 7
     train_batch_steps: int = 1280
     train_reps: int = 5
+    train_rounds: int = 3
     train_transitions: int = 100_000
     padding_batches: int = 200
     kv_max_steps: int = 10000
@@ -352,20 +354,26 @@ def padding_fractions(dataset: OfflineDataset, settings: Settings) -> dict[str, 
 
 
 def bench_training(settings: Settings, device: str) -> dict:
-    """Per synthetic dataset: both backbones' supervised steps/s and peak memory at equal batch_steps,
-    Aaren's over the Transformer's, and the padding fractions."""
+    """Per synthetic dataset: both backbones' supervised steps/s and peak memory at equal batch_steps in
+    `train_rounds` rounds, Aaren's over the Transformer's (the median round's), and the padding fractions."""
     results = {}
     for name in TRAIN_DATASETS:
-        cases = {}
-        for backbone in ("aaren", "transformer"):  # a fresh process each, so that peak memory is its own
-            with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-                cases[backbone] = pool.submit(_train_case, backbone, name, settings, device).result()
+        rounds = []
+        for _ in range(settings.train_rounds):  # alternating, so that the machine's drift hits both alike
+            cases = {}
+            for backbone in ("aaren", "transformer"):  # a fresh process each, so that peak memory is its own
+                with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+                    cases[backbone] = pool.submit(_train_case, backbone, name, settings, device).result()
+            rounds.append(cases)
+        ratios = [
+            ratio(c["aaren"]["supervised_steps_per_second"], c["transformer"]["supervised_steps_per_second"])
+            for c in rounds
+        ]
+        median = statistics.median_low(ratios)
         results[name] = {
-            "cases": list(cases.values()),
-            "aaren_over_transformer_supervised_steps_per_second": ratio(
-                cases["aaren"]["supervised_steps_per_second"],
-                cases["transformer"]["supervised_steps_per_second"],
-            ),
+            "cases": list(rounds[ratios.index(median)].values()),  # the round of the median ratio
+            "aaren_over_transformer_supervised_steps_per_second": median,
+            "aaren_over_transformer_rounds": ratios,
             "padding": padding_fractions(synthetic_dataset(name, settings.train_transitions), settings),
         }
     return results
