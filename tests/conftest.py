@@ -24,6 +24,13 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("AAREN_RL_EXPERTS", str(EXPERTS))
 
 
+@pytest.fixture(autouse=True)
+def _sb3_log_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """SB3's learn() makes a log folder even when it logs nothing (by default /tmp/SB3-<time>): keep
+    them in the test's own temporary folder."""
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3"))
+
+
 @pytest.fixture
 def expert_policies() -> Path:
     """The behaviour-policy folder (RL Zoo agents, `<algo>-<Env>/model.zip`); skips the test without it."""

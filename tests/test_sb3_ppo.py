@@ -155,20 +155,26 @@ LEARN = dict(n_steps=32, batch_size=256, gamma=0.98, gae_lambda=0.8, n_epochs=20
 LEARN_POLICY = dict(ortho_init=False, net_arch=dict(pi=[64], vf=[64]))
 
 
-def _learned_return(env_id: str, steps: int, episodes: int) -> float:
+def _learned_return(env_id: str, steps: int, episodes: int, seed: int = 0) -> float:
     model = AarenPPO(
-        "MlpAarenPolicy", make_vec_env(env_id, n_envs=8, seed=0), seed=0, policy_kwargs=LEARN_POLICY, **LEARN
+        "MlpAarenPolicy",
+        make_vec_env(env_id, n_envs=8, seed=seed),
+        seed=seed,
+        policy_kwargs=LEARN_POLICY,
+        **LEARN,
     )
     model.learn(steps)
     mean, _ = evaluate_policy(model, make_vec_env(env_id, n_envs=4, seed=100), n_eval_episodes=episodes)
     return mean
 
 
-def test_learn_remember_cue_needs_memory_and_gets_it() -> None:
-    """A memoryless policy names the cue right 1/4 of the time; AarenPPO learns to remember it. One
-    run ends at 0.75-1.0 depending on its seed and even on float roundoff (8 runs: seeds 0-3, acting
-    through the fused and the Python step), so the bar is well above chance, not a perfect score."""
-    assert _learned_return(REMEMBER_CUE, 10_240, episodes=40) >= 0.6
+def test_learn_remember_cue_needs_memory_and_gets_it(one_torch_thread) -> None:
+    """A memoryless policy names the cue right 1/4 of the time; AarenPPO learns to remember it. One run
+    ends anywhere from 0.45 to 1.0 depending on its seed, and on float roundoff, which changes with the
+    number of threads MKL picks under load (seeds 0-3: 0.45, 1.0, 1.0, 1.0 on one thread), so the bar
+    is on the median of three seeds, on one thread: well above chance, not a perfect score."""
+    returns = [_learned_return(REMEMBER_CUE, 10_240, episodes=40, seed=seed) for seed in range(3)]
+    assert np.median(returns) >= 0.6, returns
 
 
 @pytest.mark.slow
