@@ -108,7 +108,7 @@ LSTM_KWARGS = dict(lstm_hidden_size=64, enable_critic_lstm=True, features_extrac
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "no-recency": {"recency": False},  # content-only heads
-    "no-prev-action": {"previous_action_reward": False},  # observations only (the default before POPGym)
+    "no-prev-action": {"previous_action_reward": False},  # no previous action (the default before POPGym)
     "8-heads": {"num_heads": 8},
     "shared": {"share_memory": True},  # one memory for actor and critic
     "no-lags": {"input_lags": 0},  # the memories see each step alone (AarenPPO before input_lags)
