@@ -60,6 +60,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from tqdm import tqdm
@@ -314,6 +315,7 @@ def run_one(spec: RunSpec, settings: Settings) -> dict[str, Any]:
     """Train one run, then evaluate it deterministically on fresh envs."""
     task = TASKS[spec.task]
     model = make_model(spec.algo, task, spec.seed, spec.variant)
+    model.set_logger(Logger(None, []))  # logs nothing, and makes no empty /tmp/SB3-<time> folder per run
     monitor = RunMonitor()
     start = time.perf_counter()
     model.learn(settings.steps[spec.task], callback=monitor)
