@@ -2,6 +2,7 @@
 on loopback."""
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +25,13 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("AAREN_RL_EXPERTS", str(EXPERTS))
 
 
-@pytest.fixture(autouse=True)
-def _sb3_log_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.fixture(autouse=True, scope="session")
+def _sb3_log_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """SB3's learn() makes a log folder even when it logs nothing (by default /tmp/SB3-<time>): keep
-    them in the test's own temporary folder."""
-    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3"))
+    them in the session's temporary folder (session-wide, so module fixtures that train are covered)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3")))
+        yield
 
 
 @pytest.fixture
