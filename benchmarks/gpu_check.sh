@@ -95,5 +95,5 @@ for a, b in zip(states[True][1], states[False][1], strict=True):
 print("AarenPPO: folded equals eager on", device, torch.cuda.get_device_name(0) if device == "cuda" else "")
 EOF
 stage bench_aaren 150 "$PY" benchmarks/bench_aaren.py --quick --device "$DEVICE" --out "$OUT_DIR/bench"
-stage bench_agents 240 "$PY" benchmarks/bench_agents.py --quick --device "$DEVICE" --out "$OUT_DIR/bench"
+stage bench_agents 360 "$PY" benchmarks/bench_agents.py --quick --device "$DEVICE" --out "$OUT_DIR/bench"
 echo "all stages passed; results in $OUT_DIR" | tee -a "$SUMMARY"
