@@ -460,10 +460,15 @@ class DecisionAgent:
 
 
 def _check_finite(**inputs: Tensor | None) -> None:
-    """A ValueError naming the first of `inputs` that holds a NaN or inf."""
+    """A ValueError naming the first of `inputs` that holds a NaN or inf, and its rows (envs) that do."""
     for name, value in inputs.items():
         if value is not None and not bool(torch.isfinite(value).all()):
-            raise ValueError(f"`{name}` holds non-finite values (NaN or inf): {value.tolist()}")
+            bad = ~torch.isfinite(value.reshape(len(value), -1)).all(1)
+            rows = bad.nonzero().flatten().tolist()
+            raise ValueError(
+                f"`{name}` holds non-finite values (NaN or inf) in rows {rows[:10]}"
+                f"{f' and {len(rows) - 10} more' if len(rows) > 10 else ''}: check those envs' outputs"
+            )
 
 
 def _recurrent(

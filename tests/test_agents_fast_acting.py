@@ -170,10 +170,12 @@ def test_non_finite_inputs_are_named(backbone, eager, fused_off, monkeypatch):
     agent = DecisionAgent(make_model(backbone, torch.float32), TARGET, eager=eager)
     obs = np.zeros((2, OBS))
     obs[1, 2] = np.nan
-    with pytest.raises(ValueError, match="`observations` holds non-finite values"):
+    with pytest.raises(
+        ValueError, match=r"`observations` holds non-finite values \(NaN or inf\) in rows \[1\]"
+    ):
         agent.act(obs)
     _, state = agent.act(np.zeros((2, OBS)))
-    with pytest.raises(ValueError, match="`rewards` holds non-finite values"):
+    with pytest.raises(ValueError, match=r"`rewards` holds non-finite values \(NaN or inf\) in rows \[1\]"):
         agent.act(np.zeros((2, OBS)), state, rewards=np.array([1.0, np.inf]))
     with pytest.raises(ValueError, match=r"`episode_start` must have shape \[2\]"):
         agent.act(np.zeros((2, OBS)), state, episode_start=np.array([True]))
