@@ -140,6 +140,17 @@ def _check_bounded(action_space: spaces.Space) -> None:
         )
 
 
+#: Scales (in steps) of the episode-time features: each memory input gets t / (t + scale) for each.
+TIME_SCALES = (4.0, 16.0, 64.0, 256.0)
+
+
+def time_features(timesteps: Tensor, dtype: torch.dtype) -> Tensor:
+    """Episode timesteps [B, N] -> features [B, N, len(TIME_SCALES)] in [0, 1): t / (t + scale), so
+    every scale resolves its own range of episode lengths with no episode limit to know."""
+    t = timesteps.to(dtype)[..., None]
+    return t / (t + torch.tensor(TIME_SCALES, dtype=dtype, device=t.device))
+
+
 def recency_bias(recency: Tensor | None, timesteps: Tensor) -> Tensor | None:
     """Score bias [B, H, N] = recency[h] * timestep for slopes [H] and episode timesteps [B, N]; None
     without slopes."""
@@ -249,6 +260,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         recency: bool = True,
         previous_action_reward: bool = True,
         input_lags: int = 4,
+        episode_time: bool = False,
     ):
         if isinstance(observation_space, spaces.Dict):
             raise ValueError("AarenActorCriticPolicy does not support Dict observation spaces")
@@ -268,6 +280,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         self.share_memory = share_memory
         self.previous_action_reward = previous_action_reward
         self.input_lags = input_lags
+        self.episode_time = episode_time
         super().__init__(
             observation_space,
             action_space,
@@ -300,6 +313,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             share_memory=self.share_memory,
             previous_action_reward=self.previous_action_reward,
             input_lags=self.input_lags,
+            episode_time=self.episode_time,
             share_features_extractor=self.share_features_extractor,
         )
         return data
@@ -308,6 +322,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         """Build the memories too: this runs inside ActorCriticPolicy._build, before the optimizer is made."""
         self.action_input_dim = get_flattened_obs_dim(self.action_space) if self.previous_action_reward else 0
         actor_input = self.features_dim * (1 + self.input_lags) + self.action_input_dim
+        actor_input += len(TIME_SCALES) * self.episode_time
         self.actor_memory = AarenMemory(actor_input, **self.memory_kwargs)
         critic_input = actor_input + int(self.previous_action_reward)
         self.critic_memory = None if self.share_memory else AarenMemory(critic_input, **self.memory_kwargs)
@@ -435,8 +450,9 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         flat = obs.reshape(b * n, *obs.shape[2:])
         timesteps = state.steps[:, None] + torch.arange(n, device=obs.device)
         action, reward = self._previous(state, taken)
+        time = time_features(timesteps, self.dtype) if self.episode_time else None
         pi_in, actor_lags = self._memory_input(
-            flat, self.pi_features_extractor, (b, n), state.actor_lags, action
+            flat, self.pi_features_extractor, (b, n), state.actor_lags, action, time
         )
         pi_out, actor = self._remember("actor_memory", pi_in, timesteps, state.actor)
         vf_out, critic_state, critic_lags = None, None, None
@@ -444,7 +460,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             vf_out = pi_out
         elif critic:
             vf_in, critic_lags = self._memory_input(
-                flat, self.vf_features_extractor, (b, n), state.critic_lags, action, reward
+                flat, self.vf_features_extractor, (b, n), state.critic_lags, action, time, reward
             )
             vf_out, critic_state = self._remember("critic_memory", vf_in, timesteps, state.critic)
         latent_vf = None if vf_out is None else self.mlp_extractor.forward_critic(vf_out)

@@ -113,6 +113,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "8-heads": {"num_heads": 8},
     "shared": {"share_memory": True},  # one memory for actor and critic
     "no-lags": {"input_lags": 0},  # the memories see each step alone (AarenPPO before input_lags)
+    "time": {"episode_time": True},  # each step's episode time as features
 }
 """AarenPPO ablation variants (`--variants`): extra policy_kwargs for AarenActorCriticPolicy."""
 

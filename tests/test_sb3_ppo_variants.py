@@ -39,6 +39,8 @@ OPTIONS = [
     COMBINED,
     LAGS,
     dict(input_lags=3, share_memory=True, previous_action_reward=False),
+    dict(episode_time=True),
+    dict(episode_time=True, share_memory=True, input_lags=0),
 ]
 
 
