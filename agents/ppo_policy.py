@@ -140,15 +140,15 @@ def _check_bounded(action_space: spaces.Space) -> None:
         )
 
 
-#: Scales (in steps) of the episode-time features: each memory input gets t / (t + scale) for each.
-TIME_SCALES = (4.0, 16.0, 64.0, 256.0)
+#: Scales (in steps) of the episode-time features: min(t / scale, 1) for each.
+TIME_SCALES = (16.0, 64.0, 256.0, 1024.0)
 
 
 def time_features(timesteps: Tensor, dtype: torch.dtype) -> Tensor:
-    """Episode timesteps [B, N] -> features [B, N, len(TIME_SCALES)] in [0, 1): t / (t + scale), so
-    every scale resolves its own range of episode lengths with no episode limit to know."""
-    t = timesteps.to(dtype)[..., None]
-    return t / (t + torch.tensor(TIME_SCALES, dtype=dtype, device=t.device))
+    """Episode timesteps [B, N] -> features [B, N, len(TIME_SCALES)] in [0, 1]: min(t / scale, 1), so
+    each scale is linear in time over its own range of episode lengths, with no episode limit to know."""
+    scales = torch.tensor(TIME_SCALES, dtype=dtype, device=timesteps.device)
+    return (timesteps.to(dtype)[..., None] / scales).clamp(max=1)
 
 
 def recency_bias(recency: Tensor | None, timesteps: Tensor) -> Tensor | None:
@@ -321,8 +321,8 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     def _build_mlp_extractor(self) -> None:
         """Build the memories too: this runs inside ActorCriticPolicy._build, before the optimizer is made."""
         self.action_input_dim = get_flattened_obs_dim(self.action_space) if self.previous_action_reward else 0
-        actor_input = self.features_dim * (1 + self.input_lags) + self.action_input_dim
-        actor_input += len(TIME_SCALES) * self.episode_time
+        self.step_features_dim = self.features_dim + len(TIME_SCALES) * self.episode_time
+        actor_input = self.step_features_dim * (1 + self.input_lags) + self.action_input_dim
         self.actor_memory = AarenMemory(actor_input, **self.memory_kwargs)
         critic_input = actor_input + int(self.previous_action_reward)
         self.critic_memory = None if self.share_memory else AarenMemory(critic_input, **self.memory_kwargs)
@@ -346,7 +346,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         )
         last_reward = torch.zeros(batch_size, **options) if reads_reward else None
         lags = (
-            torch.zeros(batch_size, self.input_lags, self.features_dim, **options)
+            torch.zeros(batch_size, self.input_lags, self.step_features_dim, **options)
             if self.input_lags
             else None
         )
@@ -403,14 +403,18 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         self,
         flat_obs: Tensor,
         extractor: BaseFeaturesExtractor,
-        shape: tuple[int, int],
+        timesteps: Tensor,
         lags: Tensor | None,
         *previous: Tensor | None,
     ) -> tuple[Tensor, Tensor | None]:
-        """Features of observations [B * N, ...] as [B, N, F] after those of the `lags` steps before
-        each (the entering `lags` [B, k, F], then the sequence's own), the previous action and reward
+        """Step features [B, N, F] of observations [B * N, ...] at episode `timesteps` [B, N] (with
+        `episode_time`, the time features joined to each), after those of the `lags` steps before each
+        (the entering `lags` [B, k, F], then the sequence's own), the previous action and reward
         appended; and the lags after the N steps."""
+        shape = timesteps.shape
         features = self._features(flat_obs, extractor).view(*shape, -1)
+        if self.episode_time:
+            features = torch.cat([features, time_features(timesteps, self.dtype)], -1)
         if lags is not None:
             padded = torch.cat([lags, features], 1)  # [B, k + N, F]
             k = lags.shape[1]
@@ -450,9 +454,8 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         flat = obs.reshape(b * n, *obs.shape[2:])
         timesteps = state.steps[:, None] + torch.arange(n, device=obs.device)
         action, reward = self._previous(state, taken)
-        time = time_features(timesteps, self.dtype) if self.episode_time else None
         pi_in, actor_lags = self._memory_input(
-            flat, self.pi_features_extractor, (b, n), state.actor_lags, action, time
+            flat, self.pi_features_extractor, timesteps, state.actor_lags, action
         )
         pi_out, actor = self._remember("actor_memory", pi_in, timesteps, state.actor)
         vf_out, critic_state, critic_lags = None, None, None
@@ -460,7 +463,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             vf_out = pi_out
         elif critic:
             vf_in, critic_lags = self._memory_input(
-                flat, self.vf_features_extractor, (b, n), state.critic_lags, action, time, reward
+                flat, self.vf_features_extractor, timesteps, state.critic_lags, action, reward
             )
             vf_out, critic_state = self._remember("critic_memory", vf_in, timesteps, state.critic)
         latent_vf = None if vf_out is None else self.mlp_extractor.forward_critic(vf_out)
