@@ -39,10 +39,17 @@ causal convolution over the memory's inputs, as Mamba-like models put before the
 of a content-weighted average cannot single out "the card 4 steps ago"; the lags give the last k steps
 exactly, at a constant [B, k, F] more state. The default 4 won on the POPGym set as a whole (README);
 0 turns them off.
+
+`episode_time=True` (the default) joins each step's episode time to its features in the actor's memory
+(so its lags carry it too): min(t / scale, 1) for the scales of `TIME_SCALES`, linear in time over
+each scale's range. A head averages, so the memory cannot tell how many steps it has seen, where an
+LSTM can count them; POPGym's CountRecall (how many cards of a colour so far) asks for about that.
+The critic's memory does not get it: there it lowered the CartPole tasks (README).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -211,7 +218,7 @@ class FoldedMemory:
 
 #: Constructor options a policy saved without them was built with: they were added, or their default
 #: changed, later (AarenPPO zips and exports from before then lack the key).
-SAVED_WITHOUT = {"previous_action_reward": False, "input_lags": 0}
+SAVED_WITHOUT = {"previous_action_reward": False, "input_lags": 0, "episode_time": False}
 
 
 class AarenActorCriticPolicy(ActorCriticPolicy):
@@ -224,6 +231,8 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     previous_action_reward: feed the memories the previous action, and the critic's own memory the
         previous reward too (see the module's docstring for why the actor gets no reward).
     input_lags: feed the memories the features of this many steps before each step too.
+    episode_time: join each step's episode-time features (`time_features`) to its features in the
+        actor's memory.
     Other arguments as SB3's ActorCriticPolicy; `net_arch` sizes the MLPs after the memory.
 
     `fold_acting` (attribute, default True): act through the memories folded for acting; False acts
@@ -260,7 +269,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         recency: bool = True,
         previous_action_reward: bool = True,
         input_lags: int = 4,
-        episode_time: bool = False,
+        episode_time: bool = True,
     ):
         if isinstance(observation_space, spaces.Dict):
             raise ValueError("AarenActorCriticPolicy does not support Dict observation spaces")
@@ -321,10 +330,12 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     def _build_mlp_extractor(self) -> None:
         """Build the memories too: this runs inside ActorCriticPolicy._build, before the optimizer is made."""
         self.action_input_dim = get_flattened_obs_dim(self.action_space) if self.previous_action_reward else 0
-        self.step_features_dim = self.features_dim + len(TIME_SCALES) * self.episode_time
-        actor_input = self.step_features_dim * (1 + self.input_lags) + self.action_input_dim
+        self.actor_step_dim = self.features_dim + len(TIME_SCALES) * self.episode_time
+        actor_input = self.actor_step_dim * (1 + self.input_lags) + self.action_input_dim
         self.actor_memory = AarenMemory(actor_input, **self.memory_kwargs)
-        critic_input = actor_input + int(self.previous_action_reward)
+        critic_input = (
+            self.features_dim * (1 + self.input_lags) + self.action_input_dim + self.previous_action_reward
+        )
         self.critic_memory = None if self.share_memory else AarenMemory(critic_input, **self.memory_kwargs)
         self.mlp_extractor = MlpExtractor(
             self.memory_kwargs["embed_dim"], self.net_arch, self.activation_fn, device=self.device
@@ -345,15 +356,15 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             torch.zeros(batch_size, self.action_input_dim, **options) if self.previous_action_reward else None
         )
         last_reward = torch.zeros(batch_size, **options) if reads_reward else None
-        lags = (
-            torch.zeros(batch_size, self.input_lags, self.step_features_dim, **options)
-            if self.input_lags
-            else None
+        actor_lags, critic_lags = (
+            torch.zeros(batch_size, self.input_lags, width, **options) if self.input_lags else None
+            for width in (self.actor_step_dim, self.features_dim)
         )
-        critic = None if self.share_memory else empty
-        return ActorCriticState(
-            empty, critic, steps, last_action, last_reward, lags, None if self.share_memory else lags
-        )
+        if self.share_memory:
+            critic_lags = empty_critic = None
+        else:
+            empty_critic = empty
+        return ActorCriticState(empty, empty_critic, steps, last_action, last_reward, actor_lags, critic_lags)
 
     def _features(self, obs: Tensor, extractor: BaseFeaturesExtractor) -> Tensor:
         """Features in the policy's dtype (SB3's preprocessing yields float32)."""
@@ -363,18 +374,18 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         """Policy-space actions [B, N, ...] (as sampled and stored) -> memory inputs [B, N, A] in the
         policy's dtype: one-hot (per component for MultiDiscrete); Box actions as the env gets them
         (clipped to the bounds, or unsquashed) scaled to [-1, 1]."""
-        b, n = actions.shape[:2]
-        flat, space = actions.reshape(b * n, -1), self.action_space
+        b, n = actions.shape[:2]  # sizes spelled out, not -1: N may be 0 (`_previous` of one-step sequences)
+        flat, space = actions.reshape(b * n, math.prod(actions.shape[2:])), self.action_space
         if not isinstance(space, spaces.Box):
-            return preprocess_obs(flat, space).to(self.dtype).reshape(b, n, -1)
+            return preprocess_obs(flat, space).to(self.dtype).reshape(b, n, self.action_input_dim)
         flat = flat.to(self.dtype)
         if self.squash_output:  # in [-1, 1] already: the env gets them unscaled to its bounds
-            return flat.reshape(b, n, -1)
+            return flat.reshape(b, n, self.action_input_dim)
         low, high = (
             torch.as_tensor(bound.reshape(-1), dtype=self.dtype, device=flat.device)
             for bound in (space.low, space.high)
         )
-        return (2 * (flat.clamp(low, high) - low) / (high - low) - 1).reshape(b, n, -1)
+        return (2 * (flat.clamp(low, high) - low) / (high - low) - 1).reshape(b, n, self.action_input_dim)
 
     def _record(self, state: ActorCriticState, actions: Tensor) -> ActorCriticState:
         """The state after acting `actions` [B, ...] (policy space): their encoding is the last action."""
@@ -403,18 +414,18 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         self,
         flat_obs: Tensor,
         extractor: BaseFeaturesExtractor,
-        timesteps: Tensor,
+        shape: tuple[int, int],
+        time: Tensor | None,
         lags: Tensor | None,
         *previous: Tensor | None,
     ) -> tuple[Tensor, Tensor | None]:
-        """Step features [B, N, F] of observations [B * N, ...] at episode `timesteps` [B, N] (with
-        `episode_time`, the time features joined to each), after those of the `lags` steps before each
-        (the entering `lags` [B, k, F], then the sequence's own), the previous action and reward
-        appended; and the lags after the N steps."""
-        shape = timesteps.shape
+        """Step features [B, N, F] of observations [B * N, ...] (the `time` features [B, N, *] joined
+        to them, where given), after those of the `lags` steps before each (the entering `lags`
+        [B, k, F], then the sequence's own), the previous action and reward appended; and the lags
+        after the N steps."""
         features = self._features(flat_obs, extractor).view(*shape, -1)
-        if self.episode_time:
-            features = torch.cat([features, time_features(timesteps, self.dtype)], -1)
+        if time is not None:
+            features = torch.cat([features, time], -1)
         if lags is not None:
             padded = torch.cat([lags, features], 1)  # [B, k + N, F]
             k = lags.shape[1]
@@ -454,8 +465,9 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         flat = obs.reshape(b * n, *obs.shape[2:])
         timesteps = state.steps[:, None] + torch.arange(n, device=obs.device)
         action, reward = self._previous(state, taken)
+        time = time_features(timesteps, self.dtype) if self.episode_time else None
         pi_in, actor_lags = self._memory_input(
-            flat, self.pi_features_extractor, timesteps, state.actor_lags, action
+            flat, self.pi_features_extractor, (b, n), time, state.actor_lags, action
         )
         pi_out, actor = self._remember("actor_memory", pi_in, timesteps, state.actor)
         vf_out, critic_state, critic_lags = None, None, None
@@ -463,7 +475,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             vf_out = pi_out
         elif critic:
             vf_in, critic_lags = self._memory_input(
-                flat, self.vf_features_extractor, timesteps, state.critic_lags, action, reward
+                flat, self.vf_features_extractor, (b, n), None, state.critic_lags, action, reward
             )
             vf_out, critic_state = self._remember("critic_memory", vf_in, timesteps, state.critic)
         latent_vf = None if vf_out is None else self.mlp_extractor.forward_critic(vf_out)

@@ -92,7 +92,13 @@ WORK = Path("~/.cache/aaren-rl/bench_ppo").expanduser()  # default folder of the
 # CartPoleNoVel collapsed to a constant action (entropy 0, KL 0: dead units); with Tanh it learned.
 MEMORY = dict(ortho_init=False, activation_fn=torch.nn.Tanh, net_arch=dict(pi=[64], vf=[64]))
 AAREN_KWARGS = dict(
-    embed_dim=64, num_layers=1, num_heads=4, ffn_mult=2, previous_action_reward=True, input_lags=4
+    embed_dim=64,
+    num_layers=1,
+    num_heads=4,
+    ffn_mult=2,
+    previous_action_reward=True,
+    input_lags=4,
+    episode_time=True,
 )
 
 
@@ -113,7 +119,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "8-heads": {"num_heads": 8},
     "shared": {"share_memory": True},  # one memory for actor and critic
     "no-lags": {"input_lags": 0},  # the memories see each step alone (AarenPPO before input_lags)
-    "time": {"episode_time": True},  # each step's episode time as features
+    "no-time": {"episode_time": False},  # no episode time in the actor's memory (the default before it)
 }
 """AarenPPO ablation variants (`--variants`): extra policy_kwargs for AarenActorCriticPolicy."""
 

@@ -18,10 +18,17 @@ import pytest
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.preprocessing import get_action_dim
 
 from agents.ppo import AarenPPO
 from agents.ppo_export import export_policy, load_exported_policy
-from agents.ppo_policy import SAVED_WITHOUT, AarenActorCriticPolicy
+from agents.ppo_policy import (
+    SAVED_WITHOUT,
+    TIME_SCALES,
+    AarenActorCriticPolicy,
+    RolloutSequences,
+    time_features,
+)
 from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -39,8 +46,8 @@ OPTIONS = [
     COMBINED,
     LAGS,
     dict(input_lags=3, share_memory=True, previous_action_reward=False),
-    dict(episode_time=True),
-    dict(episode_time=True, share_memory=True, input_lags=0),
+    dict(episode_time=False),
+    dict(share_memory=True, input_lags=0),
 ]
 
 
@@ -196,6 +203,26 @@ def test_rerun_of_stored_sequences_equals_acting(kind: str, options: dict) -> No
     assert seen == 22 * 3
 
 
+@pytest.mark.parametrize(
+    "action_space", [spaces.Discrete(4), spaces.MultiDiscrete([3, 2]), spaces.Box(-2, 2, (2,))]
+)
+def test_a_minibatch_of_one_step_sequences_trains(action_space: spaces.Space) -> None:
+    """Sequences of one step have no earlier actions to encode (an empty [S, 0, A]): evaluate_actions
+    still gives their values and log-probs, as acting did."""
+    policy = _policy(spaces.Box(-1, 1, (3,)), action_space, torch.float64)
+    obs = torch.randn(2, 1, 3).double()
+    state = policy.initial_state(2)
+    with torch.no_grad():
+        actions, values, log_prob, _ = policy(obs[:, 0], state, torch.ones(2))
+        stored = actions.reshape(2, 1, get_action_dim(action_space)).double()
+        sequences = RolloutSequences(
+            obs, state, torch.ones(2, 1, dtype=torch.bool), stored, torch.zeros(2, 1)
+        )
+        rerun_values, rerun_log_prob, _ = policy.evaluate_actions(sequences, actions)
+    torch.testing.assert_close(rerun_values, values, rtol=0, atol=1e-12)
+    torch.testing.assert_close(rerun_log_prob, log_prob, rtol=0, atol=1e-12)
+
+
 def _assert_same_predictions(a: Any, b: Any, env_id: Any) -> None:
     """`a` and `b` (models or policies) predict the same actions and states over 20 steps of 2 envs."""
     env = make_vec_env(env_id, n_envs=2, seed=3)
@@ -308,12 +335,12 @@ def test_saves_from_before_a_default_changed_load_as_they_were_saved(tmp_path, k
 def test_input_lags_feed_each_step_the_features_of_the_steps_before_it() -> None:
     """Step j's memory input is [f_{j-k}, ..., f_{j-1}, f_j] (zeros before the episode's first step),
     in one call over a sequence and carried across calls by the state's lags alike."""
-    policy = _policy(spaces.Box(-1, 1, (3,)), spaces.Discrete(4), torch.float64, input_lags=2)
+    policy = _policy(
+        spaces.Box(-1, 1, (3,)), spaces.Discrete(4), torch.float64, input_lags=2, episode_time=False
+    )
     obs = torch.randn(1, 5, 3).double()  # float32 values: SB3's preprocessing passes them through float32
     lags = policy.initial_state(1).actor_lags
-    inputs, after = policy._memory_input(
-        obs.reshape(5, 3), policy.pi_features_extractor, torch.arange(5)[None], lags
-    )
+    inputs, after = policy._memory_input(obs.reshape(5, 3), policy.pi_features_extractor, (1, 5), None, lags)
     padded = torch.cat([torch.zeros(1, 2, 3, dtype=torch.float64), obs], 1)
     for j in range(5):
         torch.testing.assert_close(inputs[0, j], padded[0, j : j + 3].flatten(), rtol=0, atol=0)
@@ -322,6 +349,27 @@ def test_input_lags_feed_each_step_the_features_of_the_steps_before_it() -> None
     for j in range(5):  # step by step through predict: its state carries the lags
         _, state = policy.predict(obs[:, j].numpy(), state, np.array([j == 0]), deterministic=True)
         torch.testing.assert_close(torch.as_tensor(state[-1]), padded[:, j + 1 : j + 3], rtol=0, atol=0)
+
+
+def test_time_features_are_linear_ramps_per_scale() -> None:
+    """min(t / scale, 1) for each of TIME_SCALES: 0 at an episode's first step, 1 from `scale` on."""
+    timesteps = torch.tensor([[0, 8, 32, 2048]])
+    expected = torch.tensor([[min(t / scale, 1.0) for scale in TIME_SCALES] for t in (0, 8, 32, 2048)])
+    torch.testing.assert_close(time_features(timesteps, torch.float64)[0], expected.double(), rtol=0, atol=0)
+
+
+def test_episode_time_joins_the_actors_step_features_and_lags_only() -> None:
+    """With episode_time, the actor's lags carry [f_j, time_j] of the last steps; the critic's memory
+    reads no time (its input is the features, their lags, the previous action and reward)."""
+    policy = _policy(spaces.Box(-1, 1, (3,)), spaces.Discrete(4), torch.float64, input_lags=1)
+    assert policy.episode_time  # the default
+    assert policy.critic_memory.embed.in_features == 3 * 2 + 4 + 1
+    obs = torch.randn(1, 5, 3).double()
+    state = None
+    for j in range(5):
+        _, state = policy.predict(obs[:, j].numpy(), state, np.array([j == 0]), deterministic=True)
+        step = torch.cat([obs[0, j], time_features(torch.tensor([j]), torch.float64)[0]])
+        torch.testing.assert_close(torch.as_tensor(state[-1])[0, 0], step, rtol=0, atol=0)
 
 
 def test_a_policy_that_acted_pickles_and_deep_copies() -> None:
