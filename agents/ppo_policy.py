@@ -360,11 +360,8 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             torch.zeros(batch_size, self.input_lags, width, **options) if self.input_lags else None
             for width in (self.actor_step_dim, self.features_dim)
         )
-        if self.share_memory:
-            critic_lags = empty_critic = None
-        else:
-            empty_critic = empty
-        return ActorCriticState(empty, empty_critic, steps, last_action, last_reward, actor_lags, critic_lags)
+        critic, critic_lags = (None, None) if self.share_memory else (empty, critic_lags)
+        return ActorCriticState(empty, critic, steps, last_action, last_reward, actor_lags, critic_lags)
 
     def _features(self, obs: Tensor, extractor: BaseFeaturesExtractor) -> Tensor:
         """Features in the policy's dtype (SB3's preprocessing yields float32)."""
