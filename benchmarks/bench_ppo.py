@@ -98,7 +98,6 @@ AAREN_KWARGS = dict(
     ffn_mult=2,
     previous_action_reward=True,
     input_lags=4,
-    episode_time=True,
 )
 
 
@@ -119,7 +118,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "8-heads": {"num_heads": 8},
     "shared": {"share_memory": True},  # one memory for actor and critic
     "no-lags": {"input_lags": 0},  # the memories see each step alone (AarenPPO before input_lags)
-    "no-time": {"episode_time": False},  # no episode time in the actor's memory (the default before it)
+    "time": {"episode_time": True},  # the episode time in the actor's memory
 }
 """AarenPPO ablation variants (`--variants`): extra policy_kwargs for AarenActorCriticPolicy."""
 

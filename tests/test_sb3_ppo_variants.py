@@ -46,8 +46,8 @@ OPTIONS = [
     COMBINED,
     LAGS,
     dict(input_lags=3, share_memory=True, previous_action_reward=False),
-    dict(episode_time=False),
-    dict(share_memory=True, input_lags=0),
+    dict(episode_time=True),
+    dict(episode_time=True, share_memory=True, input_lags=0),
 ]
 
 
@@ -335,9 +335,7 @@ def test_saves_from_before_a_default_changed_load_as_they_were_saved(tmp_path, k
 def test_input_lags_feed_each_step_the_features_of_the_steps_before_it() -> None:
     """Step j's memory input is [f_{j-k}, ..., f_{j-1}, f_j] (zeros before the episode's first step),
     in one call over a sequence and carried across calls by the state's lags alike."""
-    policy = _policy(
-        spaces.Box(-1, 1, (3,)), spaces.Discrete(4), torch.float64, input_lags=2, episode_time=False
-    )
+    policy = _policy(spaces.Box(-1, 1, (3,)), spaces.Discrete(4), torch.float64, input_lags=2)
     obs = torch.randn(1, 5, 3).double()  # float32 values: SB3's preprocessing passes them through float32
     lags = policy.initial_state(1).actor_lags
     inputs, after = policy._memory_input(obs.reshape(5, 3), policy.pi_features_extractor, (1, 5), None, lags)
@@ -361,8 +359,9 @@ def test_time_features_are_linear_ramps_per_scale() -> None:
 def test_episode_time_joins_the_actors_step_features_and_lags_only() -> None:
     """With episode_time, the actor's lags carry [f_j, time_j] of the last steps; the critic's memory
     reads no time (its input is the features, their lags, the previous action and reward)."""
-    policy = _policy(spaces.Box(-1, 1, (3,)), spaces.Discrete(4), torch.float64, input_lags=1)
-    assert policy.episode_time  # the default
+    policy = _policy(
+        spaces.Box(-1, 1, (3,)), spaces.Discrete(4), torch.float64, input_lags=1, episode_time=True
+    )
     assert policy.critic_memory.embed.in_features == 3 * 2 + 4 + 1
     obs = torch.randn(1, 5, 3).double()
     state = None
