@@ -67,6 +67,7 @@ from tqdm import tqdm
 
 from agents.cli import ArgumentParser, exits_2_on_user_errors
 from agents.config import ConfigError
+from aaren_rl.ops.fused import fused_module
 from agents.ppo import AarenPPO
 from envs.files import torch_threads, write_atomic
 from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
@@ -655,6 +656,8 @@ def run(settings: Settings, out_dir: Path, name: str, work: Path = WORK, jobs: i
     with torch_threads(settings.threads):
         results: dict[str, Any] = {"machine": machine_info("cpu"), **expected, "jobs": jobs, "runs": []}
         randoms = {t: random_return(TASKS[t], RANDOM_EPISODES, 10_000) for t in settings.steps}
+        if "aaren" in settings.algos:
+            fused_module()  # built here, before any run, so that no run's wall-clock holds the one-time build
         start = time.perf_counter()
 
         def report() -> None:
