@@ -65,9 +65,9 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from tqdm import tqdm
 
+from aaren_rl.ops.fused import fused_module
 from agents.cli import ArgumentParser, exits_2_on_user_errors
 from agents.config import ConfigError
-from aaren_rl.ops.fused import fused_module
 from agents.ppo import AarenPPO
 from envs.files import torch_threads, write_atomic
 from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
