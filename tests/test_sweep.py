@@ -189,6 +189,16 @@ def interrupting_driver(driver_pid: int):
     return trial_fn
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test: a shell starts background
+    commands with SIGINT ignored, and Python then keeps it ignored (the driver would wait forever)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_interrupted_driver_resumes_to_the_same_results(finished, tiny_dataset, tmp_path):
     _, baseline = finished
     sweep = engine.load_sweep(write_sweep(tmp_path, tiny_dataset), tmp_path)
