@@ -44,8 +44,8 @@ exactly, at a constant [B, k, F] more state. The default 4 won on the POPGym set
 carry it too): min(t / scale, 1) for the scales of `TIME_SCALES`, linear in time over each scale's
 range. A head averages, so the memory cannot tell how many steps it has seen, where an LSTM can count
 them; POPGym's CountRecall (how many cards of a colour so far) asks for about that. The critic's
-memory does not get it: there it lowered the CartPole tasks. Off by default: it lifts CountRecall
-but lowers the CartPole tasks, so it does not win on the POPGym set as a whole (README).
+memory does not get it (there it lowered the CartPole tasks most). Off by default: even in the actor
+alone it lifts CountRecall but lowers the CartPole tasks, so it does not win on the POPGym set (README).
 """
 
 from __future__ import annotations
@@ -335,7 +335,9 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         actor_input = self.actor_step_dim * (1 + self.input_lags) + self.action_input_dim
         self.actor_memory = AarenMemory(actor_input, **self.memory_kwargs)
         critic_input = (
-            self.features_dim * (1 + self.input_lags) + self.action_input_dim + self.previous_action_reward
+            self.features_dim * (1 + self.input_lags)
+            + self.action_input_dim
+            + int(self.previous_action_reward)
         )
         self.critic_memory = None if self.share_memory else AarenMemory(critic_input, **self.memory_kwargs)
         self.mlp_extractor = MlpExtractor(

@@ -93,12 +93,7 @@ WORK = Path("~/.cache/aaren-rl/bench_ppo").expanduser()  # default folder of the
 # CartPoleNoVel collapsed to a constant action (entropy 0, KL 0: dead units); with Tanh it learned.
 MEMORY = dict(ortho_init=False, activation_fn=torch.nn.Tanh, net_arch=dict(pi=[64], vf=[64]))
 AAREN_KWARGS = dict(
-    embed_dim=64,
-    num_layers=1,
-    num_heads=4,
-    ffn_mult=2,
-    previous_action_reward=True,
-    input_lags=4,
+    embed_dim=64, num_layers=1, num_heads=4, ffn_mult=2, previous_action_reward=True, input_lags=4
 )
 
 
