@@ -61,6 +61,7 @@ from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import get_flattened_obs_dim, preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, MlpExtractor
+from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -125,15 +126,18 @@ class ActorCriticState:
 
 
 class RolloutSequences(NamedTuple):
-    """A minibatch of stored sequences, padded at the end: observations [S, T, *obs_shape], the state
-    entering each sequence, mask [S, T] (True on real steps), and the actions [S, T, action_dim] and
-    rewards [S, T] taken at each step (the next steps' previous action and reward)."""
+    """A minibatch of stored sequences packed end to end into rows, padded at the end: observations
+    [R, T, *obs_shape], the state entering each row (its first sequence's), mask [R, T] (True on real
+    steps), the actions [R, T, action_dim] and rewards [R, T] taken at each step (the next steps'
+    previous action and reward), and resets [R, T] (True where a later sequence starts in the row: an
+    episode start, entered with the empty state; None: one sequence per row)."""
 
     observations: Tensor
     state: ActorCriticState
     mask: Tensor
     actions: Tensor
     rewards: Tensor
+    resets: Tensor | None = None
 
 
 def _check_bounded(action_space: spaces.Space) -> None:
@@ -157,6 +161,22 @@ def time_features(timesteps: Tensor, dtype: torch.dtype) -> Tensor:
     each scale is linear in time over its own range of episode lengths, with no episode limit to know."""
     scales = torch.tensor(TIME_SCALES, dtype=dtype, device=timesteps.device)
     return (timesteps.to(dtype)[..., None] / scales).clamp(max=1)
+
+
+def episode_timesteps(steps: Tensor, n: int, resets: Tensor | None) -> Tensor:
+    """Each of N tokens' episode timestep [B, N] in rows entering at timesteps `steps` [B]: counting on
+    from `steps`, and from 0 again at each reset (an episode starting in a packed row)."""
+    offsets = torch.arange(n, device=steps.device)
+    if resets is None:
+        return steps[:, None] + offsets
+    last_reset = (offsets * resets).cummax(-1).values  # 0 up to the row's first reset
+    return offsets - last_reset + steps[:, None] * (last_reset == 0)
+
+
+def lags_in_episode(timesteps: Tensor, lags: int) -> Tensor:
+    """[B, N, lags + 1, 1]: whether each step of a token's window (oldest first, itself last) lies in its
+    episode; acting's lags hold zeros before the episode's first step."""
+    return (timesteps[..., None] >= torch.arange(lags, -1, -1, device=timesteps.device))[..., None]
 
 
 def recency_bias(recency: Tensor | None, timesteps: Tensor) -> Tensor | None:
@@ -192,8 +212,12 @@ class AarenMemory(nn.Module):
         self.recency = nn.Parameter(slopes) if recency else None
         self.backbone = AarenBackbone(embed_dim, num_layers, num_heads, ffn_mult, dropout)
 
-    def forward(self, inputs: Tensor, timesteps: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
-        return self.backbone(self.embed(inputs), state, recency_bias(self.recency, timesteps))
+    def forward(
+        self, inputs: Tensor, timesteps: Tensor, state: AarenState, resets: Tensor | None = None
+    ) -> tuple[Tensor, AarenState]:
+        """resets [B, N]: where a new episode starts in a row (`AarenBackbone.forward`)."""
+        bias = recency_bias(self.recency, timesteps)
+        return self.backbone(self.embed(inputs), state, bias, resets=resets)
 
 
 class FoldedMemory:
@@ -217,6 +241,11 @@ class FoldedMemory:
         return y.unsqueeze(1), state
 
 
+#: The default optimizer's options: SB3's Adam eps, in one fused kernel per step rather than a Python loop
+#: over the parameter tensors (the same update; a memory has many small tensors, so this is most of
+#: Adam's cost: README).
+FUSED_ADAM = {"eps": 1e-5, "fused": True}
+
 #: Constructor options a policy saved without them was built with: they were added, or their default
 #: changed, later (AarenPPO zips and exports from before then lack the key).
 SAVED_WITHOUT = {"previous_action_reward": False, "input_lags": 0}
@@ -234,7 +263,8 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     input_lags: feed the memories the features of this many steps before each step too.
     episode_time: join each step's episode-time features (`time_features`) to its features in the
         actor's memory.
-    Other arguments as SB3's ActorCriticPolicy; `net_arch` sizes the MLPs after the memory.
+    Other arguments as SB3's ActorCriticPolicy; `net_arch` sizes the MLPs after the memory, and
+    Adam without `optimizer_kwargs` runs fused (`FUSED_ADAM`).
 
     `fold_acting` (attribute, default True): act through the memories folded for acting; False acts
     through the modules' forward (the same results to float roundoff; benchmarks compare the two).
@@ -278,6 +308,8 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             _check_bounded(action_space)
         if not isinstance(input_lags, int) or input_lags < 0:
             raise ValueError(f"input_lags must be a whole number >= 0 (steps fed back), got {input_lags!r}")
+        if optimizer_kwargs is None and optimizer_class is torch.optim.Adam:
+            optimizer_kwargs = FUSED_ADAM
         # Read by _build_mlp_extractor, which ActorCriticPolicy.__init__ calls.
         self.memory_kwargs = dict(
             embed_dim=embed_dim,
@@ -327,6 +359,15 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             share_features_extractor=self.share_features_extractor,
         )
         return data
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)
+        # A fused optimizer changes the weights in place without bumping their versions, which
+        # `FoldedMemory.stale` reads: forget the folded memories after every step instead.
+        self.optimizer.register_step_post_hook(self._forget_folded)
+
+    def _forget_folded(self, *_: Any) -> None:
+        self._folded.clear()
 
     def _build_mlp_extractor(self) -> None:
         """Build the memories too: this runs inside ActorCriticPolicy._build, before the optimizer is made."""
@@ -394,12 +435,12 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         return replace(state, last_action=self._encode_actions(actions.reshape(len(actions), 1, -1))[:, 0])
 
     def _previous(
-        self, state: ActorCriticState, taken: tuple[Tensor, Tensor] | None
+        self, state: ActorCriticState, taken: tuple[Tensor, Tensor] | None, resets: Tensor | None
     ) -> tuple[Tensor | None, Tensor | None]:
         """Each token's previous action [B, N, A] and reward [B, N, 1] (None where no memory reads
         them): the state's last ones for the first token, then those taken at the tokens before it
         (`taken`: the actions [B, N, action_dim] and rewards [B, N] of stored sequences; None for one
-        token)."""
+        token), zeros where `resets` [B, N] starts an episode."""
         action = None if state.last_action is None else state.last_action[:, None]
         reward = None if state.last_reward is None else state.last_reward[:, None, None]
         if taken is None or action is None:
@@ -408,6 +449,9 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         action = torch.cat([action, self._encode_actions(actions[:, :-1])], 1)
         if reward is not None:
             reward = torch.cat([reward, rewards[:, :-1, None].to(reward)], 1)
+        if resets is not None:  # an episode's first step has no previous action or reward
+            action = action.masked_fill(resets[..., None], 0)
+            reward = None if reward is None else reward.masked_fill(resets[..., None], 0)
         return action, reward
 
     def _memory_input(
@@ -417,32 +461,34 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         shape: tuple[int, int],
         time: Tensor | None,
         lags: Tensor | None,
+        in_episode: Tensor | None,
         *previous: Tensor | None,
     ) -> tuple[Tensor, Tensor | None]:
         """Step features [B, N, F] of observations [B * N, ...] (the `time` features [B, N, *] joined
         to them, where given), after those of the `lags` steps before each (the entering `lags`
-        [B, k, F], then the sequence's own), the previous action and reward appended; and the lags
-        after the N steps."""
+        [B, k, F], then the sequence's own; only those `in_episode`, where given: `lags_in_episode`),
+        the previous action and reward appended; and the lags after the N steps."""
         features = self._features(flat_obs, extractor).view(*shape, -1)
         if time is not None:
             features = torch.cat([features, time], -1)
         if lags is not None:
             padded = torch.cat([lags, features], 1)  # [B, k + N, F]
             k = lags.shape[1]
-            features = padded.unfold(1, k + 1, 1).transpose(2, 3).reshape(*shape, -1)
+            windows = padded.unfold(1, k + 1, 1).transpose(2, 3)  # [B, N, k + 1, F], oldest first
+            features = (windows if in_episode is None else windows * in_episode).reshape(*shape, -1)
             lags = padded[:, -k:]
         extra = [p for p in previous if p is not None]
         return (torch.cat([features, *extra], -1) if extra else features), lags
 
     def _remember(
-        self, name: str, inputs: Tensor, timesteps: Tensor, state: AarenState
+        self, name: str, inputs: Tensor, timesteps: Tensor, state: AarenState, resets: Tensor | None
     ) -> tuple[Tensor, AarenState]:
         """The memory `name` ("actor_memory" or "critic_memory") on inputs [B, N, *]: folded when
         acting one token without gradients outside training mode (folded again if its weights changed),
         the module's forward otherwise."""
         memory = getattr(self, name)
         if not self.fold_acting or inputs.shape[1] != 1 or self.training or torch.is_grad_enabled():
-            return memory(inputs, timesteps, state)
+            return memory(inputs, timesteps, state, resets)
         folded = self._folded.get(name)
         if folded is None or folded.stale:
             folded = self._folded[name] = FoldedMemory(memory)
@@ -454,30 +500,33 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         state: ActorCriticState,
         critic: bool = True,
         taken: tuple[Tensor, Tensor] | None = None,
+        resets: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, ActorCriticState]:
         """obs [B, N, *obs_shape] continuing `state` -> actor and critic latents [B, N, *], new state.
 
         critic=False runs the actor only (its latent None, the state's critic None). For N > 1 with
         `previous_action_reward`, `taken` holds the actions and rewards taken at the N steps (see
-        `_previous`). The new state keeps the entering last action and reward: the caller records
-        the step's (`_record`, `ActorCriticState.with_reward`)."""
+        `_previous`). `resets` [B, N] marks episodes starting inside packed rows (`RolloutSequences`;
+        the new state is then that of each row's last episode). The new state keeps the entering last
+        action and reward: the caller records the step's (`_record`, `ActorCriticState.with_reward`)."""
         b, n = obs.shape[:2]
         flat = obs.reshape(b * n, *obs.shape[2:])
-        timesteps = state.steps[:, None] + torch.arange(n, device=obs.device)
-        action, reward = self._previous(state, taken)
+        timesteps = episode_timesteps(state.steps, n, resets)
+        action, reward = self._previous(state, taken, resets)
         time = time_features(timesteps, self.dtype) if self.episode_time else None
+        in_episode = lags_in_episode(timesteps, self.input_lags) if resets is not None else None
         pi_in, actor_lags = self._memory_input(
-            flat, self.pi_features_extractor, (b, n), time, state.actor_lags, action
+            flat, self.pi_features_extractor, (b, n), time, state.actor_lags, in_episode, action
         )
-        pi_out, actor = self._remember("actor_memory", pi_in, timesteps, state.actor)
+        pi_out, actor = self._remember("actor_memory", pi_in, timesteps, state.actor, resets)
         vf_out, critic_state, critic_lags = None, None, None
         if critic and self.critic_memory is None:
             vf_out = pi_out
         elif critic:
             vf_in, critic_lags = self._memory_input(
-                flat, self.vf_features_extractor, (b, n), None, state.critic_lags, action, reward
+                flat, self.vf_features_extractor, (b, n), None, state.critic_lags, in_episode, action, reward
             )
-            vf_out, critic_state = self._remember("critic_memory", vf_in, timesteps, state.critic)
+            vf_out, critic_state = self._remember("critic_memory", vf_in, timesteps, state.critic, resets)
         latent_vf = None if vf_out is None else self.mlp_extractor.forward_critic(vf_out)
         new_state = replace(
             state,
@@ -529,7 +578,8 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         states; `actions` and the outputs cover the real steps only (`obs.mask` order), so every
         loss term built on them is masked.
         """
-        latent_pi, latent_vf, _ = self._latents(obs.observations, obs.state, taken=(obs.actions, obs.rewards))
+        taken = (obs.actions, obs.rewards)
+        latent_pi, latent_vf, _ = self._latents(obs.observations, obs.state, taken=taken, resets=obs.resets)
         distribution = self._get_action_dist_from_latent(latent_pi[obs.mask])
         values = self.value_net(latent_vf[obs.mask])
         return values, distribution.log_prob(actions), distribution.entropy()

@@ -69,6 +69,7 @@ from aaren_rl.ops.fused import fused_module
 from agents.cli import ArgumentParser, exits_2_on_user_errors
 from agents.config import ConfigError
 from agents.ppo import AarenPPO
+from agents.ppo_policy import FUSED_ADAM
 from envs.files import torch_threads, write_atomic
 from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
 from envs.popgym import popgym_env_id
@@ -91,7 +92,13 @@ RANDOM_EPISODES = 200  # random play is cheap, and a floor from few episodes is 
 WORK = Path("~/.cache/aaren-rl/bench_ppo").expanduser()  # default folder of the run records
 # Tanh heads (SB3's default) rather than rl-zoo's ReLU: with ReLU and lr 1e-3 an AarenPPO seed of
 # CartPoleNoVel collapsed to a constant action (entropy 0, KL 0: dead units); with Tanh it learned.
-MEMORY = dict(ortho_init=False, activation_fn=torch.nn.Tanh, net_arch=dict(pi=[64], vf=[64]))
+# Every algorithm gets AarenPPO's default optimizer (fused Adam), so the speed compares the memories.
+MEMORY = dict(
+    ortho_init=False,
+    activation_fn=torch.nn.Tanh,
+    net_arch=dict(pi=[64], vf=[64]),
+    optimizer_kwargs=FUSED_ADAM,
+)
 AAREN_KWARGS = dict(
     embed_dim=64, num_layers=1, num_heads=4, ffn_mult=2, previous_action_reward=True, input_lags=4
 )

@@ -12,7 +12,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
-from agents.ppo import AarenPPO
+from agents.ppo import AarenPPO, pack_rows
 from agents.ppo_policy import AarenActorCriticPolicy
 from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE, RememberCueEnv, cartpole_no_velocity
 
@@ -42,7 +42,7 @@ def test_rerun_of_stored_sequences_equals_acting(env_id: str, share_memory: bool
     assert lengths.sum() == 50 * 3 and not buffer.episode_starts[0].all()
     assert (first > 0).any() or env_id == PENDULUM_NO_VEL  # Pendulum's episodes are 200 steps long
 
-    seen = 0
+    seen = packed = 0
     for batch in buffer.get(40):
         actions = batch.actions.long().flatten() if env_id != PENDULUM_NO_VEL else batch.actions
         with torch.no_grad():
@@ -50,7 +50,20 @@ def test_rerun_of_stored_sequences_equals_acting(env_id: str, share_memory: bool
         torch.testing.assert_close(values.flatten(), batch.old_values.double(), atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(log_prob, batch.old_log_prob.double(), atol=1e-6, rtol=1e-6)
         seen += int(batch.observations.mask.sum())
+        resets = batch.observations.resets  # None: one sequence per row
+        packed += 0 if resets is None else int(resets.sum())  # episodes that follow another in their row
     assert seen == 50 * 3  # every stored step is in exactly one minibatch
+    assert packed > 0 or env_id != CARTPOLE_NO_VEL  # its episodes vary in length: short ones share rows
+
+
+def test_pack_rows_packs_short_episodes_behind_others_and_carried_sequences_first() -> None:
+    lengths = np.array([6, 2, 4, 3, 3, 6])
+    rows, offsets = pack_rows(lengths, carried=np.array([True, False, False, False, False, True]))
+    # 24 steps in 4 rows of 6 rather than 6 rows; the two carried sequences lead their rows
+    assert rows.tolist() == [0, 2, 2, 3, 3, 1] and offsets.tolist() == [0, 4, 0, 0, 3, 0]
+    # packing [4, 4, 3] would save no token: one sequence per row
+    rows, offsets = pack_rows(np.array([4, 4, 3]), carried=np.zeros(3, dtype=bool))
+    assert rows.tolist() == [0, 1, 2] and offsets.tolist() == [0, 0, 0]
 
 
 def test_save_load_predict_round_trip(tmp_path) -> None:

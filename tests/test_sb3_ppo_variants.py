@@ -20,6 +20,7 @@ from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.preprocessing import get_action_dim
 
+import agents.ppo
 from agents.ppo import AarenPPO
 from agents.ppo_export import export_policy, load_exported_policy
 from agents.ppo_policy import (
@@ -180,11 +181,19 @@ ENVS_BY_KIND = {"discrete": CARTPOLE_NO_VEL, "multidiscrete": RepeatPreviousEnv,
 
 @pytest.mark.parametrize(
     ("kind", "options"),
-    [("discrete", PREVIOUS), ("multidiscrete", PREVIOUS), ("box", COMBINED), ("multidiscrete", LAGS)],
+    [
+        ("discrete", PREVIOUS),
+        ("multidiscrete", PREVIOUS),
+        ("box", COMBINED),
+        ("multidiscrete", LAGS),
+        ("discrete", LAGS),
+    ],
 )
-def test_rerun_of_stored_sequences_equals_acting(kind: str, options: dict) -> None:
+def test_rerun_of_stored_sequences_equals_acting(kind: str, options: dict, monkeypatch) -> None:
     """The buffer's sequences give training the previous actions and rewards (and lagged features)
-    acting saw, also across rollouts (the second one starts mid-episode) and at episode starts (zeros)."""
+    acting saw, also across rollouts (the second one starts mid-episode), at episode starts (zeros)
+    and in packed rows (episodes after another: packing forced wherever it saves any token)."""
+    monkeypatch.setattr(agents.ppo, "PACKING_MIN_SAVING", 0.0)
     env = make_vec_env(ENVS_BY_KIND[kind], n_envs=3, seed=1)
     policy_kwargs = {**SMALL, **options}
     model = AarenPPO("MlpAarenPolicy", env, n_steps=22, batch_size=66, seed=0, policy_kwargs=policy_kwargs)
@@ -192,15 +201,17 @@ def test_rerun_of_stored_sequences_equals_acting(kind: str, options: dict) -> No
     _collect(model, rollouts=2)
     buffer = model.rollout_buffer
     assert not buffer.episode_starts[0].all() and buffer.initial_state.last_action.abs().sum() > 0
-    seen = 0
-    for batch in buffer.get(25):
+    seen = packed = 0
+    for batch in [*buffer.get(25), *buffer.get()]:  # the whole rollout at once packs the most
         actions = batch.actions.long().flatten() if kind == "discrete" else batch.actions
         with torch.no_grad():
             values, log_prob, _ = model.policy.evaluate_actions(batch.observations, actions)
         torch.testing.assert_close(values.flatten(), batch.old_values.double(), atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(log_prob, batch.old_log_prob.double(), atol=1e-6, rtol=1e-6)
         seen += int(batch.observations.mask.sum())
-    assert seen == 22 * 3
+        resets = batch.observations.resets  # None: one sequence per row
+        packed += 0 if resets is None else int(resets.sum())  # episodes that follow another in their row
+    assert seen == 2 * 22 * 3 and (packed > 0 or kind != "discrete")  # CartPole's episodes vary in length
 
 
 @pytest.mark.parametrize(
@@ -338,7 +349,9 @@ def test_input_lags_feed_each_step_the_features_of_the_steps_before_it() -> None
     policy = _policy(spaces.Box(-1, 1, (3,)), spaces.Discrete(4), torch.float64, input_lags=2)
     obs = torch.randn(1, 5, 3).double()  # float32 values: SB3's preprocessing passes them through float32
     lags = policy.initial_state(1).actor_lags
-    inputs, after = policy._memory_input(obs.reshape(5, 3), policy.pi_features_extractor, (1, 5), None, lags)
+    inputs, after = policy._memory_input(
+        obs.reshape(5, 3), policy.pi_features_extractor, (1, 5), None, lags, None
+    )
     padded = torch.cat([torch.zeros(1, 2, 3, dtype=torch.float64), obs], 1)
     for j in range(5):
         torch.testing.assert_close(inputs[0, j], padded[0, j : j + 3].flatten(), rtol=0, atol=0)
