@@ -25,6 +25,12 @@ token's segment is the number of resets up to it; every weight above is then als
 the same segment (token and row in a chunk, chunk end and chunk end, chunk end and the rows of later
 chunks, the entering state and segment 0), and the running max restarts at each reset. Same matmuls,
 no loop over segments: the cost of packing is a few boolean masks.
+
+Two forms, one function (`aaren_scan`): the parallel form above, in torch operations, runs anywhere
+(GPU); on a CPU the scan runs token by token in C++ instead (`_FusedScan`: the recurrent step's
+arithmetic in one pass per row and head, O(N Dh) work, its reverse pass by hand), where the parallel
+form's cost is mostly the dispatch of its hundred-odd small operations (2.4-7.6x slower forward and
+backward: README). Both agree with the naive softmax to float64 roundoff.
 """
 
 from __future__ import annotations
@@ -358,6 +364,55 @@ class _ChunkedScan(torch.autograd.Function):
         )
 
 
+class _FusedScan(torch.autograd.Function):
+    """The scan token by token in C++ (`aaren_rl/ops/fused_step.cpp`, `scan_forward` and `scan_backward`):
+    the recurrent step's arithmetic, one pass per row and head, and its reverse pass by hand. On a CPU its
+    cost is its arithmetic, where the chunked scan's is mostly the dispatch of about a hundred small
+    operations (README). Inputs in the compute dtype, contiguous."""
+
+    @staticmethod
+    def forward(ctx, s: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor, resets: Tensor | None, module):
+        out, run_max, den, u, w = module.scan_forward(s, v, m0, u0, w0, resets)
+        ctx.save_for_backward(s, v, out, run_max, den, m0, resets)
+        ctx.module = module
+        m = run_max[..., -1]
+        ctx.mark_non_differentiable(m)
+        return out, m, u, w
+
+    @staticmethod
+    def backward(ctx, g_out: Tensor | None, _: Tensor | None, g_u: Tensor | None, g_w: Tensor | None):
+        s, v, out, run_max, den, m0, resets = ctx.saved_tensors
+        g_out = torch.zeros_like(out) if g_out is None else g_out.contiguous()
+        g_u = torch.zeros_like(m0) if g_u is None else g_u.contiguous()
+        g_w = torch.zeros_like(out[:, :, 0]) if g_w is None else g_w.contiguous()
+        grad_s, grad_v, grad_u0, grad_w0 = ctx.module.scan_backward(
+            g_out, g_u, g_w, s, v, out, run_max, den, m0, resets
+        )
+        return grad_s, grad_v, None, grad_u0, grad_w0, None, None
+
+
+def _fused_scan_module(scores: Tensor):
+    """The built C++ module where the scan can run in it (CPU), else None."""
+    if scores.device.type != "cpu":
+        return None
+    from aaren_rl.ops.fused import fused_module  # the build is only wanted where it runs
+
+    return fused_module()
+
+
+def _parallel_scan(
+    s: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor, resets: Tensor | None, chunk_size: int | None
+) -> tuple[Tensor, AarenScanState]:
+    """The scan in torch operations: one exact block for short sequences, else chunked."""
+    n = s.shape[-1]
+    seg = None if resets is None else resets.cumsum(-1).unsqueeze(1)  # [B, 1, N] segment of each token
+    run_max = _running_max(s.detach(), m0, seg)
+    if n <= (chunk_size or ONE_BLOCK_MAX):
+        return _scan_one_block(s, v, run_max, m0, u0, w0, seg)
+    out, u, w = _ChunkedScan.apply(s, v, run_max, m0, u0, w0, seg, chunk_size or auto_chunk_size(n))
+    return out, (run_max[..., -1], u, w)
+
+
 def aaren_scan(
     scores: Tensor,
     values: Tensor,
@@ -375,9 +430,10 @@ def aaren_scan(
         resets: optional [B, N] bool, True where a token starts a new sequence (packed rows): the state
             is emptied just before it, as `AarenState.reset` does between calls, so each sequence only
             attends to itself; a row whose first token resets ignores `state`. None: one sequence per row.
-        chunk_size: tokens per chunk of the parallel scan, default `auto_chunk_size(N)` (a speed knob;
-            results do not depend on it). Sequences of at most `ONE_BLOCK_MAX` tokens (or chunk_size
-            if given) are done as one block.
+        chunk_size: tokens per chunk of the parallel form (a speed knob; results do not depend on it).
+            Given, the parallel form runs; None: the fused C++ scan on a CPU where it is built (see
+            `aaren_rl.ops.fused`), else the parallel form with `auto_chunk_size(N)`. Sequences of at
+            most `ONE_BLOCK_MAX` tokens (or chunk_size if given) are done as one block.
 
     Returns:
         out [B, H, N, Dh] with out[..., k, :] = softmax(scores[..., :k+1]) @ values[..., :k+1, :]
@@ -397,18 +453,17 @@ def aaren_scan(
         state = empty_state(b, h, values.shape[-1], device=scores.device, dtype=dtype)
     s, v = scores.to(dtype), values.to(dtype)
     m0, u0, w0 = state[0].detach().to(dtype), state[1].to(dtype), state[2].to(dtype)
-    seg = None if resets is None else resets.cumsum(-1).unsqueeze(1)  # [B, 1, N] segment of each token
-    run_max = _running_max(s.detach(), m0, seg)
     autocast_off = (
         torch.autocast(scores.device.type, enabled=False)
         if torch.is_autocast_enabled(scores.device.type)
         else _NO_CONTEXT
     )
+    module = None if chunk_size else _fused_scan_module(scores)
     with autocast_off:  # the scan itself always runs in `dtype`
-        if n <= (chunk_size or ONE_BLOCK_MAX):
-            out, new_state = _scan_one_block(s, v, run_max, m0, u0, w0, seg)
+        if module is not None:
+            contiguous = (t.contiguous() for t in (s, v, m0, u0, w0))
+            out, m, u, w = _FusedScan.apply(*contiguous, resets, module)
+            new_state = (m, u, w)
         else:
-            chunk = chunk_size or auto_chunk_size(n)
-            out, u, w = _ChunkedScan.apply(s, v, run_max, m0, u0, w0, seg, chunk)
-            new_state = (run_max[..., -1], u, w)
+            out, new_state = _parallel_scan(s, v, m0, u0, w0, resets, chunk_size)
     return out.to(values.dtype), new_state

@@ -18,9 +18,9 @@ In the style of sb3-contrib's RecurrentPPO, with the LSTM replaced by Aaren:
   action and reward (the reward recorded after `env.step`), and training derives them from the
   stored sequences, so both see the same inputs.
 
-The PPO update itself is SB3's `PPO.train`, unchanged: a minibatch's `observations` are the packed
-rows of sequences with their entering states (`RolloutSequences`), and every other field, as well as the
-values and log-probs the policy returns, covers the real steps only, so every loss term is masked.
+The PPO update itself is SB3's `PPO.train`, unchanged: a minibatch's `observations` are the rows of
+packed sequences with their entering states (`RolloutSequences`), and every other field, as well as
+the values and log-probs the policy returns, covers the real steps only, so every loss term is masked.
 """
 
 from __future__ import annotations
@@ -126,6 +126,7 @@ class AarenRolloutBuffer(RolloutBuffer):
         mask, resets = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
         mask[row, column], resets[row, column] = True, (within == 0) & (column > 0)
         steps_t, envs_t, mask_t = (torch.as_tensor(a, device=self.device) for a in (steps, envs, mask))
+        resets_t = torch.as_tensor(resets, device=self.device) if resets.any() else None  # None: unsegmented
         real_steps, real_envs = steps_t[mask_t], envs_t[mask_t]
         leaders = np.flatnonzero(offsets == 0)  # each row's first sequence, whose state the row enters with
         leaders = leaders[np.argsort(rows[leaders])]
@@ -138,9 +139,7 @@ class AarenRolloutBuffer(RolloutBuffer):
                 mask_t,
                 data["actions"][steps_t, envs_t],
                 data["rewards"][steps_t, envs_t],
-                torch.as_tensor(resets, device=self.device)
-                if resets.any()
-                else None,  # None: unsegmented scan
+                resets_t,
             ),
             actions=data["actions"][real_steps, real_envs],
             old_values=data["values"][real_steps, real_envs],
@@ -150,17 +149,12 @@ class AarenRolloutBuffer(RolloutBuffer):
         )
 
 
-PACKING_MIN_SAVING = 0.25
-"""Pack a minibatch only where that removes at least this share of its tokens: rows holding several
-episodes take the scan's segmented path, about a third slower per call (README)."""
-
-
 def pack_rows(lengths: np.ndarray, carried: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each sequence's row and offset in it, packing sequences end to end into about as few rows as the
     longest sequence allows (longest first into the shortest row). A `carried` sequence enters with a
     carried state, which only a row's first token can take: each starts its own row; the others start
     an episode, with the empty state, so they may follow another sequence (a reset between). One
-    sequence per row where packing would save less than `PACKING_MIN_SAVING` of the tokens."""
+    sequence per row where packing would save no token."""
     n_rows = max(int(carried.sum()), math.ceil(lengths.sum() / lengths.max()))
     row, offset = np.zeros(len(lengths), dtype=np.int64), np.zeros(len(lengths), dtype=np.int64)
     loads = np.zeros(n_rows, dtype=np.int64)
@@ -170,7 +164,7 @@ def pack_rows(lengths: np.ndarray, carried: np.ndarray) -> tuple[np.ndarray, np.
         r = int(loads.argmin())
         row[i], offset[i] = r, loads[r]
         loads[r] += lengths[i]
-    if n_rows * loads.max() > (1 - PACKING_MIN_SAVING) * len(lengths) * lengths.max():
+    if n_rows * loads.max() >= len(lengths) * lengths.max():
         return np.arange(len(lengths)), np.zeros(len(lengths), dtype=np.int64)
     return row, offset
 

@@ -309,7 +309,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         if not isinstance(input_lags, int) or input_lags < 0:
             raise ValueError(f"input_lags must be a whole number >= 0 (steps fed back), got {input_lags!r}")
         if optimizer_kwargs is None and optimizer_class is torch.optim.Adam:
-            optimizer_kwargs = FUSED_ADAM
+            optimizer_kwargs = dict(FUSED_ADAM)
         # Read by _build_mlp_extractor, which ActorCriticPolicy.__init__ calls.
         self.memory_kwargs = dict(
             embed_dim=embed_dim,

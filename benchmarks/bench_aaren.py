@@ -4,11 +4,14 @@ Everything is measured in one run and compared as ratios, because shared machine
 
 1. Scan, forward + backward. Each case starts from leaf inputs whose .grad is reset to None, runs the
    forward and then `out.sum().backward()`:
-     aaren  aaren_scan(scores [B, H, N], values [B, H, N, Dh])
+     aaren     aaren_scan(scores [B, H, N], values [B, H, N, Dh]) (on a CPU: the fused C++ scan)
+     parallel  the same with chunk_size=auto_chunk_size(N): the scan's parallel form in torch operations
+               (chunked, or one block for short N), as on a GPU
      sdpa   F.scaled_dot_product_attention(q, k, v, is_causal=True), q, k, v [B, H, N, Dh]
      floor  (values * 2.0).sum().backward(): one elementwise pass over the values forward and one
             backward (the memory-bound floor for anything that reads the values and writes their grad)
-   Reported: median seconds, speedup = sdpa / aaren, floor ratio = aaren / floor. SDPA is skipped at an
+   Reported: median seconds, speedup = sdpa / aaren, floor ratio = aaren / floor, parallel / aaren. SDPA
+   is skipped at an
    N above 3000 whose cost, extrapolated quadratically from the previous N, exceeds a budget (reason
    recorded).
 2. Backbones: AarenBackbone vs TransformerBackbone (KV cache, no window), eval mode, no_grad. The state
@@ -43,6 +46,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from aaren_rl import AarenBackbone, AarenState, KVCache, TransformerBackbone, aaren_scan
+from aaren_rl.functional import auto_chunk_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
 from benchmarks.common import (  # noqa: E402
@@ -103,13 +107,16 @@ def _scan_shape(settings: Settings, n: int) -> tuple[int, int, int, int]:
 
 
 def _aaren_fn(
-    scores: torch.Tensor, values: torch.Tensor, resets: torch.Tensor | None = None
+    scores: torch.Tensor,
+    values: torch.Tensor,
+    resets: torch.Tensor | None = None,
+    chunk_size: int | None = None,
 ) -> Callable[[], None]:
     """aaren_scan forward + out.sum().backward() on leaf inputs, their grads reset first."""
 
     def aaren() -> None:
         scores.grad = values.grad = None
-        out, _ = aaren_scan(scores, values, resets=resets)
+        out, _ = aaren_scan(scores, values, resets=resets, chunk_size=chunk_size)
         out.sum().backward()
 
     return aaren
@@ -125,7 +132,11 @@ def _scan_fns(settings: Settings, n: int, device: str, with_sdpa: bool) -> dict[
         values.grad = None
         (values * 2.0).sum().backward()
 
-    fns = {"aaren": _aaren_fn(scores, values), "floor": floor}
+    fns = {
+        "aaren": _aaren_fn(scores, values),
+        "parallel": _aaren_fn(scores, values, chunk_size=auto_chunk_size(n)),
+        "floor": floor,
+    }
     if with_sdpa:
         q, k, v = (_leaf(gen, device, *shape) for _ in range(3))
 
@@ -164,6 +175,8 @@ def bench_scan(settings: Settings, device: str, progress: bool = False) -> dict:
             {
                 "n": n,
                 "aaren_s": med["aaren"],
+                "parallel_s": med["parallel"],
+                "parallel_over_aaren": med["parallel"] / med["aaren"],
                 "sdpa_s": med.get("sdpa"),
                 "floor_s": med["floor"],
                 "speedup_vs_sdpa": ratio(med.get("sdpa"), med["aaren"]),
@@ -178,6 +191,7 @@ def bench_scan(settings: Settings, device: str, progress: bool = False) -> dict:
         "shape": {"B": settings.scan_batch, "H": settings.scan_heads, "Dh": settings.head_dim},
         "definition": {
             "aaren": "aaren_scan(scores [B,H,N], values [B,H,N,Dh]); out.sum().backward()",
+            "parallel": "the same with chunk_size=auto_chunk_size(N): the parallel form in torch operations",
             "sdpa": "F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward(), "
             "q,k,v [B,H,N,Dh]",
             "floor": "(values * 2.0).sum().backward(), values [B,H,N,Dh]",
@@ -375,7 +389,7 @@ def plot(results: dict, path: Path) -> None:
 
     fig, (ax_scan, ax_packed, ax_step, ax_mem) = plt.subplots(1, 4, figsize=(21, 4.8))
     scan = results["scan"]["cases"]
-    for method, marker in (("aaren", "o"), ("sdpa", "s"), ("floor", "^")):
+    for method, marker in (("aaren", "o"), ("parallel", "x"), ("sdpa", "s"), ("floor", "^")):
         pts = [(c["n"], c[f"{method}_s"]) for c in scan if c[f"{method}_s"] is not None]
         if pts:
             ax_scan.plot(*zip(*pts, strict=True), marker=marker, label=method)
@@ -444,12 +458,14 @@ def format_table(results: dict) -> str:
         + f" on {results['machine']['cpu_count']} CPUs",
         f"Scan forward+backward, B={shape['B']} H={shape['H']} Dh={shape['Dh']}, median s "
         f"({results['machine']['num_threads']} threads, {results['machine']['device']})",
-        f"{'N':>7} {'aaren':>9} {'sdpa':>9} {'floor':>9} {'sdpa/aaren':>11} {'aaren/floor':>12}",
+        f"{'N':>7} {'aaren':>9} {'parallel':>9} {'sdpa':>9} {'floor':>9} {'sdpa/aaren':>11} "
+        f"{'aaren/floor':>12} {'parallel/aaren':>15}",
     ]
     for c in results["scan"]["cases"]:
         lines.append(
-            f"{c['n']:>7} {c['aaren_s']:>9.4f} {_fmt(c['sdpa_s'], '9.4f'):>9} {c['floor_s']:>9.4f} "
-            f"{_fmt(c['speedup_vs_sdpa'], '11.2f'):>11} {c['floor_ratio']:>12.2f}"
+            f"{c['n']:>7} {c['aaren_s']:>9.4f} {c['parallel_s']:>9.4f} {_fmt(c['sdpa_s'], '9.4f'):>9} "
+            f"{c['floor_s']:>9.4f} {_fmt(c['speedup_vs_sdpa'], '11.2f'):>11} {c['floor_ratio']:>12.2f} "
+            f"{c['parallel_over_aaren']:>15.2f}"
         )
     lines += ["", "Packed rows (resets) vs unsegmented scan, forward+backward, median s"]
     lines.append(f"{'N':>7} {'episodes/row':>13} {'unsegmented':>12} {'packed':>9} {'ratio':>7}")

@@ -97,7 +97,7 @@ MEMORY = dict(
     ortho_init=False,
     activation_fn=torch.nn.Tanh,
     net_arch=dict(pi=[64], vf=[64]),
-    optimizer_kwargs=FUSED_ADAM,
+    optimizer_kwargs=dict(FUSED_ADAM),
 )
 AAREN_KWARGS = dict(
     embed_dim=64, num_layers=1, num_heads=4, ffn_mult=2, previous_action_reward=True, input_lags=4

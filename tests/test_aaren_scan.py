@@ -26,7 +26,7 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, tol: float = TOL) -> None:
     n=st.integers(1, 300),
     dh=st.integers(1, 9),
     scale=st.sampled_from([1e-3, 1.0, 30.0, 1e4]),
-    chunk=st.sampled_from([1, 7, 16, 64, 128]),
+    chunk=st.sampled_from([None, 1, 7, 16, 64, 128]),  # None: the fused C++ scan on a CPU
     seed=st.integers(0, 2**16),
 )
 def test_scan_matches_naive_softmax(b, h, n, dh, scale, chunk, seed):
@@ -43,15 +43,16 @@ def test_lengths_not_multiple_of_chunk(n, scale):
     assert_close(out, naive_aaren(scores, values))
 
 
+@pytest.mark.parametrize("chunk", [64, None])
 @pytest.mark.parametrize("pattern", ["rising", "falling", "spike", "all_very_negative"])
-def test_extreme_score_patterns(pattern, extreme_scores):
+def test_extreme_score_patterns(pattern, chunk, extreme_scores):
     n = 700
     scores = extreme_scores(pattern, n)
     values = torch.randn(2, 1, n, 5, dtype=torch.float64)
-    out, _ = aaren_scan(scores, values, chunk_size=64)
+    out, _ = aaren_scan(scores, values, chunk_size=chunk)
     assert_close(out, naive_aaren(scores, values))
     # and in float32 the stable form still never produces NaN or inf
-    out32, _ = aaren_scan(scores.float(), values.float(), chunk_size=64)
+    out32, _ = aaren_scan(scores.float(), values.float(), chunk_size=chunk)
     assert torch.isfinite(out32).all()
 
 
@@ -84,7 +85,7 @@ def test_split_and_continue_equals_whole(splits):
         assert_close(a, b, 1e-9)
 
 
-@pytest.mark.parametrize("n,chunk", [(1, 128), (37, 128), (40, 8), (41, 8)])
+@pytest.mark.parametrize("n,chunk", [(1, 128), (37, 128), (40, 8), (41, 8), (1, None), (41, None)])
 def test_gradcheck_float64(n, chunk):
     """Gradients wrt scores, values and the entering state, and through the returned state into a continuation."""
     scores, values = make(1, 2, n, 3, scale=3.0)
@@ -101,6 +102,21 @@ def test_gradcheck_float64(n, chunk):
         return out, continued
 
     assert torch.autograd.gradcheck(f, (scores, values, u0, w0))
+
+
+def test_cpu_scan_runs_fused_unless_a_chunk_size_is_given(monkeypatch):
+    """On a CPU the scan runs in C++ (the tests above with chunk_size None check it against the naive
+    softmax); a chunk size asks for the parallel form."""
+    assert functional._fused_scan_module(torch.zeros(1)) is not None, "the fused module did not build"
+    calls = []
+    apply = functional._FusedScan.apply
+    monkeypatch.setattr(functional._FusedScan, "apply", lambda *args: calls.append(1) or apply(*args))
+    scores, values = make(1, 2, 40, 3)
+    fused, _ = aaren_scan(scores, values)
+    assert len(calls) == 1
+    parallel, _ = aaren_scan(scores, values, chunk_size=16)
+    assert len(calls) == 1
+    assert_close(fused, parallel)
 
 
 def test_gradient_through_unsafe_chunks_is_finite_and_exact():

@@ -92,7 +92,7 @@ PATTERNS = {
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
-@pytest.mark.parametrize("chunk", [16, 256])  # the chunked scan and one block
+@pytest.mark.parametrize("chunk", [16, 256, None])  # the chunked scan, one block, fused (on a CPU)
 def test_reset_patterns(pattern, chunk):
     scores, values = make(2, 2, 200, 4, scale=5.0)
     resets = resets_at(2, 200, PATTERNS[pattern])
@@ -141,7 +141,7 @@ def test_every_token_a_reset_returns_the_values():
     assert torch.equal(w, values[..., -1, :])
 
 
-@pytest.mark.parametrize("chunk", [16, 256])
+@pytest.mark.parametrize("chunk", [16, 256, None])
 def test_first_token_reset_ignores_the_entering_state(chunk):
     scores, values = make(2, 2, 120, 4, scale=5.0)
     m0, u0, w0 = entering_state(2, 2, 4)
@@ -174,7 +174,7 @@ def test_split_and_continue_equals_whole(splits):
         assert_close(a, b)
 
 
-@pytest.mark.parametrize("n,chunk", [(12, 128), (40, 8), (41, 8)])
+@pytest.mark.parametrize("n,chunk", [(12, 128), (40, 8), (41, 8), (12, None), (41, None)])
 def test_gradcheck_float64(n, chunk):
     """Gradients wrt scores, values and the entering state, and through the returned state into a
     continuation that has resets of its own."""

@@ -20,7 +20,6 @@ from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.preprocessing import get_action_dim
 
-import agents.ppo
 from agents.ppo import AarenPPO
 from agents.ppo_export import export_policy, load_exported_policy
 from agents.ppo_policy import (
@@ -189,11 +188,10 @@ ENVS_BY_KIND = {"discrete": CARTPOLE_NO_VEL, "multidiscrete": RepeatPreviousEnv,
         ("discrete", LAGS),
     ],
 )
-def test_rerun_of_stored_sequences_equals_acting(kind: str, options: dict, monkeypatch) -> None:
+def test_rerun_of_stored_sequences_equals_acting(kind: str, options: dict) -> None:
     """The buffer's sequences give training the previous actions and rewards (and lagged features)
     acting saw, also across rollouts (the second one starts mid-episode), at episode starts (zeros)
-    and in packed rows (episodes after another: packing forced wherever it saves any token)."""
-    monkeypatch.setattr(agents.ppo, "PACKING_MIN_SAVING", 0.0)
+    and in packed rows (episodes after another in a row)."""
     env = make_vec_env(ENVS_BY_KIND[kind], n_envs=3, seed=1)
     policy_kwargs = {**SMALL, **options}
     model = AarenPPO("MlpAarenPolicy", env, n_steps=22, batch_size=66, seed=0, policy_kwargs=policy_kwargs)

@@ -1,11 +1,12 @@
-"""The fused acting steps (`fused_step.cpp`): the folded steps of `aaren_rl.step` as one C++ call each.
+"""The fused acting steps (`fused_step.cpp`): the folded steps of `aaren_rl.step` as one C++ call each,
+and the scan's fused training form (`aaren_rl.functional._FusedScan`: forward and reverse pass).
 
 Built on first use with the C++ compiler torch uses (`torch.utils.cpp_extension`, about half a minute,
 once per machine and source version: the build is cached under ``$TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``, in a folder named by torch's version and a hash of the source file's path
 and contents, so two checkouts never load or rebuild each other's build). Where it cannot be built (no
-compiler) the steps stay in Python, with one warning. ``AAREN_RL_FUSED=0`` turns it off.
-CPU, float32 and float64, inference only.
+compiler) the steps stay in Python and the scan in its parallel form, with one warning.
+``AAREN_RL_FUSED=0`` turns it off. CPU, float32 and float64; the steps are inference only.
 """
 
 from __future__ import annotations
@@ -42,16 +43,16 @@ def fused_module() -> ModuleType | None:
     source_hash = hashlib.sha256(str(SOURCE.resolve()).encode() + SOURCE.read_bytes()).hexdigest()[:12]
     build_dir = Path(root, f"{NAME}-torch{torch.__version__}-{source_hash}")
     if not (build_dir / f"{NAME}.so").exists():
-        print("aaren-rl: building the fused acting step (once per machine)...", file=sys.stderr, flush=True)
+        print("aaren-rl: building the fused C++ kernels (once per machine)...", file=sys.stderr, flush=True)
     try:
         build_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_lock(build_dir / "lock")
         return cpp_extension.load(NAME, [str(SOURCE)], extra_cflags=["-O3"], build_directory=str(build_dir))
     except (OSError, RuntimeError, ImportError) as error:  # no compiler, or a failed build
         warnings.warn(
-            f"aaren-rl: the fused acting step could not be built ({error}); acting runs the folded "
-            f"step in Python (slower, same results). Install a C++ compiler, or set {SWITCH}=0 to "
-            "skip the build",
+            f"aaren-rl: the fused C++ kernels could not be built ({error}); acting runs the folded "
+            f"step in Python and the scan its parallel form (slower, same results). Install a C++ "
+            f"compiler, or set {SWITCH}=0 to skip the build",
             RuntimeWarning,
             stacklevel=2,
         )
