@@ -462,7 +462,8 @@ def aaren_scan(
     with autocast_off:  # the scan itself always runs in `dtype`
         if module is not None:
             contiguous = (t.contiguous() for t in (s, v, m0, u0, w0))
-            out, m, u, w = _FusedScan.apply(*contiguous, resets, module)
+            flags = None if resets is None else resets.contiguous()  # C++ reads them row by row
+            out, m, u, w = _FusedScan.apply(*contiguous, flags, module)
             new_state = (m, u, w)
         else:
             out, new_state = _parallel_scan(s, v, m0, u0, w0, resets, chunk_size)

@@ -155,17 +155,19 @@ def test_first_token_reset_ignores_the_entering_state(chunk):
     assert (grad_u0[1] != 0).all()  # row 1 continues the state
 
 
+@pytest.mark.parametrize("chunk", [16, None])
 @pytest.mark.parametrize("splits", [[1], [40], [41], [39, 40, 41], [5, 64, 199]])
-def test_split_and_continue_equals_whole(splits):
-    """A packed row may be cut anywhere, a reset included: the state carries the open sequence."""
+def test_split_and_continue_equals_whole(splits, chunk):
+    """A packed row may be cut anywhere, a reset included: the state carries the open sequence (the
+    pieces' resets are strided views of the whole's)."""
     scores, values = make(2, 2, 200, 4, scale=30.0)
     resets = resets_at(2, 200, [0, 40, 41, 120])
-    whole, whole_state = aaren_scan(scores, values, resets=resets, chunk_size=16)
+    whole, whole_state = aaren_scan(scores, values, resets=resets, chunk_size=chunk)
     state, parts, start = None, [], 0
     for end in [*splits, 200]:
         piece = slice(start, end)
         out, state = aaren_scan(
-            scores[..., piece], values[..., piece, :], state, resets=resets[:, piece], chunk_size=16
+            scores[..., piece], values[..., piece, :], state, resets=resets[:, piece], chunk_size=chunk
         )
         parts.append(out)
         start = end
