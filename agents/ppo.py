@@ -116,15 +116,7 @@ class AarenRolloutBuffer(RolloutBuffer):
         data = self._tensors
         starts_episode = self.episode_starts[first, env].astype(bool)
         rows, offsets = pack_rows(length, carried=(first == 0) & ~starts_episode)
-        # every real token's (row, column) and (step, env); padding reads step 0 of env 0 (masked out)
-        sequence = np.repeat(np.arange(len(length)), length)
-        within = np.arange(len(sequence)) - np.repeat(np.cumsum(length) - length, length)
-        row, column = rows[sequence], offsets[sequence] + within
-        shape = (int(rows.max()) + 1, int(column.max()) + 1)
-        steps, envs = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
-        steps[row, column], envs[row, column] = first[sequence] + within, env[sequence]
-        mask, resets = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
-        mask[row, column], resets[row, column] = True, (within == 0) & (column > 0)
+        steps, envs, mask, resets = packed_layout(env, first, length, rows, offsets)
         steps_t, envs_t, mask_t = (torch.as_tensor(a, device=self.device) for a in (steps, envs, mask))
         resets_t = torch.as_tensor(resets, device=self.device) if resets.any() else None  # None: unsegmented
         real_steps, real_envs = steps_t[mask_t], envs_t[mask_t]
@@ -147,6 +139,23 @@ class AarenRolloutBuffer(RolloutBuffer):
             advantages=data["advantages"][real_steps, real_envs],
             returns=data["returns"][real_steps, real_envs],
         )
+
+
+def packed_layout(
+    env: np.ndarray, first: np.ndarray, length: np.ndarray, rows: np.ndarray, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The [R, T] step and env indices, mask (real steps) and resets (a later sequence starts) of
+    sequences (env, first step, length) laid out at `pack_rows`' rows and offsets; padding reads step 0
+    of env 0 (masked out)."""
+    sequence = np.repeat(np.arange(len(length)), length)  # every real token's sequence
+    within = np.arange(len(sequence)) - np.repeat(np.cumsum(length) - length, length)
+    row, column = rows[sequence], offsets[sequence] + within
+    shape = (int(rows.max()) + 1, int(column.max()) + 1)
+    steps, envs = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+    steps[row, column], envs[row, column] = first[sequence] + within, env[sequence]
+    mask, resets = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
+    mask[row, column], resets[row, column] = True, (within == 0) & (column > 0)
+    return steps, envs, mask, resets
 
 
 def pack_rows(lengths: np.ndarray, carried: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
