@@ -456,19 +456,17 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
 
     def _memory_input(
         self,
-        flat_obs: Tensor,
-        extractor: BaseFeaturesExtractor,
-        shape: tuple[int, int],
+        features: Tensor,
         time: Tensor | None,
         lags: Tensor | None,
         in_episode: Tensor | None,
         *previous: Tensor | None,
     ) -> tuple[Tensor, Tensor | None]:
-        """Step features [B, N, F] of observations [B * N, ...] (the `time` features [B, N, *] joined
-        to them, where given), after those of the `lags` steps before each (the entering `lags`
-        [B, k, F], then the sequence's own; only those `in_episode`, where given: `lags_in_episode`),
-        the previous action and reward appended; and the lags after the N steps."""
-        features = self._features(flat_obs, extractor).view(*shape, -1)
+        """Step features [B, N, F] (the `time` features [B, N, *] joined to them, where given), after
+        those of the `lags` steps before each (the entering `lags` [B, k, F], then the sequence's own;
+        only those `in_episode`, where given: `lags_in_episode`), the previous action and reward
+        appended; and the lags after the N steps."""
+        shape = features.shape[:2]
         if time is not None:
             features = torch.cat([features, time], -1)
         if lags is not None:
@@ -515,16 +513,20 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         action, reward = self._previous(state, taken, resets)
         time = time_features(timesteps, self.dtype) if self.episode_time else None
         in_episode = lags_in_episode(timesteps, self.input_lags) if resets is not None else None
-        pi_in, actor_lags = self._memory_input(
-            flat, self.pi_features_extractor, (b, n), time, state.actor_lags, in_episode, action
-        )
+        pi_features = self._features(flat, self.pi_features_extractor).view(b, n, -1)
+        pi_in, actor_lags = self._memory_input(pi_features, time, state.actor_lags, in_episode, action)
         pi_out, actor = self._remember("actor_memory", pi_in, timesteps, state.actor, resets)
         vf_out, critic_state, critic_lags = None, None, None
         if critic and self.critic_memory is None:
             vf_out = pi_out
         elif critic:
+            vf_features = (  # one extractor (SB3's default) gives both memories the same features
+                pi_features
+                if self.vf_features_extractor is self.pi_features_extractor
+                else self._features(flat, self.vf_features_extractor).view(b, n, -1)
+            )
             vf_in, critic_lags = self._memory_input(
-                flat, self.vf_features_extractor, (b, n), None, state.critic_lags, in_episode, action, reward
+                vf_features, None, state.critic_lags, in_episode, action, reward
             )
             vf_out, critic_state = self._remember("critic_memory", vf_in, timesteps, state.critic, resets)
         latent_vf = None if vf_out is None else self.mlp_extractor.forward_critic(vf_out)

@@ -347,9 +347,8 @@ def test_input_lags_feed_each_step_the_features_of_the_steps_before_it() -> None
     policy = _policy(spaces.Box(-1, 1, (3,)), spaces.Discrete(4), torch.float64, input_lags=2)
     obs = torch.randn(1, 5, 3).double()  # float32 values: SB3's preprocessing passes them through float32
     lags = policy.initial_state(1).actor_lags
-    inputs, after = policy._memory_input(
-        obs.reshape(5, 3), policy.pi_features_extractor, (1, 5), None, lags, None
-    )
+    features = policy._features(obs.reshape(5, 3), policy.pi_features_extractor).view(1, 5, 3)
+    inputs, after = policy._memory_input(features, None, lags, None)
     padded = torch.cat([torch.zeros(1, 2, 3, dtype=torch.float64), obs], 1)
     for j in range(5):
         torch.testing.assert_close(inputs[0, j], padded[0, j : j + 3].flatten(), rtol=0, atol=0)
