@@ -6,9 +6,10 @@
 Acting feeds one token per env step through the backbone with the carried constant-size state
 (`ActorCriticState`, rows reset where an episode starts); without gradients and outside training mode
 (predict, rollout collection) that step runs on the memories folded for acting (`FoldedMemory`),
-folded again whenever their weights have changed. Training re-runs whole stored sequences at once with
-the parallel prefix scan from each sequence's entering state (`RolloutSequences`), and gives the same
-log-probs and values as acting did, to float tolerance.
+folded again whenever their weights have changed (and after every optimizer step). Training re-runs
+whole stored sequences at once with the scan from each row's entering state, short episodes packed
+into shared rows (`RolloutSequences`), and gives the same log-probs and values as acting did, to float
+tolerance.
 
 Each head adds a learned recency slope times the step's episode timestep to its scores (ALiBi-like).
 Aaren's query is input-independent, so without that the memory is a weighted average of the past
@@ -512,7 +513,9 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         timesteps = episode_timesteps(state.steps, n, resets)
         action, reward = self._previous(state, taken, resets)
         time = time_features(timesteps, self.dtype) if self.episode_time else None
-        in_episode = lags_in_episode(timesteps, self.input_lags) if resets is not None else None
+        in_episode = (
+            lags_in_episode(timesteps, self.input_lags) if resets is not None and self.input_lags else None
+        )
         pi_features = self._features(flat, self.pi_features_extractor).view(b, n, -1)
         pi_in, actor_lags = self._memory_input(pi_features, time, state.actor_lags, in_episode, action)
         pi_out, actor = self._remember("actor_memory", pi_in, timesteps, state.actor, resets)
@@ -576,7 +579,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Values, log-probs and entropies of `actions` on the real steps of stored sequences.
 
-        `obs` holds whole padded sequences, re-run at once by the parallel scan from their entering
+        `obs` holds whole sequences packed into rows, re-run at once by the scan from their entering
         states; `actions` and the outputs cover the real steps only (`obs.mask` order), so every
         loss term built on them is masked.
         """
