@@ -42,6 +42,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 AarenScanState = tuple[Tensor, Tensor, Tensor]
@@ -381,6 +382,7 @@ class _FusedScan(torch.autograd.Function):
         return out, m, u, w
 
     @staticmethod
+    @once_differentiable  # the reverse pass is C++: first derivatives only
     def backward(ctx, g_out: Tensor | None, _: Tensor | None, g_u: Tensor | None, g_w: Tensor | None):
         s, v, out, run_max, den, m0, resets = ctx.saved_tensors
         g_out = torch.zeros_like(out) if g_out is None else g_out.contiguous()
