@@ -30,15 +30,28 @@ def _check_x(x: Tensor, embed_dim: int, who: str) -> None:
         raise ValueError(f"{who}: input `x` has no tokens (N = 0)")
 
 
+def _starts(resets: Tensor | None, from_empty: bool, b: int, n: int, device: torch.device) -> Tensor:
+    """[B, N] bool: where a sequence starts: the resets, and the first token when `from_empty`."""
+    starts = torch.zeros(b, n, dtype=torch.bool, device=device) if resets is None else resets.clone()
+    starts[:, 0] |= from_empty
+    return starts
+
+
 def _check_heads(embed_dim: int, num_heads: int) -> None:
     if num_heads < 1 or embed_dim % num_heads:
         raise ValueError(f"embed_dim ({embed_dim}) must be a positive multiple of num_heads ({num_heads})")
 
 
 class Aaren(nn.Module):
-    """Multi-head Aaren attention: a learned query per head attends over every prefix of the input."""
+    """Multi-head Aaren attention: a learned query per head attends over every prefix of the input.
 
-    def __init__(self, embed_dim: int, num_heads: int = 1, dropout: float = 0.0, bias: bool = True):
+    sink: give each head a learned sink, a token of value 0 and learned score that starts every
+    sequence (softmax with an extra "nothing" option, as attention sinks): lets a head count (`forward`).
+    """
+
+    def __init__(
+        self, embed_dim: int, num_heads: int = 1, dropout: float = 0.0, bias: bool = True, sink: bool = False
+    ):
         super().__init__()
         _check_heads(embed_dim, num_heads)
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
@@ -46,10 +59,28 @@ class Aaren(nn.Module):
         self.key_value = nn.Linear(embed_dim, 2 * embed_dim, bias=bias)
         self.proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
+        # Each head's learned score of a zero-valued token that starts every sequence (None: no sink).
+        self.sink = nn.Parameter(torch.zeros(num_heads)) if sink else None
 
     def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> AarenScanState:
-        return empty_state(
+        """The state before any token: empty, or holding only the sink token (m = its score, u = 1, w = 0)."""
+        m, u, w = empty_state(
             batch_size, self.num_heads, self.head_dim, device=device, dtype=dtype or torch.float32
+        )
+        if self.sink is None:
+            return m, u, w
+        return self.sink.detach().to(m).expand_as(m).clone(), torch.ones_like(u), w
+
+    def _join_sink(self, scores: Tensor, values: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
+        """Scores [B, H, N] and values [B, H, N, Dh] with the sink joined to each token of `starts` [B, N]:
+        the softmax over {sink, token, later tokens} is the softmax with that token's score
+        logaddexp(s, sink) and value sigmoid(s - sink) v, so the scan runs unchanged and the sink's
+        score gets its gradient."""
+        sink, at = self.sink.to(scores.dtype)[:, None], starts[:, None, :]
+        joined_values = values * torch.sigmoid(scores - sink)[..., None]
+        return (
+            torch.where(at, torch.logaddexp(scores, sink), scores),
+            torch.where(at[..., None], joined_values, values),
         )
 
     def forward(
@@ -65,6 +96,11 @@ class Aaren(nn.Module):
         score_bias: optional [B, H, N] (broadcastable) added to the scores, e.g. slope * timestep for a
         recency preference (ALiBi-like), which the input-independent query cannot express by itself.
         resets: optional [B, N] bool, True where a token starts a new sequence (see `aaren_scan`).
+
+        With a sink, every sequence starts with it: at each reset, and before the first token when
+        `state` is None (a given state holds its sink already: `init_state`, or a previous call's). Its
+        weight e^sink / (e^sink + sum e^s) shrinks as matching tokens add up, so a head whose sink
+        outweighs them sums its values rather than averaging them: it can count.
         """
         _check_x(x, self.embed_dim, "Aaren")
         b, n, _ = x.shape
@@ -75,6 +111,9 @@ class Aaren(nn.Module):
         scores = (keys @ self.query.to(keys.dtype).unsqueeze(-1)).squeeze(-1) / math.sqrt(self.head_dim)
         if score_bias is not None:
             scores = scores + score_bias.to(scores.dtype).expand_as(scores)
+        if self.sink is not None:
+            resets = _starts(resets, state is None, b, n, x.device)
+            scores, values = self._join_sink(scores, values, resets)
         out, state = aaren_scan(scores, values, state, resets=resets)
         y = out.transpose(1, 2).reshape(b, n, self.embed_dim)
         return self.dropout(self.proj(y)), state
@@ -155,18 +194,25 @@ class AarenBackbone(nn.Module):
     """A stack of Aaren blocks. Its state (`AarenState`) has the same size after 1 or 1,000,000 tokens."""
 
     def __init__(
-        self, embed_dim: int, num_layers: int, num_heads: int = 1, ffn_mult: int = 4, dropout: float = 0.1
+        self,
+        embed_dim: int,
+        num_layers: int,
+        num_heads: int = 1,
+        ffn_mult: int = 4,
+        dropout: float = 0.1,
+        sink: bool = False,
     ):
+        """sink: a learned sink per head in every layer (`Aaren`)."""
         super().__init__()
         self.embed_dim = embed_dim
         self.blocks = nn.ModuleList(
-            Block(Aaren(embed_dim, num_heads, dropout), embed_dim, ffn_mult, dropout)
+            Block(Aaren(embed_dim, num_heads, dropout, sink=sink), embed_dim, ffn_mult, dropout)
             for _ in range(num_layers)
         )
         self.ln_f = nn.LayerNorm(embed_dim)
 
     def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> AarenState:
-        """The empty state (no token seen) for `batch_size` sequences."""
+        """The state before any token for `batch_size` sequences (empty, or each layer's sinks)."""
         return AarenState.from_layers(
             [blk.mixer.init_state(batch_size, device, dtype) for blk in self.blocks]
         )

@@ -49,13 +49,16 @@ class AarenState:
         m, u, w = zip(*layers, strict=True)
         return cls(torch.stack(m), torch.stack(u), torch.stack(w))
 
-    def reset(self, rows: Tensor) -> AarenState:
-        """The same state with `rows` (bool mask [B] or indices) emptied, as if no token had been seen."""
+    def reset(self, rows: Tensor, to: AarenState | None = None) -> AarenState:
+        """The same state with `rows` (bool mask [B] or indices) emptied, as if no token had been seen,
+        or set to those of `to` (a backbone's `init_state`, which holds its sinks where it has them)."""
         mask = _rows_mask(rows, self.batch_size, self.m.device)
+        fills = (float("-inf"), 0.0, 0.0) if to is None else (to.m, to.u, to.w)
         return AarenState(
-            self.m.masked_fill(mask[None, :, None], float("-inf")),
-            self.u.masked_fill(mask[None, :, None], 0.0),
-            self.w.masked_fill(mask[None, :, None, None], 0.0),
+            *(
+                torch.where(mask.view(1, -1, *(1,) * (t.dim() - 2)), fill, t)
+                for fill, t in zip(fills, (self.m, self.u, self.w), strict=True)
+            )
         )
 
     def select(self, rows: Tensor) -> AarenState:

@@ -197,6 +197,7 @@ class AarenStep:
         if not isinstance(backbone, AarenBackbone):
             raise ValueError(f"AarenStep folds an AarenBackbone, got {type(backbone).__name__}")
         self.layers = [_AarenLayer.of(block) for block in backbone.blocks]
+        self.sinks = any(block.mixer.sink is not None for block in backbone.blocks)
         self.ln_f = _LayerNorm.of(backbone.ln_f)
         self.dtype = self.ln_f.weight.dtype
         self.flat_weights, self.eps = _fused_weights(
@@ -205,7 +206,13 @@ class AarenStep:
 
     def score_mask(self, resets: Tensor) -> Tensor:
         """Additive [B, 1, N, N + 1] mask from resets [B, N] bool (token j starts a new sequence: the
-        state and the tokens before j are forgotten from token j on). Key 0 is the carried state."""
+        state and the tokens before j are forgotten from token j on). Key 0 is the carried state.
+        Not for a backbone with sinks, whose sequences start from its `init_state` rather than empty."""
+        if self.sinks and bool(resets.any()):
+            raise ValueError(
+                "AarenStep: resets inside a call forget the state, sinks included. Fix: with sinks, "
+                "set the rows' state to the backbone's init_state between calls (AarenState.reset(rows, to=...))"
+            )
         n = resets.shape[-1]
         tokens = torch.arange(n, device=resets.device)
         keys = torch.arange(-1, n, device=resets.device)

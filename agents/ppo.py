@@ -64,17 +64,19 @@ class AarenRolloutBufferSamples(NamedTuple):
 class AarenRolloutBuffer(RolloutBuffer):
     """RolloutBuffer that yields whole sequences (cut at episode starts) with their entering states.
 
-    Arrays stay [n_steps, n_envs, ...]; `initial_state` is the policy state entering step 0 (set by
-    the algorithm), the only memory stored. Sequences carry their actions and rewards too, from which
+    Arrays stay [n_steps, n_envs, ...]; `initial_state` is the policy state entering step 0 and
+    `start_state` its state before an episode's first step (both set by the algorithm), the only memory
+    stored. Sequences carry their actions and rewards too, from which
     the policy derives each step's previous action and reward (`previous_action_reward`): shifted by
     one step within the sequence, the entering state's for its first step (zero at an episode start).
     """
 
     initial_state: ActorCriticState | None
+    start_state: ActorCriticState | None
 
     def reset(self) -> None:
         super().reset()
-        self.initial_state = None
+        self.initial_state = self.start_state = None
         self._tensors: dict[str, Tensor] | None = None
 
     def sequences(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -112,7 +114,7 @@ class AarenRolloutBuffer(RolloutBuffer):
     def _sequence_samples(
         self, env: np.ndarray, first: np.ndarray, length: np.ndarray
     ) -> AarenRolloutBufferSamples:
-        assert self._tensors is not None and self.initial_state is not None
+        assert self._tensors is not None and self.initial_state is not None and self.start_state is not None
         data = self._tensors
         starts_episode = self.episode_starts[first, env].astype(bool)
         rows, offsets = pack_rows(length, carried=(first == 0) & ~starts_episode)
@@ -123,7 +125,8 @@ class AarenRolloutBuffer(RolloutBuffer):
         leaders = np.flatnonzero(offsets == 0)  # each row's first sequence, whose state the row enters with
         leaders = leaders[np.argsort(rows[leaders])]
         entering = self.initial_state.select(torch.as_tensor(env[leaders], device=self.device))
-        entering = entering.reset(torch.as_tensor(starts_episode[leaders], device=self.device))
+        start = self.start_state.select(torch.as_tensor(env[leaders], device=self.device))
+        entering = entering.reset(torch.as_tensor(starts_episode[leaders], device=self.device), start)
         return AarenRolloutBufferSamples(
             observations=RolloutSequences(
                 data["observations"][steps_t, envs_t],
@@ -322,6 +325,7 @@ class AarenPPO(PPO):
         self.policy.set_training_mode(False)
         rollout_buffer.reset()
         rollout_buffer.initial_state = self._last_policy_state
+        rollout_buffer.start_state = self.policy.initial_state(self.n_envs)
         if self.use_sde:
             self.policy.reset_noise(env.num_envs)
         callback.on_rollout_start()

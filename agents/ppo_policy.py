@@ -18,6 +18,14 @@ the random policy's return where RecurrentPPO learned. A learned timestep
 embedding (as in the Decision Transformer) was tried too and hurt: random per-step vectors swamp
 the observation early in training.
 
+Each head also has a learned sink (`sink=True`, the default; `aaren_rl.Aaren`): a token of value 0
+and learned score that starts every episode. A head's softmax average does not change when every
+step is seen twice as often, so it cannot count; with a sink that outweighs the steps seen, the head
+is nearly a sum of its values and counts (how many red cards so far, in POPGym's CountRecall), and a
+value's constant part becomes a ramp in the steps seen. Half the heads' sinks start high
+(`SINK_INIT`), the others' at 0, and all are learned. Acting starts each episode from the state holding only the sinks (`initial_state`); training
+joins them to each episode's first step, which is the same attention.
+
 By default the actor and the critic have separate memories (as RecurrentPPO's default LSTMs), so
 value-loss gradients do not shape the actor's memory; `share_memory=True` uses one memory for both
 (one backbone pass per step, about half the cost). `recency=False` drops the slopes (for ablations).
@@ -70,9 +78,9 @@ from aaren_rl import AarenBackbone, AarenState
 from aaren_rl.step import AarenStep, ParameterVersions
 
 
-def _zero_rows(t: Tensor | None, rows: Tensor) -> Tensor | None:
-    """`t` [B, ...] with the rows of bool mask `rows` [B] zeroed (None stays None)."""
-    return None if t is None else t.masked_fill(rows.view(-1, *(1,) * (t.dim() - 1)), 0)
+def _take_rows(rows: Tensor, start: Tensor | None, t: Tensor | None) -> Tensor | None:
+    """`t` [B, ...] with the rows of bool mask `rows` [B] taken from `start` (None stays None)."""
+    return None if t is None else torch.where(rows.view(-1, *(1,) * (t.dim() - 1)), start, t)
 
 
 @dataclass(frozen=True)
@@ -95,19 +103,22 @@ class ActorCriticState:
     def batch_size(self) -> int:
         return self.steps.shape[0]
 
-    def reset(self, rows: Tensor) -> ActorCriticState:
-        """The state with the rows of bool mask `rows` emptied (their episode starts again); the same
-        state when no row starts (most acting steps: seven masked copies saved)."""
-        if not rows.any():
-            return self
+    def reset(self, rows: Tensor, start: ActorCriticState) -> ActorCriticState:
+        """The state with the rows of bool mask `rows` set to those of `start` (the policy's
+        `initial_state`: their episode starts again)."""
         return ActorCriticState(
-            self.actor.reset(rows),
-            None if self.critic is None else self.critic.reset(rows),
-            self.steps.masked_fill(rows, 0),
-            _zero_rows(self.last_action, rows),
-            _zero_rows(self.last_reward, rows),
-            _zero_rows(self.actor_lags, rows),
-            _zero_rows(self.critic_lags, rows),
+            self.actor.reset(rows, start.actor),
+            None if self.critic is None else self.critic.reset(rows, start.critic),
+            *(
+                _take_rows(rows, theirs, mine)
+                for mine, theirs in (
+                    (self.steps, start.steps),
+                    (self.last_action, start.last_action),
+                    (self.last_reward, start.last_reward),
+                    (self.actor_lags, start.actor_lags),
+                    (self.critic_lags, start.critic_lags),
+                )
+            ),
         )
 
     def select(self, rows: Tensor) -> ActorCriticState:
@@ -188,6 +199,13 @@ def recency_bias(recency: Tensor | None, timesteps: Tensor) -> Tensor | None:
     return recency[:, None] * timesteps[:, None, :].to(recency.dtype)
 
 
+#: The initial sink score of every other head (0, 2, ...; the others' start at 0): about e^8 = 3,000
+#: tokens of score 0 weigh as much as such a sink, so over episodes of up to hundreds of steps these
+#: heads start out near a sum of their values (a count), and the others near an average, which can
+#: single out one token (a cue) without first unlearning a sink. All are learned.
+SINK_INIT = 8.0
+
+
 class AarenMemory(nn.Module):
     """Inputs [B, N, input_dim] and their episode timesteps [B, N] -> latents [B, N, embed_dim], new state.
 
@@ -195,6 +213,9 @@ class AarenMemory(nn.Module):
     initialised to 0 for the first head, 1, 1/2, 1/4, ... for the others, like ALiBi's slopes): its
     output is then an exponentially decaying average of the past, so recent observations (velocities)
     can be read. Without, `recency` is None and the heads weigh the past by content only.
+
+    With `sink`, each head has a learned sink (`aaren_rl.Aaren`: a zero-valued token that starts every
+    episode), initialised to `SINK_INIT` on every other head and 0 on the others.
     """
 
     def __init__(
@@ -206,18 +227,28 @@ class AarenMemory(nn.Module):
         ffn_mult: int,
         dropout: float,
         recency: bool = True,
+        sink: bool = True,
     ):
         super().__init__()
         self.embed = nn.Linear(input_dim, embed_dim)
         slopes = torch.tensor([0.0] + [2.0**-i for i in range(num_heads - 1)])
         self.recency = nn.Parameter(slopes) if recency else None
-        self.backbone = AarenBackbone(embed_dim, num_layers, num_heads, ffn_mult, dropout)
+        self.backbone = AarenBackbone(embed_dim, num_layers, num_heads, ffn_mult, dropout, sink=sink)
+        self.sink = sink
+        if sink:
+            with torch.no_grad():
+                for block in self.backbone.blocks:
+                    block.mixer.sink.copy_(torch.arange(num_heads) % 2 == 0).mul_(SINK_INIT)
 
     def forward(
         self, inputs: Tensor, timesteps: Tensor, state: AarenState, resets: Tensor | None = None
     ) -> tuple[Tensor, AarenState]:
-        """resets [B, N]: where a new episode starts in a row (`AarenBackbone.forward`)."""
+        """resets [B, N]: where a new episode starts in a row (`AarenBackbone.forward`). With sinks, the
+        memory restarts at every episode's first step (timestep 0), so that the sinks get gradients
+        there too (a row's entering state holds them without)."""
         bias = recency_bias(self.recency, timesteps)
+        if self.sink:
+            resets = timesteps == 0
         return self.backbone(self.embed(inputs), state, bias, resets=resets)
 
 
@@ -249,7 +280,7 @@ FUSED_ADAM = {"eps": 1e-5, "fused": True}
 
 #: Constructor options a policy saved without them was built with: they were added, or their default
 #: changed, later (AarenPPO zips and exports from before then lack the key).
-SAVED_WITHOUT = {"previous_action_reward": False, "input_lags": 0}
+SAVED_WITHOUT = {"previous_action_reward": False, "input_lags": 0, "sink": False}
 
 
 class AarenActorCriticPolicy(ActorCriticPolicy):
@@ -259,6 +290,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         PPO ratio exactly 1 before the first update).
     share_memory: one memory for actor and critic instead of one each.
     recency: the learned per-head recency slopes (False: none, content-only attention).
+    sink: a learned sink per head (`AarenMemory`), so that a head can count.
     previous_action_reward: feed the memories the previous action, and the critic's own memory the
         previous reward too (see the module's docstring for why the actor gets no reward).
     input_lags: feed the memories the features of this many steps before each step too.
@@ -299,6 +331,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         dropout: float = 0.0,
         share_memory: bool = False,
         recency: bool = True,
+        sink: bool = True,
         previous_action_reward: bool = True,
         input_lags: int = 4,
         episode_time: bool = False,
@@ -319,6 +352,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             ffn_mult=ffn_mult,
             dropout=dropout,
             recency=recency,
+            sink=sink,
         )
         self.share_memory = share_memory
         self.previous_action_reward = previous_action_reward
@@ -393,7 +427,10 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
 
     def initial_state(self, batch_size: int) -> ActorCriticState:
         """The state of `batch_size` envs before their first step."""
-        empty = self.actor_memory.backbone.init_state(batch_size, self.device, self.dtype)
+        actor, critic = (
+            None if memory is None else memory.backbone.init_state(batch_size, self.device, self.dtype)
+            for memory in (self.actor_memory, self.critic_memory)
+        )
         steps = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         options = dict(dtype=self.dtype, device=self.device)
         reads_reward = self.previous_action_reward and not self.share_memory
@@ -405,8 +442,8 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             torch.zeros(batch_size, self.input_lags, width, **options) if self.input_lags else None
             for width in (self.actor_step_dim, self.features_dim)
         )
-        critic, critic_lags = (None, None) if self.share_memory else (empty, critic_lags)
-        return ActorCriticState(empty, critic, steps, last_action, last_reward, actor_lags, critic_lags)
+        critic_lags = None if self.share_memory else critic_lags
+        return ActorCriticState(actor, critic, steps, last_action, last_reward, actor_lags, critic_lags)
 
     def _features(self, obs: Tensor, extractor: BaseFeaturesExtractor) -> Tensor:
         """Features in the policy's dtype (SB3's preprocessing yields float32)."""
@@ -547,8 +584,13 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         self, obs: Tensor, state: ActorCriticState, episode_starts: Tensor, critic: bool = True
     ) -> tuple[Tensor, Tensor | None, ActorCriticState]:
         """One env step: obs [B, *obs_shape]; rows where `episode_starts` is set begin a new episode."""
-        pi, vf, state = self._latents(obs.unsqueeze(1), state.reset(episode_starts.bool()), critic)
+        pi, vf, state = self._latents(obs.unsqueeze(1), self._restart(state, episode_starts.bool()), critic)
         return pi[:, 0], None if vf is None else vf[:, 0], state
+
+    def _restart(self, state: ActorCriticState, rows: Tensor) -> ActorCriticState:
+        """`state` with the rows of bool mask `rows` back at the initial state (their episode starts
+        again); the same state when no row starts (most acting steps: the copies saved)."""
+        return state.reset(rows, self.initial_state(state.batch_size)) if rows.any() else state
 
     def forward(  # type: ignore[override]
         self, obs: Tensor, state: ActorCriticState, episode_starts: Tensor, deterministic: bool = False

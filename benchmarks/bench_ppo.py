@@ -122,6 +122,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "shared": {"share_memory": True},  # one memory for actor and critic
     "no-lags": {"input_lags": 0},  # the memories see each step alone (AarenPPO before input_lags)
     "time": {"episode_time": True},  # the episode time in the actor's memory
+    "no-sink": {"sink": False},  # heads average (AarenPPO before sinks)
 }
 """AarenPPO ablation variants (`--variants`): extra policy_kwargs for AarenActorCriticPolicy."""
 

@@ -1,4 +1,4 @@
-"""AarenPPO's policy options (recency, previous_action_reward, share_memory): folded acting equals the
+"""AarenPPO's policy options (recency, sink, previous_action_reward, share_memory, ...): folded acting equals the
 parallel re-run, learn() runs, save/load and export keep the options and the actions, and zips and
 exports saved before an option was added or its default changed (previous_action_reward, input_lags) load
 as they were saved."""
@@ -48,6 +48,7 @@ OPTIONS = [
     dict(input_lags=3, share_memory=True, previous_action_reward=False),
     dict(episode_time=True),
     dict(episode_time=True, share_memory=True, input_lags=0),
+    dict(sink=False),
 ]
 
 
@@ -70,12 +71,15 @@ class RepeatPreviousEnv(gym.Env):
 
 
 def _policy(obs_space: spaces.Space, action_space: spaces.Space, dtype: torch.dtype, **options: Any):
-    """A policy in eval mode with non-zero recency slopes on every head (when it has them)."""
+    """A policy in eval mode with non-zero recency slopes on every head and random sinks (when it has
+    them)."""
     policy = AarenActorCriticPolicy(obs_space, action_space, lambda _: 3e-4, **SMALL, **options)
     with torch.no_grad():
         for memory in (policy.actor_memory, policy.critic_memory):
             if memory is not None and memory.recency is not None:
                 memory.recency.uniform_(0.1, 0.5)
+            for block in [] if memory is None or not memory.sink else memory.backbone.blocks:
+                block.mixer.sink.uniform_(-1.0, 4.0)
     policy.to(dtype).set_training_mode(False)
     return policy
 
@@ -186,6 +190,7 @@ ENVS_BY_KIND = {"discrete": CARTPOLE_NO_VEL, "multidiscrete": RepeatPreviousEnv,
         ("box", COMBINED),
         ("multidiscrete", LAGS),
         ("discrete", LAGS),
+        ("discrete", dict(sink=False)),
     ],
 )
 def test_rerun_of_stored_sequences_equals_acting(kind: str, options: dict) -> None:
@@ -330,11 +335,12 @@ def test_saves_from_before_a_default_changed_load_as_they_were_saved(tmp_path, k
     model = AarenPPO(
         "MlpAarenPolicy", env, n_steps=16, batch_size=32, seed=0, policy_kwargs={**SMALL, key: saved_value}
     )
-    assert getattr(AarenPPO("MlpAarenPolicy", env, policy_kwargs=SMALL).policy, key) != saved_value
+    fresh = AarenPPO("MlpAarenPolicy", env, policy_kwargs=SMALL).policy
+    assert fresh._get_constructor_parameters()[key] != saved_value
     model.save(tmp_path / "model.zip")
     _drop_option(tmp_path / "model.zip", "data", key)
     loaded = AarenPPO.load(tmp_path / "model.zip", device="cpu")
-    assert getattr(loaded.policy, key) == saved_value
+    assert loaded.policy._get_constructor_parameters()[key] == saved_value
     _assert_same_predictions(model, loaded, CARTPOLE_NO_VEL)
     exported = export_policy(model, tmp_path / "p.zip")
     _drop_option(exported, "policy.json", key)
