@@ -9,7 +9,7 @@ In the style of sb3-contrib's RecurrentPPO, with the LSTM replaced by Aaren:
   reset where an episode starts;
 - the rollout buffer cuts each env's column of steps into sequences at episode starts (and at the
   rollout start) and stores only the state entering the rollout: a sequence starting at an episode
-  start enters with the empty state, the first sequence of each env with the carried state;
+  start enters with the policy's initial state, the first sequence of each env with the carried state;
 - training re-runs every stored sequence of a minibatch in parallel with the prefix scan, packed end
   to end into rows (`pack_rows`; the scan's resets start each episode afresh) rather than padded one
   per row, so short episodes cost no padding; minibatches are whole sequences, about `batch_size`
@@ -165,7 +165,7 @@ def pack_rows(lengths: np.ndarray, carried: np.ndarray) -> tuple[np.ndarray, np.
     """Each sequence's row and offset in it, packing sequences end to end into about as few rows as the
     longest sequence allows (longest first into the shortest row). A `carried` sequence enters with a
     carried state, which only a row's first token can take: each starts its own row; the others start
-    an episode, with the empty state, so they may follow another sequence (a reset between). One
+    an episode, from the initial state, so they may follow another sequence (a reset between). One
     sequence per row where packing would save no token."""
     n_rows = max(int(carried.sum()), math.ceil(lengths.sum() / lengths.max()))
     row, offset = np.zeros(len(lengths), dtype=np.int64), np.zeros(len(lengths), dtype=np.int64)

@@ -142,7 +142,7 @@ class RolloutSequences(NamedTuple):
     [R, T, *obs_shape], the state entering each row (its first sequence's), mask [R, T] (True on real
     steps), the actions [R, T, action_dim] and rewards [R, T] taken at each step (the next steps'
     previous action and reward), and resets [R, T] (True where a later sequence starts in the row: an
-    episode start, entered with the empty state; None: one sequence per row)."""
+    episode start, entered from the initial state; None: one sequence per row)."""
 
     observations: Tensor
     state: ActorCriticState
