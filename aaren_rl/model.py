@@ -111,7 +111,7 @@ class Aaren(nn.Module):
         scores = (keys @ self.query.to(keys.dtype).unsqueeze(-1)).squeeze(-1) / math.sqrt(self.head_dim)
         if score_bias is not None:
             scores = scores + score_bias.to(scores.dtype).expand_as(scores)
-        if self.sink is not None:
+        if self.sink is not None and (resets is not None or state is None):  # else nothing starts here
             resets = _starts(resets, state is None, b, n, x.device)
             scores, values = self._join_sink(scores, values, resets)
         out, state = aaren_scan(scores, values, state, resets=resets)
