@@ -1,7 +1,7 @@
-"""AarenPPO's policy options (recency, sink, previous_action_reward, share_memory, ...): folded acting equals the
-parallel re-run, learn() runs, save/load and export keep the options and the actions, and zips and
-exports saved before an option was added or its default changed (previous_action_reward, input_lags) load
-as they were saved."""
+"""AarenPPO's policy options (recency, sink, previous_action_reward, share_memory, ...): folded acting
+equals the parallel re-run, learn() runs, save/load and export keep the options and the actions, and
+zips and exports saved before an option was added or its default changed (previous_action_reward,
+input_lags, sink) load as they were saved."""
 
 from __future__ import annotations
 
