@@ -32,6 +32,8 @@ def _check_x(x: Tensor, embed_dim: int, who: str) -> None:
 
 def _starts(resets: Tensor | None, from_empty: bool, b: int, n: int, device: torch.device) -> Tensor:
     """[B, N] bool: where a sequence starts: the resets, and the first token when `from_empty`."""
+    if resets is not None and not from_empty:
+        return resets
     starts = torch.zeros(b, n, dtype=torch.bool, device=device) if resets is None else resets.clone()
     starts[:, 0] |= from_empty
     return starts

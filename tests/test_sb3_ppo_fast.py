@@ -134,3 +134,21 @@ def test_training_mode_and_sequences_run_the_module_forward() -> None:
         policy.set_training_mode(True)
         policy(torch.zeros(2, 2), state, torch.ones(2, dtype=torch.bool))  # training mode (dropout)
     assert policy._folded == {}
+
+
+def test_episodes_restart_from_the_current_sinks() -> None:
+    """The start state is kept between episode starts, but follows the sinks when they change: by a
+    (fused) optimizer step, which bumps no version counter, or in place by hand."""
+    model = _model(CARTPOLE_NO_VEL, torch.float32)
+    policy, rows = model.policy, torch.ones(ENVS, dtype=torch.bool)
+
+    def restarted_sinks() -> torch.Tensor:
+        return policy._restart(policy.initial_state(ENVS), rows).actor.m[0, 0]
+
+    sinks = policy.actor_memory.backbone.blocks[0].mixer.sink
+    torch.testing.assert_close(restarted_sinks(), sinks.detach())
+    model.learn(ENVS * 16)
+    torch.testing.assert_close(restarted_sinks(), sinks.detach())
+    with torch.no_grad():
+        sinks.add_(1.0)
+    torch.testing.assert_close(restarted_sinks(), sinks.detach())
