@@ -47,8 +47,9 @@ def _check_heads(embed_dim: int, num_heads: int) -> None:
 class Aaren(nn.Module):
     """Multi-head Aaren attention: a learned query per head attends over every prefix of the input.
 
-    sink: give each head a learned sink, a token of value 0 and learned score that starts every
-    sequence (softmax with an extra "nothing" option, as attention sinks): lets a head count (`forward`).
+    sink: give each head a learned sink, a token of learned score and value (starting at 0) that starts
+    every sequence (as attention sinks; with value 0, softmax with an extra "nothing" option): lets a
+    head count (`forward`).
     """
 
     def __init__(
@@ -61,25 +62,35 @@ class Aaren(nn.Module):
         self.key_value = nn.Linear(embed_dim, 2 * embed_dim, bias=bias)
         self.proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
-        # Each head's learned score of a zero-valued token that starts every sequence (None: no sink).
+        # Each head's learned score and value of a token that starts every sequence (None: no sink).
         self.sink = nn.Parameter(torch.zeros(num_heads)) if sink else None
+        self.sink_value = nn.Parameter(torch.zeros(num_heads, self.head_dim)) if sink else None
 
     def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> AarenScanState:
-        """The state before any token: empty, or holding only the sink token (m = its score, u = 1, w = 0)."""
+        """The state before any token: empty, or holding only the sink token (m = its score, u = 1, w = its
+        value)."""
         m, u, w = empty_state(
             batch_size, self.num_heads, self.head_dim, device=device, dtype=dtype or torch.float32
         )
         if self.sink is None:
             return m, u, w
-        return self.sink.detach().to(m).expand_as(m).clone(), torch.ones_like(u), w
+        m, w = (p.detach().to(t).expand_as(t).clone() for p, t in ((self.sink, m), (self.sink_value, w)))
+        return m, torch.ones_like(u), w
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        """Weights saved before sinks had learned values load with value 0, the sink they were trained with."""
+        if self.sink_value is not None and prefix + "sink" in state_dict:
+            state_dict.setdefault(prefix + "sink_value", torch.zeros_like(self.sink_value))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _join_sink(self, scores: Tensor, values: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
         """Scores [B, H, N] and values [B, H, N, Dh] with the sink joined to each token of `starts` [B, N]:
         the softmax over {sink, token, later tokens} is the softmax with that token's score
-        logaddexp(s, sink) and value sigmoid(s - sink) v, so the scan runs unchanged and the sink's
-        score gets its gradient."""
+        logaddexp(s, sink) and value lerp(sink value, v, sigmoid(s - sink)), so the scan runs unchanged
+        and the sink's score and value get their gradients."""
         sink, at = self.sink.to(scores.dtype)[:, None], starts[:, None, :]
-        joined_values = values * torch.sigmoid(scores - sink)[..., None]
+        weight = torch.sigmoid(scores - sink)[..., None]
+        joined_values = torch.lerp(self.sink_value.to(values.dtype)[:, None], values, weight)
         return (
             torch.where(at, torch.logaddexp(scores, sink), scores),
             torch.where(at[..., None], joined_values, values),
@@ -102,7 +113,7 @@ class Aaren(nn.Module):
         With a sink, every sequence starts with it: at each reset, and before the first token when
         `state` is None (a given state holds its sink already: `init_state`, or a previous call's). Its
         weight e^sink / (e^sink + sum e^s) shrinks as matching tokens add up, so a head whose sink
-        outweighs them sums its values rather than averaging them: it can count.
+        outweighs them sums its values (beside the sink's) rather than averaging them: it can count.
         """
         _check_x(x, self.embed_dim, "Aaren")
         b, n, _ = x.shape

@@ -18,11 +18,12 @@ the random policy's return where RecurrentPPO learned. A learned timestep
 embedding (as in the Decision Transformer) was tried too and hurt: random per-step vectors swamp
 the observation early in training.
 
-Each head also has a learned sink (`sink=True`, the default; `aaren_rl.Aaren`): a token of value 0
-and learned score that starts every episode. A head's softmax average does not change when every
+Each head also has a learned sink (`sink=True`, the default; `aaren_rl.Aaren`): a token of learned
+score and value (starting at 0) that starts every episode. A head's softmax average does not change when every
 step is seen twice as often, so it cannot count; with a sink that outweighs the steps seen, the head
 is nearly a sum of its values and counts (how many red cards so far, in POPGym's CountRecall), and a
-value's constant part becomes a ramp in the steps seen. Half the heads' sinks start high
+value's constant part becomes a ramp in the steps seen; the sink's value, as tokens outweigh it,
+fades into their average, which is a clock. Half the heads' sinks start high
 (`SINK_INIT`), the others' at 0, and all are learned. Acting starts each episode from the state
 holding only the sinks (`initial_state`); training joins them to each episode's first step, which is
 the same attention. They lifted AarenPPO on the POPGym set (README).
@@ -215,8 +216,8 @@ class AarenMemory(nn.Module):
     output is then an exponentially decaying average of the past, so recent observations (velocities)
     can be read. Without, `recency` is None and the heads weigh the past by content only.
 
-    With `sink`, each head has a learned sink (`aaren_rl.Aaren`: a zero-valued token that starts every
-    episode), initialised to `SINK_INIT` on every other head and 0 on the others.
+    With `sink`, each head has a learned sink (`aaren_rl.Aaren`: a token of learned score and value that
+    starts every episode), its score initialised to `SINK_INIT` on every other head and 0 on the others.
     """
 
     def __init__(

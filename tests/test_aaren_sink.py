@@ -1,4 +1,4 @@
-"""Aaren's learned sink: the same as a real zero-valued token of the sink's score at the start of every
+"""Aaren's learned sink: the same as a real token of the sink's score and value at the start of every
 sequence (naive softmax, float64), whether the sequence starts at a reset, from no state or from
 `init_state`; token-by-token and folded steps equal the parallel forward; the sink gets gradients."""
 
@@ -16,11 +16,13 @@ def _aaren() -> Aaren:
     aaren = Aaren(D, H, sink=True).double()
     with torch.no_grad():
         aaren.sink.copy_(torch.tensor([3.0, -1.0]))
+        aaren.sink_value.normal_()
     return aaren
 
 
 def _naive(aaren: Aaren, x: torch.Tensor, resets: torch.Tensor) -> torch.Tensor:
-    """Each prefix's softmax over the sink (score aaren.sink, value 0) and its sequence's tokens so far."""
+    """Each prefix's softmax over the sink (score aaren.sink, value aaren.sink_value) and its sequence's
+    tokens so far."""
     b, n, _ = x.shape
     keys, values = aaren.key_value(x).view(b, n, 2, H, D // H).unbind(2)  # [B, N, H, Dh]
     scores = torch.einsum("bnhd,hd->bhn", keys, aaren.query) / (D // H) ** 0.5
@@ -30,7 +32,7 @@ def _naive(aaren: Aaren, x: torch.Tensor, resets: torch.Tensor) -> torch.Tensor:
         for t in range(n):
             first = t if resets[row, t] else first
             logits = torch.cat([aaren.sink[:, None], scores[row, :, first : t + 1]], 1)  # [H, 1 + k]
-            with_sink = torch.cat([torch.zeros(1, H, D // H, dtype=x.dtype), values[row, first : t + 1]])
+            with_sink = torch.cat([aaren.sink_value[None], values[row, first : t + 1]])
             out[row, t] = torch.einsum("hk,khd->hd", logits.softmax(-1), with_sink)
     return aaren.proj(out.reshape(b, n, D))
 
@@ -55,13 +57,14 @@ def test_sink_equals_a_real_token_at_every_sequence_start():
     assert (torch.cat(steps, 1) - want).abs().max() < 1e-10
 
 
-def test_the_sinks_score_gets_gradients_and_moves_the_output():
+def test_the_sinks_score_and_value_get_gradients_and_move_the_output():
     aaren, x = _aaren(), torch.randn(B, N, D, dtype=torch.float64)
     y, _ = aaren(x)
     y.square().sum().backward()
-    assert aaren.sink.grad is not None and (aaren.sink.grad.abs() > 0).all()
+    for grad in (aaren.sink.grad, aaren.sink_value.grad):
+        assert grad is not None and (grad.abs() > 0).all()
     without = Aaren(D, H).double()
-    without.load_state_dict({k: v for k, v in aaren.state_dict().items() if k != "sink"})
+    without.load_state_dict({k: v for k, v in aaren.state_dict().items() if not k.startswith("sink")})
     assert (without(x)[0] - y).abs().max() > 1e-3
 
 
@@ -74,6 +77,7 @@ def test_folded_steps_from_init_state_equal_the_forward(dtype):
     with torch.no_grad():
         for block in backbone.blocks:
             block.mixer.sink.uniform_(-2, 6)
+            block.mixer.sink_value.normal_()
         x = torch.randn(2, 7, 16, dtype=dtype)
         whole, _ = backbone(x)
         step, state, ys = AarenStep(backbone), backbone.init_state(2, dtype=dtype), []
@@ -84,3 +88,12 @@ def test_folded_steps_from_init_state_equal_the_forward(dtype):
             step.score_mask(torch.tensor([[False, True]]))
     tol = 1e-5 if dtype == torch.float32 else 1e-10
     torch.testing.assert_close(torch.stack(ys, 1), whole, atol=tol, rtol=tol)
+
+
+def test_weights_saved_before_sink_values_load_with_value_zero():
+    aaren = _aaren()
+    saved = {k: v for k, v in aaren.state_dict().items() if k != "sink_value"}
+    loaded = Aaren(D, H, sink=True).double()
+    loaded.sink_value.data.fill_(1.0)
+    loaded.load_state_dict(saved)
+    assert (loaded.sink_value == 0).all() and torch.equal(loaded.sink, aaren.sink)
