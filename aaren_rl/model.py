@@ -47,13 +47,20 @@ def _check_heads(embed_dim: int, num_heads: int) -> None:
 class Aaren(nn.Module):
     """Multi-head Aaren attention: a learned query per head attends over every prefix of the input.
 
-    sink: give each head a learned sink, a token of learned score and value (starting at 0) that starts
-    every sequence (as attention sinks; with value 0, softmax with an extra "nothing" option): lets a
-    head count (`forward`).
+    sink: give each head a learned sink, a token of learned score that starts every sequence (as
+    attention sinks): lets a head count (`forward`).
+    sink_value: with a sink, learn its value too (starting at 0); False keeps it at 0 (softmax with an
+    extra "nothing" option), as sinks were at first.
     """
 
     def __init__(
-        self, embed_dim: int, num_heads: int = 1, dropout: float = 0.0, bias: bool = True, sink: bool = False
+        self,
+        embed_dim: int,
+        num_heads: int = 1,
+        dropout: float = 0.0,
+        bias: bool = True,
+        sink: bool = False,
+        sink_value: bool = True,
     ):
         super().__init__()
         _check_heads(embed_dim, num_heads)
@@ -64,24 +71,19 @@ class Aaren(nn.Module):
         self.dropout = nn.Dropout(dropout)
         # Each head's learned score and value of a token that starts every sequence (None: no sink).
         self.sink = nn.Parameter(torch.zeros(num_heads)) if sink else None
-        self.sink_value = nn.Parameter(torch.zeros(num_heads, self.head_dim)) if sink else None
+        self.sink_value = nn.Parameter(torch.zeros(num_heads, self.head_dim)) if sink and sink_value else None
 
     def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> AarenScanState:
         """The state before any token: empty, or holding only the sink token (m = its score, u = 1, w = its
-        value)."""
+        value, or 0)."""
         m, u, w = empty_state(
             batch_size, self.num_heads, self.head_dim, device=device, dtype=dtype or torch.float32
         )
         if self.sink is None:
             return m, u, w
-        m, w = (p.detach().to(t).expand_as(t).clone() for p, t in ((self.sink, m), (self.sink_value, w)))
-        return m, torch.ones_like(u), w
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
-        """Weights saved before sinks had learned values load with value 0, the sink they were trained with."""
-        if self.sink_value is not None and prefix + "sink" in state_dict:
-            state_dict.setdefault(prefix + "sink_value", torch.zeros_like(self.sink_value))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.sink_value is not None:
+            w = self.sink_value.detach().to(w).expand_as(w).clone()
+        return self.sink.detach().to(m).expand_as(m).clone(), torch.ones_like(u), w
 
     def _join_sink(self, scores: Tensor, values: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
         """Scores [B, H, N] and values [B, H, N, Dh] with the sink joined to each token of `starts` [B, N]:
@@ -90,7 +92,10 @@ class Aaren(nn.Module):
         and the sink's score and value get their gradients."""
         sink, at = self.sink.to(scores.dtype)[:, None], starts[:, None, :]
         weight = torch.sigmoid(scores - sink)[..., None]
-        joined_values = torch.lerp(self.sink_value.to(values.dtype)[:, None], values, weight)
+        if self.sink_value is None:
+            joined_values = values * weight
+        else:
+            joined_values = torch.lerp(self.sink_value.to(values.dtype)[:, None], values, weight)
         return (
             torch.where(at, torch.logaddexp(scores, sink), scores),
             torch.where(at[..., None], joined_values, values),
@@ -214,12 +219,14 @@ class AarenBackbone(nn.Module):
         ffn_mult: int = 4,
         dropout: float = 0.1,
         sink: bool = False,
+        sink_value: bool = True,
     ):
-        """sink: a learned sink per head in every layer (`Aaren`)."""
+        """sink, sink_value: a learned sink per head in every layer, and its learned value (`Aaren`)."""
         super().__init__()
         self.embed_dim = embed_dim
+        mixer = dict(sink=sink, sink_value=sink_value)
         self.blocks = nn.ModuleList(
-            Block(Aaren(embed_dim, num_heads, dropout, sink=sink), embed_dim, ffn_mult, dropout)
+            Block(Aaren(embed_dim, num_heads, dropout, **mixer), embed_dim, ffn_mult, dropout)
             for _ in range(num_layers)
         )
         self.ln_f = nn.LayerNorm(embed_dim)

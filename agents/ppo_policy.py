@@ -19,12 +19,12 @@ embedding (as in the Decision Transformer) was tried too and hurt: random per-st
 the observation early in training.
 
 Each head also has a learned sink (`sink=True`, the default; `aaren_rl.Aaren`): a token of learned
-score and value (starting at 0) that starts every episode. A head's softmax average does not change when every
-step is seen twice as often, so it cannot count; with a sink that outweighs the steps seen, the head
-is nearly a sum of its values and counts (how many red cards so far, in POPGym's CountRecall), and a
-value's constant part becomes a ramp in the steps seen; the sink's value, as tokens outweigh it,
-fades into their average, which is a clock. Half the heads' sinks start high
-(`SINK_INIT`), the others' at 0, and all are learned. Acting starts each episode from the state
+score and value (`sink_value=True`, the default; starting at 0) that starts every episode. A head's
+softmax average does not change when every step is seen twice as often, so it cannot count; with a
+sink that outweighs the steps seen, the head is nearly a sum of its values and counts (how many red
+cards so far, in POPGym's CountRecall), and a value's constant part becomes a ramp in the steps seen;
+as the steps outweigh the sink, the head's output moves from the sink's value to their average, a
+clock. Half the heads' sinks start high (`SINK_INIT`), the others' at 0, and all are learned. Acting starts each episode from the state
 holding only the sinks (`initial_state`); training joins them to each episode's first step, which is
 the same attention. They lifted AarenPPO on the POPGym set (README).
 
@@ -216,8 +216,8 @@ class AarenMemory(nn.Module):
     output is then an exponentially decaying average of the past, so recent observations (velocities)
     can be read. Without, `recency` is None and the heads weigh the past by content only.
 
-    With `sink`, each head has a learned sink (`aaren_rl.Aaren`: a token of learned score and value that
-    starts every episode), its score initialised to `SINK_INIT` on every other head and 0 on the others.
+    With `sink`, each head has a learned sink (`aaren_rl.Aaren`: a token of learned score and, with
+    `sink_value`, learned value that starts every episode), its score initialised to `SINK_INIT` on every other head and 0 on the others.
     """
 
     def __init__(
@@ -230,12 +230,15 @@ class AarenMemory(nn.Module):
         dropout: float,
         recency: bool = True,
         sink: bool = True,
+        sink_value: bool = True,
     ):
         super().__init__()
         self.embed = nn.Linear(input_dim, embed_dim)
         slopes = torch.tensor([0.0] + [2.0**-i for i in range(num_heads - 1)])
         self.recency = nn.Parameter(slopes) if recency else None
-        self.backbone = AarenBackbone(embed_dim, num_layers, num_heads, ffn_mult, dropout, sink=sink)
+        self.backbone = AarenBackbone(
+            embed_dim, num_layers, num_heads, ffn_mult, dropout, sink=sink, sink_value=sink_value
+        )
         self.sink = sink
         if sink:
             with torch.no_grad():
@@ -282,7 +285,7 @@ FUSED_ADAM = {"eps": 1e-5, "fused": True}
 
 #: Constructor options a policy saved without them was built with: they were added, or their default
 #: changed, later (AarenPPO zips and exports from before then lack the key).
-SAVED_WITHOUT = {"previous_action_reward": False, "input_lags": 0, "sink": False}
+SAVED_WITHOUT = {"previous_action_reward": False, "input_lags": 0, "sink": False, "sink_value": False}
 
 
 class AarenActorCriticPolicy(ActorCriticPolicy):
@@ -293,6 +296,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     share_memory: one memory for actor and critic instead of one each.
     recency: the learned per-head recency slopes (False: none, content-only attention).
     sink: a learned sink per head (`AarenMemory`), so that a head can count.
+    sink_value: learn each sink's value too (False: value 0).
     previous_action_reward: feed the memories the previous action, and the critic's own memory the
         previous reward too (see the module's docstring for why the actor gets no reward).
     input_lags: feed the memories the features of this many steps before each step too.
@@ -334,6 +338,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         share_memory: bool = False,
         recency: bool = True,
         sink: bool = True,
+        sink_value: bool = True,
         previous_action_reward: bool = True,
         input_lags: int = 4,
         episode_time: bool = False,
@@ -355,6 +360,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             dropout=dropout,
             recency=recency,
             sink=sink,
+            sink_value=sink_value,
         )
         self.share_memory = share_memory
         self.previous_action_reward = previous_action_reward

@@ -124,6 +124,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-lags": {"input_lags": 0},  # the memories see each step alone (AarenPPO before input_lags)
     "time": {"episode_time": True},  # the episode time in the actor's memory
     "no-sink": {"sink": False},  # heads average (AarenPPO before sinks)
+    "no-sink-value": {"sink_value": False},  # sinks of value 0 (AarenPPO before learned sink values)
 }
 """AarenPPO ablation variants (`--variants`): extra policy_kwargs for AarenActorCriticPolicy."""
 

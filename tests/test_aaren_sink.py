@@ -11,34 +11,37 @@ from aaren_rl.step import AarenStep
 B, N, D, H = 3, 11, 8, 2
 
 
-def _aaren() -> Aaren:
+def _aaren(sink_value: bool = True) -> Aaren:
     torch.manual_seed(0)
-    aaren = Aaren(D, H, sink=True).double()
+    aaren = Aaren(D, H, sink=True, sink_value=sink_value).double()
     with torch.no_grad():
         aaren.sink.copy_(torch.tensor([3.0, -1.0]))
-        aaren.sink_value.normal_()
+        if sink_value:
+            aaren.sink_value.normal_()
     return aaren
 
 
 def _naive(aaren: Aaren, x: torch.Tensor, resets: torch.Tensor) -> torch.Tensor:
-    """Each prefix's softmax over the sink (score aaren.sink, value aaren.sink_value) and its sequence's
-    tokens so far."""
+    """Each prefix's softmax over the sink (score aaren.sink, value aaren.sink_value or 0) and its
+    sequence's tokens so far."""
     b, n, _ = x.shape
     keys, values = aaren.key_value(x).view(b, n, 2, H, D // H).unbind(2)  # [B, N, H, Dh]
     scores = torch.einsum("bnhd,hd->bhn", keys, aaren.query) / (D // H) ** 0.5
     out = torch.empty(b, n, H, D // H, dtype=x.dtype)
+    sink_value = torch.zeros(H, D // H, dtype=x.dtype) if aaren.sink_value is None else aaren.sink_value
     for row in range(b):
         first = 0
         for t in range(n):
             first = t if resets[row, t] else first
             logits = torch.cat([aaren.sink[:, None], scores[row, :, first : t + 1]], 1)  # [H, 1 + k]
-            with_sink = torch.cat([aaren.sink_value[None], values[row, first : t + 1]])
+            with_sink = torch.cat([sink_value[None], values[row, first : t + 1]])
             out[row, t] = torch.einsum("hk,khd->hd", logits.softmax(-1), with_sink)
     return aaren.proj(out.reshape(b, n, D))
 
 
-def test_sink_equals_a_real_token_at_every_sequence_start():
-    aaren, x = _aaren(), torch.randn(B, N, D, dtype=torch.float64)
+@pytest.mark.parametrize("sink_value", [True, False])
+def test_sink_equals_a_real_token_at_every_sequence_start(sink_value: bool):
+    aaren, x = _aaren(sink_value), torch.randn(B, N, D, dtype=torch.float64)
     resets = torch.zeros(B, N, dtype=torch.bool)
     resets[1, 4] = resets[2, [0, 5, 6]] = True
     want = _naive(aaren, x, resets | (torch.arange(N) == 0))
@@ -88,12 +91,3 @@ def test_folded_steps_from_init_state_equal_the_forward(dtype):
             step.score_mask(torch.tensor([[False, True]]))
     tol = 1e-5 if dtype == torch.float32 else 1e-10
     torch.testing.assert_close(torch.stack(ys, 1), whole, atol=tol, rtol=tol)
-
-
-def test_weights_saved_before_sink_values_load_with_value_zero():
-    aaren = _aaren()
-    saved = {k: v for k, v in aaren.state_dict().items() if k != "sink_value"}
-    loaded = Aaren(D, H, sink=True).double()
-    loaded.sink_value.data.fill_(1.0)
-    loaded.load_state_dict(saved)
-    assert (loaded.sink_value == 0).all() and torch.equal(loaded.sink, aaren.sink)

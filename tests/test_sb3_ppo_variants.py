@@ -1,7 +1,7 @@
 """AarenPPO's policy options (recency, sink, previous_action_reward, share_memory, ...): folded acting
 equals the parallel re-run, learn() runs, save/load and export keep the options and the actions, and
 zips and exports saved before an option was added or its default changed (previous_action_reward,
-input_lags, sink) load as they were saved."""
+input_lags, sink, sink_value) load as they were saved."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ OPTIONS = [
     dict(episode_time=True),
     dict(episode_time=True, share_memory=True, input_lags=0),
     dict(sink=False),
+    dict(sink_value=False),
 ]
 
 
