@@ -24,9 +24,9 @@ softmax average does not change when every step is seen twice as often, so it ca
 sink that outweighs the steps seen, the head is nearly a sum of its values and counts (how many red
 cards so far, in POPGym's CountRecall), and a value's constant part becomes a ramp in the steps seen;
 as the steps outweigh the sink, the head's output moves from the sink's value to their average, a
-clock. Half the heads' sinks start high (`SINK_INIT`), the others' at 0, and all are learned. Acting starts each episode from the state
-holding only the sinks (`initial_state`); training joins them to each episode's first step, which is
-the same attention. They lifted AarenPPO on the POPGym set (README).
+clock. Half the heads' sinks start high (`SINK_INIT`), the others' at 0, and all are learned. Acting
+starts each episode from the state holding only the sinks (`initial_state`); training joins them to
+each episode's first step, which is the same attention. They lifted AarenPPO on the POPGym set (README).
 
 By default the actor and the critic have separate memories (as RecurrentPPO's default LSTMs), so
 value-loss gradients do not shape the actor's memory; `share_memory=True` uses one memory for both
@@ -217,7 +217,8 @@ class AarenMemory(nn.Module):
     can be read. Without, `recency` is None and the heads weigh the past by content only.
 
     With `sink`, each head has a learned sink (`aaren_rl.Aaren`: a token of learned score and, with
-    `sink_value`, learned value that starts every episode), its score initialised to `SINK_INIT` on every other head and 0 on the others.
+    `sink_value`, learned value that starts every episode), its score initialised to `SINK_INIT` on
+    every other head and 0 on the others.
     """
 
     def __init__(
