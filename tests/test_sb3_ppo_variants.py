@@ -71,6 +71,16 @@ class RepeatPreviousEnv(gym.Env):
         return self._obs, reward, self._t >= 5, False, {}
 
 
+@torch.no_grad()
+def _randomise_sinks(policy: AarenActorCriticPolicy) -> None:
+    """Random sink scores and values (where the memories have them), as training leaves them."""
+    for memory in (policy.actor_memory, policy.critic_memory):
+        for block in [] if memory is None or not memory.sink else memory.backbone.blocks:
+            block.mixer.sink.uniform_(-1.0, 4.0)
+            if block.mixer.sink_value is not None:
+                block.mixer.sink_value.normal_()
+
+
 def _policy(obs_space: spaces.Space, action_space: spaces.Space, dtype: torch.dtype, **options: Any):
     """A policy in eval mode with non-zero recency slopes on every head and random sinks (when it has
     them)."""
@@ -79,8 +89,7 @@ def _policy(obs_space: spaces.Space, action_space: spaces.Space, dtype: torch.dt
         for memory in (policy.actor_memory, policy.critic_memory):
             if memory is not None and memory.recency is not None:
                 memory.recency.uniform_(0.1, 0.5)
-            for block in [] if memory is None or not memory.sink else memory.backbone.blocks:
-                block.mixer.sink.uniform_(-1.0, 4.0)
+    _randomise_sinks(policy)
     policy.to(dtype).set_training_mode(False)
     return policy
 
@@ -202,6 +211,7 @@ def test_rerun_of_stored_sequences_equals_acting(kind: str, options: dict) -> No
     policy_kwargs = {**SMALL, **options}
     model = AarenPPO("MlpAarenPolicy", env, n_steps=22, batch_size=66, seed=0, policy_kwargs=policy_kwargs)
     model.policy.to(torch.float64)  # so the comparison is limited only by the buffer's float32 storage
+    _randomise_sinks(model.policy)
     _collect(model, rollouts=2)
     buffer = model.rollout_buffer
     assert not buffer.episode_starts[0].all() and buffer.initial_state.last_action.abs().sum() > 0
