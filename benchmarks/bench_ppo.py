@@ -832,7 +832,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TASK",
         help=f"only these tasks of the preset, with its budgets: {', '.join(TASKS)}",
     )
-    parser.add_argument("--seeds", type=int, help="only the first SEEDS seeds")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        help="seeds 0 to SEEDS - 1 instead of the preset's (fewer, or more to check a spread)",
+    )
     parser.add_argument("--algos", nargs="+", choices=ALGOS, help="only these algorithms (e.g. an ablation)")
     parser.add_argument(
         "--variants", nargs="+", choices=list(VARIANTS), help="AarenPPO variants, each its own row"
@@ -859,8 +863,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{missing} not in this preset's tasks {list(settings.steps)}")
         settings = dataclasses.replace(settings, steps={t: settings.steps[t] for t in args.tasks})
         name += "_" + "_".join(args.tasks)
-    if args.seeds:
-        settings = dataclasses.replace(settings, seeds=settings.seeds[: args.seeds])
+    if args.seeds is not None:
+        if args.seeds < 1:
+            parser.error(f"--seeds must be at least 1, got {args.seeds}")
+        settings = dataclasses.replace(settings, seeds=tuple(range(args.seeds)))
         name += f"_{args.seeds}seed"
     if args.algos:
         settings = dataclasses.replace(settings, algos=tuple(a for a in ALGOS if a in args.algos))

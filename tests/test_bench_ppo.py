@@ -110,6 +110,23 @@ def test_unknown_names_are_refused() -> None:
         tiny(steps={"Pong": 10})
 
 
+def test_seeds_option_runs_seeds_from_0_beyond_the_presets(tmp_path, monkeypatch) -> None:
+    chosen = {}
+
+    def fake_run(settings, out, name, work, jobs):
+        chosen.update(seeds=settings.seeds, name=name)
+        raise SystemExit(0)  # stop before any run or table
+
+    monkeypatch.setattr(bench_ppo, "run", fake_run)
+    args = ["--preset", "popgym", "--no-acting", "--tasks", "CountRecallEasy", "--work", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        bench_ppo.main([*args, "--seeds", "7"])
+    assert chosen == {"seeds": tuple(range(7)), "name": "ppo_popgym_CountRecallEasy_7seed"}
+    with pytest.raises(SystemExit) as refused:
+        bench_ppo.main([*args, "--seeds", "0"])
+    assert refused.value.code == 2
+
+
 def test_variants_are_rows_of_their_own(tmp_path, monkeypatch) -> None:
     monkeypatch.setitem(bench_ppo.VARIANTS, "twoheads", {"num_heads": 2})
     specs = bench_ppo.run_specs(tiny(variants=("default", "twoheads")))
