@@ -72,18 +72,27 @@ def ratio(num: float | None, den: float | None) -> float | None:
     return None if num is None or den is None else num / den
 
 
+#: What `_git_commit` checks for uncommitted changes: the code behind a result, not the results folder.
+CODE_PATHS = ("aaren_rl", "agents", "envs", "benchmarks", ":!benchmarks/results")
+
+
 def _git_commit() -> dict:
-    """HEAD commit and whether aaren_rl/ has uncommitted changes (None outside a git checkout)."""
+    """HEAD commit and whether the code a result depends on (the packages and the benchmarks, not their
+    results) has uncommitted changes; None outside a git checkout."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "aaren_rl"], cwd=REPO, capture_output=True, text=True, check=True
+            ["git", "status", "--porcelain", "--", *CODE_PATHS],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "aaren_rl_dirty": None}
-    return {"commit": head, "aaren_rl_dirty": bool(dirty)}
+        return {"commit": None, "code_dirty": None}
+    return {"commit": head, "code_dirty": bool(dirty)}
 
 
 def _cpu_model() -> str | None:
