@@ -19,7 +19,8 @@ diagnostic, control, noisy and game families, and CartPoleNoVel. POPGym returns 
 The paper trained every model for millions of env steps with RLlib's PPO; the preset's budget is
 tens of thousands of steps per run (sized for a 2-core CPU), so it compares the memories early in
 learning, not the paper's final scores. It runs 5 seeds: 3 seeds' std is too rough a spread for the
-goal below (CountRecall's 3-seed LSTM mean, for one, sat 0.04 above its 6-seed mean).
+goal below (CountRecall's 3-seed LSTM mean, for one, sat 0.04 above its 6-seed mean); `--seeds N`
+runs seeds 0 to N - 1 instead, e.g. 10 on one task to check a close call.
 
 Goal: AarenPPO's MMER >= RecurrentPPO's on every task, within the seed spread (the larger of the two
 seed stds) at least and ahead on average over the tasks (each task's difference over the best
