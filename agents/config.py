@@ -184,11 +184,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     f"override {item!r}: {where} is a value, not a section. Fix: set {where}=<value>, "
                     "or name a key inside a section (e.g. train.steps)"
                 )
-        node[leaf] = _override_value(text, _annotation(path))
+        node[leaf] = parse_override_value(text, _annotation(path))
     return data
 
 
-def _override_value(text: str, hint: Any) -> Any:
+def parse_override_value(text: str, hint: Any) -> Any:
     """An override's value: `text` parsed as YAML (as written, when that is not YAML, e.g. a: b), except
     that a text key keeps a number, bool or date as written (YAML would read name=007 as 7)."""
     try:
@@ -215,7 +215,7 @@ def _annotation(path: list[str]) -> Any:
 INT_RANGE = range(-(2**31), 2**31)
 
 
-def _convert(value: Any, hint: Any, key: str, example: str) -> Any:
+def convert_value(value: Any, hint: Any, key: str, example: str) -> Any:
     """Check/convert one value against its annotation (int, float, str, bool, list[float]); `example`
     (a key=value) is the fix shown for a value of the wrong type."""
     if typing.get_origin(hint) is list:
@@ -227,7 +227,7 @@ def _convert(value: Any, hint: Any, key: str, example: str) -> Any:
                 f"{key} = {_shown(value)} ({type(value).__name__}): expected a list of {item.__name__}. "
                 f"Fix: e.g. {example}"
             )
-        return [_convert(v, item, f"{key}[{i}]", example) for i, v in enumerate(value)]
+        return [convert_value(v, item, f"{key}[{i}]", example) for i, v in enumerate(value)]
     if hint in (int, float) and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         value = _number(value, hint)
     if hint is str and isinstance(value, (int, float, datetime.date)) and not isinstance(value, bool):
@@ -330,7 +330,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         elif value is None:
             raise ConfigError(_empty_value_message(where, known[key]))
         else:
-            kwargs[key] = _convert(value, hint, where, f"{where}={_example(known[key])}")
+            kwargs[key] = convert_value(value, hint, where, f"{where}={_example(known[key])}")
     return cls(**kwargs)
 
 

@@ -47,15 +47,21 @@ TRAINING_ONLY = ("lr_schedule", "optimizer_class", "optimizer_kwargs")  # not ex
 
 
 def _space_data(space: spaces.Space, key: str) -> dict[str, Any]:
-    """A Box or Discrete space as JSON data (Box bounds exactly, as nested lists)."""
+    """An SB3 space (Box, Discrete, MultiDiscrete, MultiBinary) as JSON data (bounds exactly, as lists)."""
     if isinstance(space, spaces.Box):
         bounds = {"low": space.low.tolist(), "high": space.high.tolist()}
         return {"type": "Box", **bounds, "shape": list(space.shape), "dtype": space.dtype.name}
     if isinstance(space, spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, spaces.MultiDiscrete):
+        sizes = {"nvec": space.nvec.tolist(), "start": space.start.tolist()}
+        return {"type": "MultiDiscrete", **sizes, "dtype": space.dtype.name}
+    if isinstance(space, spaces.MultiBinary):
+        return {"type": "MultiBinary", "shape": list(space.shape)}
     raise ValueError(
-        f"{key} {space} cannot be exported: only Box and Discrete spaces are written as data. Fix: use "
-        "Box or Discrete spaces, or share the SB3 zip of model.save, and only with people who trust you"
+        f"{key} {space} cannot be exported: only Box, Discrete, MultiDiscrete and MultiBinary spaces are "
+        "written as data. Fix: use one of them, or share the SB3 zip of model.save, and only with people "
+        "who trust you"
     )
 
 
@@ -66,6 +72,12 @@ def _space(data: dict[str, Any]) -> spaces.Space:
         return spaces.Box(low, high, tuple(data["shape"]), dtype)
     if data["type"] == "Discrete":
         return spaces.Discrete(data["n"], start=data["start"])
+    if data["type"] == "MultiDiscrete":
+        dtype = np.dtype(data["dtype"])
+        nvec, start = (np.asarray(data[key], dtype=dtype) for key in ("nvec", "start"))
+        return spaces.MultiDiscrete(nvec, dtype=dtype, start=start)
+    if data["type"] == "MultiBinary":
+        return spaces.MultiBinary(data["shape"])
     raise ValueError(f"unknown space type {data['type']!r}")
 
 

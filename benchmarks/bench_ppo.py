@@ -1,9 +1,9 @@
 """AarenPPO vs sb3-contrib's RecurrentPPO (LSTM) vs PPO (MLP) on partially observable tasks.
 
-Every algorithm gets the same tasks, env steps, seeds and PPO hyperparameters (per task; after
-rl-zoo's RecurrentPPO settings for the tasks of envs.memory, one set for all POPGym tasks); the
-memories are sized alike (Aaren width 64, one layer, 4 heads; LSTM 64 hidden units; separate actor
-and critic memories for both). Measured per run: the final deterministic return (fresh eval envs),
+Every algorithm gets the same tasks, env steps, seeds and PPO hyperparameters (per task, from the table
+of agents/ppo_tasks.py: after rl-zoo's RecurrentPPO settings for the tasks of envs.memory, one set for
+all POPGym tasks); the memories are sized alike (Aaren width 64, one layer, 4 heads; LSTM 64 hidden
+units; separate actor and critic memories for both). Measured per run: the final deterministic return (fresh eval envs),
 the max-mean episodic return (MMER, below), the mean return of the last 100 training episodes, and
 the wall-clock of learn() split into acting (rollout collection) and training (the PPO updates).
 Torch runs on one thread for every algorithm. The random-policy return is the floor of each task.
@@ -60,21 +60,25 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.torch_layers import FlattenExtractor
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from tqdm import tqdm
 
 from aaren_rl.ops.fused import fused_module
 from agents.cli import ArgumentParser, exits_2_on_user_errors
 from agents.config import ConfigError
 from agents.ppo import AarenPPO
-from agents.ppo_policy import FUSED_ADAM
+from agents.ppo_tasks import (
+    AAREN_KWARGS,
+    EVAL_SEED_OFFSET,
+    POLICY_KWARGS,
+    POPGYM_TASKS,
+    TASKS,
+    Task,
+    final_returns,
+    make_env,
+)
 from envs.files import torch_threads, write_atomic
-from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
-from envs.popgym import popgym_env_id
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
 from benchmarks.common import (  # noqa: E402
@@ -92,18 +96,6 @@ GOAL_METRIC = "mmer"  # the return the goal compares: POPGym's metric, steadier 
 MMER_WINDOW = 100  # finished episodes in MMER's rolling window (as SB3's ep_info_buffer)
 RANDOM_EPISODES = 200  # random play is cheap, and a floor from few episodes is noisy
 WORK = Path("~/.cache/aaren-rl/bench_ppo").expanduser()  # default folder of the run records
-# Tanh heads (SB3's default) rather than rl-zoo's ReLU: with ReLU and lr 1e-3 an AarenPPO seed of
-# CartPoleNoVel collapsed to a constant action (entropy 0, KL 0: dead units); with Tanh it learned.
-# Every algorithm gets AarenPPO's default optimizer (fused Adam), so the speed compares the memories.
-MEMORY = dict(
-    ortho_init=False,
-    activation_fn=torch.nn.Tanh,
-    net_arch=dict(pi=[64], vf=[64]),
-    optimizer_kwargs=dict(FUSED_ADAM),
-)
-AAREN_KWARGS = dict(
-    embed_dim=64, num_layers=1, num_heads=4, ffn_mult=2, previous_action_reward=True, input_lags=4
-)
 
 
 class IntFlattenExtractor(FlattenExtractor):
@@ -128,43 +120,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-sink-value": {"sink_value": False},  # sinks of value 0 (AarenPPO before learned sink values)
 }
 """AarenPPO ablation variants (`--variants`): extra policy_kwargs for AarenActorCriticPolicy."""
-
-
-@dataclass(frozen=True)
-class Task:
-    """One memory task: its env, parallel envs and PPO hyperparameters."""
-
-    env_id: str  # a gymnasium id, or a POPGym task name where `popgym` is set
-    n_envs: int
-    ppo: dict[str, Any]
-    normalize_reward: bool = False  # VecNormalize on rewards only (training); evaluation sees raw rewards
-    popgym: bool = False  # made through envs.popgym (the optional popgym extra)
-
-
-ZOO_CARTPOLE = dict(n_steps=32, batch_size=256, gamma=0.98, gae_lambda=0.8, n_epochs=20, learning_rate=1e-3)
-# One set for every POPGym task: 512-step rollouts (8 envs x 64) hold one to ten 50-200-step
-# episodes; the usual long-horizon gamma and lambda, and half the updates per env step of ZOO_CARTPOLE.
-POPGYM_PPO = dict(n_steps=64, batch_size=256, gamma=0.99, gae_lambda=0.95, n_epochs=10, learning_rate=5e-4)
-POPGYM_TASKS = (
-    "RepeatPreviousEasy",
-    "RepeatFirstEasy",
-    "CountRecallEasy",
-    "AutoencodeEasy",
-    "PositionOnlyCartPoleEasy",
-    "NoisyPositionOnlyPendulumEasy",
-    "MineSweeperEasy",
-)
-TASKS = {
-    "CartPoleNoVel": Task(CARTPOLE_NO_VEL, 8, ZOO_CARTPOLE),
-    "PendulumNoVel": Task(
-        PENDULUM_NO_VEL,
-        4,
-        dict(n_steps=1024, batch_size=256, gamma=0.9, gae_lambda=0.95, n_epochs=10, learning_rate=1e-3),
-        normalize_reward=True,
-    ),
-    "RememberCue": Task(REMEMBER_CUE, 8, ZOO_CARTPOLE),
-    **{name: Task(name, 8, POPGYM_PPO, popgym=True) for name in POPGYM_TASKS},
-}
 
 
 @dataclass(frozen=True)
@@ -284,29 +239,20 @@ class RunMonitor(BaseCallback):
         self.collect_s += time.perf_counter() - self._start
 
 
-def make_env(task: Task, seed: int, training: bool) -> VecEnv:
-    """The task's training envs (reward-normalised where the task says so), or 4 raw envs for evaluation."""
-    env_id = popgym_env_id(task.env_id) if task.popgym else task.env_id
-    env = make_vec_env(env_id, n_envs=task.n_envs if training else 4, seed=seed)
-    if training and task.normalize_reward:
-        env = VecNormalize(env, norm_obs=False, norm_reward=True, gamma=task.ppo["gamma"])
-    return env
-
-
 def make_model(algo: str, task: Task, seed: int, variant: str | None = "default") -> BaseAlgorithm:
     """A fresh PPO-family model of `algo` (AarenPPO with a VARIANTS entry's kwargs), on the task's
     training envs and hyperparameters."""
     env = make_env(task, seed, training=True)
     common = dict(env=env, seed=seed, device="cpu", **task.ppo)
     if algo == "aaren":
-        kwargs = {**MEMORY, **AAREN_KWARGS, **VARIANTS[variant or "default"]}
+        kwargs = {**POLICY_KWARGS, **AAREN_KWARGS, **VARIANTS[variant or "default"]}
         return AarenPPO("MlpAarenPolicy", policy_kwargs=kwargs, **common)
     if algo == "lstm":
         from sb3_contrib import RecurrentPPO
 
-        return RecurrentPPO("MlpLstmPolicy", policy_kwargs={**MEMORY, **LSTM_KWARGS}, **common)
+        return RecurrentPPO("MlpLstmPolicy", policy_kwargs={**POLICY_KWARGS, **LSTM_KWARGS}, **common)
     if algo == "mlp":
-        return PPO("MlpPolicy", policy_kwargs=MEMORY, **common)
+        return PPO("MlpPolicy", policy_kwargs=POLICY_KWARGS, **common)
     raise ValueError(f"unknown algorithm {algo!r}; choose from {ALGOS}")
 
 
@@ -334,15 +280,7 @@ def run_one(spec: RunSpec, settings: Settings) -> dict[str, Any]:
     start = time.perf_counter()
     model.learn(settings.steps[spec.task], callback=monitor)
     wall = time.perf_counter() - start
-    eval_env = make_env(task, 10_000 + spec.seed, training=False)
-    returns, _ = evaluate_policy(
-        model,
-        eval_env,
-        n_eval_episodes=settings.eval_episodes,
-        deterministic=True,
-        return_episode_rewards=True,
-    )
-    eval_env.close()
+    returns = final_returns(model, task, spec.seed, settings.eval_episodes)
     model.env.close()
     train_returns = [info["r"] for info in model.ep_info_buffer]
     return {
@@ -372,7 +310,7 @@ def fingerprint(settings: Settings) -> dict[str, Any]:
         {
             "settings": dataclasses.asdict(settings),
             "hyperparameters": {name: dataclasses.asdict(TASKS[name]) for name in settings.steps},
-            "memory": {"aaren": AAREN_KWARGS, "lstm": LSTM_KWARGS, "shared": MEMORY},
+            "memory": {"aaren": AAREN_KWARGS, "lstm": LSTM_KWARGS, "shared": POLICY_KWARGS},
             "variants": {name: VARIANTS[name] for name in settings.variants},
         }
     )
@@ -662,7 +600,7 @@ def run(settings: Settings, out_dir: Path, name: str, work: Path = WORK, jobs: i
     todo = [spec for spec in specs if spec.key not in done]
     with torch_threads(settings.threads):
         results: dict[str, Any] = {"machine": machine_info("cpu"), **expected, "jobs": jobs, "runs": []}
-        randoms = {t: random_return(TASKS[t], RANDOM_EPISODES, 10_000) for t in settings.steps}
+        randoms = {t: random_return(TASKS[t], RANDOM_EPISODES, EVAL_SEED_OFFSET) for t in settings.steps}
         if "aaren" in settings.algos:
             fused_module()  # built here, before any run, so that no run's wall-clock holds the one-time build
         start = time.perf_counter()

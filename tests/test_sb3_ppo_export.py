@@ -20,10 +20,12 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from torch import nn
 
+from agents import ppo_export
 from agents.ppo import AarenPPO
 from agents.ppo_export import PARAMETERS_FILE, WEIGHTS_FILE, export_policy, load_exported_policy
 from agents.ppo_policy import AarenActorCriticPolicy
 from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL
+from envs.popgym import popgym_env_id
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -56,9 +58,13 @@ def exported(tmp_path_factory) -> tuple[AarenPPO, Path]:
     [
         (CARTPOLE_NO_VEL, {}, torch.float32),  # Discrete actions
         (PENDULUM_NO_VEL, dict(share_memory=True, activation_fn=nn.ReLU), torch.float64),  # Box actions
+        ("popgym:CountRecallEasy", {}, torch.float32),  # MultiDiscrete observations
     ],
 )
 def test_export_acts_like_the_model(tmp_path, env_id, policy_kwargs, dtype) -> None:
+    if env_id.startswith("popgym:"):
+        pytest.importorskip("popgym")
+        env_id = popgym_env_id(env_id.removeprefix("popgym:"))
     model = _trained(env_id, **policy_kwargs)
     model.policy.to(dtype)
     path = export_policy(model, tmp_path / "policy.zip")
@@ -183,7 +189,6 @@ def test_parameters_that_are_not_data_are_refused(tmp_path) -> None:
 
     box = spaces.Box(-1.0, 1.0, shape=(3,))
     cases = [
-        (dict(action_space=spaces.MultiDiscrete([2, 3])), "action_space MultiDiscrete"),
         (dict(action_space=spaces.Discrete(2), activation_fn=Custom), "activation_fn=.*Custom"),
         (dict(action_space=spaces.Discrete(2), net_arch=[np.int64(8)]), "net_arch"),
     ]
@@ -192,3 +197,20 @@ def test_parameters_that_are_not_data_are_refused(tmp_path) -> None:
         with pytest.raises(ValueError, match=message):
             export_policy(policy, tmp_path / "policy.zip")
         assert not (tmp_path / "policy.zip").exists()
+    with pytest.raises(ValueError, match="observation_space Tuple.* cannot be exported"):  # not an SB3 space
+        ppo_export._space_data(spaces.Tuple([spaces.Discrete(2)]), "observation_space")
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        spaces.MultiDiscrete([2, 3], start=[1, -1]),
+        spaces.MultiDiscrete([[2, 4], [3, 5]], dtype=np.int32),
+        spaces.MultiBinary([2, 3]),
+        spaces.Discrete(5, start=-2),
+        spaces.Box(np.array([-1.0, 0.0]), np.array([1.0, np.inf]), dtype=np.float64),
+    ],
+)
+def test_spaces_round_trip_through_json(space) -> None:
+    data = json.loads(json.dumps(ppo_export._space_data(space, "observation_space")))
+    assert ppo_export._space(data) == space

@@ -1,0 +1,99 @@
+"""The partially observable tasks AarenPPO is measured on, with their PPO settings: the one table that
+`benchmarks/bench_ppo.py` compares the memories on and `scripts/train_ppo.py` trains from.
+
+Each task names its env (a Gymnasium id, or a POPGym task name), its number of parallel envs and its PPO
+hyperparameters; `POLICY_KWARGS` and `AAREN_KWARGS` are the policy settings the benchmark measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+from agents.ppo_policy import FUSED_ADAM
+from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
+from envs.popgym import popgym_env_id
+
+# Tanh heads (SB3's default) rather than rl-zoo's ReLU: with ReLU and lr 1e-3 an AarenPPO seed of
+# CartPoleNoVel collapsed to a constant action (entropy 0, KL 0: dead units); with Tanh it learned.
+# Every algorithm of the benchmark gets AarenPPO's default optimizer (fused Adam), so the speed compares
+# the memories.
+POLICY_KWARGS: dict[str, Any] = dict(
+    ortho_init=False,
+    activation_fn=torch.nn.Tanh,
+    net_arch=dict(pi=[64], vf=[64]),
+    optimizer_kwargs=dict(FUSED_ADAM),
+)
+"""Policy settings for every algorithm on these tasks (the MLP heads after the memory, the optimizer)."""
+
+AAREN_KWARGS: dict[str, Any] = dict(
+    embed_dim=64, num_layers=1, num_heads=4, ffn_mult=2, previous_action_reward=True, input_lags=4
+)
+"""AarenPPO's memory on these tasks: width 64, one layer, 4 heads (the LSTM it is measured against has
+64 hidden units)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One memory task: its env, parallel envs and PPO hyperparameters."""
+
+    env_id: str  # a gymnasium id, or a POPGym task name where `popgym` is set
+    n_envs: int
+    ppo: dict[str, Any]
+    normalize_reward: bool = False  # VecNormalize on rewards only (training); evaluation sees raw rewards
+    popgym: bool = False  # made through envs.popgym (the optional popgym extra)
+
+
+ZOO_CARTPOLE = dict(n_steps=32, batch_size=256, gamma=0.98, gae_lambda=0.8, n_epochs=20, learning_rate=1e-3)
+# One set for every POPGym task: 512-step rollouts (8 envs x 64) hold one to ten 50-200-step
+# episodes; the usual long-horizon gamma and lambda, and half the updates per env step of ZOO_CARTPOLE.
+POPGYM_PPO = dict(n_steps=64, batch_size=256, gamma=0.99, gae_lambda=0.95, n_epochs=10, learning_rate=5e-4)
+POPGYM_TASKS = (
+    "RepeatPreviousEasy",
+    "RepeatFirstEasy",
+    "CountRecallEasy",
+    "AutoencodeEasy",
+    "PositionOnlyCartPoleEasy",
+    "NoisyPositionOnlyPendulumEasy",
+    "MineSweeperEasy",
+)
+TASKS = {
+    "CartPoleNoVel": Task(CARTPOLE_NO_VEL, 8, ZOO_CARTPOLE),
+    "PendulumNoVel": Task(
+        PENDULUM_NO_VEL,
+        4,
+        dict(n_steps=1024, batch_size=256, gamma=0.9, gae_lambda=0.95, n_epochs=10, learning_rate=1e-3),
+        normalize_reward=True,
+    ),
+    "RememberCue": Task(REMEMBER_CUE, 8, ZOO_CARTPOLE),
+    **{name: Task(name, 8, POPGYM_PPO, popgym=True) for name in POPGYM_TASKS},
+}
+
+
+def make_env(task: Task, seed: int, training: bool) -> VecEnv:
+    """The task's training envs (reward-normalised where the task says so), or 4 raw envs for evaluation."""
+    env_id = popgym_env_id(task.env_id) if task.popgym else task.env_id
+    env = make_vec_env(env_id, n_envs=task.n_envs if training else 4, seed=seed)
+    if training and task.normalize_reward:
+        env = VecNormalize(env, norm_obs=False, norm_reward=True, gamma=task.ppo["gamma"])
+    return env
+
+
+#: Seed offset of the evaluation envs, so that they never replay a training env's episodes.
+EVAL_SEED_OFFSET = 10_000
+
+
+def final_returns(model: BaseAlgorithm, task: Task, seed: int, episodes: int) -> list[float]:
+    """The returns of `episodes` deterministic episodes of `model` on fresh evaluation envs of `task`."""
+    env = make_env(task, EVAL_SEED_OFFSET + seed, training=False)
+    returns, _ = evaluate_policy(
+        model, env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True
+    )
+    env.close()
+    return [float(r) for r in returns]

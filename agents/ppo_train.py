@@ -1,0 +1,165 @@
+"""Train AarenPPO on one task of `agents.ppo_tasks` into a run directory (`scripts/train_ppo.py`).
+
+The run directory gets config.yaml (what ran: the task, its PPO and policy settings after overrides),
+tb/ (TensorBoard), model.zip (`AarenPPO.load`), policy.zip (`agents.ppo_export`: safetensors + JSON,
+loads without unpickling) and eval.json (the final deterministic return on fresh envs). Every file is
+written atomically; a directory that holds a trained model already is refused, not overwritten.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from agents.config import ConfigError, convert_value, parse_override_value
+from agents.ppo import AarenPPO
+from agents.ppo_export import export_policy
+from agents.ppo_policy import AarenActorCriticPolicy
+from agents.ppo_tasks import AAREN_KWARGS, POLICY_KWARGS, TASKS, final_returns, make_env
+from envs.files import atomic_path, torch_threads, write_atomic
+
+#: Arguments the run sets itself, so not options to override.
+_SET_BY_RUN = {
+    "self",
+    "policy",
+    "env",
+    "seed",
+    "policy_kwargs",
+    "tensorboard_log",
+    "verbose",
+    "_init_setup_model",
+}
+_SET_BY_POLICY = {"self", "observation_space", "action_space", "lr_schedule"}
+
+
+def settable_options(cls: type, excluded: set[str]) -> dict[str, Any]:
+    """`cls.__init__`'s options a plain value can set (name -> default): not classes or callables."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {
+        p.name: p.default
+        for p in params
+        if p.name not in excluded and p.kind is p.POSITIONAL_OR_KEYWORD and not callable(p.default)
+    }
+
+
+@dataclass
+class PPORun:
+    """One training run: the task, its budget and the settings after overrides."""
+
+    task: str
+    steps: int = 60_000
+    seed: int = 0
+    eval_episodes: int = 10
+    ppo: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)  # as given, applied over the task's settings
+
+    @classmethod
+    def of_task(cls, task: str, overrides: Sequence[str] = (), **budget: int) -> PPORun:
+        """The run of `task` with its table settings, then `section.option=value` overrides."""
+        if task not in TASKS:
+            close = difflib.get_close_matches(task, TASKS, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"choose from {', '.join(TASKS)}"
+            raise ConfigError(f"unknown task {task!r}: {hint}")
+        run = cls(task, **budget, ppo=dict(TASKS[task].ppo), policy={**POLICY_KWARGS, **AAREN_KWARGS})
+        for item in overrides:
+            run.override(item)
+        run.overrides = list(overrides)
+        return run
+
+    def override(self, item: str) -> None:
+        """Apply one `ppo.<option>=<value>` or `policy.<option>=<value>` (value parsed as YAML)."""
+        key, sep, text = item.partition("=")
+        section, _, name = key.strip().partition(".")
+        sections = {
+            "ppo": (self.ppo, settable_options(AarenPPO, _SET_BY_RUN)),
+            "policy": (self.policy, settable_options(AarenActorCriticPolicy, _SET_BY_POLICY)),
+        }
+        if not sep or section not in sections or not name:
+            raise ConfigError(
+                f"override {item!r} is not ppo.<option>=<value> or policy.<option>=<value>. Fix: e.g. "
+                "--set ppo.learning_rate=3e-4 policy.num_heads=8"
+            )
+        values, options = sections[section]
+        if name not in options:
+            close = difflib.get_close_matches(name, options, n=1)
+            hint = (
+                f"did you mean {section}.{close[0]}?" if close else f"options: {', '.join(sorted(options))}"
+            )
+            raise ConfigError(f"unknown option {key.strip()!r}: {hint}")
+        current = values.get(name, options[name])
+        value = parse_override_value(text, type(current))
+        if isinstance(current, (bool, int, float, str)):
+            value = convert_value(value, type(current), key.strip(), f"{key.strip()}={current}")
+        values[name] = value
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run as plain data (classes by their dotted name), as config.yaml holds it."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, type):
+                return f"{value.__module__}.{value.__qualname__}"
+            return value
+
+        return plain(dict(vars(self)))
+
+
+def _build(run: PPORun, run_dir: Path) -> AarenPPO:
+    """AarenPPO with the run's settings; settings SB3 or the policy refuse are one `ConfigError`."""
+    env = make_env(TASKS[run.task], run.seed, training=True)
+    try:
+        return AarenPPO(
+            "MlpAarenPolicy",
+            env,
+            seed=run.seed,
+            policy_kwargs=run.policy,
+            tensorboard_log=str(run_dir / "tb"),
+            **run.ppo,
+        )
+    except (ValueError, TypeError, AssertionError) as exc:  # SB3 checks its arguments with asserts
+        env.close()
+        given = " ".join(run.overrides) or "none"
+        raise ConfigError(
+            f"AarenPPO cannot be built with the settings in {run_dir / 'config.yaml'}: {exc}. Fix: correct "
+            f"the --set value this is about (given: {given})"
+        ) from exc
+
+
+def train_ppo(run: PPORun, run_dir: str | Path, progress: bool = True, threads: int = 1) -> Path:
+    """Train `run` into `run_dir` (see the module docstring) and return the directory."""
+    run_dir = Path(run_dir)
+    if (run_dir / "model.zip").exists():
+        raise ConfigError(
+            f"{run_dir} holds a trained model already. Fix: pass another --name, or remove the directory"
+        )
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump(run.to_dict(), sort_keys=False))
+    with torch_threads(threads):
+        model = _build(run, run_dir)
+        start = time.perf_counter()
+        model.learn(run.steps, progress_bar=progress, tb_log_name="AarenPPO")
+        wall = time.perf_counter() - start
+        with atomic_path(run_dir / "model.zip") as tmp, open(tmp, "wb") as file:
+            model.save(file)
+        export_policy(model, run_dir / "policy.zip")
+        returns = final_returns(model, TASKS[run.task], run.seed, run.eval_episodes)
+        model.env.close()
+    result = {
+        "return_mean": float(np.mean(returns)),
+        "return_std": float(np.std(returns)),
+        "episodes": len(returns),
+        "env_steps": model.num_timesteps,
+        "train_wall_s": wall,
+    }
+    write_atomic(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
+    return run_dir

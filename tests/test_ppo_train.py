@@ -1,0 +1,89 @@
+"""scripts/train_ppo.py and agents.ppo_train: a run directory that loads both ways, overrides that take
+effect, and one clear error (exit 2) for each kind of bad input, without touching a finished run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from test_scripts_errors import assert_user_error, run
+
+from agents import AarenPPO, ConfigError
+from agents.ppo_export import load_exported_policy
+from agents.ppo_tasks import TASKS
+from agents.ppo_train import PPORun
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = ["--task", "RememberCue", "--steps", "512", "--eval-episodes", "2", "--no-progress"]
+
+
+def test_a_run_directory_holds_the_model_its_export_logs_and_evaluation(tmp_path, capsys) -> None:
+    overrides = ["--set", "ppo.learning_rate=2e-3", "policy.num_heads=2", "policy.sink=false"]
+    status, err = run(capsys, "train_ppo", *TINY, "--out", str(tmp_path), *overrides)
+    assert status == 0, err
+    run_dir = tmp_path / "ppo-RememberCue-s0"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert (
+        config["ppo"]["learning_rate"] == 2e-3
+        and config["ppo"]["n_steps"] == TASKS["RememberCue"].ppo["n_steps"]
+    )
+    assert config["policy"]["num_heads"] == 2 and config["policy"]["sink"] is False
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    assert evaluation["episodes"] == 2 and evaluation["env_steps"] == 512
+    assert 0.0 <= evaluation["return_mean"] <= 1.0  # RememberCue scores each episode 0 or 1
+    assert list((run_dir / "tb").glob("AarenPPO_1/events.out.tfevents.*"))
+
+    model = AarenPPO.load(run_dir / "model.zip", device="cpu")
+    assert model.learning_rate == 2e-3 and model.policy.memory_kwargs["num_heads"] == 2
+    exported = load_exported_policy(run_dir / "policy.zip")
+    obs = np.stack([model.observation_space.sample() for _ in range(3)])
+    starts = np.ones(3, dtype=bool)
+    actions, _ = model.predict(obs, episode_start=starts, deterministic=True)
+    assert np.array_equal(exported.predict(obs, episode_start=starts, deterministic=True)[0], actions)
+    for name, weight in exported.state_dict().items():
+        assert torch.equal(weight, model.policy.state_dict()[name]), name
+
+
+def test_a_finished_run_is_refused_not_overwritten(tmp_path, capsys) -> None:
+    assert run(capsys, "train_ppo", *TINY, "--out", str(tmp_path), "--name", "r")[0] == 0
+    saved = (tmp_path / "r" / "model.zip").read_bytes()
+    status, err = run(capsys, "train_ppo", *TINY, "--out", str(tmp_path), "--name", "r", "--seed", "1")
+    assert_user_error(status, err, str(tmp_path / "r"), "holds a trained model already", "--name")
+    assert (tmp_path / "r" / "model.zip").read_bytes() == saved
+
+
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        ("ppo.learning_rat=1e-3", ["unknown option 'ppo.learning_rat'", "did you mean ppo.learning_rate?"]),
+        ("policy.zzz=1", ["unknown option 'policy.zzz'", "num_heads"]),
+        ("policy.env=1", ["unknown option 'policy.env'"]),  # not a policy option
+        ("ppo.seed=3", ["unknown option 'ppo.seed'"]),  # set by --seed, not an override
+        ("lr=1e-3", ["is not ppo.<option>=<value>", "--set ppo.learning_rate=3e-4"]),
+        ("ppo.learning_rate=fast", ["ppo.learning_rate = 'fast' (str): expected float"]),
+        ("policy.sink=maybe", ["policy.sink = 'maybe' (str): expected bool"]),
+        (
+            "policy.num_heads=3",
+            ["cannot be built", "embed_dim (64) must be a positive multiple", "num_heads=3"],
+        ),
+        ("ppo.n_steps=-5", ["cannot be built", "n_steps=-5"]),
+    ],
+)
+def test_bad_overrides_are_one_error_naming_the_option(tmp_path, capsys, override, fragments) -> None:
+    status, err = run(capsys, "train_ppo", *TINY, "--out", str(tmp_path), "--set", override)
+    assert_user_error(status, err, *fragments)
+    assert not (tmp_path / "ppo-RememberCue-s0" / "model.zip").exists()
+
+
+def test_overrides_convert_numbers_as_written_and_keep_the_table() -> None:
+    run_ = PPORun.of_task("CountRecallEasy", ["ppo.n_steps=1e2", "ppo.gamma=1", "policy.net_arch=[32, 32]"])
+    assert run_.ppo["n_steps"] == 100 and isinstance(run_.ppo["n_steps"], int)
+    assert run_.ppo["gamma"] == 1.0 and isinstance(run_.ppo["gamma"], float)
+    assert run_.policy["net_arch"] == [32, 32]
+    assert TASKS["CountRecallEasy"].ppo["n_steps"] == 64  # the table itself is untouched
+    with pytest.raises(ConfigError, match="did you mean CountRecallEasy"):
+        PPORun.of_task("CountRecalEasy")
