@@ -3,7 +3,8 @@
 The run directory gets config.yaml (what ran: the task, its PPO and policy settings after overrides),
 tb/ (TensorBoard), model.zip (`AarenPPO.load`), policy.zip (`agents.ppo_export`: safetensors + JSON,
 loads without unpickling) and eval.json (the final deterministic return on fresh envs). Every file is
-written atomically; a directory that holds a trained model already is refused, not overwritten.
+written atomically, model.zip last; a directory that holds it (a finished run) is refused, not
+overwritten.
 """
 
 from __future__ import annotations
@@ -137,11 +138,12 @@ def _build(run: PPORun, run_dir: Path) -> AarenPPO:
 
 
 def train_ppo(run: PPORun, run_dir: str | Path, progress: bool = True, threads: int = 1) -> Path:
-    """Train `run` into `run_dir` (see the module docstring) and return the directory."""
+    """Train `run` into `run_dir` (see the module docstring) and return the directory. model.zip is
+    written last, so a directory holding it holds a finished run."""
     run_dir = Path(run_dir)
     if (run_dir / "model.zip").exists():
         raise ConfigError(
-            f"{run_dir} holds a trained model already. Fix: pass another --name, or remove the directory"
+            f"{run_dir} holds a finished run already. Fix: pass another --name, or remove the directory"
         )
     write_atomic(run_dir / "config.yaml", yaml.safe_dump(run.to_dict(), sort_keys=False))
     with torch_threads(threads):
@@ -149,11 +151,9 @@ def train_ppo(run: PPORun, run_dir: str | Path, progress: bool = True, threads: 
         start = time.perf_counter()
         model.learn(run.steps, progress_bar=progress, tb_log_name="AarenPPO")
         wall = time.perf_counter() - start
-        with atomic_path(run_dir / "model.zip") as tmp, open(tmp, "wb") as file:
-            model.save(file)
+        model.env.close()
         export_policy(model, run_dir / "policy.zip")
         returns = final_returns(model, TASKS[run.task], run.seed, run.eval_episodes)
-        model.env.close()
     result = {
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),
@@ -162,4 +162,6 @@ def train_ppo(run: PPORun, run_dir: str | Path, progress: bool = True, threads: 
         "train_wall_s": wall,
     }
     write_atomic(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
+    with atomic_path(run_dir / "model.zip") as tmp, open(tmp, "wb") as file:
+        model.save(file)
     return run_dir

@@ -48,11 +48,14 @@ def test_a_run_directory_holds_the_model_its_export_logs_and_evaluation(tmp_path
         assert torch.equal(weight, model.policy.state_dict()[name]), name
 
 
-def test_a_finished_run_is_refused_not_overwritten(tmp_path, capsys) -> None:
+def test_a_killed_run_starts_again_and_a_finished_one_is_refused(tmp_path, capsys) -> None:
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text("left by a run killed before it finished\n")
     assert run(capsys, "train_ppo", *TINY, "--out", str(tmp_path), "--name", "r")[0] == 0
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["task"] == "RememberCue"
     saved = (tmp_path / "r" / "model.zip").read_bytes()
     status, err = run(capsys, "train_ppo", *TINY, "--out", str(tmp_path), "--name", "r", "--seed", "1")
-    assert_user_error(status, err, str(tmp_path / "r"), "holds a trained model already", "--name")
+    assert_user_error(status, err, str(tmp_path / "r"), "holds a finished run already", "--name")
     assert (tmp_path / "r" / "model.zip").read_bytes() == saved
 
 
