@@ -7,6 +7,7 @@ hyperparameters; `POLICY_KWARGS` and `AAREN_KWARGS` are the policy settings the 
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +17,11 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
+from agents.config import ConfigError
 from agents.ppo_policy import FUSED_ADAM
+from envs.errors import MissingExtraError
 from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
-from envs.popgym import popgym_env_id
+from envs.popgym import INSTALL_HINT, popgym_env_id, popgym_task_names
 
 # Tanh heads (SB3's default) rather than rl-zoo's ReLU: with ReLU and lr 1e-3 an AarenPPO seed of
 # CartPoleNoVel collapsed to a constant action (entropy 0, KL 0: dead units); with Tanh it learned.
@@ -63,6 +66,13 @@ POPGYM_TASKS = (
     "NoisyPositionOnlyPendulumEasy",
     "MineSweeperEasy",
 )
+
+
+def popgym_task(name: str) -> Task:
+    """A POPGym task by class name, with the one set of settings every POPGym task gets."""
+    return Task(name, 8, POPGYM_PPO, popgym=True)
+
+
 TASKS = {
     "CartPoleNoVel": Task(CARTPOLE_NO_VEL, 8, ZOO_CARTPOLE),
     "PendulumNoVel": Task(
@@ -72,8 +82,25 @@ TASKS = {
         normalize_reward=True,
     ),
     "RememberCue": Task(REMEMBER_CUE, 8, ZOO_CARTPOLE),
-    **{name: Task(name, 8, POPGYM_PPO, popgym=True) for name in POPGYM_TASKS},
+    **{name: popgym_task(name) for name in POPGYM_TASKS},
 }
+
+
+def task_named(name: str) -> Task:
+    """The table's task `name`, or any other POPGym task by its class name (e.g. RepeatPreviousHard) with
+    the POPGym settings; one ConfigError naming the choices otherwise."""
+    if name in TASKS:
+        return TASKS[name]
+    try:
+        others = popgym_task_names()
+    except MissingExtraError:
+        others = []
+    if name in others:
+        return popgym_task(name)
+    close = difflib.get_close_matches(name, [*TASKS, *others], n=1)
+    hint = f"did you mean {close[0]}?" if close else f"choose from {', '.join(TASKS)}"
+    extra = "" if others else f" (any POPGym task too, with the popgym extra: {INSTALL_HINT})"
+    raise ConfigError(f"unknown task {name!r}: {hint}{extra}")
 
 
 def make_env(task: Task, seed: int, training: bool) -> VecEnv:

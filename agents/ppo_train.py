@@ -25,7 +25,7 @@ from agents.config import ConfigError, convert_value, parse_override_value
 from agents.ppo import AarenPPO
 from agents.ppo_export import export_policy
 from agents.ppo_policy import AarenActorCriticPolicy
-from agents.ppo_tasks import AAREN_KWARGS, POLICY_KWARGS, TASKS, final_returns, make_env
+from agents.ppo_tasks import AAREN_KWARGS, POLICY_KWARGS, final_returns, make_env, task_named
 from envs.files import atomic_path, torch_threads, write_atomic
 
 #: Arguments the run sets itself, so not options to override.
@@ -66,12 +66,8 @@ class PPORun:
 
     @classmethod
     def of_task(cls, task: str, overrides: Sequence[str] = (), **budget: int) -> PPORun:
-        """The run of `task` with its table settings, then `section.option=value` overrides."""
-        if task not in TASKS:
-            close = difflib.get_close_matches(task, TASKS, n=1)
-            hint = f"did you mean {close[0]}?" if close else f"choose from {', '.join(TASKS)}"
-            raise ConfigError(f"unknown task {task!r}: {hint}")
-        run = cls(task, **budget, ppo=dict(TASKS[task].ppo), policy={**POLICY_KWARGS, **AAREN_KWARGS})
+        """The run of `task` (`task_named`) with its settings, then `section.option=value` overrides."""
+        run = cls(task, **budget, ppo=dict(task_named(task).ppo), policy={**POLICY_KWARGS, **AAREN_KWARGS})
         for item in overrides:
             run.override(item)
         run.overrides = list(overrides)
@@ -118,7 +114,7 @@ class PPORun:
 
 def _build(run: PPORun, run_dir: Path) -> AarenPPO:
     """AarenPPO with the run's settings; settings SB3 or the policy refuse are one `ConfigError`."""
-    env = make_env(TASKS[run.task], run.seed, training=True)
+    env = make_env(task_named(run.task), run.seed, training=True)
     try:
         return AarenPPO(
             "MlpAarenPolicy",
@@ -153,7 +149,7 @@ def train_ppo(run: PPORun, run_dir: str | Path, progress: bool = True, threads: 
         wall = time.perf_counter() - start
         model.env.close()
         export_policy(model, run_dir / "policy.zip")
-        returns = final_returns(model, TASKS[run.task], run.seed, run.eval_episodes)
+        returns = final_returns(model, task_named(run.task), run.seed, run.eval_episodes)
     result = {
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),

@@ -14,7 +14,8 @@ examples:
   python scripts/train_ppo.py --task CountRecallEasy --seed 1 --set policy.episode_time=true
   python scripts/train_ppo.py --task CartPoleNoVel --steps 100000 --set ppo.learning_rate=3e-4 policy.num_heads=8
 
-Each task's envs and PPO settings are those of the POPGym benchmark (agents/ppo_tasks.py); --set
+Each task's envs and PPO settings are those of the POPGym benchmark (agents/ppo_tasks.py; every
+POPGym task gets the same set); --set
 changes any option of AarenPPO (ppo.<option>) or of its policy (policy.<option>). The run directory
 (<out>/<name>, default runs/ppo-<task>-s<seed>) gets config.yaml (what ran), tb/ (tensorboard --logdir
 runs), model.zip (AarenPPO.load: SB3's format pickles, so load only your own), policy.zip (weights as
@@ -30,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(
         description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--task", required=True, choices=list(TASKS), metavar="TASK", help=", ".join(TASKS))
+    parser.add_argument(
+        "--task",
+        required=True,
+        help=f"{', '.join(TASKS)}, or any other POPGym task by name (e.g. RepeatPreviousMedium: the POPGym "
+        "settings)",
+    )
     parser.add_argument("--steps", type=int, default=60_000, help="env steps to train (default: 60000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model and the envs (default: 0)")
     parser.add_argument(

@@ -4,6 +4,7 @@ effect, and one clear error (exit 2) for each kind of bad input, without touchin
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from test_scripts_errors import assert_user_error, run
 
 from agents import AarenPPO, ConfigError
 from agents.ppo_export import load_exported_policy
-from agents.ppo_tasks import TASKS
+from agents.ppo_tasks import POPGYM_PPO, TASKS, Task, task_named
 from agents.ppo_train import PPORun
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -90,3 +91,19 @@ def test_overrides_convert_numbers_as_written_and_keep_the_table() -> None:
     assert TASKS["CountRecallEasy"].ppo["n_steps"] == 64  # the table itself is untouched
     with pytest.raises(ConfigError, match="did you mean CountRecallEasy"):
         PPORun.of_task("CountRecalEasy")
+
+
+def test_any_popgym_task_by_name_gets_the_popgym_settings() -> None:
+    pytest.importorskip("popgym")
+    assert task_named("RepeatPreviousHard") == Task("RepeatPreviousHard", 8, POPGYM_PPO, popgym=True)
+    assert task_named("CountRecallEasy") is TASKS["CountRecallEasy"]
+    with pytest.raises(ConfigError, match="did you mean RepeatPreviousHard"):
+        task_named("RepeatPreviousHrad")
+
+
+def test_without_popgym_an_unknown_task_names_the_table_and_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "popgym", None)  # `import popgym...` now raises ImportError
+    monkeypatch.setitem(sys.modules, "popgym.envs", None)
+    assert task_named("CartPoleNoVel") is TASKS["CartPoleNoVel"]
+    with pytest.raises(ConfigError, match=r"did you mean CartPoleNoVel\?.*pip install -e \.\[popgym\]"):
+        task_named("CartPoleNoVle")
