@@ -8,11 +8,16 @@ hyperparameters; `POLICY_KWARGS` and `AAREN_KWARGS` are the policy settings the 
 from __future__ import annotations
 
 import difflib
+import time
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
@@ -124,3 +129,49 @@ def final_returns(model: BaseAlgorithm, task: Task, seed: int, episodes: int) ->
     )
     env.close()
     return [float(r) for r in returns]
+
+
+#: Finished episodes in MMER's rolling window (as SB3's ep_info_buffer).
+MMER_WINDOW = 100
+
+
+def max_mean_returns(
+    rollouts: Sequence[Sequence[float]], window: int = MMER_WINDOW
+) -> dict[str, float | None]:
+    """MMER from the returns of the episodes that finished in each rollout, in order: the best, over the
+    rollouts in which an episode finished, of the mean return of the last `window` finished episodes
+    (`mmer`) and of the episodes of that rollout alone (`mmer_rollout`); None where none finished."""
+    recent: deque[float] = deque(maxlen=window)
+    windowed, per_rollout = [], []
+    for returns in rollouts:
+        if len(returns):
+            recent.extend(returns)
+            windowed.append(float(np.mean(recent)))
+            per_rollout.append(float(np.mean(returns)))
+    return {
+        "mmer": max(windowed, default=None),
+        "mmer_rollout": max(per_rollout, default=None),
+    }
+
+
+class RunMonitor(BaseCallback):
+    """Wall-clock seconds spent collecting rollouts (the rest of learn() is training), and the returns
+    of the episodes that finished in each rollout (for `max_mean_returns`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.collect_s = 0.0
+        self.rollout_returns: list[list[float]] = []
+        self._start = 0.0
+
+    def _on_rollout_start(self) -> None:
+        self.rollout_returns.append([])
+        self._start = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        infos = self.locals["infos"]
+        self.rollout_returns[-1].extend(float(info["episode"]["r"]) for info in infos if "episode" in info)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.collect_s += time.perf_counter() - self._start

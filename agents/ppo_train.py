@@ -2,9 +2,9 @@
 
 The run directory gets config.yaml (what ran: the task, its PPO and policy settings after overrides),
 tb/ (TensorBoard), model.zip (`AarenPPO.load`), policy.zip (`agents.ppo_export`: safetensors + JSON,
-loads without unpickling) and eval.json (the final deterministic return on fresh envs). Every file is
-written atomically, model.zip last; a directory that holds it (a finished run) is refused, not
-overwritten.
+loads without unpickling) and eval.json (the final deterministic return on fresh envs, the MMER over
+training, the seconds of collection and training). Every file is written atomically, model.zip last;
+a directory that holds it (a finished run) is refused, not overwritten.
 """
 
 from __future__ import annotations
@@ -25,7 +25,15 @@ from agents.config import ConfigError, convert_value, parse_override_value
 from agents.ppo import AarenPPO
 from agents.ppo_export import export_policy
 from agents.ppo_policy import AarenActorCriticPolicy
-from agents.ppo_tasks import AAREN_KWARGS, POLICY_KWARGS, final_returns, make_env, task_named
+from agents.ppo_tasks import (
+    AAREN_KWARGS,
+    POLICY_KWARGS,
+    RunMonitor,
+    final_returns,
+    make_env,
+    max_mean_returns,
+    task_named,
+)
 from envs.files import atomic_path, torch_threads, write_atomic
 
 #: Arguments the run sets itself, so not options to override.
@@ -144,8 +152,9 @@ def train_ppo(run: PPORun, run_dir: str | Path, progress: bool = True, threads: 
     write_atomic(run_dir / "config.yaml", yaml.safe_dump(run.to_dict(), sort_keys=False))
     with torch_threads(threads):
         model = _build(run, run_dir)
+        monitor = RunMonitor()
         start = time.perf_counter()
-        model.learn(run.steps, progress_bar=progress, tb_log_name="AarenPPO")
+        model.learn(run.steps, callback=monitor, progress_bar=progress, tb_log_name="AarenPPO")
         wall = time.perf_counter() - start
         model.env.close()
         export_policy(model, run_dir / "policy.zip")
@@ -154,8 +163,11 @@ def train_ppo(run: PPORun, run_dir: str | Path, progress: bool = True, threads: 
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),
         "episodes": len(returns),
+        "mmer": max_mean_returns(monitor.rollout_returns)["mmer"],  # the benchmark's metric (README)
         "env_steps": model.num_timesteps,
-        "train_wall_s": wall,
+        "wall_s": wall,
+        "collect_s": monitor.collect_s,
+        "train_s": wall - monitor.collect_s,
     }
     write_atomic(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
     with atomic_path(run_dir / "model.zip") as tmp, open(tmp, "wb") as file:

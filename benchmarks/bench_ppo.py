@@ -47,8 +47,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +58,6 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.torch_layers import FlattenExtractor
 from tqdm import tqdm
@@ -74,9 +72,11 @@ from agents.ppo_tasks import (
     POLICY_KWARGS,
     POPGYM_TASKS,
     TASKS,
+    RunMonitor,
     Task,
     final_returns,
     make_env,
+    max_mean_returns,
 )
 from envs.files import torch_threads, write_atomic
 
@@ -93,7 +93,6 @@ from benchmarks.common import (  # noqa: E402
 ALGOS = ("aaren", "lstm", "mlp")
 SPEEDUP_GOAL = 1.5  # LSTM wall-clock over Aaren's, at least
 GOAL_METRIC = "mmer"  # the return the goal compares: POPGym's metric, steadier than a final evaluation
-MMER_WINDOW = 100  # finished episodes in MMER's rolling window (as SB3's ep_info_buffer)
 RANDOM_EPISODES = 200  # random play is cheap, and a floor from few episodes is noisy
 WORK = Path("~/.cache/aaren-rl/bench_ppo").expanduser()  # default folder of the run records
 
@@ -195,48 +194,6 @@ def run_specs(settings: Settings) -> list[RunSpec]:
         for algo in settings.algos
         for variant in (settings.variants if algo == "aaren" else (None,))
     ]
-
-
-def max_mean_returns(
-    rollouts: Sequence[Sequence[float]], window: int = MMER_WINDOW
-) -> dict[str, float | None]:
-    """MMER from the returns of the episodes that finished in each rollout, in order: the best, over the
-    rollouts in which an episode finished, of the mean return of the last `window` finished episodes
-    (`mmer`) and of the episodes of that rollout alone (`mmer_rollout`); None where none finished."""
-    recent: deque[float] = deque(maxlen=window)
-    windowed, per_rollout = [], []
-    for returns in rollouts:
-        if len(returns):
-            recent.extend(returns)
-            windowed.append(float(np.mean(recent)))
-            per_rollout.append(float(np.mean(returns)))
-    return {
-        "mmer": max(windowed, default=None),
-        "mmer_rollout": max(per_rollout, default=None),
-    }
-
-
-class RunMonitor(BaseCallback):
-    """Wall-clock seconds spent collecting rollouts (the rest of learn() is training), and the returns
-    of the episodes that finished in each rollout (for `max_mean_returns`)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.collect_s = 0.0
-        self.rollout_returns: list[list[float]] = []
-        self._start = 0.0
-
-    def _on_rollout_start(self) -> None:
-        self.rollout_returns.append([])
-        self._start = time.perf_counter()
-
-    def _on_step(self) -> bool:
-        infos = self.locals["infos"]
-        self.rollout_returns[-1].extend(float(info["episode"]["r"]) for info in infos if "episode" in info)
-        return True
-
-    def _on_rollout_end(self) -> None:
-        self.collect_s += time.perf_counter() - self._start
 
 
 def make_model(algo: str, task: Task, seed: int, variant: str | None = "default") -> BaseAlgorithm:

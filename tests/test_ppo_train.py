@@ -36,6 +36,7 @@ def test_a_run_directory_holds_the_model_its_export_logs_and_evaluation(tmp_path
     evaluation = json.loads((run_dir / "eval.json").read_text())
     assert evaluation["episodes"] == 2 and evaluation["env_steps"] == 512
     assert 0.0 <= evaluation["return_mean"] <= 1.0  # RememberCue scores each episode 0 or 1
+    assert 0.0 <= evaluation["mmer"] <= 1.0 and evaluation["collect_s"] + evaluation["train_s"] > 0
     assert list((run_dir / "tb").glob("AarenPPO_1/events.out.tfevents.*"))
 
     model = AarenPPO.load(run_dir / "model.zip", device="cpu")
