@@ -3,6 +3,8 @@
 
 Each task names its env (a Gymnasium id, or a POPGym task name), its number of parallel envs and its PPO
 hyperparameters; `POLICY_KWARGS` and `AAREN_KWARGS` are the policy settings the benchmark measured.
+A run on them is measured here too: `final_returns` (deterministic, on fresh envs), `max_mean_returns`
+(POPGym's MMER) and `RunMonitor` (the returns it needs, and the seconds spent collecting rollouts).
 """
 
 from __future__ import annotations
