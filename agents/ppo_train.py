@@ -75,7 +75,9 @@ class PPORun:
     @classmethod
     def of_task(cls, task: str, overrides: Sequence[str] = (), **budget: int) -> PPORun:
         """The run of `task` (`task_named`) with its settings, then `section.option=value` overrides."""
-        run = cls(task, **budget, ppo=dict(task_named(task).ppo), policy={**POLICY_KWARGS, **AAREN_KWARGS})
+        # On a CPU: these policies are small, and SB3 advises against PPO with MLPs on a GPU.
+        ppo = {"device": "cpu", **task_named(task).ppo}
+        run = cls(task, **budget, ppo=ppo, policy={**POLICY_KWARGS, **AAREN_KWARGS})
         for item in overrides:
             run.override(item)
         run.overrides = list(overrides)

@@ -3,9 +3,10 @@
 Every algorithm gets the same tasks, env steps, seeds and PPO hyperparameters (per task, from the table
 of agents/ppo_tasks.py: after rl-zoo's RecurrentPPO settings for the tasks of envs.memory, one set for
 all POPGym tasks); the memories are sized alike (Aaren width 64, one layer, 4 heads; LSTM 64 hidden
-units; separate actor and critic memories for both). Measured per run: the final deterministic return (fresh eval envs),
-the max-mean episodic return (MMER, below), the mean return of the last 100 training episodes, and
-the wall-clock of learn() split into acting (rollout collection) and training (the PPO updates).
+units; separate actor and critic memories for both). Measured per run: the final deterministic return
+(fresh eval envs), the max-mean episodic return (MMER, below), the mean return of the last 100 training
+episodes, and the wall-clock of learn() split into acting (rollout collection) and training (the PPO
+updates).
 Torch runs on one thread for every algorithm. The random-policy return is the floor of each task.
 
 MMER, the POPGym paper's metric (Morad et al., ICLR 2023): after every rollout in which an episode
