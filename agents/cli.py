@@ -112,6 +112,10 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(USER_ERROR_STATUS, f"error: {message} (see {self.prog} --help)\n")
 
+    def add_overrides(self, help: str) -> None:
+        """`--set KEY=VALUE ...`: dotted overrides, gathered in `args.overrides` (empty by default)."""
+        self.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides", help=help)
+
 
 def target_return(text: str) -> float:
     """argparse type of a target return: a number that can be one (`agents.policy.target_return_problem`)."""

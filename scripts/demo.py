@@ -39,14 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dataset-steps", type=int, default=50_000, help="transitions to collect (default 50k)"
     )
-    parser.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        dest="overrides",
-        metavar="KEY=VALUE",
-        help="overrides for configs/quickstart.yaml, e.g. train.steps=100",
-    )
+    parser.add_overrides(help="overrides for configs/quickstart.yaml, e.g. train.steps=100")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     start = time.perf_counter()

@@ -37,14 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument(
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"
     )
-    parser.add_argument(
-        "--set",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override config keys, e.g. --set train.steps=500 model.backbone=transformer",
-    )
+    parser.add_overrides(help="override config keys, e.g. --set train.steps=500 model.backbone=transformer")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
     args = parser.parse_args(argv)
     if args.resume:

@@ -44,14 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("runs"), help="parent of the run directory")
     parser.add_argument("--name", help="run directory name inside --out (default: ppo-<task>-s<seed>)")
-    parser.add_argument(
-        "--set",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override options, e.g. --set ppo.learning_rate=3e-4 policy.num_heads=8",
-    )
+    parser.add_overrides(help="override options, e.g. --set ppo.learning_rate=3e-4 policy.num_heads=8")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, fastest here)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
     args = parser.parse_args(argv)
