@@ -64,6 +64,7 @@ ZOO_CARTPOLE = dict(n_steps=32, batch_size=256, gamma=0.98, gae_lambda=0.8, n_ep
 # One set for every POPGym task: 512-step rollouts (8 envs x 64) hold one to ten 50-200-step
 # episodes; the usual long-horizon gamma and lambda, and half the updates per env step of ZOO_CARTPOLE.
 POPGYM_PPO = dict(n_steps=64, batch_size=256, gamma=0.99, gae_lambda=0.95, n_epochs=10, learning_rate=5e-4)
+POPGYM_STEPS = 60_000  # env steps of a POPGym run in the benchmark (a 2-core CPU's budget)
 POPGYM_TASKS = (
     "RepeatPreviousEasy",
     "RepeatFirstEasy",

@@ -28,6 +28,7 @@ from agents.ppo_policy import AarenActorCriticPolicy
 from agents.ppo_tasks import (
     AAREN_KWARGS,
     POLICY_KWARGS,
+    POPGYM_STEPS,
     RunMonitor,
     final_returns,
     make_env,
@@ -65,7 +66,7 @@ class PPORun:
     """One training run: the task, its budget and the settings after overrides."""
 
     task: str
-    steps: int = 60_000
+    steps: int = POPGYM_STEPS
     seed: int = 0
     eval_episodes: int = 10
     ppo: dict[str, Any] = field(default_factory=dict)

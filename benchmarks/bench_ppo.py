@@ -71,6 +71,7 @@ from agents.ppo_tasks import (
     AAREN_KWARGS,
     EVAL_SEED_OFFSET,
     POLICY_KWARGS,
+    POPGYM_STEPS,
     POPGYM_TASKS,
     TASKS,
     RunMonitor,
@@ -154,7 +155,6 @@ FULL = Settings(
     eval_episodes=20,
     notes="full: rl-zoo-sized budget for CartPoleNoVel, half of it for PendulumNoVel",
 )
-POPGYM_STEPS = 60_000
 POPGYM = Settings(
     steps={**dict.fromkeys(POPGYM_TASKS, POPGYM_STEPS), "CartPoleNoVel": POPGYM_STEPS},
     seeds=tuple(range(5)),

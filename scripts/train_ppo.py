@@ -26,7 +26,7 @@ deterministic return on fresh envs).
 
 @exits_2_on_user_errors
 def main(argv: list[str] | None = None) -> int:
-    from agents.ppo_tasks import TASKS
+    from agents.ppo_tasks import POPGYM_STEPS, TASKS
 
     parser = ArgumentParser(
         description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"{', '.join(TASKS)}, or any other POPGym task by name (e.g. RepeatPreviousMedium: the POPGym "
         "settings)",
     )
-    parser.add_argument("--steps", type=int, default=60_000, help="env steps to train (default: 60000)")
+    parser.add_argument(
+        "--steps", type=int, default=POPGYM_STEPS, help=f"env steps to train (default: {POPGYM_STEPS})"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the model and the envs (default: 0)")
     parser.add_argument(
         "--eval-episodes", type=int, default=10, help="final evaluation episodes (default: 10)"
