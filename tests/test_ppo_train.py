@@ -28,10 +28,8 @@ def test_a_run_directory_holds_the_model_its_export_logs_and_evaluation(tmp_path
     assert status == 0, err
     run_dir = tmp_path / "ppo-RememberCue-s0"
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert (
-        config["ppo"]["learning_rate"] == 2e-3
-        and config["ppo"]["n_steps"] == TASKS["RememberCue"].ppo["n_steps"]
-    )
+    assert config["ppo"]["learning_rate"] == 2e-3
+    assert config["ppo"]["n_steps"] == TASKS["RememberCue"].ppo["n_steps"]  # the rest from the table
     assert config["policy"]["num_heads"] == 2 and config["policy"]["sink"] is False
     evaluation = json.loads((run_dir / "eval.json").read_text())
     assert evaluation["episodes"] == 2 and evaluation["env_steps"] == 512
