@@ -124,7 +124,8 @@ class PPORun:
 
 
 def _build(run: PPORun, run_dir: Path) -> AarenPPO:
-    """AarenPPO with the run's settings; settings SB3 or the policy refuse are one `ConfigError`."""
+    """AarenPPO with the run's settings; overridden settings SB3 or the policy refuse are one
+    `ConfigError` naming the overrides."""
     env = make_env(task_named(run.task), run.seed, training=True)
     try:
         return AarenPPO(
@@ -137,10 +138,11 @@ def _build(run: PPORun, run_dir: Path) -> AarenPPO:
         )
     except (ValueError, TypeError, AssertionError) as exc:  # SB3 checks its arguments with asserts
         env.close()
-        given = " ".join(run.overrides) or "none"
+        if not run.overrides:
+            raise  # the table's own settings: a bug, which keeps its traceback
         raise ConfigError(
             f"AarenPPO cannot be built with the settings in {run_dir / 'config.yaml'}: {exc}. Fix: correct "
-            f"the --set value this is about (given: {given})"
+            f"the --set value this is about (given: {' '.join(run.overrides)})"
         ) from exc
 
 

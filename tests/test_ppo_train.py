@@ -15,7 +15,7 @@ from test_scripts_errors import assert_user_error, run
 from agents import AarenPPO, ConfigError
 from agents.ppo_export import load_exported_policy
 from agents.ppo_tasks import POPGYM_PPO, TASKS, Task, task_named
-from agents.ppo_train import PPORun
+from agents.ppo_train import PPORun, train_ppo
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -106,3 +106,10 @@ def test_without_popgym_an_unknown_task_names_the_table_and_the_extra(monkeypatc
     assert task_named("CartPoleNoVel") is TASKS["CartPoleNoVel"]
     with pytest.raises(ConfigError, match=r"did you mean CartPoleNoVel\?.*pip install -e \.\[popgym\]"):
         task_named("CartPoleNoVle")
+
+
+def test_a_table_setting_sb3_refuses_is_a_bug_with_its_traceback(tmp_path, monkeypatch) -> None:
+    broken = Task(TASKS["RememberCue"].env_id, 8, {**TASKS["RememberCue"].ppo, "n_steps": -5})
+    monkeypatch.setitem(TASKS, "RememberCue", broken)
+    with pytest.raises(AssertionError, match="n_steps"):  # not a ConfigError: no --set to correct
+        train_ppo(PPORun.of_task("RememberCue", steps=512), tmp_path / "r", progress=False)
