@@ -38,7 +38,7 @@ class ParameterVersions:
     """Whether any parameter or buffer of a module was changed in place (an optimiser step, a
     `load_state_dict`) or replaced since this was made: the cue to fold again. It reads the tensors'
     version counters, which fused optimizer kernels (`fused=True`) do not bump: after such a step,
-    fold again regardless (`agents.ppo_policy.AarenActorCriticPolicy` does it with a step hook)."""
+    fold again regardless (`agents.ppo.policy.AarenActorCriticPolicy` does it with a step hook)."""
 
     def __init__(self, module: nn.Module):
         self._tensors = [*module.parameters(), *module.buffers()]

@@ -20,15 +20,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agents.checkpoint import load_model
-    from agents.config import Config, ConfigError, load_config
-    from agents.evaluation import EvalResult, evaluate_agent, evaluate_run
-    from agents.model import DecisionModel, DecisionModelConfig
-    from agents.policy import AgentState, DecisionAgent
-    from agents.ppo import AarenPPO
-    from agents.run_dir import latest_checkpoint, load_policy
-    from agents.sb3 import DecisionPolicy, RewardToPolicyVecEnv
-    from agents.training import train
+    from agents.common.overrides import ConfigError
+    from agents.decision.agent import AgentState, DecisionAgent
+    from agents.decision.checkpoint import load_model
+    from agents.decision.config import Config, load_config
+    from agents.decision.evaluation import EvalResult, evaluate_agent, evaluate_run
+    from agents.decision.model import DecisionModel, DecisionModelConfig
+    from agents.decision.run_dir import latest_checkpoint, load_policy
+    from agents.decision.sb3 import DecisionPolicy, RewardToPolicyVecEnv
+    from agents.decision.training import train
+    from agents.ppo.algorithm import AarenPPO
 
 __all__ = [
     "AarenPPO",
@@ -52,23 +53,23 @@ __all__ = [
 
 #: Public name -> the module that defines it (the same names as __all__).
 _SOURCES = {
-    "AarenPPO": "agents.ppo",
-    "AgentState": "agents.policy",
-    "Config": "agents.config",
-    "ConfigError": "agents.config",
-    "DecisionAgent": "agents.policy",
-    "DecisionModel": "agents.model",
-    "DecisionModelConfig": "agents.model",
-    "DecisionPolicy": "agents.sb3",
-    "EvalResult": "agents.evaluation",
-    "RewardToPolicyVecEnv": "agents.sb3",
-    "evaluate_agent": "agents.evaluation",
-    "evaluate_run": "agents.evaluation",
-    "latest_checkpoint": "agents.run_dir",
-    "load_config": "agents.config",
-    "load_model": "agents.checkpoint",
-    "load_policy": "agents.run_dir",
-    "train": "agents.training",
+    "AarenPPO": "agents.ppo.algorithm",
+    "AgentState": "agents.decision.agent",
+    "Config": "agents.decision.config",
+    "ConfigError": "agents.common.overrides",
+    "DecisionAgent": "agents.decision.agent",
+    "DecisionModel": "agents.decision.model",
+    "DecisionModelConfig": "agents.decision.model",
+    "DecisionPolicy": "agents.decision.sb3",
+    "EvalResult": "agents.decision.evaluation",
+    "RewardToPolicyVecEnv": "agents.decision.sb3",
+    "evaluate_agent": "agents.decision.evaluation",
+    "evaluate_run": "agents.decision.evaluation",
+    "latest_checkpoint": "agents.decision.run_dir",
+    "load_config": "agents.decision.config",
+    "load_model": "agents.decision.checkpoint",
+    "load_policy": "agents.decision.run_dir",
+    "train": "agents.decision.training",
 }
 
 

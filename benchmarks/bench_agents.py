@@ -16,7 +16,7 @@
    median of `rollout_reps` rounds of alternating runs, and the ratio to the ceiling as the median of
    each round's own ratio.
 3. Training throughput at equal `train.batch_steps`, batches drawn as training draws them
-   (`agents.training.batch_layout`, `sample_batch`): Aaren-DT on rows packed with whole episodes (with
+   (`agents.decision.training.batch_layout`, `sample_batch`): Aaren-DT on rows packed with whole episodes (with
    `resets`) against Transformer-DT on K = 20 windows, at the reference width, on two synthetic
    datasets (`TRAIN_DATASETS`: hopper-medium-like lengths and widely mixed ones), in `train_rounds`
    rounds of the two cases alternating (the ratio: the median round's). Per case: real
@@ -45,11 +45,11 @@ import numpy as np
 import torch
 
 from agents import load_config
-from agents.config import Config
-from agents.distributed import DistContext
-from agents.model import DecisionModel, DecisionModelConfig
-from agents.policy import DecisionAgent
-from agents.training import action_loss, batch_layout, packed_sampler, sample_batch
+from agents.decision.agent import DecisionAgent
+from agents.decision.config import Config
+from agents.decision.distributed import DistContext
+from agents.decision.model import DecisionModel, DecisionModelConfig
+from agents.decision.training import action_loss, batch_layout, packed_sampler, sample_batch
 from envs import OfflineDataset, VecRollout, load_dataset, make_vec_env
 from envs.files import torch_threads
 

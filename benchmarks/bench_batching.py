@@ -38,11 +38,11 @@ from typing import Any
 from tqdm import tqdm
 
 from agents import train
-from agents.cli import exits_2_on_user_errors
-from agents.config import ConfigError, load_config
-from agents.run_dir import read_metrics
-from agents.training import batch_layout
-from agents.windows import BATCHINGS
+from agents.common.cli import exits_2_on_user_errors
+from agents.decision.batching import BATCHINGS
+from agents.decision.config import ConfigError, load_config
+from agents.decision.run_dir import read_metrics
+from agents.decision.training import batch_layout
 from envs import load_dataset
 from envs.files import write_atomic
 

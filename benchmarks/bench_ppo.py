@@ -1,7 +1,7 @@
 """AarenPPO vs sb3-contrib's RecurrentPPO (LSTM) vs PPO (MLP) on partially observable tasks.
 
 Every algorithm gets the same tasks, env steps, seeds and PPO hyperparameters (per task, from the table
-of agents/ppo_tasks.py: after rl-zoo's RecurrentPPO settings for the tasks of envs.memory, one set for
+of agents/ppo/tasks.py: after rl-zoo's RecurrentPPO settings for the tasks of envs.memory, one set for
 all POPGym tasks); the memories are sized alike (Aaren width 64, one layer, 4 heads; LSTM 64 hidden
 units; separate actor and critic memories for both). Measured per run: the final deterministic return
 (fresh eval envs), the max-mean episodic return (MMER, below), the mean return of the last 100 training
@@ -64,10 +64,10 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from tqdm import tqdm
 
 from aaren_rl.ops.fused import fused_module
-from agents.cli import ArgumentParser, exits_2_on_user_errors
-from agents.config import ConfigError
-from agents.ppo import AarenPPO
-from agents.ppo_tasks import (
+from agents.common.cli import ArgumentParser, exits_2_on_user_errors
+from agents.common.overrides import ConfigError
+from agents.ppo.algorithm import AarenPPO
+from agents.ppo.tasks import (
     AAREN_KWARGS,
     EVAL_SEED_OFFSET,
     POLICY_KWARGS,

@@ -7,13 +7,13 @@ written in the D4RL format and cached. Every (task, dataset, backbone, seed) is 
 reference DT hyperparameters of configs/base.yaml and the same number of gradient steps and
 `train.batch_steps` supervised timesteps per step: the Transformer sees batch_steps / K K-windows, the
 Aaren agent as many K-windows entered from stored recurrent states (`train.batching`'s default,
-stored; `--batching` picks another; agents.training.batch_layout). Each run ends with a live
+stored; `--batching` picks another; agents.decision.training.batch_layout). Each run ends with a live
 evaluation at the task's target returns (envs on Gymnasium v5); the table reports the best target's
 D4RL-normalised score, mean +- std over seeds.
 
 The default protocol is sized for a couple of CPU cores (see QUICK); `--full`
 is the papers' protocol (100k steps, 1M-transition datasets, all three tasks), unchanged code.
-The runs are the trials of one sweep (`agents.sweep`) on Ray: locally, one run per CPU at a time, or
+The runs are the trials of one sweep (`agents.decision.sweep`) on Ray: locally, one run per CPU at a time, or
 on a cluster with --address (then --work must be a folder that every node shares).
 Interrupted? Run the same command again: finished runs are kept, unfinished ones resume. Runs from
 before train.batch_steps (their config.yaml sets train.batch_size) trained other batches: a --work
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.cli import exits_2_on_user_errors
-from agents.config import ConfigError, read_yaml
-from agents.sweep import Trial, make_trial, print_failures, run_trials
-from agents.windows import BATCHINGS
+from agents.common.cli import exits_2_on_user_errors
+from agents.decision.batching import BATCHINGS
+from agents.decision.config import ConfigError, read_yaml
+from agents.decision.sweep import Trial, make_trial, print_failures, run_trials
 from envs import collect_recipe
 from envs.collect import RECIPES
 

@@ -61,9 +61,9 @@ import numpy as np
 import torch
 from stable_baselines3.common.env_util import make_vec_env
 
-from agents.policy import DecisionAgent
-from agents.ppo import AarenPPO
-from agents.run_dir import load_policy
+from agents.decision.agent import DecisionAgent
+from agents.ppo.algorithm import AarenPPO
+from agents.decision.run_dir import load_policy
 from envs.memory import CARTPOLE_NO_VEL
 
 run_dir, device = sys.argv[1], sys.argv[2]

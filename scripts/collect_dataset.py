@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agents.cli import ArgumentParser, exits_2_on_user_errors
+from agents.common.cli import ArgumentParser, exits_2_on_user_errors
 from envs.collect import RECIPES, collect_dataset, collect_recipe, parse_recipe_id
 from envs.d4rl import TASKS, canonical_env_id
 from envs.experts import experts_dir

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from agents import load_config, train
-from agents.cli import ArgumentParser, exits_2_on_user_errors
-from agents.run_dir import RunDir
+from agents.common.cli import ArgumentParser, exits_2_on_user_errors
+from agents.decision.run_dir import RunDir
 from envs import collect_dataset, load_dataset
 from envs.behaviour import train_behaviour_policy
 from envs.experts import cache_dir

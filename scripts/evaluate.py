@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from agents import evaluate_run
-from agents.cli import ArgumentParser, exits_2_on_user_errors, target_return
+from agents.common.cli import ArgumentParser, exits_2_on_user_errors, target_return
 
 EPILOG = """
 examples:

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from agents.cli import USER_ERROR_STATUS, ArgumentParser, exits_2_on_user_errors
-from agents.sweep import load_sweep, print_failures, run_sweep
+from agents.common.cli import USER_ERROR_STATUS, ArgumentParser, exits_2_on_user_errors
+from agents.decision.sweep import load_sweep, print_failures, run_sweep
 
 EPILOG = """
 examples:

@@ -9,8 +9,8 @@ import sys
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from agents import load_config, train
-from agents.cli import ArgumentParser, exits_2_on_user_errors
-from agents.run_dir import RunDir
+from agents.common.cli import ArgumentParser, exits_2_on_user_errors
+from agents.decision.run_dir import RunDir
 
 EPILOG = """
 examples:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from agents.cli import ArgumentParser, exits_2_on_user_errors
+from agents.common.cli import ArgumentParser, exits_2_on_user_errors
 
 EPILOG = """
 examples:
@@ -14,19 +14,19 @@ examples:
   python scripts/train_ppo.py --task CountRecallEasy --seed 1 --set policy.episode_time=true
   python scripts/train_ppo.py --task CartPoleNoVel --steps 100000 --set ppo.learning_rate=3e-4 policy.num_heads=8
 
-Each task's envs and PPO settings are those of the POPGym benchmark (agents/ppo_tasks.py; every
+Each task's envs and PPO settings are those of the POPGym benchmark (agents/ppo/tasks.py; every
 POPGym task gets the same set); --set
 changes any option of AarenPPO (ppo.<option>) or of its policy (policy.<option>). The run directory
 (<out>/<name>, default runs/ppo-<task>-s<seed>) gets config.yaml (what ran), tb/ (tensorboard --logdir
 runs), model.zip (AarenPPO.load: SB3's format pickles, so load only your own), policy.zip (weights as
-safetensors + JSON: agents.ppo_export.load_exported_policy, no unpickling) and eval.json (the final
+safetensors + JSON: agents.ppo.export.load_exported_policy, no unpickling) and eval.json (the final
 deterministic return on fresh envs).
 """
 
 
 @exits_2_on_user_errors
 def main(argv: list[str] | None = None) -> int:
-    from agents.ppo_tasks import POPGYM_STEPS, TASKS
+    from agents.ppo.tasks import POPGYM_STEPS, TASKS
 
     parser = ArgumentParser(
         description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
 
-    from agents.ppo_train import PPORun, train_ppo
+    from agents.ppo.train import PPORun, train_ppo
 
     run = PPORun.of_task(
         args.task, args.overrides, steps=args.steps, seed=args.seed, eval_episodes=args.eval_episodes

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from agents import ConfigError, load_config, train
-from agents.config import writable_run_dir
+from agents.decision.config import writable_run_dir
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 

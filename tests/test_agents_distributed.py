@@ -12,10 +12,10 @@ import torch
 from safetensors.numpy import load_file
 
 from agents import ConfigError, load_config, train
-from agents.distributed import DistContext
-from agents.evaluation import rank_share
-from agents.run_dir import latest_checkpoint
-from agents.training import packed_sampler, sample_batch
+from agents.decision.distributed import DistContext
+from agents.decision.evaluation import rank_share
+from agents.decision.run_dir import latest_checkpoint
+from agents.decision.training import packed_sampler, sample_batch
 from envs import load_dataset
 from envs.vector import split_evenly
 
@@ -37,7 +37,7 @@ TINY = [
 #: Runs train_offline.py with sample_batch failing on rank 1 at its third call (the test's fault injection).
 FAULTY = """
 import os, runpy, sys
-import agents.training as training
+import agents.decision.training as training
 
 if os.environ["RANK"] == "1":
     real, calls = training.sample_batch, []
@@ -223,7 +223,7 @@ def test_rank_shares_of_an_evaluation_are_the_one_process_episodes(episodes, num
 
 
 def test_global_batch_must_split_evenly(tiny_dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr("agents.training.init_distributed", lambda *args: DistContext(world_size=3))
+    monkeypatch.setattr("agents.decision.training.init_distributed", lambda *args: DistContext(world_size=3))
     with pytest.raises(
         ConfigError, match="train.batch_steps = 240 .* does not split evenly across 3 processes"
     ):

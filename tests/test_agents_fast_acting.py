@@ -14,8 +14,8 @@ from test_agents_model import make_model as base_model
 from aaren_rl import AarenBackbone, TransformerBackbone
 from aaren_rl.ops import fused
 from aaren_rl.step import AarenStep, TransformerStep
-from agents.model import DecisionModel
-from agents.policy import DecisionAgent
+from agents.decision.agent import DecisionAgent
+from agents.decision.model import DecisionModel
 
 K = 4
 # Per env row: the lengths of its consecutive episodes (rows start episodes at different steps).

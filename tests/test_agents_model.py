@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.model import DecisionModel, DecisionModelConfig
-from agents.policy import DecisionAgent
+from agents.decision.agent import DecisionAgent
+from agents.decision.model import DecisionModel, DecisionModelConfig
 
 OBS, ACT, TARGET = 5, 3, 7.5
 # Per env row: the lengths of its consecutive episodes (rows end episodes at different steps).

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from agents import load_config
-from agents.distributed import DistContext
-from agents.model import DecisionModel, DecisionModelConfig
-from agents.training import batch_layout, packed_sampler, sample_batch
+from agents.decision.distributed import DistContext
+from agents.decision.model import DecisionModel, DecisionModelConfig
+from agents.decision.training import batch_layout, packed_sampler, sample_batch
 from envs import load_dataset
 
 

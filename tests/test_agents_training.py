@@ -8,9 +8,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from agents import ConfigError, DecisionAgent, evaluate_run, load_config, load_policy, train
-from agents.checkpoint import CheckpointError
-from agents.model import DecisionModel, DecisionModelConfig
-from agents.run_dir import RunDir, latest_checkpoint
+from agents.decision.checkpoint import CheckpointError
+from agents.decision.model import DecisionModel, DecisionModelConfig
+from agents.decision.run_dir import RunDir, latest_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -220,7 +220,7 @@ def test_bf16_autocast_training_runs(tiny_dataset, tmp_path, backbone):
 
 
 def test_lr_schedule_warmup_then_constant_or_cosine():
-    from agents.training import lr_schedule
+    from agents.decision.training import lr_schedule
 
     const, cosine = lr_schedule(4, 20), lr_schedule(4, 20, "cosine")
     assert [const(s) for s in (0, 3, 4, 19)] == [0.25, 1.0, 1.0, 1.0]

@@ -12,10 +12,10 @@ from safetensors.numpy import load_file
 from test_agents_training import tiny_config as training_config  # (tests/ is on sys.path)
 
 from agents import ConfigError, load_config, train
-from agents.model import DecisionModel, DecisionModelConfig
-from agents.run_dir import latest_checkpoint
-from agents.training import action_loss, batch_tensors, entering_states
-from agents.windows import PrefixStates, StoredStates, empty_states, scan_steps, scanning, state_gap
+from agents.decision.batching import PrefixStates, StoredStates, empty_states, scan_steps, scanning, state_gap
+from agents.decision.model import DecisionModel, DecisionModelConfig
+from agents.decision.run_dir import latest_checkpoint
+from agents.decision.training import action_loss, batch_tensors, entering_states
 from envs import OfflineDataset, load_dataset
 from envs.datasets import SequenceBatch
 

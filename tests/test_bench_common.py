@@ -13,7 +13,7 @@ def _git(repo: Path, *args: str) -> None:
 
 
 def test_code_dirty_sees_the_code_and_not_the_results(tmp_path, monkeypatch) -> None:
-    for path in ("agents/ppo.py", "benchmarks/results/old.json"):
+    for path in ("agents/ppo/algorithm.py", "benchmarks/results/old.json"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("1\n")
     _git(tmp_path, "init", "-q")
@@ -23,7 +23,7 @@ def test_code_dirty_sees_the_code_and_not_the_results(tmp_path, monkeypatch) -> 
     assert common._git_commit()["code_dirty"] is False
     (tmp_path / "benchmarks/results/new.json").write_text("{}\n")  # a result being written
     assert common._git_commit()["code_dirty"] is False
-    (tmp_path / "agents/ppo.py").write_text("2\n")
+    (tmp_path / "agents/ppo/algorithm.py").write_text("2\n")
     info = common._git_commit()
     assert info["code_dirty"] is True and len(info["commit"]) == 40
     monkeypatch.setattr(common, "REPO", tmp_path / "missing")

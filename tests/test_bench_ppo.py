@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from agents.config import ConfigError
+from agents.decision.config import ConfigError
 from benchmarks import bench_ppo
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -14,7 +14,7 @@ from test_agents_fast_acting import TARGET, TOLERANCE, drive, make_model  # (tes
 from aaren_rl import AarenBackbone, TransformerBackbone
 from aaren_rl.ops import fused
 from aaren_rl.step import AarenStep, TransformerStep
-from agents.policy import DecisionAgent
+from agents.decision.agent import DecisionAgent
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 DTYPES = [torch.float32, torch.float64]

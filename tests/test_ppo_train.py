@@ -1,4 +1,4 @@
-"""scripts/train_ppo.py and agents.ppo_train: a run directory that loads both ways, overrides that take
+"""scripts/train_ppo.py and agents.ppo.train: a run directory that loads both ways, overrides that take
 effect, and one clear error (exit 2) for each kind of bad input, without touching a finished run."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import yaml
 from test_scripts_errors import assert_user_error, run
 
 from agents import AarenPPO, ConfigError
-from agents.ppo_export import load_exported_policy
-from agents.ppo_tasks import POPGYM_PPO, TASKS, Task, task_named
-from agents.ppo_train import PPORun, train_ppo
+from agents.ppo.export import load_exported_policy
+from agents.ppo.tasks import POPGYM_PPO, TASKS, Task, task_named
+from agents.ppo.train import PPORun, train_ppo
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -21,10 +21,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agents import ConfigError, evaluate_run, load_config, load_policy, train
-from agents.checkpoint import CheckpointError, content_digest, file_record, load_model, load_trainer_state
-from agents.model import DecisionModel, DecisionModelConfig
-from agents.run_dir import RunDir, RunLockedError, read_metrics
-from agents.training import DivergedError
+from agents.decision.checkpoint import (
+    CheckpointError,
+    content_digest,
+    file_record,
+    load_model,
+    load_trainer_state,
+)
+from agents.decision.model import DecisionModel, DecisionModelConfig
+from agents.decision.run_dir import RunDir, RunLockedError, read_metrics
+from agents.decision.training import DivergedError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -47,7 +53,7 @@ TINY = [
 STALLS_IN_CHECKPOINT = """
 import sys, time
 from pathlib import Path
-import agents.checkpoint as checkpoint
+import agents.decision.checkpoint as checkpoint
 from agents import load_config, train
 
 real = checkpoint._write_synced
@@ -67,7 +73,7 @@ RECORDS_DIVERGENCE = """
 import os, sys
 from pathlib import Path
 from agents import load_config, train
-from agents.training import DivergedError
+from agents.decision.training import DivergedError
 
 try:
     train(load_config(None, sys.argv[2:]), progress=False)

@@ -18,12 +18,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.checkpoint import CheckpointError
-from agents.cli import USER_ERROR_STATUS, user_error_message
-from agents.model import DecisionModel, DecisionModelConfig
-from agents.policy import DecisionAgent
-from agents.run_dir import RunDir, RunDirError, read_run_info, run_targets
-from agents.sb3 import DecisionPolicy
+from agents.common.cli import USER_ERROR_STATUS, user_error_message
+from agents.decision.agent import DecisionAgent
+from agents.decision.checkpoint import CheckpointError
+from agents.decision.model import DecisionModel, DecisionModelConfig
+from agents.decision.run_dir import RunDir, RunDirError, read_run_info, run_targets
+from agents.decision.sb3 import DecisionPolicy
 from envs.collect import parse_recipe_id
 from envs.d4rl import canonical_env_id
 from envs.errors import EnvNameError

@@ -10,11 +10,11 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-from agents.evaluation import evaluate_agent
-from agents.model import DecisionModel, DecisionModelConfig
-from agents.policy import DecisionAgent
-from agents.run_dir import RunDir
-from agents.sb3 import DecisionPolicy, RewardToPolicyVecEnv
+from agents.decision.agent import DecisionAgent
+from agents.decision.evaluation import evaluate_agent
+from agents.decision.model import DecisionModel, DecisionModelConfig
+from agents.decision.run_dir import RunDir
+from agents.decision.sb3 import DecisionPolicy, RewardToPolicyVecEnv
 from envs import make_env
 from envs.files import torch_threads
 

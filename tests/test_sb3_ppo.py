@@ -12,8 +12,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
-from agents.ppo import AarenPPO, pack_rows
-from agents.ppo_policy import AarenActorCriticPolicy
+from agents.ppo.algorithm import AarenPPO, pack_rows
+from agents.ppo.policy import AarenActorCriticPolicy
 from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE, RememberCueEnv, cartpole_no_velocity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

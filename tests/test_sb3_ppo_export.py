@@ -20,10 +20,10 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from torch import nn
 
-from agents import ppo_export
-from agents.ppo import AarenPPO
-from agents.ppo_export import PARAMETERS_FILE, WEIGHTS_FILE, export_policy, load_exported_policy
-from agents.ppo_policy import AarenActorCriticPolicy
+from agents.ppo import export as ppo_export
+from agents.ppo.algorithm import AarenPPO
+from agents.ppo.export import PARAMETERS_FILE, WEIGHTS_FILE, export_policy, load_exported_policy
+from agents.ppo.policy import AarenActorCriticPolicy
 from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL
 from envs.popgym import popgym_env_id
 

@@ -20,9 +20,9 @@ from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.preprocessing import get_action_dim
 
-from agents.ppo import AarenPPO
-from agents.ppo_export import export_policy, load_exported_policy
-from agents.ppo_policy import (
+from agents.ppo.algorithm import AarenPPO
+from agents.ppo.export import export_policy, load_exported_policy
+from agents.ppo.policy import (
     SAVED_WITHOUT,
     TIME_SCALES,
     AarenActorCriticPolicy,

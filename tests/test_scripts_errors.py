@@ -18,12 +18,12 @@ import pytest
 import torch
 
 from agents import ConfigError, DecisionAgent, evaluate_run, load_config, load_policy, train
-from agents.checkpoint import CheckpointError, load_model
-from agents.cli import USER_ERROR_STATUS, exits_2_on_user_errors, target_return
-from agents.evaluation import EvalResult, EvaluationError
-from agents.policy import MAX_TARGET_RETURN
-from agents.run_dir import RunDir, RunLockedError
-from agents.training import DivergedError
+from agents.common.cli import USER_ERROR_STATUS, exits_2_on_user_errors, target_return
+from agents.decision.agent import MAX_TARGET_RETURN
+from agents.decision.checkpoint import CheckpointError, load_model
+from agents.decision.evaluation import EvalResult, EvaluationError
+from agents.decision.run_dir import RunDir, RunLockedError
+from agents.decision.training import DivergedError
 from envs import DatasetError
 from envs.experts import PolicyFileError
 
@@ -321,7 +321,7 @@ def test_eval_json_holds_null_for_a_number_that_is_not_finite(run_copy, monkeypa
     def nan_episodes(agent, *args, **kwargs) -> EvalResult:
         return EvalResult(agent.target_return, [float("nan"), 10.0], [5, 7], [float("inf"), 1.0])
 
-    monkeypatch.setattr("agents.evaluation.evaluate_agent", nan_episodes)
+    monkeypatch.setattr("agents.decision.evaluation.evaluate_agent", nan_episodes)
     report = evaluate_run(run_copy, episodes=2, num_envs=1, progress=False)
 
     def refuse(constant: str) -> None:

@@ -15,9 +15,9 @@ import yaml
 
 ray = pytest.importorskip("ray")
 
-from agents import sweep as engine  # noqa: E402
-from agents.config import ConfigError  # noqa: E402
-from agents.run_dir import RunDir  # noqa: E402
+from agents.decision import sweep as engine  # noqa: E402
+from agents.decision.config import ConfigError  # noqa: E402
+from agents.decision.run_dir import RunDir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {

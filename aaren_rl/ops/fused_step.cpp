@@ -301,7 +301,7 @@ Tensor action_head(const Tensor& hidden, const std::vector<Tensor>& ends) {
   return a;
 }
 
-// One decision-agent step's bookkeeping (agents.policy.DecisionAgent.act): R_t = target where a row
+// One decision-agent step's bookkeeping (agents.decision.agent.DecisionAgent.act): R_t = target where a row
 // starts, else R_{t-1} - r_{t-1}; t = 0 where it starts, else t_{t-1} + 1; the step inputs [n, F] =
 // (a_{t-1}, R_t, s_t) and their token times [n, 3] = (t_{t-1}, t, t) clamped to the timestep table.
 // reward [n] may be None (no rewards: R_t = R_{t-1}), start [n] bool None (no row starts).
@@ -337,7 +337,7 @@ AgentStep agent_step(const Tensor& obs, const c10::optional<Tensor>& reward, con
 }
 
 // A window of step inputs [n, K, F] and times [n, K, 3] with `length` [n] real entries after one more
-// step (agents.policy.StepWindow.push): rows that start begin empty, a full row drops its oldest step.
+// step (agents.decision.agent.StepWindow.push): rows that start begin empty, a full row drops its oldest step.
 // Returns the new inputs, times and length.
 template <typename T>
 std::vector<Tensor> push_window(const Tensor& inputs, const Tensor& times, const Tensor& length,

@@ -1,6 +1,6 @@
 """AarenPPO: PPO whose actor and critic carry Aaren memory, inside Stable-Baselines3.
 
-    from agents.ppo import AarenPPO
+    from agents.ppo.algorithm import AarenPPO
     model = AarenPPO("MlpAarenPolicy", "aaren_rl/CartPoleNoVel-v1", n_steps=128).learn(50_000)
     actions, state = model.predict(obs, state=state, episode_start=episode_starts)
 
@@ -44,7 +44,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
-from agents.ppo_policy import SAVED_WITHOUT, AarenActorCriticPolicy, ActorCriticState, RolloutSequences
+from agents.ppo.policy import SAVED_WITHOUT, AarenActorCriticPolicy, ActorCriticState, RolloutSequences
 
 SelfAarenPPO = TypeVar("SelfAarenPPO", bound="AarenPPO")
 
@@ -271,8 +271,11 @@ class AarenPPO(PPO):
 
         Security: SB3's zip stores some entries with cloudpickle, so loading a crafted zip runs its
         code. Load only zips from sources you trust; to share a policy, use
-        `agents.ppo_export.export_policy` and `load_exported_policy` (safetensors + JSON, no pickles).
+        `agents.ppo.export.export_policy` and `load_exported_policy` (safetensors + JSON, no pickles).
+        The policy class is not read from the zip (AarenPPO takes only `AarenActorCriticPolicy`), so
+        zips saved when it lived in `agents.ppo_policy` load too; `custom_objects` may still name one.
         """
+        kwargs["custom_objects"] = {"policy_class": AarenActorCriticPolicy, **(kwargs.get("custom_objects") or {})}
         return super().load(path, *args, **kwargs)
 
     def _setup_learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> tuple[int, BaseCallback]:

@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from aaren_rl import AarenBackbone, AarenState, KVCache
 from aaren_rl.ops import fused
 from aaren_rl.step import AarenStep, ParameterVersions, TransformerStep
-from agents.model import DecisionModel
+from agents.decision.model import DecisionModel
 
 #: The two ways to act (see the module docstring).
 ACTING = ("recurrent", "window")

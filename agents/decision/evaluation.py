@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from agents.checkpoint import load_model
-from agents.policy import TARGET_RETURN_FIX, DecisionAgent, target_return_problem
-from agents.run_dir import RunDir, read_run_info
+from agents.decision.agent import TARGET_RETURN_FIX, DecisionAgent, target_return_problem
+from agents.decision.checkpoint import load_model
+from agents.decision.run_dir import RunDir, read_run_info
 from envs import VecRollout, make_env, make_vec_env, normalized_score
 from envs.d4rl import eval_targets
 from envs.files import torch_threads, write_atomic

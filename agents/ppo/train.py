@@ -1,7 +1,7 @@
-"""Train AarenPPO on one task of `agents.ppo_tasks` into a run directory (`scripts/train_ppo.py`).
+"""Train AarenPPO on one task of `agents.ppo.tasks` into a run directory (`scripts/train_ppo.py`).
 
 The run directory gets config.yaml (what ran: the task, its PPO and policy settings after overrides),
-tb/ (TensorBoard), model.zip (`AarenPPO.load`), policy.zip (`agents.ppo_export`: safetensors + JSON,
+tb/ (TensorBoard), model.zip (`AarenPPO.load`), policy.zip (`agents.ppo.export`: safetensors + JSON,
 loads without unpickling) and eval.json (the final deterministic return on fresh envs, the MMER over
 training, the seconds of collection and training). Every file is written atomically, model.zip last;
 a directory that holds it (a finished run) is refused, not overwritten.
@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from agents.config import ConfigError, convert_value, parse_override_value
-from agents.ppo import AarenPPO
-from agents.ppo_export import export_policy
-from agents.ppo_policy import AarenActorCriticPolicy
-from agents.ppo_tasks import (
+from agents.common.overrides import ConfigError, convert_value, parse_override_value
+from agents.ppo.algorithm import AarenPPO
+from agents.ppo.export import export_policy
+from agents.ppo.policy import AarenActorCriticPolicy
+from agents.ppo.tasks import (
     AAREN_KWARGS,
     POLICY_KWARGS,
     POPGYM_STEPS,

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from aaren_rl import AarenState
-from agents.model import DecisionModel
+from agents.decision.model import DecisionModel
 from envs import OfflineDataset
 
 #: How the Aaren agent forms its batches (`train.batching`): rows packed with whole episodes, or K-windows

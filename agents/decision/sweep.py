@@ -45,8 +45,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agents.config import RENAMED_KEYS, ConfigError, TrainConfig, apply_overrides, from_dict, read_yaml
-from agents.run_dir import RunDir
+from agents.decision.config import (
+    RENAMED_KEYS,
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    read_yaml,
+)
+from agents.decision.run_dir import RunDir
 from envs.files import atomic_path, write_atomic
 
 #: The grid axis of the seeds: sweep.md summarises each group of trials that differ only in it.
@@ -310,7 +317,7 @@ def is_finished(run: RunDir) -> bool:
 
 def run_trial(trial: Trial) -> None:
     """Train the trial, or resume it from its last checkpoint, up to its final evaluation (a Ray task)."""
-    from agents.training import train
+    from agents.decision.training import train
 
     run = RunDir(trial.run_dir)
     state = read_state(run)

@@ -30,10 +30,10 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from agents.checkpoint import CheckpointError, InMemory, load_model, model_files
-from agents.model import DecisionModel
-from agents.policy import AgentState, DecisionAgent
-from agents.run_dir import load_policy
+from agents.decision.agent import AgentState, DecisionAgent
+from agents.decision.checkpoint import CheckpointError, InMemory, load_model, model_files
+from agents.decision.model import DecisionModel
+from agents.decision.run_dir import load_policy
 from envs.files import atomic_path
 
 
@@ -101,7 +101,7 @@ def _read_zip(path: Path) -> dict[str, bytes]:
 
 
 def _load_zip(path: Path, device: str | torch.device) -> tuple[DecisionModel, dict[str, Any]]:
-    """The model and model.json of a DecisionPolicy zip, verified like a checkpoint (`agents.checkpoint`:
+    """The model and model.json of a DecisionPolicy zip, verified like a checkpoint (`agents.decision.checkpoint`:
     the digests model.json records); a CheckpointError names the zip and the member at fault."""
     files = _read_zip(path)
     try:

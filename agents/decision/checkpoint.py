@@ -11,12 +11,12 @@ One checkpoint folder holds:
 
 model.json is written last and vouches for the rest: a truncated, bit-flipped, edited or missing file
 is one `CheckpointError` naming it and what is wrong, never a parser's traceback or silently wrong
-weights. A DecisionPolicy zip (`agents.sb3`) holds the same model.safetensors and model.json (listing
+weights. A DecisionPolicy zip (`agents.decision.sb3`) holds the same model.safetensors and model.json (listing
 only the weights). Checkpoints written before the digests existed (model.json with neither "files"
 nor "digest") still load, unverified, with a warning.
 
 The folder is written under a temporary name and renamed into place (`envs.files.atomic_path`), so
-it is complete or absent. Where checkpoints live in a run and which is the latest: `agents.run_dir`.
+it is complete or absent. Where checkpoints live in a run and which is the latest: `agents.decision.run_dir`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from typing import Any, TypeVar
 import torch
 from safetensors.torch import load, save
 
-from agents.model import DecisionModel, DecisionModelConfig
+from agents.common.weights import state_dict_mismatch
+from agents.decision.model import DecisionModel, DecisionModelConfig
 from envs.files import atomic_path
 
 T = TypeVar("T")
@@ -196,27 +197,6 @@ def _parse(path: Path, parse: Callable[[bytes], T], data: bytes) -> T:
         raise CheckpointError(
             f"{path} cannot be read ({type(exc).__name__}: {exc}): the file is damaged", USE_ANOTHER
         ) from exc
-
-
-def state_dict_mismatch(expected: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]) -> str:
-    """How saved `weights` fail to fit a module's `expected` state dict (missing, unexpected or
-    wrongly shaped entries, a few of each); "" when they fit."""
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = [
-        f"{k}: saved {list(weights[k].shape)} vs expected {list(v.shape)}"
-        for k, v in expected.items()
-        if k in weights and weights[k].shape != v.shape
-    ]
-    return "; ".join(
-        part
-        for part in (
-            f"missing {missing[:4]}{' ...' if len(missing) > 4 else ''}" if missing else "",
-            f"unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}" if unexpected else "",
-            f"shape mismatch {wrong[:4]}" if wrong else "",
-        )
-        if part
-    )
 
 
 def load_model(checkpoint: Source, device: str | torch.device = "cpu") -> tuple[DecisionModel, int]:

@@ -10,9 +10,7 @@ impossible value raises one `ConfigError` naming the key, the bad value and the 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import difflib
-import math
 import os
 import typing
 from dataclasses import dataclass, field, fields
@@ -22,13 +20,10 @@ from typing import Any
 import torch
 import yaml
 
-from agents.model import BACKBONES, ModelHyperparameters
-from agents.policy import TARGET_RETURN_FIX, target_return_problem
-from agents.windows import BATCHINGS
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the key, the value and how to fix it."""
+from agents.common.overrides import ConfigError, convert_value, parse_override_value, shown
+from agents.decision.agent import TARGET_RETURN_FIX, target_return_problem
+from agents.decision.batching import BATCHINGS
+from agents.decision.model import BACKBONES, ModelHyperparameters
 
 
 @dataclass
@@ -48,8 +43,8 @@ class TrainConfig:
     steps: int = 100_000
     batch_steps: int = 1280  # supervised timesteps per batch, for both backbones (reference DT: 64 K-windows
     # x K = 20): the Transformer gets round(batch_steps / K) windows, the Aaren agent rows of whole episodes
-    # (agents.training.batch_layout); under torchrun the global batch, split evenly across the processes
-    batching: str = "stored"  # Aaren batches (agents.training, agents.windows): "stored" (K-windows from
+    # (agents.decision.training.batch_layout); under torchrun the global batch, split evenly across the processes
+    batching: str = "stored"  # Aaren batches (agents.decision.training, agents.decision.batching): "stored" (K-windows from
     # anywhere, entering state from a periodically refreshed table; the default, the batch-diversity study's
     # winner: README) | "packed" (rows of whole episodes) | "prefix" (K-windows, entering state rescanned from
     # the episode start each step); the Transformer always trains on K-windows from an empty context and
@@ -188,18 +183,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def parse_override_value(text: str, hint: Any) -> Any:
-    """An override's value: `text` parsed as YAML (as written, when that is not YAML, e.g. a: b), except
-    that a text key keeps a number, bool or date as written (YAML would read name=007 as 7)."""
-    try:
-        value = yaml.safe_load(text)
-    except Exception:  # PyYAML raises more than YAMLError on odd input
-        return text
-    if hint is str and isinstance(value, (int, float, datetime.date)):  # bool is an int
-        return text.strip()
-    return value
-
-
 def _annotation(path: list[str]) -> Any:
     """The type of the config key at dotted `path` (None for an unknown key)."""
     hint: Any = Config
@@ -208,70 +191,6 @@ def _annotation(path: list[str]) -> Any:
             return None
         hint = typing.get_type_hints(hint).get(part)
     return hint
-
-
-#: The values an integer setting may take: every count, size, number of seconds and seed fits, and larger
-#: ones overflow where torch and the OS take them as C integers (thread counts, timeouts).
-INT_RANGE = range(-(2**31), 2**31)
-
-
-def convert_value(value: Any, hint: Any, key: str, example: str) -> Any:
-    """Check/convert one value against its annotation (int, float, str, bool, list[float]); `example`
-    (a key=value) is the fix shown for a value of the wrong type."""
-    if typing.get_origin(hint) is list:
-        (item,) = typing.get_args(hint)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(
-                f"{key} = {_shown(value)} ({type(value).__name__}): expected a list of {item.__name__}. "
-                f"Fix: e.g. {example}"
-            )
-        return [convert_value(v, item, f"{key}[{i}]", example) for i, v in enumerate(value)]
-    if hint in (int, float) and isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        value = _number(value, hint)
-    if hint is str and isinstance(value, (int, float, datetime.date)) and not isinstance(value, bool):
-        return str(value)  # e.g. name: 2024
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(
-            f"{key} = {_shown(value)} ({type(value).__name__}): expected {hint.__name__}. Fix: e.g. {example}"
-        )
-    if hint is float and not math.isfinite(value):
-        raise ConfigError(f"{key} = {value!r} is not a finite number. Fix: set {key} to a finite value")
-    if hint is int and value not in INT_RANGE:
-        raise ConfigError(
-            f"{key} = {_shown(value)} is out of range. Fix: a whole number between {INT_RANGE.start} and "
-            f"{INT_RANGE.stop - 1}, e.g. {example}"
-        )
-    if hint is str and ("\0" in value or value != value.encode("utf-8", "ignore").decode("utf-8")):
-        raise ConfigError(
-            f"{key} = {_shown(value)} holds a NUL or a character that is not UTF-8. Fix: plain text, "
-            f"e.g. {example}"
-        )
-    return value
-
-
-def _number(value: int | float | str, hint: type) -> int | float | str:
-    """`value` as a `hint` (int or float) where it is one: YAML reads 1e-4 and 1e5 (no dot) as text, and a
-    whole number written as a float (1e5, 100000.0) is a fine int. Anything else is returned as it came."""
-    try:
-        number = float(value) if isinstance(value, str) else value
-        if hint is float:
-            return float(number)
-    except (ValueError, OverflowError):  # not a number, or an int beyond floats
-        return value
-    if isinstance(number, float) and number.is_integer():
-        return int(number)
-    return value
-
-
-def _shown(value: Any) -> str:
-    """`value` for an error message: its repr, shortened to a line."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int with more digits than Python converts to text
-        text = f"<a {value.bit_length()}-bit integer>"
-    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 def _example(spec: dataclasses.Field) -> Any:
@@ -307,7 +226,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         first = fields(cls)[0]
         raise ConfigError(
-            f"{prefix.rstrip('.') or 'the config'} = {_shown(data)} is not a mapping of keys. Fix: set the "
+            f"{prefix.rstrip('.') or 'the config'} = {shown(data)} is not a mapping of keys. Fix: set the "
             f"keys inside it, e.g. {prefix}{first.name}={_example(first)}"
         )
     hints = typing.get_type_hints(cls)
@@ -336,7 +255,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 def _check(cond: bool, key: str, value: Any, fix: str) -> None:
     if not cond:
-        raise ConfigError(f"{key} = {_shown(value)} is impossible: {fix}")
+        raise ConfigError(f"{key} = {shown(value)} is impossible: {fix}")
 
 
 def _check_device(device: str) -> None:

@@ -32,9 +32,9 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import FlattenExtractor, NatureCNN
 from torch import nn
 
-from agents.checkpoint import state_dict_mismatch
-from agents.ppo import AarenPPO
-from agents.ppo_policy import SAVED_WITHOUT, AarenActorCriticPolicy
+from agents.common.weights import state_dict_mismatch
+from agents.ppo.algorithm import AarenPPO
+from agents.ppo.policy import SAVED_WITHOUT, AarenActorCriticPolicy
 from envs.files import atomic_path
 
 EXPORT_FORMAT = "aaren-ppo-policy/1"
@@ -148,7 +148,7 @@ def _read_export(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     if set(found) != members:
         raise ValueError(
             f"{path} is not an AarenPPO policy export (a zip holding {WEIGHTS_FILE} and {PARAMETERS_FILE}). "
-            "Fix: pass a file written by agents.ppo_export.export_policy. A zip of model.save is SB3's "
+            "Fix: pass a file written by agents.ppo.export.export_policy. A zip of model.save is SB3's "
             "format, whose pickled entries run code when loaded: open it with AarenPPO.load only if you "
             "trust its source, then export it."
         )

@@ -4,7 +4,7 @@ its one-writer lock, its metrics log, and reading a run back (`load_policy`, `re
     <output_dir>/<name>/
         config.yaml                  the resolved config (what --resume reads)
         dataset_stats.json           dataset summary, env, reference scores, evaluation targets
-        checkpoints/step_NNNNNNN/    one checkpoint (format and digests: `agents.checkpoint`)
+        checkpoints/step_NNNNNNN/    one checkpoint (format and digests: `agents.decision.checkpoint`)
         checkpoints/latest           name of the newest verified checkpoint (what evaluation reads)
         metrics.jsonl                one JSON row per logged step (train/*, eval/*), also in tb/
         tb/                          TensorBoard events
@@ -32,9 +32,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agents.checkpoint import CheckpointError, load_model, verify_checkpoint, write_checkpoint
-from agents.model import DecisionModel
-from agents.policy import DecisionAgent
+from agents.decision.agent import DecisionAgent
+from agents.decision.checkpoint import CheckpointError, load_model, verify_checkpoint, write_checkpoint
+from agents.decision.model import DecisionModel
 from envs.files import remove_temporaries, write_atomic
 
 if TYPE_CHECKING:

@@ -40,7 +40,7 @@ the actor's input on purpose: SB3's `predict` (so `evaluate_policy`, `EvalCallba
 rewards, so an actor reading them would act on zeros there and on true rewards in rollouts. The
 previous action is known to every path (`predict` keeps it in its state), so acting in `predict`,
 in rollouts and in training's re-run all see the same inputs. To give the actor rewards exactly, let
-them travel with the observation (`agents.sb3.RewardToPolicyVecEnv`). With `share_memory=True` the one
+them travel with the observation (`agents.decision.sb3.RewardToPolicyVecEnv`). With `share_memory=True` the one
 memory is the actor's, so it gets the previous action only. `previous_action_reward=False` leaves
 the memories the observations alone (Box actions without bounds need it).
 

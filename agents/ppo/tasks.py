@@ -24,8 +24,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from agents.config import ConfigError
-from agents.ppo_policy import FUSED_ADAM
+from agents.common.overrides import ConfigError
+from agents.ppo.policy import FUSED_ADAM
 from envs.errors import MissingExtraError
 from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
 from envs.popgym import INSTALL_HINT, popgym_env_id, popgym_task_names

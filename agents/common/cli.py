@@ -46,11 +46,11 @@ P = ParamSpec("P")
 def user_error_types() -> tuple[type[Exception], ...]:
     """The project's error types for input a user can fix. Imported on first use: a script that fails
     this way pays for the imports, a script that runs (or only shows --help) does not."""
-    from agents.checkpoint import CheckpointError
-    from agents.config import ConfigError
-    from agents.evaluation import EvaluationError
-    from agents.run_dir import RunDirError, RunLockedError
-    from agents.training import DivergedError
+    from agents.common.overrides import ConfigError
+    from agents.decision.checkpoint import CheckpointError
+    from agents.decision.evaluation import EvaluationError
+    from agents.decision.run_dir import RunDirError, RunLockedError
+    from agents.decision.training import DivergedError
     from envs.errors import DatasetError, EnvNameError, MissingExtraError
     from envs.experts import PolicyFileError
 
@@ -118,8 +118,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def target_return(text: str) -> float:
-    """argparse type of a target return: a number that can be one (`agents.policy.target_return_problem`)."""
-    from agents.policy import TARGET_RETURN_FIX, target_return_problem
+    """argparse type of a target return: a number that can be one (`agents.decision.agent.target_return_problem`)."""
+    from agents.decision.agent import TARGET_RETURN_FIX, target_return_problem
 
     try:
         value = float(text)

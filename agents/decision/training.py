@@ -16,11 +16,11 @@ what it is depends on the backbone, so that training sees what acting will do:
   start every step ("prefix", exact), or read from a table of states at every K-th step of every episode
   that one scan over the dataset rewrites every `train.state_refresh_every` steps, run on exactly to the
   window's start ("stored": stale by up to that interval; metrics.jsonl's state/* rows measure it on a
-  fixed probe batch just before each refresh). See `agents.windows`.
+  fixed probe batch just before each refresh). See `agents.decision.batching`.
 
 Loss: mean squared error between predicted and dataset actions (both scaled to [-1, 1]) over real
 steps. AdamW, linear warm-up, grad-norm clipping (docs/design.md, Decision agents). The run
-directory (`agents.run_dir`) holds config.yaml, dataset_stats.json, checkpoints/, tb/
+directory (`agents.decision.run_dir`) holds config.yaml, dataset_stats.json, checkpoints/, tb/
 (TensorBoard), metrics.jsonl and curve.png. Resuming restores weights, optimizer, scheduler and
 every RNG and the data sampler's queue (batching=stored: the weights of the last refresh, from which
 the same table is rebuilt), so a killed-and-resumed run ends with the same weights as an uninterrupted
@@ -29,7 +29,7 @@ checkpoint, and must keep the model settings of that checkpoint. A non-finite lo
 or gradient (checked every step) or weight (checked before each checkpoint) stops the run with a
 `DivergedError`, so `latest` stays the last finite checkpoint.
 
-Under torchrun (`agents.distributed`) the model is wrapped in DistributedDataParallel and
+Under torchrun (`agents.decision.distributed`) the model is wrapped in DistributedDataParallel and
 `train.batch_steps` makes the global batch, whose rows must split evenly across the ranks: every rank
 draws the whole batch from the one seeded sampler and trains on its own contiguous share of rows
 (batching=stored: every rank keeps the same table of states, and scans its share's burn-ins); the loss
@@ -54,8 +54,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from agents.checkpoint import USE_ANOTHER, CheckpointError, load_model, load_trainer_state
-from agents.config import (
+from agents.decision.agent import DecisionAgent
+from agents.decision.batching import PrefixStates, StoredStates, scanning, state_gap
+from agents.decision.checkpoint import USE_ANOTHER, CheckpointError, load_model, load_trainer_state
+from agents.decision.config import (
     Config,
     ConfigError,
     apply_overrides,
@@ -64,12 +66,16 @@ from agents.config import (
     read_yaml,
     writable_run_dir,
 )
-from agents.distributed import DistContext, init_distributed
-from agents.evaluation import default_targets, evaluate_agent, evaluate_run, merge_results, rank_share
-from agents.model import DecisionModel, DecisionModelConfig, ModelHyperparameters
-from agents.policy import DecisionAgent
-from agents.run_dir import MetricsLog, RunDir, read_metrics
-from agents.windows import PrefixStates, StoredStates, scanning, state_gap
+from agents.decision.distributed import DistContext, init_distributed
+from agents.decision.evaluation import (
+    default_targets,
+    evaluate_agent,
+    evaluate_run,
+    merge_results,
+    rank_share,
+)
+from agents.decision.model import DecisionModel, DecisionModelConfig, ModelHyperparameters
+from agents.decision.run_dir import MetricsLog, RunDir, read_metrics
 from envs import DatasetError, OfflineDataset, load_dataset, make_env, normalized_score
 from envs.datasets import PackedBatch, PackedSampler, SequenceBatch
 from envs.files import torch_threads, write_atomic
@@ -208,7 +214,7 @@ EnteringStates = StoredStates | PrefixStates
 
 def entering_states(cfg: Config, dataset: OfflineDataset, model: DecisionModel) -> EnteringStates | None:
     """Where the Aaren agent's K-windows get their entering states (None for packed rows and the
-    Transformer, whose windows start from an empty context); see `agents.windows`."""
+    Transformer, whose windows start from an empty context); see `agents.decision.batching`."""
     if cfg.model.backbone != "aaren" or cfg.train.batching == "packed":
         return None
     if cfg.train.batching == "stored":
@@ -232,7 +238,7 @@ def sample_batch(
     aaren_windows = packer is None and cfg.model.backbone == "aaren"
     if (entering is not None) != aaren_windows:
         raise ValueError(
-            "sample_batch takes entering states (agents.training.entering_states) exactly for the Aaren "
+            "sample_batch takes entering states (agents.decision.training.entering_states) exactly for the Aaren "
             f"backbone's K-windows; got train.batching = {cfg.train.batching!r}, model.backbone = "
             f"{cfg.model.backbone!r}, packer {packer is not None}, entering states {entering is not None}"
         )
