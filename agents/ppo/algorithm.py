@@ -275,7 +275,10 @@ class AarenPPO(PPO):
         The policy class is not read from the zip (AarenPPO takes only `AarenActorCriticPolicy`), so
         zips saved when it lived in `agents.ppo_policy` load too; `custom_objects` may still name one.
         """
-        kwargs["custom_objects"] = {"policy_class": AarenActorCriticPolicy, **(kwargs.get("custom_objects") or {})}
+        kwargs["custom_objects"] = {
+            "policy_class": AarenActorCriticPolicy,
+            **(kwargs.get("custom_objects") or {}),
+        }
         return super().load(path, *args, **kwargs)
 
     def _setup_learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> tuple[int, BaseCallback]:
