@@ -227,6 +227,5 @@ def test_a_run_without_targets_needs_one_given(agent, tmp_path):
 def test_unknown_names_are_user_errors(check, name, fragment):
     with pytest.raises(EnvNameError) as caught:
         check(name)
-    assert isinstance(caught.value, ValueError)
     line = user_error_message(caught.value)
     assert line is not None and line.startswith("error: ") and fragment in line
