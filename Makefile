@@ -14,7 +14,7 @@ $(PY):
 # Torch first, pinned (override TORCH=... for a CUDA build), so no dependency pulls a different build.
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e '.[dev,ray,popgym]'
+	$(PY) -m pip install --quiet -e '.[dev,ray,popgym,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -19,7 +19,6 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from agents.decision.agent import TARGET_RETURN_FIX, DecisionAgent, target_return_problem
 from agents.decision.checkpoint import load_model
@@ -27,6 +26,7 @@ from agents.decision.run_dir import RunDir, read_run_info
 from envs import VecRollout, make_env, make_vec_env, normalized_score
 from envs.d4rl import eval_targets
 from envs.files import torch_threads, write_atomic
+from envs.progress import progress_bar
 from envs.vector import split_evenly
 
 
@@ -130,7 +130,7 @@ def evaluate_agent(
     returns: list[float] = []
     lengths: list[int] = []
     done = np.zeros(num_envs, dtype=np.int64)
-    bar = tqdm(
+    bar = progress_bar(
         total=episodes, unit="ep", disable=not progress, leave=False, desc=f"eval R={agent.target_return:g}"
     )
     with torch_threads(1), contextlib.closing(rollout), contextlib.closing(bar):
