@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from envs.d4rl import TASKS, canonical_env_id, fill_metadata, parse_dataset_id
 from envs.datasets import d4rl_dataset_dir, d4rl_filename, episode_return_stats, save_dataset
@@ -29,6 +28,7 @@ from envs.errors import DatasetError, EnvNameError
 from envs.experts import PolicyFileError, PredictPolicy, RandomPolicy, load_sb3_policy
 from envs.files import torch_threads
 from envs.make import MujocoStateInfo
+from envs.progress import progress_bar
 from envs.vector import VecRollout, VecStep, make_vec_env, split_evenly
 
 #: Roles each recipe draws from, in file order; num_steps is split evenly between them.
@@ -183,7 +183,7 @@ def _record(
     noise_rng = np.random.default_rng([seed, 2])
     returns: list[float] = []
     lengths: list[int] = []
-    bar = tqdm(
+    bar = progress_bar(
         total=num_steps, unit="step", disable=not progress, desc=f"{label} {policy.name}", smoothing=0.05
     )
     start = time.perf_counter()

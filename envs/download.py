@@ -15,11 +15,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from envs.d4rl import BASE_URL
 from envs.errors import DatasetError
 from envs.files import atomic_path
+from envs.progress import progress_bar
 
 #: Environment variable overriding the base URL (a mirror, or a local server in tests).
 BASE_URL_VAR = "AAREN_RL_D4RL_URL"
@@ -84,7 +83,7 @@ def _fetch(url: str, part: Path, timeout: float) -> None:
         try:
             with (
                 open(part, "wb") as out,
-                tqdm(
+                progress_bar(
                     total=total,
                     unit="B",
                     unit_scale=True,

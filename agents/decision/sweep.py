@@ -55,6 +55,7 @@ from agents.decision.config import (
 )
 from agents.decision.run_dir import RunDir
 from envs.files import atomic_path, write_atomic
+from envs.progress import progress_bar
 
 #: The grid axis of the seeds: sweep.md summarises each group of trials that differ only in it.
 SEED_AXIS = "train.seed"
@@ -423,9 +424,7 @@ def run_trials(
     task = ray.remote(trial_fn).options(
         num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=retries, retry_exceptions=True
     )
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
+    bar = progress_bar(
         total=len(trials), initial=len(trials) - len(todo), unit="trial", desc="sweep", disable=not progress
     )
     in_flight: dict[Any, Trial] = {}
