@@ -13,10 +13,7 @@ tolerance.
 
 Each head adds a learned recency slope times the step's episode timestep to its scores (ALiBi-like).
 Aaren's query is input-independent, so without that the memory is a weighted average of the past
-that cannot tell recent observations from old ones: on CartPole without velocities it stayed at
-the random policy's return where RecurrentPPO learned. A learned timestep
-embedding (as in the Decision Transformer) was tried too and hurt: random per-step vectors swamp
-the observation early in training.
+that cannot tell recent observations from old ones (the velocities a task hides, say).
 
 Each head also has a learned sink (`sink=True`, the default; `aaren_rl.Aaren`): a token of learned
 score and value (`sink_value=True`, the default; starting at 0) that starts every episode. A head's
@@ -26,14 +23,13 @@ cards so far, in POPGym's CountRecall), and a value's constant part becomes a ra
 as the steps outweigh the sink, the head's output moves from the sink's value to their average, a
 clock. Half the heads' sinks start high (`SINK_INIT`), the others' at 0, and all are learned. Acting
 starts each episode from the state holding only the sinks (`initial_state`); training joins them to
-each episode's first step, which is the same attention. They lifted AarenPPO on the POPGym set (README).
+each episode's first step, which is the same attention.
 
 By default the actor and the critic have separate memories (as RecurrentPPO's default LSTMs), so
 value-loss gradients do not shape the actor's memory; `share_memory=True` uses one memory for both
 (one backbone pass per step, about half the cost). `recency=False` drops the slopes (for ablations).
 
-By default (`previous_action_reward=True`, on since it lifted AarenPPO on the POPGym set: README)
-each memory is also fed the previous step's action (one-hot, one-hot per component for MultiDiscrete,
+By default (`previous_action_reward=True`) each memory is also fed the previous step's action (one-hot, one-hot per component for MultiDiscrete,
 Box actions clipped to their bounds and scaled to [-1, 1]; zeros at an episode's first step), and
 the critic's own memory the previous reward too. The reward stays out of
 the actor's input on purpose: SB3's `predict` (so `evaluate_policy`, `EvalCallback`) never receives
@@ -48,15 +44,15 @@ the memories the observations alone (Box actions without bounds need it).
 before it in the episode (zeros before its start; `ActorCriticState.actor_lags`, `critic_lags`): a short
 causal convolution over the memory's inputs, as Mamba-like models put before their recurrence. A head
 of a content-weighted average cannot single out "the card 4 steps ago"; the lags give the last k steps
-exactly, at a constant [B, k, F] more state. The default 4 won on the POPGym set as a whole (README);
-0 turns them off.
+exactly, at a constant [B, k, F] more state; 0 turns them off.
 
 `episode_time=True` joins each step's episode time to its features in the actor's memory (so its lags
 carry it too): min(t / scale, 1) for the scales of `TIME_SCALES`, linear in time over each scale's
 range. A head averages, so the memory cannot tell how many steps it has seen, where an LSTM can count
 them; POPGym's CountRecall (how many cards of a colour so far) asks for about that. The critic's
-memory does not get it (there it lowered the CartPole tasks most). Off by default: even in the actor
-alone it lifts CountRecall but lowers the CartPole tasks, so it does not win on the POPGym set (README).
+memory does not get it. Off by default: it helps counting but hurts tasks that need no clock (CartPole).
+
+What each default was measured against, and what else was tried: docs/notes/ppo-memory.md.
 """
 
 from __future__ import annotations
@@ -280,8 +276,8 @@ class FoldedMemory:
 
 
 #: The default optimizer's options: SB3's Adam eps, in one fused kernel per step rather than a Python loop
-#: over the parameter tensors (the same update; a memory has many small tensors, so this is most of
-#: Adam's cost: README).
+#: over the parameter tensors (the same update; a memory has many small tensors, so that loop is most
+#: of Adam's cost).
 FUSED_ADAM = {"eps": 1e-5, "fused": True}
 
 #: Constructor options a policy saved without them was built with: they were added, or their default
@@ -605,7 +601,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
 
     def _start_state(self, batch_size: int) -> ActorCriticState:
         """`initial_state(batch_size)`, kept until a weight changes (it holds the sinks): built anew at
-        every episode start it took about a third of an acting step's time. Resets only read it."""
+        every episode start it would cost a good part of an acting step. Resets only read it."""
         if self._start is None or self._start[0].changed() or self._start[1].batch_size != batch_size:
             self._start = (ParameterVersions(self), self.initial_state(batch_size))
         return self._start[1]
