@@ -31,8 +31,8 @@ from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
 from envs.popgym import INSTALL_HINT, popgym_env_id, popgym_task_names
 
 # Tanh heads (SB3's default) rather than rl-zoo's ReLU, whose units can die into a constant action
-# (docs/notes/ppo-memory.md). Every algorithm of the benchmark gets AarenPPO's default optimizer (fused Adam), so the speed compares
-# the memories.
+# (docs/notes/ppo-memory.md). Every algorithm of the benchmark gets AarenPPO's default optimizer (fused
+# Adam), so the speed compares the memories.
 POLICY_KWARGS: dict[str, Any] = dict(
     ortho_init=False,
     activation_fn=torch.nn.Tanh,
