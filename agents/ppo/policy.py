@@ -29,9 +29,10 @@ By default the actor and the critic have separate memories (as RecurrentPPO's de
 value-loss gradients do not shape the actor's memory; `share_memory=True` uses one memory for both
 (one backbone pass per step, about half the cost). `recency=False` drops the slopes (for ablations).
 
-By default (`previous_action_reward=True`) each memory is also fed the previous step's action (one-hot, one-hot per component for MultiDiscrete,
-Box actions clipped to their bounds and scaled to [-1, 1]; zeros at an episode's first step), and
-the critic's own memory the previous reward too. The reward stays out of
+By default (`previous_action_reward=True`) each memory is also fed the previous step's action
+(one-hot, one-hot per component for MultiDiscrete, Box actions clipped to their bounds and scaled
+to [-1, 1]; zeros at an episode's first step), and the critic's own memory the previous reward too.
+The reward stays out of
 the actor's input on purpose: SB3's `predict` (so `evaluate_policy`, `EvalCallback`) never receives
 rewards, so an actor reading them would act on zeros there and on true rewards in rollouts. The
 previous action is known to every path (`predict` keeps it in its state), so acting in `predict`,
