@@ -20,8 +20,7 @@ diagnostic, control, noisy and game families, and CartPoleNoVel. POPGym returns 
 The paper trained every model for millions of env steps with RLlib's PPO; the preset's budget is
 tens of thousands of steps per run (sized for a 2-core CPU), so it compares the memories early in
 learning, not the paper's final scores. It runs 5 seeds: 3 seeds' std is too rough a spread for the
-goal below (CountRecall's 3-seed LSTM mean, for one, sat 0.04 above its 6-seed mean); `--seeds N`
-runs seeds 0 to N - 1 instead, e.g. 10 on one task to check a close call.
+goal below; `--seeds N` runs seeds 0 to N - 1 instead, e.g. 10 on one task to check a close call.
 
 Goal: AarenPPO's MMER >= RecurrentPPO's on every task, within the seed spread (the larger of the two
 seed stds) at least and ahead on average over the tasks (each task's difference over the best
@@ -112,13 +111,13 @@ LSTM_KWARGS = dict(lstm_hidden_size=64, enable_critic_lstm=True, features_extrac
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "no-recency": {"recency": False},  # content-only heads
-    "no-prev-action": {"previous_action_reward": False},  # no previous action (the default before POPGym)
+    "no-prev-action": {"previous_action_reward": False},  # the memories see the observations only
     "8-heads": {"num_heads": 8},
     "shared": {"share_memory": True},  # one memory for actor and critic
-    "no-lags": {"input_lags": 0},  # the memories see each step alone (AarenPPO before input_lags)
+    "no-lags": {"input_lags": 0},  # the memories see each step alone
     "time": {"episode_time": True},  # the episode time in the actor's memory
-    "no-sink": {"sink": False},  # heads average (AarenPPO before sinks)
-    "no-sink-value": {"sink_value": False},  # sinks of value 0 (AarenPPO before learned sink values)
+    "no-sink": {"sink": False},  # heads average: none can count
+    "no-sink-value": {"sink_value": False},  # sinks of value 0
 }
 """AarenPPO ablation variants (`--variants`): extra policy_kwargs for AarenActorCriticPolicy."""
 
@@ -508,7 +507,7 @@ def _num(value: float | None, spread: float | None = None) -> str:
 
 
 def format_table(results: dict) -> str:
-    """The results as markdown (for the README): every row's returns and wall-clock, each AarenPPO row
+    """The results as markdown: every row's returns and wall-clock, each AarenPPO row
     against the LSTM, and the goal verdicts."""
     lines = [
         "| task | random | algo | final return | MMER | wall s | acting s | training s |",
