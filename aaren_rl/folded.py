@@ -1,8 +1,9 @@
-"""The backbones folded for acting: a few new tokens per call, the output at the newest one only.
+"""The folded form: the backbones prepared for acting, a few new tokens per call, the output at the
+newest one only.
 
-At batch 1 a backbone call costs its number of small operations, not its arithmetic, so the steps here
-run on plain weight tensors prepared once from the modules (exact in real arithmetic; the float
-roundoff differs from the modules' forward):
+At batch 1 a backbone call costs its number of small operations, not its arithmetic, so the folded
+backbones run on plain weight tensors prepared once from the modules (exact in real arithmetic; the
+float roundoff differs from the modules' forward):
 - An Aaren head's query is input-independent, so its score q . (W_k x + b_k) / sqrt(Dh) is one vector
   per head, (W_k^T q / sqrt(Dh)) . x + q . b_k / sqrt(Dh): the key projection collapses into one more
   output column of the value projection. A constant-1 column beside each head's values carries the
@@ -10,9 +11,9 @@ roundoff differs from the modules' forward):
   projection, bias and residual are one addmm.
 - GELU's constants go into the feed-forward weights; weights are stored transposed for addmm.
 - The last layer runs its projection and feed-forward on the newest token (or the read position) only.
-- Where it can (`aaren_rl.ops.fused`: CPU, float32/64, no autograd, a C++ compiler) a whole step is one
-  C++ call doing the same arithmetic: the matmuls stay torch's, the small work between them is plain
-  loops. Otherwise the step runs the same operations from Python.
+- Where it can (`aaren_rl.ops.fused`: CPU, float32/64, no autograd, a C++ compiler) a whole call runs
+  fused, as one C++ call doing the same arithmetic: the matmuls stay torch's, the small work between
+  them is plain loops. Otherwise the same operations run from Python.
 
 The folded weights are those of fold time: fold again after the module's weights change
 (`ParameterVersions` tells). Inference only: no dropout, no gradients.
@@ -43,14 +44,14 @@ class ParameterVersions:
     def __init__(self, module: nn.Module):
         self._tensors = [*module.parameters(), *module.buffers()]
         built = fused.fused_module()
-        self._fast = built.Versions(self._tensors) if built is not None else None  # the same check in C++
-        self._seen = self._current() if self._fast is None else None
+        self._fused = built.Versions(self._tensors) if built is not None else None  # the same check in C++
+        self._seen = self._current() if self._fused is None else None
 
     def _current(self) -> list[tuple[int, int]]:
         return [(t._version, t.data_ptr()) for t in self._tensors]
 
     def changed(self) -> bool:
-        return self._fast.changed() if self._fast is not None else self._current() != self._seen
+        return self._fused.changed() if self._fused is not None else self._current() != self._seen
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def _norm_weights(ln: _LayerNorm) -> tuple[Tensor, Tensor]:
 
 
 def _fused_weights(layers: list, ln_f: _LayerNorm, mixer: Callable[[Any], tuple[Tensor, ...]]):
-    """The flat weight list the fused step takes (`aaren_rl/ops/fused_step.cpp`: per layer ln_1, the
+    """The flat weight list the fused step takes (`aaren_rl/ops/fused.h`: per layer ln_1, the
     `mixer` tensors, ln_2 and the feed-forward; then the final norm) and the one eps of every layer
     norm (None where they differ: no fusion)."""
     flat = []
@@ -185,8 +186,8 @@ class _AarenLayer:
         return self.ffn(x), run_max[..., -1, 0], num[..., -1, :]
 
 
-class AarenStep:
-    """An `AarenBackbone` folded for acting: `step(x, state, mask) -> (y_newest, state)`.
+class FoldedAarenBackbone:
+    """An `AarenBackbone` folded for acting: `folded(x, state, mask) -> (y_newest, state)`.
 
     Equals the backbone's forward on the same tokens (its output at the newest token, and its state),
     with memory resets inside the call expressed by `score_mask` and the backbone's optional
@@ -195,7 +196,7 @@ class AarenStep:
 
     def __init__(self, backbone: AarenBackbone):
         if not isinstance(backbone, AarenBackbone):
-            raise ValueError(f"AarenStep folds an AarenBackbone, got {type(backbone).__name__}")
+            raise ValueError(f"FoldedAarenBackbone folds an AarenBackbone, got {type(backbone).__name__}")
         self.layers = [_AarenLayer.of(block) for block in backbone.blocks]
         self.sinks = any(block.mixer.sink is not None for block in backbone.blocks)
         self.ln_f = _LayerNorm.of(backbone.ln_f)
@@ -210,7 +211,7 @@ class AarenStep:
         Not for a backbone with sinks, whose sequences start from its `init_state` rather than empty."""
         if self.sinks and bool(resets.any()):
             raise ValueError(
-                "AarenStep: resets inside a call forget the state, sinks included. Fix: with sinks, "
+                "FoldedAarenBackbone: resets inside a call forget the state, sinks included. Fix: with sinks, "
                 "set the rows' state to the backbone's init_state between calls (AarenState.reset(rows, to=...))"
             )
         n = resets.shape[-1]
@@ -229,7 +230,9 @@ class AarenStep:
         as in `AarenBackbone.forward` (or None).
         Returns the output at the newest token [B, D] and the state after all N tokens."""
         if mask is None and x.shape[1] != 1:
-            raise ValueError(f"AarenStep: `mask` may be None for one token only, got {x.shape[1]} tokens")
+            raise ValueError(
+                f"FoldedAarenBackbone: `mask` may be None for one token only, got {x.shape[1]} tokens"
+            )
         n = x.shape[0]
         x = x.reshape(-1, x.shape[-1])
         memory = (state.m, state.u, state.w, mask, score_bias)
@@ -290,14 +293,14 @@ class _TransformerLayer:
         return self.ffn(torch.addmm(x, y, self.proj_t).add_(self.proj_b))
 
 
-class TransformerStep:
-    """A `TransformerBackbone` folded for acting on short windows: `step(x, read) -> y` runs the causal
+class FoldedTransformerBackbone:
+    """A `TransformerBackbone` folded for acting on short windows: `folded(x, read) -> y` runs the causal
     forward over x [B, T, D] from an empty cache and returns the output at position read[b] of each row
     [B, D] (the last layer computes that position only)."""
 
     def __init__(self, backbone: TransformerBackbone):
         if not isinstance(backbone, TransformerBackbone) or backbone.max_context is not None:
-            raise ValueError("TransformerStep folds a TransformerBackbone without max_context")
+            raise ValueError("FoldedTransformerBackbone folds a TransformerBackbone without max_context")
         self.layers = [_TransformerLayer.of(block) for block in backbone.blocks]
         self.ln_f = _LayerNorm.of(backbone.ln_f)
         self.flat_weights, self.eps = _fused_weights(

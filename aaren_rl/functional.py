@@ -64,7 +64,8 @@ def auto_chunk_size(n: int) -> int:
 def empty_state(
     batch_size: int, num_heads: int, head_dim: int, *, device=None, dtype: torch.dtype = torch.float32
 ) -> AarenScanState:
-    """The state before any token: m = -inf, u = 0, w = 0 (m = 0 would underflow to 0/0 for low scores)."""
+    """The empty state, before any token: m = -inf, u = 0, w = 0 (m = 0 would underflow to 0/0 for low
+    scores). A backbone's `init_state` starts from it and adds the sinks where it has them."""
     m = torch.full((batch_size, num_heads), float("-inf"), device=device, dtype=dtype)
     u = torch.zeros(batch_size, num_heads, device=device, dtype=dtype)
     w = torch.zeros(batch_size, num_heads, head_dim, device=device, dtype=dtype)
@@ -367,7 +368,7 @@ class _ChunkedScan(torch.autograd.Function):
 
 
 class _FusedScan(torch.autograd.Function):
-    """The scan token by token in C++ (`aaren_rl/ops/fused_step.cpp`, `scan_forward` and `scan_backward`):
+    """The scan token by token in C++ (`aaren_rl/ops/fused.cpp`, `scan_forward` and `scan_backward`):
     the recurrent step's arithmetic, one pass per row and head, and its reverse pass by hand. On a CPU its
     cost is its arithmetic, where the chunked scan's is mostly the dispatch of about a hundred small
     operations (README). Inputs in the compute dtype, contiguous."""

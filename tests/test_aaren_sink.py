@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aaren_rl import Aaren, AarenBackbone
-from aaren_rl.step import AarenStep
+from aaren_rl.folded import FoldedAarenBackbone
 
 B, N, D, H = 3, 11, 8, 2
 
@@ -83,7 +83,7 @@ def test_folded_steps_from_init_state_equal_the_forward(dtype):
             block.mixer.sink_value.normal_()
         x = torch.randn(2, 7, 16, dtype=dtype)
         whole, _ = backbone(x)
-        step, state, ys = AarenStep(backbone), backbone.init_state(2, dtype=dtype), []
+        step, state, ys = FoldedAarenBackbone(backbone), backbone.init_state(2, dtype=dtype), []
         for t in range(7):
             y, state = step(x[:, t : t + 1], state, None)
             ys.append(y)

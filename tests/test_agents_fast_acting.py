@@ -12,8 +12,8 @@ from test_agents_model import ACT, OBS, TARGET  # (tests/ is on sys.path)
 from test_agents_model import make_model as base_model
 
 from aaren_rl import AarenBackbone, TransformerBackbone
+from aaren_rl.folded import FoldedAarenBackbone, FoldedTransformerBackbone
 from aaren_rl.ops import fused
-from aaren_rl.step import AarenStep, TransformerStep
 from agents.decision.agent import DecisionAgent
 from agents.decision.model import DecisionModel
 
@@ -70,14 +70,14 @@ def parallel_actions(model: DecisionModel, starts, obs, rewards, actions, window
 )
 def test_folded_acting_equals_eager_and_parallel_forward(backbone, acting, dtype):
     model = make_model(backbone, dtype)
-    starts, obs, rewards, fast = drive(DecisionAgent(model, TARGET, acting=acting))
+    starts, obs, rewards, folded = drive(DecisionAgent(model, TARGET, acting=acting))
     _, _, _, eager = drive(DecisionAgent(model, TARGET, acting=acting, eager=True))
-    assert fast.std() > 0.05  # not a degenerate constant policy
+    assert folded.std() > 0.05  # not a degenerate constant policy
     tol = TOLERANCE[dtype]
-    np.testing.assert_allclose(fast, eager, rtol=0, atol=tol)
+    np.testing.assert_allclose(folded, eager, rtol=0, atol=tol)
     window = K if acting == "window" else None
-    expected = parallel_actions(model, starts, obs, rewards, fast, window)
-    np.testing.assert_allclose(fast, expected, rtol=0, atol=tol)
+    expected = parallel_actions(model, starts, obs, rewards, folded, window)
+    np.testing.assert_allclose(folded, expected, rtol=0, atol=tol)
 
 
 def test_folded_agent_follows_weight_changes():
@@ -96,14 +96,14 @@ def test_folded_agent_follows_weight_changes():
 
 
 @pytest.mark.parametrize("heads", [1, 2])
-def test_aaren_step_equals_backbone_with_resets_inside_the_call(heads):
+def test_folded_aaren_equals_backbone_with_resets_inside_the_call(heads):
     torch.manual_seed(0)
     backbone = AarenBackbone(16, 3, heads).double().eval()
-    step = AarenStep(backbone)
+    folded = FoldedAarenBackbone(backbone)
     _, state = backbone(torch.randn(3, 5, 16, dtype=torch.float64))
     x = torch.randn(3, 4, 16, dtype=torch.float64)
     resets = torch.tensor([[False] * 4, [False, False, True, False], [True, False, False, True]])
-    y, new_state = step(x, state, step.score_mask(resets))
+    y, new_state = folded(x, state, folded.score_mask(resets))
     probe = torch.randn(1, 1, 16, dtype=torch.float64)
     for row in range(3):  # the backbone, token by token, emptying the state where a token resets
         mine = type(state)(*(t[:, row : row + 1] for t in (new_state.m, new_state.u, new_state.w)))
@@ -117,14 +117,14 @@ def test_aaren_step_equals_backbone_with_resets_inside_the_call(heads):
         torch.testing.assert_close(backbone(probe, mine)[0], backbone(probe, s)[0], rtol=0, atol=1e-12)
 
 
-def test_transformer_step_reads_each_rows_position():
+def test_folded_transformer_reads_each_rows_position():
     torch.manual_seed(0)
     backbone = TransformerBackbone(16, 2, 2).double().eval()
     x = torch.randn(3, 7, 16, dtype=torch.float64)
     read = torch.tensor([6, 2, 0])
     full, _ = backbone(x)
     torch.testing.assert_close(
-        TransformerStep(backbone)(x, read), full[torch.arange(3), read], rtol=0, atol=1e-12
+        FoldedTransformerBackbone(backbone)(x, read), full[torch.arange(3), read], rtol=0, atol=1e-12
     )
 
 
@@ -151,6 +151,14 @@ def test_state_from_another_batch_size_is_named(agent):
     _, state = agent.act(np.zeros((3, OBS)))
     with pytest.raises(ValueError, match="`state` holds 3 envs but `observations` has 2 rows"):
         agent.act(np.zeros((2, OBS)), state)
+
+
+def test_initial_state_is_the_deprecated_name_of_init_state(agent):
+    with pytest.warns(DeprecationWarning, match="use DecisionAgent.init_state"):
+        old = agent.initial_state(2)
+    new = agent.init_state(2)
+    for got, want in ((old.returns_to_go, new.returns_to_go), (old.memory.m, new.memory.m)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_state_from_an_agent_acting_otherwise_is_named(agent):

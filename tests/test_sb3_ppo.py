@@ -111,7 +111,7 @@ def test_predict_state_equals_training_state() -> None:
     policy = model.policy
     obs_seq = torch.randn(1, 20, 2)
     with torch.no_grad():
-        latent_pi, _, _ = policy._latents(obs_seq, policy.initial_state(1))
+        latent_pi, _, _ = policy._latents(obs_seq, policy.init_state(1))
         parallel = policy._get_action_dist_from_latent(latent_pi[0]).get_actions(deterministic=True)
     state, starts = None, np.ones(1, dtype=bool)
     for t in range(20):

@@ -66,14 +66,14 @@ def _assert_folded_equals_forward(policy: AarenActorCriticPolicy, dtype: torch.d
     tol = TOLERANCE[dtype]
     generator = torch.Generator().manual_seed(0)
     obs_dim = policy.observation_space.shape[0]
-    fast = slow = policy.initial_state(ENVS)
+    folded_state = eager_state = policy.init_state(ENVS)
     for step in range(STEPS):
         obs = torch.randn(ENVS, obs_dim, generator=generator)
-        out_fast, fast = _act(policy, obs, fast, step, folded=True)
-        out_slow, slow = _act(policy, obs, slow, step, folded=False)
-        for a, b in zip(out_fast, out_slow, strict=True):
+        out_folded, folded_state = _act(policy, obs, folded_state, step, folded=True)
+        out_eager, eager_state = _act(policy, obs, eager_state, step, folded=False)
+        for a, b in zip(out_folded, out_eager, strict=True):
             torch.testing.assert_close(a, b, atol=tol, rtol=tol)
-        for a, b in _state_pairs(fast, slow):
+        for a, b in _state_pairs(folded_state, eager_state):
             torch.testing.assert_close(a, b, atol=tol, rtol=tol)
 
 
@@ -92,7 +92,7 @@ def test_predict_and_predict_values_use_the_folded_memory() -> None:
     actions, state = model.predict(obs, None, np.ones(ENVS, dtype=bool), deterministic=True)
     assert set(policy._folded) == {"actor_memory"}  # predict runs the actor only
     (expected_actions, _, _), expected = _act(
-        policy, torch.as_tensor(obs), policy.initial_state(ENVS), 0, folded=False
+        policy, torch.as_tensor(obs), policy.init_state(ENVS), 0, folded=False
     )
     np.testing.assert_array_equal(actions, expected_actions.numpy())
     got = policy._predict_memory(state, ENVS, torch.device("cpu"))
@@ -102,7 +102,7 @@ def test_predict_and_predict_values_use_the_folded_memory() -> None:
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
     with torch.no_grad():
         policy.predict_values(
-            torch.as_tensor(obs), policy.initial_state(ENVS), torch.ones(ENVS, dtype=torch.bool)
+            torch.as_tensor(obs), policy.init_state(ENVS), torch.ones(ENVS, dtype=torch.bool)
         )
     assert set(policy._folded) == {"actor_memory", "critic_memory"}
 
@@ -127,7 +127,7 @@ def test_refolded_after_training_changes_the_weights() -> None:
 
 def test_training_mode_and_sequences_run_the_module_forward() -> None:
     policy = _model(CARTPOLE_NO_VEL, torch.float32).policy
-    state = policy.initial_state(2)
+    state = policy.init_state(2)
     with torch.no_grad():
         taken = torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3)  # the actions and rewards of 3 steps
         policy._latents(torch.zeros(2, 3, 2), state, taken=taken)  # several tokens: the parallel forward
@@ -143,7 +143,7 @@ def test_episodes_restart_from_the_current_sinks() -> None:
     policy, rows = model.policy, torch.ones(ENVS, dtype=torch.bool)
 
     def restarted_sinks() -> torch.Tensor:
-        return policy._restart(policy.initial_state(ENVS), rows).actor.m[0, 0]
+        return policy._restart(policy.init_state(ENVS), rows).actor.m[0, 0]
 
     sinks = policy.actor_memory.backbone.blocks[0].mixer.sink
     torch.testing.assert_close(restarted_sinks(), sinks.detach())

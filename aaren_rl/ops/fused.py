@@ -1,12 +1,15 @@
-"""The fused acting steps (`fused_step.cpp`): the folded steps of `aaren_rl.step` as one C++ call each,
-and the scan's fused training form (`aaren_rl.functional._FusedScan`: forward and reverse pass).
+"""The fused form: C++ versions of the folded steps of `aaren_rl.folded` (one call per step) and of the
+scan's training form (`aaren_rl.functional._FusedScan`: forward and reverse pass), in `fused.cpp` over the
+kernels of `fused.h`; and `build`, which builds such an extension, for this package and for code that
+builds on its backbone steps (`fused.h` is on every build's include path).
 
-Built on first use with the C++ compiler torch uses (`torch.utils.cpp_extension`, about half a minute,
-once per machine and source version: the build is cached under ``$TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions``, in a folder named by torch's version and a hash of the source file's path
-and contents, so two checkouts never load or rebuild each other's build). Where it cannot be built (no
-compiler) the steps stay in Python and the scan in its parallel form, with one warning.
-``AAREN_RL_FUSED=0`` turns it off. CPU, float32 and float64; the steps are inference only.
+An extension is built on first use with the C++ compiler torch uses (`torch.utils.cpp_extension`, about
+half a minute, once per machine and source version: the build is cached under ``$TORCH_EXTENSIONS_DIR``,
+default ``~/.cache/torch_extensions``, in a folder named by the extension, torch's version and a hash of
+its sources' paths and contents and of `fused.h`, so two checkouts never load or rebuild each other's
+build). Where it cannot be built (no compiler) callers fall back to Python, with one warning per
+extension. ``AAREN_RL_FUSED=0`` turns every extension off. CPU, float32 and float64; the steps are
+inference only.
 """
 
 from __future__ import annotations
@@ -17,46 +20,64 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("fused_step.cpp")
-NAME = "aaren_rl_fused_step"
+SOURCE = Path(__file__).with_name("fused.cpp")
+HEADER = Path(__file__).with_name("fused.h")
+NAME = "aaren_rl_fused"
 SWITCH = "AAREN_RL_FUSED"
 DTYPES = (torch.float32, torch.float64)
 STALE_LOCK_SECONDS = 600  # a build lock this old belongs to a build that was killed
 
 
-@functools.cache
-def fused_module() -> ModuleType | None:
-    """The built extension, or None where it is switched off or cannot be built (warned once)."""
+def build(name: str, sources: Sequence[Path], fallback: str) -> ModuleType | None:
+    """The C++ extension `name` compiled from `sources` (with `fused.h` on the include path), built on
+    first use and cached per machine; None where ``AAREN_RL_FUSED=0`` or it cannot be built, with a
+    warning that says what runs instead (`fallback`, e.g. "acting runs in Python")."""
     if os.environ.get(SWITCH, "1") == "0":
         return None
     from torch.utils import cpp_extension
 
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
-    # torch's build files name the source's path: a checkout elsewhere, even of the same version, gets
+    # torch's build files name the sources' paths: a checkout elsewhere, even of the same version, gets
     # its own folder rather than rebuilding this one's
-    source_hash = hashlib.sha256(str(SOURCE.resolve()).encode() + SOURCE.read_bytes()).hexdigest()[:12]
-    build_dir = Path(root, f"{NAME}-torch{torch.__version__}-{source_hash}")
-    if not (build_dir / f"{NAME}.so").exists():
-        print("aaren-rl: building the fused C++ kernels (once per machine)...", file=sys.stderr, flush=True)
+    digest = hashlib.sha256()
+    for path in (*sources, HEADER):
+        digest.update(str(path.resolve()).encode() + path.read_bytes())
+    build_dir = Path(root, f"{name}-torch{torch.__version__}-{digest.hexdigest()[:12]}")
+    if not (build_dir / f"{name}.so").exists():
+        print(
+            f"aaren-rl: building the C++ extension {name} (once per machine)...", file=sys.stderr, flush=True
+        )
     try:
         build_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_lock(build_dir / "lock")
-        return cpp_extension.load(NAME, [str(SOURCE)], extra_cflags=["-O3"], build_directory=str(build_dir))
+        return cpp_extension.load(
+            name,
+            [str(path) for path in sources],
+            extra_cflags=["-O3"],
+            extra_include_paths=[str(HEADER.parent)],
+            build_directory=str(build_dir),
+        )
     except (OSError, RuntimeError, ImportError) as error:  # no compiler, or a failed build
         warnings.warn(
-            f"aaren-rl: the fused C++ kernels could not be built ({error}); acting runs the folded "
-            f"step in Python and the scan its parallel form (slower, same results). Install a C++ "
-            f"compiler, or set {SWITCH}=0 to skip the build",
+            f"aaren-rl: the C++ extension {name} could not be built ({error}); {fallback} (slower, same "
+            f"results). Install a C++ compiler, or set {SWITCH}=0 to skip the build",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
         return None
+
+
+@functools.cache
+def fused_module() -> ModuleType | None:
+    """This package's extension (`fused.cpp`), or None where it is switched off or cannot be built."""
+    return build(NAME, [SOURCE], "the folded steps run in Python and the scan in its parallel form")
 
 
 def _remove_stale_lock(lock: Path) -> None:

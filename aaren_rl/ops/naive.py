@@ -1,4 +1,4 @@
-"""Readable reference implementations of Aaren: what the fast scan is tested against.
+"""Readable reference implementations of Aaren: what the chunked and fused scans are tested against.
 
 All are deliberately simple and slow (O(N^2) memory, or Python loops over tokens or sequences).
 """

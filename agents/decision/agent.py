@@ -17,17 +17,23 @@ Two ways to act:
 - "window" (the default for the Transformer, the reference DT way): every step re-runs the last K
   timesteps (right-padded, so causality keeps the padding out) and reads the prediction at the last one.
 
-Both run on the model folded for acting (`aaren_rl.step`): the three new tokens of a step are one
-embedding matmul (observation normalisation, return scale and action scaling folded in), the Aaren
-step is the folded recurrent step, the Transformer's window forward the folded causal forward. Inputs
-are checked once per call, here. `DecisionAgent(..., eager=True)` acts through the model's own
+Both run on the model folded for acting (`FoldedDecisionModel` over `aaren_rl.folded`): the three new
+tokens of a step are one embedding matmul (observation normalisation, return scale and action scaling
+folded in), the Aaren step is the folded recurrent step, the Transformer's window forward the folded
+causal forward. Where it can, a whole step runs fused: one C++ call (`fused_agent.cpp`, built on first
+use by `aaren_rl.ops.fused.build`) doing the same bookkeeping, embedding, backbone step and action head.
+Inputs are checked once per call, here. `DecisionAgent(..., eager=True)` acts through the model's own
 modules instead: the reference that the folded path is tested and benchmarked against.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from dataclasses import dataclass, replace
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -35,8 +41,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from aaren_rl import AarenBackbone, AarenState, KVCache
+from aaren_rl.folded import FoldedAarenBackbone, FoldedTransformerBackbone, ParameterVersions
 from aaren_rl.ops import fused
-from aaren_rl.step import AarenStep, ParameterVersions, TransformerStep
 from agents.decision.model import DecisionModel
 
 #: The two ways to act (see the module docstring).
@@ -49,6 +55,22 @@ MAX_TARGET_RETURN = float(2**24)
 TARGET_RETURN_FIX = (
     "give a finite target return of the order of the task's episode returns (e.g. the dataset's best one)"
 )
+
+
+#: The agent's fused step: bookkeeping, embedding, the backbone's fused step (`aaren_rl/ops/fused.h`)
+#: and the action head in one C++ call.
+FUSED_SOURCE = Path(__file__).with_name("fused_agent.cpp")
+
+
+def fused_agent_module() -> ModuleType | None:
+    """The extension of `fused_agent.cpp`, or None where the backbone's fused module is not available
+    (switched off, or no compiler: warned there) or this one cannot be built."""
+    return _build_fused_agent() if fused.fused_module() is not None else None
+
+
+@functools.cache
+def _build_fused_agent() -> ModuleType | None:
+    return fused.build("aaren_rl_fused_agent", [FUSED_SOURCE], "the decision agent's step runs in Python")
 
 
 def target_return_problem(value: float) -> str | None:
@@ -165,20 +187,23 @@ class FoldedDecisionModel:
         self.head_t = model.predict_action.weight.detach().t().contiguous()
         self.head_b = model.predict_action.bias.detach()
         self.action_mid, self.action_half = (high + low) / 2, (high - low) / 2
-        self.step, self.window_step, self.resets = None, None, None
+        # the backbone folded for the acting it serves by default (None for the other two pairings)
+        self.aaren: FoldedAarenBackbone | None = None
+        self.transformer: FoldedTransformerBackbone | None = None
+        self.resets = None
         if acting == "recurrent" and isinstance(model.backbone, AarenBackbone):
-            self.step = AarenStep(model.backbone)
+            self.aaren = FoldedAarenBackbone(model.backbone)
             # the two masks a step needs: rows that continue, and rows whose memory and a_{t-1} are forgotten
-            self.resets = self.step.score_mask(
+            self.resets = self.aaren.score_mask(
                 torch.tensor([[False, False, False], [False, True, False]], device=low.device)
             )
         elif acting == "window" and not isinstance(model.backbone, AarenBackbone):
-            self.window_step = TransformerStep(model.backbone)
-        backbone_step = self.step or self.window_step
-        # the fused step (aaren_rl.ops.fused) takes one eps for every layer norm, and these ends around it
+            self.transformer = FoldedTransformerBackbone(model.backbone)
+        backbone = self.aaren or self.transformer
+        # the fused step takes one eps for every layer norm, and these ends around it
         self.eps = None
-        if backbone_step is not None and backbone_step.eps == model.embed_ln.eps:
-            self.eps = backbone_step.eps
+        if backbone is not None and backbone.eps == model.embed_ln.eps:
+            self.eps = backbone.eps
         self.ends = [
             t.contiguous()
             for t in (
@@ -196,15 +221,15 @@ class FoldedDecisionModel:
         self.fused = self._fused_agent(dtype, low.device)
 
     def _fused_agent(self, dtype: torch.dtype, device: torch.device):
-        """The folded weights bound to the fused module's agent step, or None where it cannot take them."""
-        module = fused.fused_module() if device.type == "cpu" and dtype in fused.DTYPES else None
+        """The folded weights bound to the fused agent step, or None where it cannot take them."""
+        module = fused_agent_module() if device.type == "cpu" and dtype in fused.DTYPES else None
         if module is None or self.eps is None:
             return None
-        if self.step is not None:
-            return module.AarenAgent(self.step.flat_weights, self.ends, self.resets, self.eps)
-        if self.window_step is not None:
-            step = self.window_step
-            return module.WindowAgent(step.flat_weights, self.ends, step.num_heads, self.eps)
+        if self.aaren is not None:
+            return module.AarenAgent(self.aaren.flat_weights, self.ends, self.resets, self.eps)
+        if self.transformer is not None:
+            folded = self.transformer
+            return module.WindowAgent(folded.flat_weights, self.ends, folded.num_heads, self.eps)
         return None
 
     def tokens(self, inputs: Tensor, times: Tensor) -> Tensor:
@@ -222,7 +247,7 @@ class FoldedDecisionModel:
     def fused_act(
         self, obs: Tensor, reward: Tensor | None, start: Tensor | None, state: AgentState, target: float
     ) -> tuple[Tensor, Tensor, Tensor, AarenState | StepWindow] | None:
-        """One whole agent step as one C++ call (`aaren_rl.ops.fused`): the bookkeeping of
+        """One whole agent step as one C++ call (`fused_agent.cpp`): the bookkeeping of
         `DecisionAgent.act`, the embedding, the backbone step and the head. Returns the actions, the new
         returns-to-go, timesteps and memory; None where the fused module cannot take this step or an
         observation or reward is not finite."""
@@ -230,21 +255,21 @@ class FoldedDecisionModel:
             return None
         agent = (obs, reward, start, state.returns_to_go, state.timesteps, state.actions, target)
         memory = state.memory
-        if self.step is not None:
+        if self.aaren is not None:
             result = self.fused.act(*agent, memory.m, memory.u, memory.w)
         else:
             result = self.fused.act(*agent, memory.inputs, memory.times, memory.length)
         if not result:  # an observation or reward is not finite
             return None
         actions, rtg, t, *memory = result
-        return actions, rtg, t, AarenState(*memory) if self.step is not None else StepWindow(*memory)
+        return actions, rtg, t, AarenState(*memory) if self.aaren is not None else StepWindow(*memory)
 
     def recurrent_actions(
         self, inputs: Tensor, times: Tensor, state: AarenState, start: Tensor
     ) -> tuple[Tensor, AarenState]:
         """Actions [n, act_dim] and the next Aaren state for one step of step inputs [n, F], token
         times [n, 3], rows at `start` beginning a new episode."""
-        hidden, memory = self.step(self.tokens(inputs, times), state, self.resets[start.long()])
+        hidden, memory = self.aaren(self.tokens(inputs, times), state, self.resets[start.long()])
         return self.actions(hidden), memory
 
     def window_actions(self, memory: StepWindow, backbone: nn.Module) -> Tensor:
@@ -253,8 +278,8 @@ class FoldedDecisionModel:
         n, k = memory.times.shape[:2]
         read = 3 * memory.length - 2  # s_t of each row, among the tokens from R_1 on (a_0 is out)
         tokens = self.tokens(memory.inputs, memory.times).view(n, 3 * k, -1)[:, 1:]
-        if self.window_step is not None:
-            return self.actions(self.window_step(tokens, read))
+        if self.transformer is not None:
+            return self.actions(self.transformer(tokens, read))
         return self.actions(backbone(tokens)[0][torch.arange(n, device=read.device), read])
 
 
@@ -281,7 +306,7 @@ class DecisionAgent:
         self.acting = acting
         self.eager = eager
         self._fold()
-        self._memory_type = type(self.initial_state(1).memory)
+        self._memory_type = type(self.init_state(1).memory)
 
     def __getstate__(self) -> dict:
         """Pickled and deep-copied without the fold (its C++ objects do not pickle): folded again on load."""
@@ -306,7 +331,7 @@ class DecisionAgent:
     def dtype(self) -> torch.dtype:
         return self.model.state_mean.dtype
 
-    def initial_state(self, num_envs: int) -> AgentState:
+    def init_state(self, num_envs: int) -> AgentState:
         """A state for `num_envs` rows; pass episode_start=True for all of them on the first `act`."""
         c, dev, dt = self.model.config, self.device, self.dtype
         k, zeros = c.context_steps, torch.zeros
@@ -333,6 +358,15 @@ class DecisionAgent:
             memory,
         )
 
+    def initial_state(self, num_envs: int) -> AgentState:
+        """Deprecated: the former name of `init_state`."""
+        warnings.warn(
+            "DecisionAgent.initial_state is deprecated; use DecisionAgent.init_state",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.init_state(num_envs)
+
     def act(
         self,
         observations: np.ndarray,
@@ -351,7 +385,7 @@ class DecisionAgent:
         n = obs.shape[0]
         start = reward = None
         if state is None:
-            state, start = self.initial_state(n), torch.ones(n, dtype=torch.bool, device=self.device)
+            state, start = self.init_state(n), torch.ones(n, dtype=torch.bool, device=self.device)
         else:
             self._check_state(state, n)
             if episode_start is not None:
@@ -418,7 +452,7 @@ class DecisionAgent:
         if self.acting == "window":
             memory = state.memory.push(inputs, times, start)
             return folded.window_actions(memory, self.model.backbone), memory
-        if folded.step is not None:
+        if folded.aaren is not None:
             return folded.recurrent_actions(inputs, times, state.memory, start)
         hidden, memory = _recurrent(self.model.backbone, folded.tokens(inputs, times), state.memory, start)
         return folded.actions(hidden), memory
