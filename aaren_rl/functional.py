@@ -29,7 +29,7 @@ no loop over segments: the cost of packing is a few boolean masks.
 Two forms, one function (`aaren_scan`): the parallel form above, in torch operations, runs anywhere
 (GPU); on a CPU the scan runs token by token in C++ instead (`_FusedScan`: the recurrent step's
 arithmetic in one pass per row and head, O(N Dh) work, its reverse pass by hand), where the parallel
-form's cost is mostly the dispatch of its hundred-odd small operations (README has the timings). Both
+form's cost is mostly the dispatch of its hundred-odd small operations (docs/results.md has the timings). Both
 agree with the naive softmax to float64 roundoff.
 """
 
@@ -371,7 +371,7 @@ class _FusedScan(torch.autograd.Function):
     """The scan token by token in C++ (`aaren_rl/ops/fused.cpp`, `scan_forward` and `scan_backward`):
     the recurrent step's arithmetic, one pass per row and head, and its reverse pass by hand. On a CPU its
     cost is its arithmetic, where the chunked scan's is mostly the dispatch of about a hundred small
-    operations (README). Inputs in the compute dtype, contiguous."""
+    operations (docs/results.md). Inputs in the compute dtype, contiguous."""
 
     @staticmethod
     def forward(ctx, s: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor, resets: Tensor | None, module):
