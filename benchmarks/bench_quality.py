@@ -173,7 +173,7 @@ def summarise(runs: list[dict]) -> tuple[list[dict], dict]:
 
 
 def markdown(table: list[dict], goal: dict, settings: Settings, done: int, planned: int) -> str:
-    """The score table and its caption, as written to quality.md (and pasted into the README)."""
+    """The score table and its caption, as written to quality.md (and shown in docs/results.md)."""
     lines = [
         "| task | dataset | dataset score | Aaren-DT | Transformer-DT | Aaren - Transformer |",
         "|---|---|---|---|---|---|",
