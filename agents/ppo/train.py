@@ -168,7 +168,7 @@ def train_ppo(run: PPORun, run_dir: str | Path, progress: bool = True, threads: 
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),
         "episodes": len(returns),
-        "mmer": max_mean_returns(monitor.rollout_returns)["mmer"],  # the benchmark's metric (README)
+        "mmer": max_mean_returns(monitor.rollout_returns)["mmer"],  # the benchmark's metric
         "env_steps": model.num_timesteps,
         "wall_s": wall,
         "collect_s": monitor.collect_s,
