@@ -4,14 +4,14 @@
    with a constant-size state) against the Transformer agent acting the reference DT way (re-run
    the last K = 20 timesteps every step) and with its KV cache (the state grows by 3 tokens a step).
    Both the Aaren and the K-window agent are measured twice: as they act by default (folded for
-   acting, `aaren_rl.step`) and eager (through the model's modules), so that the fast ratio compares
-   the algorithms with the same optimisations on both sides. Acting runs on one torch thread, as the
-   evaluation loop does. The agents are driven in lockstep (each acts once per step, in rotating
-   order, so machine load hits them alike) for `max_steps` steps of one long episode on random
-   observations (speed does not depend on the weights or the data), batch 1 and 16; the latency at
-   episode length t is the median over the `window` steps after t, the memory the agent state's
-   bytes at t. This is the paper's cumulative-time / memory-vs-tokens figure for whole agents.
-2. Rollout throughput: 16 vectorised Hopper-v5 envs driven by the Aaren agent (fast and eager) against
+   acting, `aaren_rl.folded`, and fused where it can) and eager (through the model's modules), so that
+   the folded ratio compares the algorithms with the same optimisations on both sides. Acting runs on
+   one torch thread, as the evaluation loop does. The agents are driven in lockstep (each acts once per
+   step, in rotating order, so machine load hits them alike) for `max_steps` steps of one long episode
+   on random observations (speed does not depend on the weights or the data), batch 1 and 16; the
+   latency at episode length t is the median over the `window` steps after t, the memory the agent
+   state's bytes at t. This is the paper's cumulative-time / memory-vs-tokens figure for whole agents.
+2. Rollout throughput: 16 vectorised Hopper-v5 envs driven by the Aaren agent (folded and eager) against
    the same envs driven by random actions (the env-only ceiling): environment steps per second, the
    median of `rollout_reps` rounds of alternating runs, and the ratio to the ceiling as the median of
    each round's own ratio.
@@ -151,7 +151,7 @@ def bench_acting(settings: Settings) -> list[dict]:
 
 
 def acting_ratios(cases: list[dict], settings: Settings) -> list[dict]:
-    """Transformer latency over Aaren latency at each (batch, length), fast over fast and eager over
+    """Transformer latency over Aaren latency at each (batch, length), folded over folded and eager over
     eager; what folding gains each agent; and Aaren's flatness."""
     by = {(c["agent"], c["batch"], c["episode_length"]): c for c in cases}
     pairs = {
@@ -205,7 +205,7 @@ def _rollout_seconds(agent: DecisionAgent | None, settings: Settings) -> float:
 
 
 def bench_rollout(settings: Settings) -> dict:
-    """Env steps per second of 16 Hopper-v5 envs driven by the Aaren agent (fast, eager) vs by random
+    """Env steps per second of 16 Hopper-v5 envs driven by the Aaren agent (folded, eager) vs by random
     actions, the drivers alternating in `rollout_reps` rounds: the median speed of each, and the median
     over rounds of each agent's speed over the random run of its own round (the machine's drift between
     rounds moves both sides of a round alike)."""
@@ -380,7 +380,7 @@ def bench_training(settings: Settings, device: str) -> dict:
 
 
 def evaluate_goals(cases: list[dict], acting: list[dict], rollout: dict) -> dict:
-    """Value and met/not met of each goal: acting speed-up (fast over fast), Aaren's batch-1 latency,
+    """Value and met/not met of each goal: acting speed-up (folded over folded), Aaren's batch-1 latency,
     its flat latency, rollout ceiling."""
     goals = {}
     batch1 = [c["step_seconds"] for c in cases if c["agent"] == "aaren" and c["batch"] == 1]

@@ -111,7 +111,7 @@ def _act(policy: AarenActorCriticPolicy) -> dict[str, torch.Tensor]:
     rewards, values and log-probs as [ENVS, STEPS, ...]."""
     torch.manual_seed(0)
     generator, starts = torch.Generator().manual_seed(1), _starts()
-    state, steps = policy.initial_state(ENVS), []
+    state, steps = policy.init_state(ENVS), []
     for t in range(STEPS):
         obs = _random_obs(policy.observation_space, generator)
         with torch.no_grad():
@@ -141,9 +141,7 @@ def _rerun(
         for first, end in zip(cuts[:-1], cuts[1:], strict=False):
             rows = (slice(env, env + 1), slice(first, end))
             taken = (actions[rows], rewards[rows])
-            latent_pi, latent_vf, _ = policy._latents(
-                acted["obs"][rows], policy.initial_state(1), taken=taken
-            )
+            latent_pi, latent_vf, _ = policy._latents(acted["obs"][rows], policy.init_state(1), taken=taken)
             distribution = policy._get_action_dist_from_latent(latent_pi[0])
             log_prob[env, first:end] = distribution.log_prob(acted["actions"][rows][0]).detach()
             values[env, first:end] = policy.value_net(latent_vf[0]).flatten().detach()
@@ -214,7 +212,7 @@ def test_rerun_of_stored_sequences_equals_acting(kind: str, options: dict) -> No
     _randomise_sinks(model.policy)
     _collect(model, rollouts=2)
     buffer = model.rollout_buffer
-    assert not buffer.episode_starts[0].all() and buffer.initial_state.last_action.abs().sum() > 0
+    assert not buffer.episode_starts[0].all() and buffer.entering_state.last_action.abs().sum() > 0
     seen = packed = 0
     for batch in [*buffer.get(25), *buffer.get()]:  # the whole rollout at once packs the most
         actions = batch.actions.long().flatten() if kind == "discrete" else batch.actions
@@ -236,7 +234,7 @@ def test_a_minibatch_of_one_step_sequences_trains(action_space: spaces.Space) ->
     still gives their values and log-probs, as acting did."""
     policy = _policy(spaces.Box(-1, 1, (3,)), action_space, torch.float64)
     obs = torch.randn(2, 1, 3).double()
-    state = policy.initial_state(2)
+    state = policy.init_state(2)
     with torch.no_grad():
         actions, values, log_prob, _ = policy(obs[:, 0], state, torch.ones(2))
         stored = actions.reshape(2, 1, get_action_dim(action_space)).double()
@@ -307,7 +305,7 @@ def test_predict_keeps_the_last_action_and_needs_no_reward() -> None:
         assert len(state) == 6 and state[4][0].tolist() == np.eye(4)[action[0]].tolist()
         actions.append(int(action[0]))
     taken = (torch.tensor([actions]), torch.zeros(1, 8))
-    latent_pi, _, _ = policy._latents(obs, policy.initial_state(1), critic=False, taken=taken)
+    latent_pi, _, _ = policy._latents(obs, policy.init_state(1), critic=False, taken=taken)
     parallel = policy._get_action_dist_from_latent(latent_pi[0]).get_actions(deterministic=True)
     assert parallel.tolist() == actions
     # An episode start empties the memory and the last action: the same as starting without a state.
@@ -363,7 +361,7 @@ def test_input_lags_feed_each_step_the_features_of_the_steps_before_it() -> None
     in one call over a sequence and carried across calls by the state's lags alike."""
     policy = _policy(spaces.Box(-1, 1, (3,)), spaces.Discrete(4), torch.float64, input_lags=2)
     obs = torch.randn(1, 5, 3).double()  # float32 values: SB3's preprocessing passes them through float32
-    lags = policy.initial_state(1).actor_lags
+    lags = policy.init_state(1).actor_lags
     features = policy._features(obs.reshape(5, 3), policy.pi_features_extractor).view(1, 5, 3)
     inputs, after = policy._memory_input(features, None, lags, None)
     padded = torch.cat([torch.zeros(1, 2, 3, dtype=torch.float64), obs], 1)

@@ -64,19 +64,19 @@ class AarenRolloutBufferSamples(NamedTuple):
 class AarenRolloutBuffer(RolloutBuffer):
     """RolloutBuffer that yields whole sequences (cut at episode starts) with their entering states.
 
-    Arrays stay [n_steps, n_envs, ...]; `initial_state` is the policy state entering step 0 and
-    `start_state` its state before an episode's first step (both set by the algorithm), the only memory
+    Arrays stay [n_steps, n_envs, ...]; `entering_state` is the policy state entering step 0 and
+    `init_state` its state before an episode's first step (both set by the algorithm), the only memory
     stored. Sequences carry their actions and rewards too, from which
     the policy derives each step's previous action and reward (`previous_action_reward`): shifted by
     one step within the sequence, the entering state's for its first step (zero at an episode start).
     """
 
-    initial_state: ActorCriticState | None
-    start_state: ActorCriticState | None
+    entering_state: ActorCriticState | None
+    init_state: ActorCriticState | None
 
     def reset(self) -> None:
         super().reset()
-        self.initial_state = self.start_state = None
+        self.entering_state = self.init_state = None
         self._tensors: dict[str, Tensor] | None = None
 
     def sequences(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -90,7 +90,7 @@ class AarenRolloutBuffer(RolloutBuffer):
     def get(self, batch_size: int | None = None) -> Generator[AarenRolloutBufferSamples, None, None]:  # type: ignore[override]
         """Shuffled minibatches of whole sequences, each about `batch_size` real steps (at least one
         sequence); None: everything at once."""
-        assert self.full and self.initial_state is not None, "the rollout is not complete"
+        assert self.full and self.entering_state is not None, "the rollout is not complete"
         if self._tensors is None:
             names = (
                 "observations",
@@ -114,7 +114,7 @@ class AarenRolloutBuffer(RolloutBuffer):
     def _sequence_samples(
         self, env: np.ndarray, first: np.ndarray, length: np.ndarray
     ) -> AarenRolloutBufferSamples:
-        assert self._tensors is not None and self.initial_state is not None and self.start_state is not None
+        assert self._tensors is not None and self.entering_state is not None and self.init_state is not None
         data = self._tensors
         starts_episode = self.episode_starts[first, env].astype(bool)
         rows, offsets = pack_rows(length, carried=(first == 0) & ~starts_episode)
@@ -124,8 +124,8 @@ class AarenRolloutBuffer(RolloutBuffer):
         real_steps, real_envs = steps_t[mask_t], envs_t[mask_t]
         leaders = np.flatnonzero(offsets == 0)  # each row's first sequence, whose state the row enters with
         leaders = leaders[np.argsort(rows[leaders])]
-        entering = self.initial_state.select(torch.as_tensor(env[leaders], device=self.device))
-        start = self.start_state.select(torch.as_tensor(env[leaders], device=self.device))
+        entering = self.entering_state.select(torch.as_tensor(env[leaders], device=self.device))
+        start = self.init_state.select(torch.as_tensor(env[leaders], device=self.device))
         entering = entering.reset(torch.as_tensor(starts_episode[leaders], device=self.device), start)
         return AarenRolloutBufferSamples(
             observations=RolloutSequences(
@@ -285,7 +285,7 @@ class AarenPPO(PPO):
         total_timesteps, callback = super()._setup_learn(total_timesteps, *args, **kwargs)
         state = self._last_policy_state
         if state is None or state.batch_size != self.n_envs:
-            self._last_policy_state = self.policy.initial_state(self.n_envs)
+            self._last_policy_state = self.policy.init_state(self.n_envs)
         return total_timesteps, callback
 
     def _env_actions(self, actions: np.ndarray) -> np.ndarray:
@@ -330,8 +330,8 @@ class AarenPPO(PPO):
         assert self._last_obs is not None and self._last_policy_state is not None, "call learn()"
         self.policy.set_training_mode(False)
         rollout_buffer.reset()
-        rollout_buffer.initial_state = self._last_policy_state
-        rollout_buffer.start_state = self.policy.initial_state(self.n_envs)
+        rollout_buffer.entering_state = self._last_policy_state
+        rollout_buffer.init_state = self.policy.init_state(self.n_envs)
         if self.use_sde:
             self.policy.reset_noise(env.num_envs)
         callback.on_rollout_start()

@@ -22,7 +22,7 @@ sink that outweighs the steps seen, the head is nearly a sum of its values and c
 cards so far, in POPGym's CountRecall), and a value's constant part becomes a ramp in the steps seen;
 as the steps outweigh the sink, the head's output moves from the sink's value to their average, a
 clock. Half the heads' sinks start high (`SINK_INIT`), the others' at 0, and all are learned. Acting
-starts each episode from the state holding only the sinks (`initial_state`); training joins them to
+starts each episode from the state holding only the sinks (`init_state`); training joins them to
 each episode's first step, which is the same attention.
 
 By default the actor and the critic have separate memories (as RecurrentPPO's default LSTMs), so
@@ -74,7 +74,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from aaren_rl import AarenBackbone, AarenState
-from aaren_rl.step import AarenStep, ParameterVersions
+from aaren_rl.folded import FoldedAarenBackbone, ParameterVersions
 
 
 def _take_rows(rows: Tensor, start: Tensor | None, t: Tensor | None) -> Tensor | None:
@@ -104,7 +104,7 @@ class ActorCriticState:
 
     def reset(self, rows: Tensor, start: ActorCriticState) -> ActorCriticState:
         """The state with the rows of bool mask `rows` set to those of `start` (the policy's
-        `initial_state`: their episode starts again)."""
+        `init_state`: their episode starts again)."""
         return ActorCriticState(
             self.actor.reset(rows, start.actor),
             None if self.critic is None else self.critic.reset(rows, start.critic),
@@ -256,14 +256,15 @@ class AarenMemory(nn.Module):
 
 
 class FoldedMemory:
-    """An `AarenMemory` folded for acting one token per env step (`aaren_rl.step.AarenStep`): equal to
-    its forward on one token, to float roundoff. `stale` says when the memory's weights have changed."""
+    """An `AarenMemory` folded for acting one token per env step (`aaren_rl.folded.FoldedAarenBackbone`):
+    equal to its forward on one token, to float roundoff. `stale` says when the memory's weights have
+    changed."""
 
     def __init__(self, memory: AarenMemory):
         self._versions = ParameterVersions(memory)
         self.embed_weight, self.embed_bias = memory.embed.weight.detach(), memory.embed.bias.detach()
         self.recency = None if memory.recency is None else memory.recency.detach()
-        self.step = AarenStep(memory.backbone)
+        self.backbone = FoldedAarenBackbone(memory.backbone)
 
     @property
     def stale(self) -> bool:
@@ -272,7 +273,7 @@ class FoldedMemory:
     def __call__(self, inputs: Tensor, timesteps: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
         """Inputs [B, 1, input_dim] at episode timesteps [B, 1] -> latents [B, 1, embed_dim], new state."""
         x = F.linear(inputs, self.embed_weight, self.embed_bias)
-        y, state = self.step(x, state, None, recency_bias(self.recency, timesteps))
+        y, state = self.backbone(x, state, None, recency_bias(self.recency, timesteps))
         return y.unsqueeze(1), state
 
 
@@ -387,7 +388,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     def __getstate__(self) -> dict[str, Any]:
         """Pickled and deep-copied without the folded memories (their C++ objects do not pickle): they
         are folded again at the next act."""
-        return {**super().__getstate__(), "_folded": {}, "_start": None}
+        return {**super().__getstate__(), "_folded": {}, "_init_cache": None}
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -409,7 +410,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
 
     def _forget_folded(self, *_: Any) -> None:
         self._folded.clear()
-        self._start = None
+        self._init_cache = None
 
     def _build_mlp_extractor(self) -> None:
         """Build the memories too: this runs inside ActorCriticPolicy._build, before the optimizer is made."""
@@ -427,13 +428,13 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             self.memory_kwargs["embed_dim"], self.net_arch, self.activation_fn, device=self.device
         )
         self._folded: dict[str, FoldedMemory] = {}
-        self._start: tuple[ParameterVersions, ActorCriticState] | None = None  # `_start_state`'s
+        self._init_cache: tuple[ParameterVersions, ActorCriticState] | None = None  # `_cached_init_state`'s
 
     @property
     def dtype(self) -> torch.dtype:
         return self.actor_memory.embed.weight.dtype
 
-    def initial_state(self, batch_size: int) -> ActorCriticState:
+    def init_state(self, batch_size: int) -> ActorCriticState:
         """The state of `batch_size` envs before their first step."""
         actor, critic = (
             None if memory is None else memory.backbone.init_state(batch_size, self.device, self.dtype)
@@ -596,16 +597,17 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         return pi[:, 0], None if vf is None else vf[:, 0], state
 
     def _restart(self, state: ActorCriticState, rows: Tensor) -> ActorCriticState:
-        """`state` with the rows of bool mask `rows` back at the initial state (their episode starts
+        """`state` with the rows of bool mask `rows` back at `init_state` (their episode starts
         again); the same state when no row starts (most acting steps: the copies saved)."""
-        return state.reset(rows, self._start_state(state.batch_size)) if rows.any() else state
+        return state.reset(rows, self._cached_init_state(state.batch_size)) if rows.any() else state
 
-    def _start_state(self, batch_size: int) -> ActorCriticState:
-        """`initial_state(batch_size)`, kept until a weight changes (it holds the sinks): built anew at
+    def _cached_init_state(self, batch_size: int) -> ActorCriticState:
+        """`init_state(batch_size)`, kept until a weight changes (it holds the sinks): built anew at
         every episode start it would cost a good part of an acting step. Resets only read it."""
-        if self._start is None or self._start[0].changed() or self._start[1].batch_size != batch_size:
-            self._start = (ParameterVersions(self), self.initial_state(batch_size))
-        return self._start[1]
+        cache = self._init_cache
+        if cache is None or cache[0].changed() or cache[1].batch_size != batch_size:
+            cache = self._init_cache = (ParameterVersions(self), self.init_state(batch_size))
+        return cache[1]
 
     def forward(  # type: ignore[override]
         self, obs: Tensor, state: ActorCriticState, episode_starts: Tensor, deterministic: bool = False
@@ -656,7 +658,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     ) -> ActorCriticState:
         """predict's state tuple as an actor-only ActorCriticState (None: `n` envs before their first step)."""
         if state is None:
-            return replace(self.initial_state(n), critic=None, last_reward=None, critic_lags=None)
+            return replace(self.init_state(n), critic=None, last_reward=None, critic_lags=None)
         names = ["m", "u", "w", "steps"]
         names += ["last_action"] * self.previous_action_reward + ["actor_lags"] * bool(self.input_lags)
         if len(state) != len(names):
