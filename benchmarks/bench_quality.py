@@ -8,8 +8,11 @@ reference DT hyperparameters of configs/base.yaml and the same number of gradien
 `train.batch_steps` supervised timesteps per step: the Transformer sees batch_steps / K K-windows, the
 Aaren agent as many K-windows entered from stored recurrent states (`train.batching`'s default,
 stored; `--batching` picks another; agents.decision.training.batch_layout). Each run ends with a live
-evaluation at the task's target returns (envs on Gymnasium v5); the table reports the best target's
-D4RL-normalised score, mean +- std over seeds.
+evaluation at the task's target returns (envs on Gymnasium v5), every run on the same evaluation
+episodes (`eval.seed`, whatever the backbone or training seed). A run's score is its best target's
+D4RL-normalised score; the table reports, per pair and over all pairs, each backbone's interquartile
+mean (IQM) with 95% stratified-bootstrap intervals, the probability that Aaren-DT scores higher, and a
+verdict that calls a difference only when the intervals say so (`benchmarks.stats`, rliable).
 
 The default protocol is sized for a couple of CPU cores (see QUICK); `--full`
 is the papers' protocol (100k steps, 1M-transition datasets, all three tasks), unchanged code.
@@ -28,11 +31,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import numpy as np
+from rliable import plot_utils
 
 from agents.common.cli import exits_2_on_user_errors
 from agents.decision.batching import BATCHINGS
@@ -42,10 +45,12 @@ from envs import collect_recipe
 from envs.collect import RECIPES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
+from benchmarks import stats  # noqa: E402
 from benchmarks.common import REPO, RESULTS, machine_info, write_json, write_png, write_text  # noqa: E402
 
 BACKBONES = ("aaren", "transformer")
-GOAL_POINTS = 1.0  # Aaren's mean score may trail the Transformer's by at most this much
+BASELINE = "transformer"  # the reference DT: Aaren-DT is compared against it
+GOAL_POINTS = 1.0  # Aaren's IQM may trail the Transformer's by at most this much
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,18 +59,19 @@ class Settings:
 
     tasks: tuple[str, ...] = ("hopper", "halfcheetah", "walker2d")
     datasets: tuple[str, ...] = ("medium", "medium-expert")
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     transitions: int = 1_000_000
     steps: int = 100_000
     warmup_steps: int = 10_000
     batch_steps: int = 1280  # supervised timesteps per batch, both backbones (reference DT: 64 x K = 20)
     eval_every: int = 10_000
-    eval_episodes: int = 10
+    eval_episodes: int = 20  # per target
+    eval_seed: int = 1000  # every run's evaluation episodes: the same for both backbones and all seeds
     batching: str | None = None  # the Aaren agent's train.batching (None: the config's default)
 
 
 #: All six task x dataset pairs at a CPU budget.
-QUICK = Settings(transitions=100_000, steps=500, warmup_steps=100, eval_every=250, eval_episodes=5)
+QUICK = Settings(transitions=100_000, steps=500, warmup_steps=100, eval_every=250)
 
 
 def make_dataset(task: str, dataset: str, settings: Settings, data_dir: Path) -> Path:
@@ -97,6 +103,7 @@ def _budget_overrides(settings: Settings) -> dict[str, int | str]:
         "train.eval_every": settings.eval_every,
         "train.checkpoint_every": settings.eval_every,
         "eval.episodes": settings.eval_episodes,
+        "eval.seed": settings.eval_seed,
         **({"train.batching": settings.batching} if settings.batching else {}),
     }
 
@@ -146,113 +153,168 @@ def run_summary(trial: Trial, record: dict) -> dict:
     }
 
 
-def summarise(runs: list[dict]) -> tuple[list[dict], dict]:
-    """Mean +- std per (task, dataset, backbone); the average gap and the goal."""
-    table = []
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of the table: a (task, dataset) pair, or all pairs, and its comparison."""
+
+    task: str
+    dataset: str
+    dataset_score: float | None
+    comparison: stats.Comparison
+    pairs: int = 1
+
+    @property
+    def label(self) -> str:
+        return f"{self.task} {self.dataset}" if self.pairs == 1 else f"all {self.pairs} pairs"
+
+    def to_json(self) -> dict:
+        return {
+            "task": self.task,
+            "dataset": self.dataset,
+            "dataset_score": self.dataset_score,
+            "pairs": self.pairs,
+            **self.comparison.to_json(),
+        }
+
+
+def summarise(runs: list[dict], settings: Settings) -> tuple[list[Row], Row | None]:
+    """A row per (task, dataset) run by both backbones, over its seeds so far; and a row over the pairs
+    every seed of which has run with both (None before the first), over seeds and pairs."""
+    table, complete = [], []
     for task, dataset in dict.fromkeys((r["task"], r["dataset"]) for r in runs):
         mine = [r for r in runs if (r["task"], r["dataset"]) == (task, dataset)]
-        groups = {b: [r["score"] for r in mine if r["backbone"] == b] for b in BACKBONES}
-        if not all(groups.values()):
+        scores = {b: [r["score"] for r in mine if r["backbone"] == b] for b in BACKBONES}
+        if not all(scores.values()):
             continue  # a partial report: this pair has not run with both backbones yet
-        row = {"task": task, "dataset": dataset, "dataset_score": mine[0]["dataset_score"]}
-        for backbone, scores in groups.items():
-            row[backbone] = {
-                "mean": statistics.mean(scores),
-                "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-                "seeds": len(scores),
-            }
-        row["aaren_minus_transformer"] = row["aaren"]["mean"] - row["transformer"]["mean"]
-        table.append(row)
-    gap = statistics.mean(r["aaren_minus_transformer"] for r in table) if table else float("nan")
+        comparison = stats.compare({b: np.array(s)[:, None] for b, s in scores.items()}, BASELINE)
+        table.append(Row(task, dataset, mine[0]["dataset_score"], comparison))
+        if all(len(s) == len(settings.seeds) for s in scores.values()):
+            complete.append(scores)
+    if not complete:
+        return table, None
+    scores = {b: np.array([pair[b] for pair in complete]).T for b in BACKBONES}  # [seeds, pairs]
+    return table, Row("all", "", None, stats.compare(scores, BASELINE), pairs=len(complete))
+
+
+def goal_of(overall: Row | None) -> dict:
+    """Aaren-DT's IQM over all pairs may trail the Transformer's by at most GOAL_POINTS: met when the
+    gap's interval lies above -GOAL_POINTS, not met when it lies below, else (and from fewer than
+    stats.MIN_RUNS seeds) undecided (None)."""
     goal = {
-        "goal": f"aaren - transformer >= -{GOAL_POINTS} points on average",
-        "value": gap,
-        "met": gap >= -GOAL_POINTS,
+        "goal": f"IQM(aaren) - IQM(transformer) over all pairs >= -{GOAL_POINTS} points, by its interval",
+        "gap": None,
+        "met": None,
     }
-    return table, goal
+    if overall is None:
+        return goal
+    gap = overall.comparison.difference["aaren"]
+    if min(overall.comparison.runs.values()) >= stats.MIN_RUNS:
+        goal["met"] = True if gap.low >= -GOAL_POINTS else False if gap.high < -GOAL_POINTS else None
+    return {**goal, "gap": dataclasses.asdict(gap)}
 
 
-def markdown(table: list[dict], goal: dict, settings: Settings, done: int, planned: int) -> str:
+def _seeds(comparison: stats.Comparison) -> str:
+    runs = set(comparison.runs.values())
+    return str(runs.pop()) if len(runs) == 1 else " / ".join(str(comparison.runs[b]) for b in BACKBONES)
+
+
+def markdown(table: list[Row], overall: Row | None, settings: Settings, done: int, planned: int) -> str:
     """The score table and its caption, as written to quality.md (and shown in docs/results.md)."""
     lines = [
-        "| task | dataset | dataset score | Aaren-DT | Transformer-DT | Aaren - Transformer |",
-        "|---|---|---|---|---|---|",
+        "| task | dataset | dataset score | seeds | Aaren-DT | Transformer-DT | Aaren - Transformer "
+        "| P(Aaren > Transformer) | Aaren-DT vs Transformer-DT |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in table:
-        a, t = row["aaren"], row["transformer"]
+    for row in table + ([overall] if overall else []):
+        c = row.comparison
+        dataset_score = "" if row.dataset_score is None else f"{row.dataset_score:.1f}"
+        task = row.task if row.pairs == 1 else f"all ({row.pairs} pairs)"
         lines.append(
-            f"| {row['task']} | {row['dataset']} | {row['dataset_score']:.1f} "
-            f"| {a['mean']:.1f} ± {a['std']:.1f} | {t['mean']:.1f} ± {t['std']:.1f} "
-            f"| {row['aaren_minus_transformer']:+.1f} |"
+            f"| {task} | {row.dataset} | {dataset_score} | {_seeds(c)} | {c.iqm['aaren']} "
+            f"| {c.iqm['transformer']} | {c.difference['aaren']:+.1f} | {c.poi['aaren']:.2f} "
+            f"| {c.verdict['aaren']} |"
         )
+    goal = goal_of(overall)
+    met = {True: "met", False: "not met", None: "undecided"}[goal["met"]]
     lines.append("")
     lines.append(
-        f"D4RL-normalised scores on Gymnasium v5 tasks, best target return, mean ± std over seeds "
-        f"({done} of {planned} planned runs done); {settings.steps:,} gradient steps, "
-        f"{settings.transitions:,}-transition datasets, "
-        f"{settings.eval_episodes} evaluation episodes per target"
+        f"D4RL-normalised scores on Gymnasium v5 tasks at each run's best target return: the interquartile "
+        f"mean (IQM) over seeds, and over seeds and pairs in the all row (the pairs all of whose seeds have "
+        f"run), with {stats.CONFIDENCE:.0%} stratified-bootstrap intervals (rliable, {stats.REPS} "
+        f"resamples); P: the probability of improvement, with its interval. A difference is called only "
+        f"when the IQM intervals are disjoint and P's interval excludes 0.5, from at least "
+        f"{stats.MIN_RUNS} seeds. {done} of {planned} planned runs done; {settings.steps:,} gradient "
+        f"steps, {settings.transitions:,}-transition datasets, {settings.eval_episodes} evaluation "
+        f"episodes per target, the same for every run (eval.seed {settings.eval_seed})"
         f"{f', Aaren train.batching={settings.batching}' if settings.batching else ''}. "
-        f"Average gap {goal['value']:+.2f} points "
-        f"(goal: {goal['goal']}: {'met' if goal['met'] else 'not met'})."
+        f"Goal: {goal['goal']}: {met}."
     )
     return "\n".join(lines) + "\n"
 
 
-def _plot_scores(ax, table: list[dict]) -> None:
-    """Bars of each backbone's final score per (task, dataset), with the dataset's own score."""
-    x = np.arange(len(table))
+def _plot_scores(ax, rows: list[Row]) -> None:
+    """Each backbone's IQM per row with its interval, and each pair's dataset score."""
+    x = np.arange(len(rows))
     for i, backbone in enumerate(BACKBONES):
-        means = [row[backbone]["mean"] for row in table]
-        stds = [row[backbone]["std"] for row in table]
-        ax.bar(x + (i - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=3, label=f"{backbone}-DT")
-    ax.scatter(
-        x,
-        [row["dataset_score"] for row in table],
-        color="k",
-        marker="_",
-        s=400,
-        label="dataset mean",
-        zorder=3,
+        iqm = [row.comparison.iqm[backbone] for row in rows]
+        ax.bar(
+            x + (i - 0.5) * 0.38,
+            [s.point for s in iqm],
+            0.38,
+            yerr=[[s.point - s.low for s in iqm], [s.high - s.point for s in iqm]],
+            capsize=3,
+            label=f"{backbone}-DT",
+        )
+    shown = [(i, row.dataset_score) for i, row in enumerate(rows) if row.dataset_score is not None]
+    ax.scatter(*zip(*shown, strict=True), color="k", marker="_", s=400, label="dataset mean", zorder=3)
+    ax.set_xticks(x, [row.label for row in rows])
+    ax.set(
+        ylabel="D4RL-normalised score",
+        title=f"final score (best target): IQM, {stats.CONFIDENCE:.0%} CI",
     )
-    ax.set_xticks(x, [f"{row['task']} {row['dataset']}" for row in table])
-    ax.set(ylabel="D4RL-normalised score", title="final score (best target)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
 
 
-def _plot_curves(ax, runs: list[dict], row: dict) -> None:
-    """Learning curves of one (task, dataset): mean +- std over seeds per backbone."""
+def _plot_curves(ax, runs: list[dict], row: Row) -> None:
+    """Learning curves of one (task, dataset): per backbone, the IQM over seeds at each evaluation with
+    its interval (rliable's sample-efficiency plot)."""
     for backbone, color in zip(BACKBONES, ("C0", "C1"), strict=True):
         curves = [
             r["curve"]
             for r in runs
-            if (r["task"], r["dataset"], r["backbone"]) == (row["task"], row["dataset"], backbone)
+            if (r["task"], r["dataset"], r["backbone"]) == (row.task, row.dataset, backbone) and r["curve"]
         ]
-        curves = [c for c in curves if c]
         if not curves:
             continue
         steps = [s for s, _ in curves[0]]
         values = np.array([[v for _, v in c[: len(steps)]] for c in curves if len(c) >= len(steps)])
-        mean, std = values.mean(0), values.std(0)
-        ax.plot(steps, mean, color=color, marker="o", label=f"{backbone}-DT")
-        ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
-    ax.set(xlabel="gradient step", ylabel="score (first target)", title=f"{row['task']} {row['dataset']}")
-    ax.grid(alpha=0.3)
+        iqm = [stats.iqm(values[:, i : i + 1]) for i in range(len(steps))]
+        plot_utils.plot_sample_efficiency_curve(
+            steps, {backbone: [s.point for s in iqm]}, {backbone: np.array([[s.low for s in iqm],
+            [s.high for s in iqm]])}, colors={backbone: color}, ax=ax, xlabel="gradient step",
+            ylabel="score (first target): IQM", labelsize="medium", ticklabelsize="small",
+        )  # fmt: skip
+    ax.set_title(row.label)
     if ax.lines:
         ax.legend(fontsize=8)
 
 
-def plot(runs: list[dict], table: list[dict], path: Path) -> None:
-    """The scores across the top, one learning-curve panel per (task, dataset) below."""
+def plot(runs: list[dict], table: list[Row], overall: Row | None, path: Path) -> None:
+    """Across the top, the scores and the probabilities of improvement; one learning-curve panel per
+    (task, dataset) below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = ([overall] if overall else []) + table
     cols = min(3, len(table))
-    rows = -(-len(table) // cols)
-    fig = plt.figure(figsize=(5 * cols, 4 * (1 + rows)))
-    grid = fig.add_gridspec(1 + rows, cols)
-    _plot_scores(fig.add_subplot(grid[0, :]), table)
+    lines = -(-len(table) // cols)
+    fig = plt.figure(figsize=(max(5 * cols, 12), 4 * (1 + lines)))
+    grid = fig.add_gridspec(1 + lines, cols)
+    top = grid[0, :].subgridspec(1, 2, wspace=0.6)  # room for the probabilities' row names
+    _plot_scores(fig.add_subplot(top[0]), rows)
+    stats.plot_poi(fig.add_subplot(top[1]), {row.label: row.comparison for row in rows})
     for i, row in enumerate(table):
         _plot_curves(fig.add_subplot(grid[1 + i // cols, i % cols]), runs, row)
     fig.tight_layout()
@@ -262,21 +324,23 @@ def plot(runs: list[dict], table: list[dict], path: Path) -> None:
 
 def report(runs: list[dict], settings: Settings, out: Path, planned: int) -> dict:
     """Write the JSON, PNG and markdown table of the runs so far (partial until all `planned` ran)."""
-    table, goal = summarise(runs)
+    table, overall = summarise(runs, settings)
     results = {
         "machine": machine_info("cpu"),
         "settings": dataclasses.asdict(settings),
         "complete": len(runs) == planned,
         "runs_done": len(runs),
         "runs_planned": planned,
+        "statistics": stats.describe(),
         "runs": runs,
-        "table": table,
-        "goal": goal,
+        "table": [row.to_json() for row in table],
+        "overall": overall and overall.to_json(),
+        "goal": goal_of(overall),
     }
     write_json(out / "quality.json", results)
     if table:
-        plot(runs, table, out / "quality.png")
-        write_text(out / "quality.md", markdown(table, goal, settings, len(runs), planned))
+        plot(runs, table, overall, out / "quality.png")
+        write_text(out / "quality.md", markdown(table, overall, settings, len(runs), planned))
     return results
 
 

@@ -76,13 +76,13 @@ class Comparison:
         return dataclasses.asdict(self)
 
 
-def describe(reps: int = REPS) -> dict:
-    """The statistical protocol, for a result file."""
+def describe(reps: int | None = None) -> dict:
+    """The statistical protocol, for a result file (reps: None for REPS, as everywhere here)."""
     return {
         "library": f"rliable {importlib.metadata.version('rliable')}",
         "aggregate": "IQM over runs and tasks",
         "interval": f"{CONFIDENCE:.0%} percentile stratified bootstrap over runs",
-        "reps": reps,
+        "reps": reps or REPS,
         "seed": SEED,
         "min_runs": MIN_RUNS,
         "call": "IQM intervals disjoint and probability-of-improvement interval excluding 0.5, same side",
@@ -99,17 +99,18 @@ def verdict(method: Interval, baseline: Interval, poi: Interval) -> str:
     return NO_CALL
 
 
-def iqm(scores: np.ndarray, reps: int = REPS, seed: int = SEED) -> Interval:
+def iqm(scores: np.ndarray, reps: int | None = None, seed: int = SEED) -> Interval:
     """The IQM of `scores` [runs, tasks] and its interval."""
     (array,) = _checked({"scores": scores}, "scores").values()
     return _interval("iqm", (array,), reps, seed)
 
 
 def compare(
-    scores: Mapping[str, np.ndarray], baseline: str, reps: int = REPS, seed: int = SEED
+    scores: Mapping[str, np.ndarray], baseline: str, reps: int | None = None, seed: int = SEED
 ) -> Comparison:
     """IQMs, probabilities of improvement over `baseline`, IQM differences and verdicts of `scores`
-    ({method: [runs, tasks]}, the baseline among them)."""
+    ({method: [runs, tasks]}, the baseline among them); `reps` bootstrap resamples (None: REPS) drawn
+    under `seed`."""
     arrays = _checked(scores, baseline)
     others = [m for m in arrays if m != baseline]
     iqm = {m: _interval("iqm", (arrays[m],), reps, seed) for m in arrays}
@@ -172,10 +173,10 @@ def _difference(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 STATISTICS: dict[str, Callable[..., np.ndarray]] = {"iqm": _iqm, "poi": _poi, "difference": _difference}
 
 
-def _interval(kind: str, arrays: tuple[np.ndarray, ...], reps: int, seed: int) -> Interval:
+def _interval(kind: str, arrays: tuple[np.ndarray, ...], reps: int | None, seed: int) -> Interval:
     """The statistic `kind` of `arrays` and its interval, bootstrapped once per distinct input: benchmark
     reports are rewritten after every run, mostly from the same scores."""
-    return _cached_interval(kind, tuple(tuple(map(tuple, a.tolist())) for a in arrays), reps, seed)
+    return _cached_interval(kind, tuple(tuple(map(tuple, a.tolist())) for a in arrays), reps or REPS, seed)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -222,6 +223,7 @@ def plot_poi(ax, comparisons: Mapping[str, Comparison]) -> None:
         ticklabelsize="small", left_ylabel="X", right_ylabel="Y",
     )  # fmt: skip
     ax.axvline(0.5, color="k", lw=0.8, ls=":")
+    ax.set_xlim(0, 1)
 
 
 def plot(comparisons: Mapping[str, Comparison], path: Path) -> None:
