@@ -28,7 +28,8 @@ count comes from the environment (OMP_NUM_THREADS, torch defaults) and is record
 
 The packed and unsegmented calls of one N are timed round-robin the same way.
 
-Writes <out>/aaren_core.json (machine, settings, raw times, ratios, goals) and <out>/aaren_core.png.
+Writes aaren_core.json (machine, settings, raw times, ratios, goals) and aaren_core.png into --out:
+the tracked result for --quick on a CPU, into <out>/variants/ for any other run (`benchmarks.common`).
 """
 
 from __future__ import annotations
@@ -49,10 +50,13 @@ from aaren_rl import AarenBackbone, AarenState, KVCache, TransformerBackbone, aa
 from aaren_rl.functional import auto_chunk_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
+from agents.common.cli import exits_2_on_user_errors  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    RESULTS,
+    Claim,
+    add_output_arguments,
     load_average,
     machine_info,
+    output_stem,
     ratio,
     sync,
     time_interleaved,
@@ -96,6 +100,7 @@ QUICK = Settings(
 FULL = Settings(
     scan_lengths=(60, 600, 3000, 10000), tokens_seen=(10, 100, 1000, 10000), steps=50, sdpa_budget_s=600.0
 )
+CLAIM = Claim("aaren_core", QUICK)  # the tracked result: `make bench`'s sizes on a CPU
 
 
 def _leaf(gen: torch.Generator, device: str, *size: int) -> torch.Tensor:
@@ -509,7 +514,8 @@ def run(settings: Settings, device: str, out_dir: Path, progress: bool = False) 
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
+@exits_2_on_user_errors
+def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0]
@@ -532,17 +538,17 @@ def main(argv: list[str] | None = None) -> None:
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="where to run (cuda is synchronised around every timed call)",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for aaren_core.json / .png")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available in this torch build / machine")
-    results = run(QUICK if args.quick else FULL, args.device, args.out, progress=True)
+    settings = QUICK if args.quick else FULL
+    stem = output_stem(CLAIM, settings, args.device, "aaren_core", args.out, args.allow_dirty)
+    results = run(settings, args.device, stem.parent, progress=True)
     print(format_table(results))
-    print(
-        f"\nwrote {args.out / 'aaren_core.json'} and {args.out / 'aaren_core.png'} "
-        f"in {results['total_wall_s']:.0f} s"
-    )
+    print(f"\nwrote {stem}.json and {stem}.png in {results['total_wall_s']:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -26,8 +26,9 @@
    in proportion to their length, as many as hold batch_steps on average, padded to the batch's
    longest) and after (packed rows), and of the Transformer's windows.
 
-Writes <out>/agents_speed.json and <out>/agents_speed.png (with --training-only: the training section
-alone, to <out>/agents_training.json). Untrained models: this measures speed only.
+Writes agents_speed.json and agents_speed.png into --out: the tracked result for --quick, into
+<out>/variants/ for any other run (`benchmarks.common`); --training-only writes the training section
+alone, to <out>/variants/agents_training.json. Untrained models: this measures speed only.
 """
 
 from __future__ import annotations
@@ -54,7 +55,17 @@ from envs import OfflineDataset, VecRollout, load_dataset, make_vec_env
 from envs.files import torch_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
-from benchmarks.common import RESULTS, machine_info, ratio, write_json, write_png  # noqa: E402
+from agents.common.cli import exits_2_on_user_errors  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    Claim,
+    add_output_arguments,
+    machine_info,
+    output_stem,
+    ratio,
+    variant_stem,
+    write_json,
+    write_png,
+)
 
 OBS_DIM, ACT_DIM = 11, 3  # Hopper
 TARGET_RETURN = 3600.0  # Hopper's usual DT target (speed does not depend on it)
@@ -91,6 +102,7 @@ class Settings:
 
 
 QUICK = Settings(lengths=(10, 100, 1000, 3000), kv_max_steps=1000, train_reps=3)
+CLAIM = Claim("agents_speed", QUICK)  # the tracked result: `make bench`'s sizes, training on a CPU
 
 
 def _model(backbone: str, **kw) -> DecisionModel:
@@ -499,11 +511,12 @@ def print_training(training: dict) -> None:
         print(f"{name}: supervised steps/s {speed} (aaren/transformer {ratio_value:.2f}); padding {padding}")
 
 
-def main(argv: list[str] | None = None) -> None:
+@exits_2_on_user_errors
+def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="Writes agents_speed.json and agents_speed.png into --out. Speed is reported as ratios "
+        epilog="Writes agents_speed.json and agents_speed.png (see --out). Speed is reported as ratios "
         "measured side by side in this run; absolute times depend on the machine and its load.",
     )
     parser.add_argument(
@@ -512,24 +525,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--device", default="cpu", choices=("cpu", "cuda"), help="device for the training case"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS, help="output folder")
+    add_output_arguments(parser)
     parser.add_argument(
         "--training-only",
         action="store_true",
-        help="only the training section, written to <out>/agents_training.json",
+        help="only the training section, written to <out>/variants/agents_training.json",
     )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else Settings()
     if args.training_only:
-        print_training(run_training_only(settings, args.device, args.out)["training"])
-        print(f"wrote {args.out / 'agents_training.json'}")
-        return
-    results = run(settings, args.device, args.out)
+        stem = variant_stem("agents_training", args.out)
+        print_training(run_training_only(settings, args.device, stem.parent)["training"])
+        print(f"wrote {stem}.json")
+        return 0
+    stem = output_stem(CLAIM, settings, args.device, "agents_speed", args.out, args.allow_dirty)
+    results = run(settings, args.device, stem.parent)
     print_training(results["training"])
     for name, goal in results["goals"].items():
         print(f"{name:28s} {goal['value']:.2f} (goal {goal['goal']}): {'met' if goal['met'] else 'NOT met'}")
-    print(f"wrote {args.out / 'agents_speed.json'} and {args.out / 'agents_speed.png'}")
+    print(f"wrote {stem}.json and {stem}.png")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

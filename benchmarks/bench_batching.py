@@ -19,7 +19,9 @@ Interrupted? Run the same command again: finished runs (recorded in <work>/finis
 an unfinished one resumes from its last checkpoint. A --work folder holds one study's settings; other
 settings need another folder.
 
-Writes <out>/batching.json and batching.png (--quick: batching_quick.*).
+Writes the tracked batching_hopper_medium_200k_3000steps.json and .png into --out for the study of
+CLAIM's settings, and <out>/variants/batching.json and .png (--quick: batching_quick.*) for any other
+(`benchmarks.common`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,15 @@ from envs.files import write_atomic
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
 from benchmarks.bench_quality import Settings as QualitySettings  # noqa: E402
 from benchmarks.bench_quality import make_dataset  # noqa: E402
-from benchmarks.common import REPO, RESULTS, machine_info, write_json, write_png  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    REPO,
+    Claim,
+    add_output_arguments,
+    machine_info,
+    output_stem,
+    write_json,
+    write_png,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +90,24 @@ QUICK = Settings(
     refresh_every=10,
     eval_every=20,
     eval_episodes=2,
+)
+#: The tracked study, every setting spelled out so that a new default leaves it as it was run.
+CLAIM = Claim(
+    "batching_hopper_medium_200k_3000steps",
+    Settings(
+        dataset="hopper-medium",
+        transitions=200_000,
+        modes=("packed", "stored"),
+        seeds=(0, 1, 2),
+        steps=3_000,
+        warmup_steps=300,
+        batch_steps=1000,
+        refresh_every=1_000,
+        eval_every=1_000,
+        eval_episodes=5,
+        device="cpu",
+        threads=1,
+    ),
 )
 
 
@@ -376,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation")
     parser.add_argument("--device", help="train.device: cpu, cuda, cuda:<i>")
     parser.add_argument("--threads", type=int, help="torch CPU threads per run (0: torch's default)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the report files")
+    add_output_arguments(parser)
     parser.add_argument(
         "--work",
         type=Path,
@@ -392,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     work = (
         args.work or Path(f"~/.cache/aaren-rl/batching/{stem}{'-quick' if args.quick else ''}").expanduser()
     )
-    results = run(settings, args.out, work, name)
+    dest = output_stem(CLAIM, settings, settings.device, name, args.out, args.allow_dirty)
+    results = run(settings, dest.parent, work, dest.name)
     print_table(results)
     return 0
 

@@ -83,9 +83,11 @@ from envs.files import torch_threads, write_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
 from benchmarks.common import (  # noqa: E402
-    RESULTS,
+    Claim,
+    add_output_arguments,
     load_average,
     machine_info,
+    output_stem,
     time_interleaved,
     write_json,
     write_png,
@@ -164,6 +166,7 @@ PRESETS = {
     "quick": (QUICK, "ppo_memory_quick"),
     "popgym": (POPGYM, "ppo_popgym"),
 }
+POPGYM_CLAIM = Claim("ppo_popgym", POPGYM)  # the tracked comparison: the popgym preset as it stands
 
 
 @dataclass(frozen=True)
@@ -595,6 +598,7 @@ class ActingSettings:
 
 
 ACTING = ActingSettings()
+ACTING_CLAIM = Claim("ppo_acting", ACTING)
 ACTING_CASES = ("aaren_folded", "aaren_eager", "lstm")
 
 
@@ -738,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
         "--variants", nargs="+", choices=list(VARIANTS), help="AarenPPO variants, each its own row"
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, in worker processes")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
+    add_output_arguments(parser)
     parser.add_argument(
         "--work", type=Path, default=WORK, help=f"folder of the run records, <name>.jsonl (default {WORK})"
     )
@@ -747,11 +751,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-acting", action="store_true", help="skip the acting-speed section")
     args = parser.parse_args(argv)
-    if not args.no_acting:
-        acting = run_acting(ACTING, args.out)
-        print(format_acting(acting) + f"\nwrote {args.out / 'ppo_acting.json'}\n")
-    if args.acting_only:
-        return 0
     settings, name = PRESETS["quick" if args.quick else args.preset]
     if args.tasks:
         missing = [t for t in args.tasks if t not in settings.steps]
@@ -770,10 +769,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.variants:
         settings = dataclasses.replace(settings, variants=tuple(args.variants))
         name += "_" + "_".join(args.variants)
-    results = run(settings, args.out, name, args.work, args.jobs)
+    # Both destinations first, so that a refused canonical result stops the command before any run.
+    stem = acting_stem = None
+    if not args.acting_only:
+        stem = output_stem(POPGYM_CLAIM, settings, "cpu", name, args.out, args.allow_dirty)
+    if not args.no_acting:
+        acting_stem = output_stem(ACTING_CLAIM, ACTING, "cpu", "ppo_acting", args.out, args.allow_dirty)
+    if acting_stem is not None:
+        acting = run_acting(ACTING, acting_stem.parent)
+        print(format_acting(acting) + f"\nwrote {acting_stem}.json\n")
+    if stem is None:
+        return 0
+    results = run(settings, stem.parent, stem.name, args.work, args.jobs)
     print(format_table(results))
-    json_path, png_path = args.out / f"{name}.json", args.out / f"{name}.png"
-    print(f"\nwrote {json_path} and {png_path} in {results['total_wall_s']:.0f} s")
+    print(f"\nwrote {stem}.json and {stem}.png in {results['total_wall_s']:.0f} s")
     return 0
 
 

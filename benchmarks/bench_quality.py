@@ -22,7 +22,8 @@ Interrupted? Run the same command again: finished runs are kept, unfinished ones
 before train.batch_steps (their config.yaml sets train.batch_size) trained other batches: a --work
 folder holding one is refused, with the fix (a new --work folder).
 
-Writes <out>/quality.json, <out>/quality.png (scores and learning curves) and <out>/quality.md; the
+Writes quality.json, quality.png (scores and learning curves) and quality.md into --out: the tracked
+result for the default protocol, into <out>/variants/ for any other run (`benchmarks.common`); the
 datasets and run directories (checkpoints, TensorBoard logs) go to --work.
 """
 
@@ -46,7 +47,16 @@ from envs.collect import RECIPES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
 from benchmarks import stats  # noqa: E402
-from benchmarks.common import REPO, RESULTS, machine_info, write_json, write_png, write_text  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    REPO,
+    Claim,
+    add_output_arguments,
+    machine_info,
+    output_stem,
+    write_json,
+    write_png,
+    write_text,
+)
 
 BACKBONES = ("aaren", "transformer")
 BASELINE = "transformer"  # the reference DT: Aaren-DT is compared against it
@@ -72,6 +82,7 @@ class Settings:
 
 #: All six task x dataset pairs at a CPU budget.
 QUICK = Settings(transitions=100_000, steps=500, warmup_steps=100, eval_every=250)
+CLAIM = Claim("quality", QUICK)  # the tracked table: the default protocol
 
 
 def make_dataset(task: str, dataset: str, settings: Settings, data_dir: Path) -> Path:
@@ -391,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the Aaren agent's train.batching (default: the config's); another value than a --work "
         "folder's runs were made with needs its own --work folder",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the report files")
+    add_output_arguments(parser)
     parser.add_argument(
         "--work",
         type=Path,
@@ -415,8 +426,9 @@ def main(argv: list[str] | None = None) -> int:
         "batching": args.batching,
     }
     settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v})
-    run(settings, args.out, args.work, args.address)
-    print((args.out / "quality.md").read_text())
+    stem = output_stem(CLAIM, settings, "cpu", "quality", args.out, args.allow_dirty)
+    run(settings, stem.parent, args.work, args.address)
+    print(Path(f"{stem}.md").read_text())
     return 0
 
 

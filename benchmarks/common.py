@@ -1,7 +1,16 @@
-"""Shared by the benchmarks: interleaved timing, machine info, ratios and atomic result files."""
+"""Shared by the benchmarks: interleaved timing, machine info, ratios, where results go, atomic result files.
+
+Where results go: each benchmark claim has one canonical result, tracked in git as RESULTS/<name>.*
+(a `Claim`: the name, and the settings and device of the run that makes it). A run at other settings
+(a preset, fewer tasks, other seeds, a variant) writes into RESULTS/variants/, which git ignores.
+A canonical result must say which code made it: it is written only from a known commit with no
+uncommitted code changes, unless the run is told `--allow-dirty` (its JSON then records code_dirty).
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import datetime
 import io
 import json
@@ -16,6 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm import tqdm
 
+from agents.common.overrides import ConfigError
 from envs.files import write_atomic
 
 if TYPE_CHECKING:
@@ -24,6 +34,8 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 """Default output folder of every benchmark."""
+VARIANTS = "variants"
+"""Subfolder of the output folder for every run that is not a claim's canonical run."""
 
 
 def sync(device: str) -> None:
@@ -72,8 +84,9 @@ def ratio(num: float | None, den: float | None) -> float | None:
     return None if num is None or den is None else num / den
 
 
-#: What `_git_commit` checks for uncommitted changes: the code behind a result, not the results folder.
-CODE_PATHS = ("aaren_rl", "agents", "envs", "benchmarks", ":!benchmarks/results")
+#: What `_git_commit` checks for uncommitted changes: the code and configs behind a result, not the
+#: results folder.
+CODE_PATHS = ("aaren_rl", "agents", "envs", "configs", "benchmarks", ":!benchmarks/results")
 
 
 def _git_commit() -> dict:
@@ -126,6 +139,66 @@ def machine_info(device: str) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **_git_commit(),
     }
+
+
+class ProvenanceError(ConfigError):
+    """A canonical result that would not say which code made it: an unknown commit or uncommitted code."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A benchmark's canonical result: the name of its tracked files in RESULTS, and the settings and
+    device of the run that makes them."""
+
+    name: str
+    settings: object
+    device: str = "cpu"
+
+
+def output_stem(
+    claim: Claim, settings: object, device: str, variant: str, out: Path = RESULTS, allow_dirty: bool = False
+) -> Path:
+    """Where a run's result files go, without their suffix: out/<claim.name> for a run at the claim's
+    settings and device, out/variants/<variant> for any other run. A canonical run needs a known commit
+    and no uncommitted code changes (`_git_commit`): otherwise a ProvenanceError naming the fix, unless
+    `allow_dirty` (the JSON's machine.commit and machine.code_dirty then tell)."""
+    if settings != claim.settings or device != claim.device:
+        return variant_stem(variant, out)
+    git = _git_commit()
+    if not allow_dirty and (git["commit"] is None or git["code_dirty"]):
+        why = (
+            "its commit is unknown (not a git checkout, or git failed)"
+            if git["commit"] is None
+            else f"the code has uncommitted changes (git status -- {' '.join(CODE_PATHS[:-1])})"
+        )
+        raise ProvenanceError(
+            f"{out / claim.name}.json is the canonical result of its settings, but {why}. Fix: commit the "
+            f"changes and run again, or pass --allow-dirty to write it anyway (its JSON then records "
+            f"code_dirty); runs at other settings write into {out / VARIANTS} without this check"
+        )
+    return out / claim.name
+
+
+def variant_stem(variant: str, out: Path = RESULTS) -> Path:
+    """Where the result files of a run that is no claim's canonical run go, without their suffix."""
+    return out / VARIANTS / variant
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """--out and --allow-dirty, the same for every benchmark (see `output_stem`)."""
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help=f"results folder: a run at the canonical settings writes its tracked files here, any other "
+        f"run into <out>/{VARIANTS}/",
+    )
+    parser.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="write a canonical result even from uncommitted code or an unknown commit (the JSON records "
+        "commit and code_dirty)",
+    )
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from scratch_git import scratch_checkout  # tests/scratch_git.py (pytest puts tests/ on sys.path)
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_aaren.py"
 
@@ -80,3 +81,27 @@ def test_help_exits_cleanly(bench, capsys):
         bench.main(["--help"])
     assert exc.value.code == 0
     assert "--quick" in capsys.readouterr().out
+
+
+def test_main_writes_the_claim_only_from_committed_code_and_other_runs_as_variants(
+    bench, tmp_path, monkeypatch, capsys
+):
+    claimed, other = tiny(bench), tiny(bench, steps=3)
+    monkeypatch.setattr(bench, "QUICK", claimed)
+    monkeypatch.setattr(bench, "FULL", other)
+    monkeypatch.setattr(bench, "CLAIM", bench.Claim("aaren_core", claimed))
+    scratch_checkout(tmp_path / "repo", monkeypatch, dirty=True)
+    out = tmp_path / "out"
+    args = ["--device", "cpu", "--out", str(out)]
+
+    assert bench.main([*args, "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--allow-dirty" in err and err.count("\n") == 1
+    assert not out.exists()  # refused before measuring anything
+
+    assert bench.main([*args, "--quick", "--allow-dirty"]) == 0
+    machine = json.loads((out / "aaren_core.json").read_text())["machine"]
+    assert machine["code_dirty"] is True and len(machine["commit"]) == 40
+
+    assert bench.main(args) == 0  # not the claim's settings: a variant, whatever the checkout
+    assert json.loads((out / "variants" / "aaren_core.json").read_text())["settings"]["steps"] == 3

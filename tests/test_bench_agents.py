@@ -5,6 +5,7 @@ import json
 import statistics
 
 import pytest
+from scratch_git import scratch_checkout  # tests/scratch_git.py (pytest puts tests/ on sys.path)
 
 from benchmarks import bench_agents as bench  # imported by name: its training cases run in spawned processes
 
@@ -42,3 +43,27 @@ def test_bench_agents_runs_and_reports_round_medians(tmp_path) -> None:
         assert reported == statistics.median_low(rounds)
         speed = {case["agent"]: case["supervised_steps_per_second"] for case in row["cases"]}
         assert speed["aaren"] / speed["transformer"] == pytest.approx(reported)  # the cases of that round
+
+
+def test_main_routes_the_claim_and_the_variants(tmp_path, monkeypatch, capsys) -> None:
+    written = []
+
+    def fake_run(settings, device, out_dir):
+        written.append((settings, out_dir))
+        raise SystemExit(0)  # stop before measuring or printing
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    monkeypatch.setattr(bench, "run_training_only", fake_run)
+    scratch_checkout(tmp_path / "repo", monkeypatch, dirty=True)
+    out = tmp_path / "out"
+    assert bench.main(["--quick", "--out", str(out)]) == 2 and not written
+    assert "--allow-dirty" in capsys.readouterr().err
+    for args, settings, folder in (
+        (["--quick", "--allow-dirty"], bench.QUICK, out),
+        ([], bench.Settings(), out / "variants"),
+        (["--quick", "--device", "cuda"], bench.QUICK, out / "variants"),
+        (["--quick", "--training-only"], bench.QUICK, out / "variants"),
+    ):
+        with pytest.raises(SystemExit):
+            bench.main([*args, "--out", str(out)])
+        assert written.pop() == (settings, folder)

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from scratch_git import CODE, scratch_checkout  # tests/scratch_git.py (pytest puts tests/ on sys.path)
 
 from agents.decision.config import ConfigError
 from benchmarks import bench_ppo
@@ -114,17 +115,44 @@ def test_seeds_option_runs_seeds_from_0_beyond_the_presets(tmp_path, monkeypatch
     chosen = {}
 
     def fake_run(settings, out, name, work, jobs):
-        chosen.update(seeds=settings.seeds, name=name)
+        chosen.update(seeds=settings.seeds, out=out, name=name)
         raise SystemExit(0)  # stop before any run or table
 
     monkeypatch.setattr(bench_ppo, "run", fake_run)
     args = ["--preset", "popgym", "--no-acting", "--tasks", "CountRecallEasy", "--work", str(tmp_path)]
     with pytest.raises(SystemExit):
-        bench_ppo.main([*args, "--seeds", "7"])
-    assert chosen == {"seeds": tuple(range(7)), "name": "ppo_popgym_CountRecallEasy_7seed"}
+        bench_ppo.main([*args, "--seeds", "7", "--out", str(tmp_path)])
+    assert chosen == {
+        "seeds": tuple(range(7)),
+        "out": tmp_path / "variants",  # a subset of the preset: a variant
+        "name": "ppo_popgym_CountRecallEasy_7seed",
+    }
     with pytest.raises(SystemExit) as refused:
         bench_ppo.main([*args, "--seeds", "0"])
     assert refused.value.code == 2
+
+
+def test_the_popgym_claim_is_written_only_from_committed_code(tmp_path, monkeypatch, capsys) -> None:
+    chosen = {}
+
+    def fake_run(settings, out, name, work, jobs):
+        chosen.update(out=out, name=name)
+        return {"total_wall_s": 0.0}
+
+    def no_acting(*args):
+        raise AssertionError("the acting section ran")
+
+    monkeypatch.setattr(bench_ppo, "run", fake_run)
+    monkeypatch.setattr(bench_ppo, "format_table", lambda results: "")
+    monkeypatch.setattr(bench_ppo, "run_acting", no_acting)
+    args = ["--preset", "popgym", "--seeds", "5", "--work", str(tmp_path), "--out", str(tmp_path / "out")]
+    repo = scratch_checkout(tmp_path / "repo", monkeypatch, dirty=True)
+    assert bench_ppo.main([*args, "--no-acting"]) == 2  # the preset's own seeds: the claim
+    assert bench_ppo.main(["--acting-only", "--out", str(tmp_path / "out")]) == 2
+    assert "uncommitted changes" in capsys.readouterr().err and not chosen
+    (repo / CODE).write_text("1\n")  # back to the committed text
+    assert bench_ppo.main([*args, "--no-acting"]) == 0
+    assert chosen == {"out": tmp_path / "out", "name": "ppo_popgym"}
 
 
 def test_variants_are_rows_of_their_own(tmp_path, monkeypatch) -> None:

@@ -1,0 +1,54 @@
+"""benchmarks/results/ holds one canonical result per benchmark claim, made at the claim's settings and
+saying which commit made it; every other run's files live in the git-ignored variants/ folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from benchmarks import bench_aaren, bench_agents, bench_batching, bench_ppo, bench_quality
+from benchmarks.common import RESULTS, VARIANTS
+
+CLAIMS = {
+    claim.name: claim
+    for claim in (
+        bench_aaren.CLAIM,
+        bench_agents.CLAIM,
+        bench_batching.CLAIM,
+        bench_ppo.ACTING_CLAIM,
+        bench_ppo.POPGYM_CLAIM,
+        bench_quality.CLAIM,
+    )
+}
+STALE = {"quality": "made before train.batch_steps: re-run bench_quality.py to refresh it"}
+
+
+def tracked(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def test_results_folder_holds_only_the_claims() -> None:
+    files = {p.name for p in RESULTS.iterdir() if p.name != VARIANTS and not p.name.startswith(".")}
+    claims = {f"{name}{suffix}" for name in CLAIMS for suffix in (".json", ".png")}
+    assert files - {"quality.md"} == claims
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=STALE[n])) if n in STALE else n
+        for n in CLAIMS
+    ],
+)
+def test_each_claim_was_made_at_its_settings(name: str) -> None:
+    claim, results = CLAIMS[name], tracked(name)
+    assert results["settings"] == json.loads(json.dumps(dataclasses.asdict(claim.settings)))
+    assert results["machine"]["device"] == claim.device
+
+
+@pytest.mark.parametrize("name", list(CLAIMS))
+def test_each_claim_records_its_commit_or_why_not(name: str) -> None:
+    machine = tracked(name)["machine"]
+    assert len(machine["commit"] or "") == 40 or machine["commit_note"].startswith("commit not recorded")
