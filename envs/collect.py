@@ -13,6 +13,7 @@ Hugging Face Hub, and loaded without running code from their files: see :mod:`en
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ import numpy as np
 
 from envs.d4rl import TASKS, canonical_env_id, fill_metadata, parse_dataset_id
 from envs.datasets import d4rl_dataset_dir, d4rl_filename, episode_return_stats, save_dataset
-from envs.errors import DatasetError, EnvNameError
+from envs.errors import DatasetError, EnvNameError, SettingError
 from envs.experts import PolicyFileError, PredictPolicy, RandomPolicy, load_sb3_policy
 from envs.files import torch_threads
 from envs.make import MujocoStateInfo
@@ -44,6 +45,30 @@ STOCHASTIC_RECIPES = frozenset({"mixed"})
 
 #: Seed offset between the parts of a recipe (env i of part j is seeded seed + j * offset + i).
 PART_SEED_OFFSET = 10_000
+#: Seeds a collection takes: what numpy and the envs seed with and the file's metadata holds (int64).
+SEEDS = range(2**31)
+
+
+def check_settings(num_steps: int, num_envs: int, seed: int, action_noise: float, parts: int = 1) -> None:
+    """A SettingError naming the first impossible numeric setting of a collection (and its command-line
+    flag), before anything runs; `parts`: the recipe's parts, each of which gets every env a step."""
+    problems = [
+        (num_envs >= 1, f"num_envs (--num-envs) = {num_envs}: give at least 1"),
+        (
+            num_steps // parts >= num_envs,
+            f"num_steps (--steps) = {num_steps} gives fewer steps than num_envs (--num-envs) = {num_envs}"
+            + (f" to each of the recipe's {parts} parts" if parts > 1 else "")
+            + ": give at least one step per env",
+        ),
+        (seed in SEEDS, f"seed (--seed) = {seed}: give a whole number from 0 to {SEEDS.stop - 1}"),
+        (
+            math.isfinite(action_noise) and action_noise >= 0,
+            f"action_noise (--noise) = {action_noise}: give a finite std >= 0 (in half action ranges)",
+        ),
+    ]
+    for fine, problem in problems:
+        if not fine:
+            raise SettingError(problem)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -87,8 +112,7 @@ def rollout_policy(
     marked a timeout: collection cut the episode, as a time limit would (D4RL semantics kept,
     nothing dropped).
     """
-    if num_steps < num_envs:
-        raise ValueError(f"num_steps ({num_steps}) must be >= num_envs ({num_envs})")
+    check_settings(num_steps, num_envs, seed, action_noise)
     vec = make_vec_env(env_name, num_envs, vectorization, seed, wrappers=(MujocoStateInfo,))
     rollout = VecRollout(vec)
     try:
@@ -350,6 +374,7 @@ def collect_recipe(
     task, recipe = parse_recipe_id(dataset_id)
     table = {**TASKS[task].policies, **(policies or {})}
     roles = RECIPES[recipe]
+    check_settings(num_steps, num_envs, seed, action_noise, parts=len(roles))
     missing = [r for r in roles if r != "random" and r not in table]
     if missing:
         raise PolicyFileError(

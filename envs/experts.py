@@ -17,7 +17,9 @@ standard unpickler runs whatever code a pickle names. Here they are read by a re
 that builds only the harmless types these files hold (numpy arrays, gymnasium spaces, SB3 policy
 classes and VecNormalize statistics, torch activation and optimizer classes) and refuses anything
 else with :class:`UnsafePolicyFileError`. SB3's loader gets every entry it would unpickle ready-made
-(``custom_objects``) and reads the weights with ``torch.load(weights_only=True)`` (SB3 >= 2.3).
+(``custom_objects``) and reads the weights with ``torch.load(weights_only=True)`` (SB3 >= 2.3); the
+zip's torch files (``policy.pth``, ``pytorch_variables.pth``, ...) are read that way first, so one that
+needs more than tensors is refused with :class:`UnsafePolicyFileError` too.
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ def download_expert(name: str) -> Path:
             f"({name}/{MODEL_FILE}, ...), or allow the download (unset ${OFFLINE_VAR}) to fetch {repo_id} "
             "from the Hugging Face Hub."
         )
-    endpoint = _hub_endpoint()
+    endpoint = hub_endpoint()
     source = f"{endpoint}/{repo_id}"
     try:
         with atomic_path(dest) as part:
@@ -158,7 +160,7 @@ def download_expert(name: str) -> Path:
     return dest
 
 
-def _hub_endpoint() -> str:
+def hub_endpoint() -> str:
     """``$HF_ENDPOINT`` read now (huggingface_hub reads it once, at import), else the public Hub."""
     from huggingface_hub import constants
 
@@ -191,6 +193,7 @@ def check_policy_folder(folder: Path) -> None:
     """
     zip_path = folder / MODEL_FILE
     decode_serialized_entries(zip_path, read_model_data(zip_path), replaced=_REPLACED_ENTRIES)
+    check_torch_entries(zip_path)
     if (folder / NORMALIZER_FILE).is_file():
         load_normalizer(folder / NORMALIZER_FILE)
     if (folder / CONFIG_FILE).is_file():
@@ -316,6 +319,36 @@ def read_model_data(zip_path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise PolicyFileError(f"{zip_path}: its 'data' entry is not a JSON object.")
     return data
+
+
+def check_torch_entries(zip_path: Path) -> None:
+    """Read each torch file of an SB3 zip (``policy.pth``, ``pytorch_variables.pth``, ...) as SB3's loader
+    will, with torch's weights-only unpickler: :class:`UnsafePolicyFileError` for one that needs more
+    than tensors, :class:`PolicyFileError` for one torch cannot read. Call after :func:`read_model_data`."""
+    import torch
+
+    with zipfile.ZipFile(zip_path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist() if name.endswith(".pth")}
+    for name, raw in entries.items():
+        source = f"{zip_path} (entry {name!r})"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's notes on unusual pickle protocols
+                torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise UnsafePolicyFileError(
+                f"{source}: refused to unpickle it ({_torch_reason(exc)}): a policy's torch files need only "
+                "tensors, and unpickling anything else could run code from the file. Use the RL Zoo's "
+                "policies, or re-save yours with current Stable-Baselines3."
+            ) from None
+        except Exception as exc:  # truncated or malformed torch files fail in many ways: one clear error
+            raise PolicyFileError(f"{source}: not a readable torch file ({_torch_reason(exc)}).") from exc
+
+
+def _torch_reason(exc: Exception) -> str:
+    """The line of torch's (long) error message that says what is wrong."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    return next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0])[:200]
 
 
 def _zero_schedule(_: float) -> float:
@@ -482,6 +515,7 @@ def load_sb3_policy(
     zip_path = resolve_policy_path(spec, experts)
     folder = zip_path.parent
     data = read_model_data(zip_path)
+    check_torch_entries(zip_path)
     algo = algo or _algo_of(data, zip_path)
     normalizer = load_normalizer(folder / NORMALIZER_FILE) if (folder / NORMALIZER_FILE).is_file() else None
     obs_dim = observation_space.shape[0]

@@ -12,6 +12,7 @@ import pytest
 
 from envs import collect_dataset, collect_recipe, load_dataset
 from envs.collect import parse_recipe_id
+from envs.errors import SettingError
 from envs.experts import detect_algo, experts_dir
 
 REPO = Path(__file__).parents[1]
@@ -119,6 +120,25 @@ def test_recipe_names_and_errors():
         collect_recipe("ant-medium-v2", num_steps=10, progress=False)
     with pytest.raises(FileNotFoundError, match="Behaviour policy 'no-such-policy' not found"):
         collect_dataset("hopper", "no-such-policy", "/tmp/never.hdf5", 10, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        (dict(action_noise=-1.0), "action_noise (--noise) = -1.0: give a finite std >= 0"),
+        (dict(action_noise=float("inf")), "action_noise (--noise) = inf"),
+        (dict(seed=-1), "seed (--seed) = -1: give a whole number from 0"),
+        (dict(num_envs=0), "num_envs (--num-envs) = 0: give at least 1"),
+        (dict(num_envs=11), "num_steps (--steps) = 10 gives fewer steps than num_envs (--num-envs) = 11"),
+    ],
+)
+def test_impossible_numbers_are_one_error_before_anything_runs(tmp_path, settings, fragment):
+    with pytest.raises(SettingError) as caught:
+        collect_dataset("hopper", "random", tmp_path / "r.hdf5", 10, progress=False, **settings)
+    assert fragment in str(caught.value)
+    with pytest.raises(SettingError, match="to each of the recipe's 2 parts"):  # 5 + 5 steps for 6 envs
+        collect_recipe("hopper-medium-expert-v2", tmp_path / "m.hdf5", 10, num_envs=6, progress=False)
+    assert not list(tmp_path.iterdir())
 
 
 @needs_experts

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -21,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import stable_baselines3.common.save_util as sb3_save_util
+import torch
 from sb3_contrib import ARS, TQC
 from stable_baselines3 import A2C
 
@@ -199,6 +201,53 @@ def test_normalizer_that_would_run_code_is_refused(tiny_policy, tmp_path, via):
     with pytest.raises(UnsafePolicyFileError, match=rf"{re.escape(str(folder / NORMALIZER_FILE))}: refused"):
         load_sb3_policy(folder, *spaces_of("a2c-Hopper"))
     assert not marker.exists()
+
+
+def with_zip_entry(zip_path: Path, out: Path, entry: str, content: bytes) -> Path:
+    """A copy of an SB3 zip whose entry ``entry`` holds ``content`` (zip CRCs right)."""
+    with zipfile.ZipFile(zip_path) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            dst.writestr(item, content if item.filename == entry else src.read(item))
+    return out
+
+
+@pytest.mark.usefixtures("no_code_unpickled")
+@pytest.mark.parametrize("entry", ["policy.pth", "pytorch_variables.pth"])
+@pytest.mark.parametrize("saved_by", ["torch.save", "pickle.dumps"])
+def test_torch_entry_that_would_run_code_is_refused(tiny_policy, tmp_path, entry, saved_by):
+    """A crafted torch file in the zip is one UnsafePolicyFileError line, from loading and from the
+    check a download gets alike; its payload never runs."""
+    marker = tmp_path / "created"
+    payload = {"weights": CreatesFile(marker, "os.system")}
+    if saved_by == "torch.save":
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        content = buffer.getvalue()
+    else:
+        content = pickle.dumps(payload, protocol=2)
+    folder = tmp_path / "a2c-Hopper"
+    folder.mkdir()
+    with_zip_entry(tiny_policy / MODEL_FILE, folder / MODEL_FILE, entry, content)
+    pattern = (
+        rf"^{re.escape(str(folder / MODEL_FILE))} \(entry '{entry}'\): refused to unpickle it \(.*GLOBAL "
+        rf"{os.system.__module__}\.system.*could run code from the file"
+    )
+    for load in (
+        lambda: load_sb3_policy(folder, *spaces_of("a2c-Hopper")),
+        lambda: check_policy_folder(folder),
+    ):
+        with pytest.raises(UnsafePolicyFileError, match=pattern) as caught:
+            load()
+        assert "\n" not in str(caught.value)
+    assert not marker.exists()
+
+
+def test_torch_entry_that_is_not_a_torch_file_is_one_error(tiny_policy, tmp_path):
+    zip_path = with_zip_entry(
+        tiny_policy / MODEL_FILE, tmp_path / "model.zip", "policy.pth", b"PK\x03\x04 torn"
+    )
+    with pytest.raises(PolicyFileError, match=r"\(entry 'policy.pth'\): not a readable torch file \("):
+        load_sb3_policy(zip_path, *spaces_of("a2c-Hopper"))
 
 
 @pytest.mark.parametrize("name", ["th.load", "th.jit.ScriptModule"])
