@@ -1,72 +1,8 @@
-"""Run a sweep (a grid of train-and-evaluate runs) on Ray: on this machine, or on a cluster with --address."""
+"""Run a sweep of training runs on Ray: `aaren-rl sweep` (agents/commands/sweep.py)."""
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-from agents.common.cli import USER_ERROR_STATUS, ArgumentParser, exits_2_on_user_errors
-from agents.decision.sweep import load_sweep, print_failures, run_sweep
-
-EPILOG = """
-examples:
-  python scripts/sweep.py --config configs/sweeps/quality-quick.yaml           # local Ray, all CPUs
-  python scripts/sweep.py --config configs/sweeps/quality-quick.yaml --address auto   # the cluster here
-  python scripts/sweep.py --config configs/sweeps/quality-quick.yaml --address ray://HEAD:10001 \\
-      --out /shared/sweeps/quality-quick      # Ray Client; /shared: the same filesystem on every node
-
-Each trial trains and evaluates in its own run directory, DIR/runs/<name>; DIR gets sweep.json (every
-trial: overrides, status, attempts, final evaluation, wall time), sweep.md (mean ± std over seeds per
-group) and sweep.png. Interrupted (Ctrl-C, a lost machine)? Run the same command again: finished trials
-are kept, unfinished ones resume from their last checkpoint. On a cluster DIR must be on a filesystem
-shared by the driver and every node, and every node needs `pip install -e '.[ray]'`. A cluster with
-Ray's token authentication (the default of new Ray clusters) also needs its token on the driver and,
-for ray://, RAY_AUTH_MODE=token (Ray's token-auth docs).
-"""
-
-
-@exits_2_on_user_errors
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(
-        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", required=True, help="sweep file, e.g. configs/sweeps/quality-quick.yaml")
-    parser.add_argument(
-        "--address",
-        help="Ray cluster to run on: auto (the one on this machine) or ray://HOST:10001 (Ray Client)",
-    )
-    parser.add_argument("--out", type=Path, help="output folder DIR (default: sweeps/<sweep file name>)")
-    parser.add_argument(
-        "--max-concurrent",
-        type=int,
-        metavar="N",
-        help="at most N trials at a time (default: as resources allow)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
-    args = parser.parse_args(argv)
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        parser.error(f"--max-concurrent {args.max_concurrent}: give a number >= 1")
-    out = args.out or Path("sweeps") / Path(args.config).stem
-    try:
-        records = run_sweep(
-            load_sweep(args.config, out),
-            out,
-            address=args.address,
-            max_concurrent=args.max_concurrent,
-            progress=not args.no_progress,
-        )
-    except ModuleNotFoundError as exc:  # the `ray` extra is missing: the message says how to add it
-        if exc.name != "ray":
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return USER_ERROR_STATUS
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: run the same command again to continue (report so far: {out / 'sweep.md'})")
-        return 130
-    print((out / "sweep.md").read_text())
-    return 1 if print_failures(records) else 0
-
+from agents.commands.sweep import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -149,7 +149,7 @@ def test_a_bug_keeps_its_traceback(bug: Exception) -> None:
 
 
 def test_usage_mistakes_are_one_line(capsys) -> None:
-    assert_user_error(*run(capsys, "evaluate"), "the following arguments are required: --run", "--help")
+    assert_user_error(*run(capsys, "evaluate"), "one of the arguments --run --hub is required", "--help")
     assert_user_error(*run(capsys, "train_offline", "--config", "a.yaml", "--resume", "r"), "not allowed")
 
 

@@ -51,6 +51,7 @@ def user_error_types() -> tuple[type[Exception], ...]:
     from agents.decision.evaluation import EvaluationError
     from agents.decision.run_dir import RunDirError, RunLockedError
     from agents.decision.training import DivergedError
+    from agents.hub import HubError
     from envs.errors import DatasetError, EnvNameError, MissingExtraError
     from envs.experts import PolicyFileError
 
@@ -65,6 +66,7 @@ def user_error_types() -> tuple[type[Exception], ...]:
         EvaluationError,
         EnvNameError,
         MissingExtraError,
+        HubError,
     )
 
 

@@ -16,7 +16,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from envs.d4rl import eval_targets
 from envs.files import torch_threads, write_atomic
 from envs.progress import progress_bar
 from envs.vector import split_evenly
+
+if TYPE_CHECKING:
+    from agents.decision.model import DecisionModel
 
 
 class EvaluationError(ValueError):
@@ -189,14 +192,14 @@ def _imageio() -> ModuleType:
     return imageio
 
 
-def _checked_targets(targets: list[float] | None, run: RunDir, info: dict[str, Any]) -> list[float]:
-    """The targets to evaluate at: those given, else the run's; an EvaluationError when there are none
-    or one cannot be a target return (naming where it came from)."""
-    source = "the given targets" if targets else f"eval_targets of {run.dataset_stats}"
+def _checked_targets(targets: list[float] | None, stats: Path, info: dict[str, Any]) -> list[float]:
+    """The targets to evaluate at: those given, else the run's (`info`, read from `stats`); an
+    EvaluationError when there are none or one cannot be a target return (naming where it came from)."""
+    source = "the given targets" if targets else f"eval_targets of {stats}"
     targets = list(targets or info.get("eval_targets") or [])
     if not targets:
         raise EvaluationError(
-            f"no target return to evaluate {run.root} at: none given and {run.dataset_stats} lists no "
+            f"no target return to evaluate {stats.parent} at: none given and {stats} lists no "
             "eval_targets. Fix: pass targets, e.g. --target 3600"
         )
     for target in targets:
@@ -233,16 +236,51 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate a run's latest checkpoint at several targets (default, or when empty: the run's);
     write eval.json (strict JSON: null for a number that is not finite) and eval.png (and a video) to
-    `out_dir` (default RUN_DIR/eval). EvaluationError before any work when it cannot run as asked."""
+    `out_dir` (default RUN_DIR/eval). EvaluationError before any episode when it cannot run as asked."""
     run = RunDir(run_dir)
     info = read_run_info(run.root)
-    targets = _checked_targets(targets, run, info)
-    if video:
-        _imageio()
     checkpoint = run.latest_checkpoint()
     model, step = load_model(checkpoint)
+    return evaluate_model(
+        model,
+        info,
+        run.dataset_stats,
+        Path(out_dir) if out_dir is not None else run.eval,
+        {"run_dir": str(run.root), "checkpoint": str(checkpoint), "step": step},
+        episodes=episodes,
+        num_envs=num_envs,
+        targets=targets,
+        seed=seed,
+        vectorization=vectorization,
+        acting=acting,
+        video=video,
+        progress=progress,
+    )
+
+
+def evaluate_model(
+    model: DecisionModel,
+    info: dict[str, Any],
+    stats: Path,
+    out: Path,
+    source: dict[str, Any],
+    *,
+    episodes: int = 10,
+    num_envs: int = 5,
+    targets: list[float] | None = None,
+    seed: int = 1000,
+    vectorization: str = "sync",
+    acting: str | None = None,
+    video: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate `model` at several targets (default: the run's) in the env of `info`, a run's dataset
+    statistics read from `stats`; write eval.json (`source`, where the model came from, first) and
+    eval.png (and a video) to `out` (`evaluate_run`, `agents.hub.evaluate_hub`)."""
+    targets = _checked_targets(targets, stats, info)
+    if video:
+        _imageio()
     env_name = info["env"]
-    out = Path(out_dir) if out_dir is not None else run.eval
     out.mkdir(parents=True, exist_ok=True)
     agents = [DecisionAgent(model, target, acting=acting) for target in targets]
     results = [
@@ -259,9 +297,7 @@ def evaluate_run(
         for agent in agents
     ]
     report = {
-        "run_dir": str(run.root),
-        "checkpoint": str(checkpoint),
-        "step": step,
+        **source,
         "env": env_name,
         "backbone": model.config.backbone,
         "acting": agents[0].acting,

@@ -165,3 +165,18 @@ class DecisionPolicy:
                 raise CheckpointError(f"{path}/model.json records no target_return", "pass target_return")
         saved = meta.get("acting", meta.get("mode"))  # "mode": zips saved before the key was renamed
         return cls(DecisionAgent(model, target_return, acting=acting or saved))
+
+    @classmethod
+    def from_hub(
+        cls,
+        repo_id: str,
+        target_return: float | None = None,
+        device: str | torch.device = "cpu",
+        acting: str | None = None,
+        revision: str | None = None,
+    ) -> DecisionPolicy:
+        """From Hub repository `repo_id` (user/name) written by aaren-rl push: its policy zip, downloaded
+        into the cache and verified (`agents.hub`), then as `load`."""
+        from agents.hub import hub_policy_file
+
+        return cls.load(hub_policy_file(repo_id, "decision", revision), target_return, device, acting)

@@ -33,6 +33,7 @@ from stable_baselines3.common.torch_layers import FlattenExtractor, NatureCNN
 from torch import nn
 
 from agents.common.weights import state_dict_mismatch
+from agents.hub import local_or_hub
 from agents.ppo.algorithm import AarenPPO
 from agents.ppo.policy import SAVED_WITHOUT, AarenActorCriticPolicy
 from envs.files import atomic_path
@@ -170,8 +171,9 @@ def load_exported_policy(
 ) -> AarenActorCriticPolicy:
     """The policy of an export (eval mode, on `device`), rebuilt from JSON and safetensors only; its
     `predict` and `evaluate_policy` act exactly as the exported model's. A damaged or tampered file
-    is one ValueError naming it."""
-    path = Path(path)
+    is one ValueError naming it. `path` may also be the id of a Hub repository written by aaren-rl push
+    (user/name; `agents.hub`: downloaded into the cache and verified)."""
+    path = local_or_hub(path, "ppo")
     meta, weights = _read_export(path)
     try:
         params = {**SAVED_WITHOUT, **meta["parameters"]}  # an export from before an option existed
