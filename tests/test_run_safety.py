@@ -186,9 +186,28 @@ def test_planted_trainer_state_never_runs_code(run, tmp_path):
     meta["files"]["trainer.pt"] = file_record(buffer.getvalue())
     meta["digest"] = content_digest(meta)
     (folder / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=r"trainer.pt cannot be read \(UnpicklingError"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"trainer.pt is not a trainer state of tensors .*\(UnpicklingError naming posix.system\)",
+    ) as caught:
         load_trainer_state(folder)
     assert not (tmp_path / "ran").exists()
+    assert "weights_only" not in str(caught.value)  # torch's advice to load it unsafely is not repeated
+    assert caught.value.__suppress_context__  # nor shown in a traceback
+
+
+def test_a_checkpoint_with_weights_that_are_not_finite_is_refused(tmp_path):
+    run = RunDir(tmp_path / "run")
+    model = DecisionModel(DecisionModelConfig(obs_dim=3, act_dim=2, embed_dim=8, max_timestep=16))
+    with torch.no_grad():
+        model.state_std[1] = float("inf")
+        model.predict_action.bias[0] = float("nan")
+    run.save_checkpoint(model, 1, {})  # digests and all: only the values are wrong
+    with pytest.raises(
+        CheckpointError,
+        match=r"step_0000001/model.safetensors holds NaN or infinite values in \['predict_action.bias', 'state_std'\]",
+    ):
+        load_model(run.latest_checkpoint())
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,12 @@ import io
 import json
 import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -147,6 +149,31 @@ def test_an_intact_zip_and_a_zip_lacking_a_member(agent, policy_zip, tmp_path):
         CheckpointError, match=r"policy\.zip is not a DecisionPolicy file.*lacks model\.safetensors"
     ):
         DecisionPolicy.load(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_zip_without_digests_whose_weights_are_not_finite_is_refused(policy_zip, tmp_path, value):
+    """Digest fields removed, a zip loads unverified (with a warning), but weights that are not finite
+    are still refused: the policy would act on NaN."""
+    path = tmp_path / "policy.zip"
+    path.write_bytes(policy_zip)
+    with zipfile.ZipFile(path) as archive:
+        meta = json.loads(archive.read("model.json"))
+        weights = safetensors.torch.load(archive.read("model.safetensors"))
+    del meta["files"], meta["digest"]
+    weights["predict_action.bias"][1] = value
+    rezip(
+        path,
+        **{"model.json": json.dumps(meta).encode(), "model.safetensors": safetensors.torch.save(weights)},
+    )
+    with pytest.raises(CheckpointError) as caught, warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        DecisionPolicy.load(path)
+    assert any("loading it unverified" in str(w.message) for w in warned)
+    assert str(caught.value).startswith(
+        f"{path}/model.safetensors holds NaN or infinite values in ['predict_action.bias']"
+    )
+    assert "Fix: save the policy again" in str(caught.value)
 
 
 # ---- run directories: dataset_stats.json -------------------------------------------------------------

@@ -26,3 +26,12 @@ def state_dict_mismatch(expected: Mapping[str, torch.Tensor], weights: Mapping[s
         )
         if part
     )
+
+
+def nonfinite_entries(weights: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point entries of `weights` holding a NaN or an infinity, sorted."""
+    return sorted(
+        name
+        for name, value in weights.items()
+        if value.is_floating_point() and not torch.isfinite(value).all()
+    )

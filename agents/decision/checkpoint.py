@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any, TypeVar
 import torch
 from safetensors.torch import load, save
 
-from agents.common.weights import state_dict_mismatch
+from agents.common.weights import nonfinite_entries, state_dict_mismatch
 from agents.decision.model import DecisionModel, DecisionModelConfig
 from envs.files import atomic_path
 
@@ -218,18 +219,33 @@ def load_model(checkpoint: Source, device: str | torch.device = "cpu") -> tuple[
             f"num_layers={model.config.num_layers}): {details}",
             "keep the weights with the model.json they were saved with",
         )
+    nonfinite = nonfinite_entries(weights)
+    if nonfinite:
+        raise CheckpointError(
+            f"{weights_path} holds NaN or infinite values in {nonfinite[:4]}{' ...' if len(nonfinite) > 4 else ''}: "
+            "a model with them predicts nothing usable",
+            USE_ANOTHER,
+        )
     model.load_state_dict(weights)
     return model.to(device).eval(), meta["step"]
 
 
 def load_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint's trainer.pt, verified: tensors and plain containers only (weights_only, so no
-    pickled code runs)."""
+    pickled code runs). Anything else is refused without torch's message, which advises loading the
+    file unsafely."""
     checkpoint = Path(checkpoint)
     data = read_verified(checkpoint, "trainer.pt", read_meta(checkpoint))
-    state = _parse(
-        checkpoint / "trainer.pt", lambda raw: torch.load(io.BytesIO(raw), weights_only=True), data
-    )
+    try:
+        state = torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as exc:  # a damaged or planted file: unpickling raises all kinds of errors
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        raise CheckpointError(
+            f"{checkpoint / 'trainer.pt'} is not a trainer state of tensors and plain containers "
+            f"({type(exc).__name__}{f' naming {found.group(1)}' if found else ''}): it is damaged, or holds "
+            "objects whose loading could run code, which is never done",
+            USE_ANOTHER,
+        ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{checkpoint / 'trainer.pt'} holds no trainer state", USE_ANOTHER)
     return state
