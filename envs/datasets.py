@@ -471,6 +471,13 @@ def load_dataset(
 
 
 def _read_hdf5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    if path.is_dir():
+        inside = ", ".join(p.name for p in sorted(path.glob("*.hdf5"))[:3])
+        raise DatasetError(
+            f"{path} is a folder, not a dataset file. Fix: give the path of a D4RL-format HDF5 file"
+            + (f" (this folder holds {inside})" if inside else f", or {_COLLECT_HINT}")
+            + "."
+        )
     if not path.is_file():
         raise DatasetError(f"{path}: dataset file not found. Fix: check the path, or {_COLLECT_HINT}.")
     try:

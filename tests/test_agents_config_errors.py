@@ -78,6 +78,22 @@ def test_bad_base_names_the_file(tmp_path, base: str) -> None:
     assert load_config(path).train.steps == 5
 
 
+@pytest.mark.parametrize("missing", ["nothere.yaml", "."])
+def test_a_base_that_is_no_file_names_the_config_naming_it(tmp_path, missing: str) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "middle.yaml").write_text(f"base: {missing}\n")
+    path = tmp_path / "task.yaml"
+    path.write_text("base: sub/middle.yaml\n")
+    what = "not found" if missing != "." else "is a folder, not a YAML file"
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    sub = (tmp_path / "sub").resolve()
+    assert str(caught.value) == (
+        f"config file {(sub / missing).resolve()}, named by `base:` in {sub / 'middle.yaml'}, {what}. Fix: "
+        f"correct that `base:` line (its paths are relative to {sub})"
+    )
+
+
 def test_output_dir_that_cannot_be_created_is_a_config_error(tmp_path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -87,7 +103,7 @@ def test_output_dir_that_cannot_be_created_is_a_config_error(tmp_path) -> None:
         train(cfg, progress=False)  # checked before the (missing) dataset is read
     new = tmp_path / "new" / "runs"
     assert writable_run_dir(config(f"output_dir={new}", "name=run")) == new / "run"
-    assert not (tmp_path / "new").exists()  # the check creates nothing
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]  # the check leaves nothing behind
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")

@@ -237,6 +237,36 @@ def test_read_only_output_dir(capsys, tiny_dataset, tmp_path) -> None:
     assert_user_error(*run(capsys, "train_offline", *argv), f"{locked} is not writable", "Fix:")
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_output_dir_where_no_folder_can_be_made(capsys, tiny_dataset) -> None:
+    """/proc takes no new folders, even from root (whom permissions let write anywhere)."""
+    argv = [
+        "--config",
+        str(CONFIGS / "quickstart.yaml"),
+        "--set",
+        *tiny_overrides(tiny_dataset, Path("/proc/x"), "x"),
+    ]
+    status, err = run(capsys, "train_offline", *argv)
+    assert_user_error(
+        status,
+        err,
+        "output_dir = '/proc/x': the run directory /proc/x/x cannot be created",
+        "Fix: --set output_dir=",
+    )
+
+
+def test_dataset_that_is_a_folder(capsys, tiny_dataset, tmp_path) -> None:
+    folder = tiny_dataset.parent
+    argv = ["--config", str(CONFIGS / "quickstart.yaml"), "--set", *tiny_overrides(folder, tmp_path, "x")]
+    status, err = run(capsys, "train_offline", *argv)
+    assert_user_error(
+        status,
+        err,
+        f"data.dataset = '{folder}' cannot be loaded: {folder} is a folder, not a dataset file",
+        f"Fix: give the path of a D4RL-format HDF5 file (this folder holds {tiny_dataset.name})",
+    )
+
+
 def test_resume_of_a_locked_run(capsys, run_copy) -> None:
     with RunDir(run_copy).lock():  # as if another process were training it
         status, err = run(capsys, "train_offline", "--resume", str(run_copy), "--no-progress")
@@ -291,6 +321,21 @@ def test_target_must_be_finite_and_bounded(capsys, tmp_path, target: str, fragme
 def test_evaluate_a_folder_that_is_not_a_run(capsys, tmp_path) -> None:
     status, err = run(capsys, "evaluate", "--run", str(tmp_path))
     assert_user_error(status, err, str(tmp_path / "dataset_stats.json"))
+
+
+def test_evaluate_a_file_is_not_a_run(capsys, tmp_path) -> None:
+    data = tmp_path / "data.hdf5"
+    data.write_bytes(b"")
+    status, err = run(capsys, "evaluate", "--run", str(data))
+    assert_user_error(
+        status, err, f"error: {data} is not a run directory: it is a file. Fix: pass a run directory"
+    )
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.root.mkdir()
+    run_dir.dataset_stats.write_text("{}")
+    run_dir.config.write_text("")
+    status, err = run(capsys, "evaluate", "--run", str(run_dir.config))
+    assert_user_error(status, err, f"it is a file. Fix: pass the run directory it lies in, {run_dir.root}")
 
 
 def test_evaluate_a_run_with_a_damaged_checkpoint(capsys, run_copy) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import os
+import tempfile
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -118,9 +120,14 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in _seen:
         raise ConfigError(f"{path}: `base` includes form a cycle: {' -> '.join(map(str, (*_seen, path)))}")
     if not path.is_file():
-        raise ConfigError(
-            f"config file {path} not found. Fix: pass an existing YAML file, e.g. configs/quickstart.yaml"
+        named = f", named by `base:` in {_seen[-1]}," if _seen else ""
+        fix = (
+            f"correct that `base:` line (its paths are relative to {_seen[-1].parent})"
+            if _seen
+            else "pass an existing YAML file, e.g. configs/quickstart.yaml"
         )
+        what = "is a folder, not a YAML file" if path.is_dir() else "not found"
+        raise ConfigError(f"config file {path}{named} {what}. Fix: {fix}")
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
@@ -333,17 +340,28 @@ def validate(cfg: Config) -> Config:
 
 
 def writable_run_dir(cfg: Config) -> Path:
-    """The run directory of a new run, once it is clear (without creating anything) that it can be
-    created and written; a ConfigError naming output_dir otherwise."""
+    """The run directory of a new run, once it is clear (leaving nothing behind) that it can be created
+    and written; a ConfigError naming output_dir otherwise."""
     run_dir = cfg.run_dir
     existing = next(folder for folder in (run_dir, *run_dir.parents) if folder.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        problem = "is not writable" if existing.is_dir() else "is a file, not a folder"
+    problem = _no_new_folders(existing) if existing.is_dir() else "is a file, not a folder"
+    if problem:
         raise ConfigError(
             f"output_dir = {cfg.output_dir!r}: the run directory {run_dir} cannot be created, as {existing} "
             f"{problem}. Fix: --set output_dir=<a folder you can write>"
         )
     return run_dir
+
+
+def _no_new_folders(folder: Path) -> str:
+    """Why no folder can be made in `folder` ("" when one can), found by making and removing one:
+    permissions do not tell everything (root in /proc, a read-only mount)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".writable-", dir=folder))
+    except OSError as exc:
+        denied = exc.errno in (errno.EACCES, errno.EPERM)
+        return "is not writable" if denied else f"refuses new folders ({exc.strerror})"
+    return ""
 
 
 def from_dict(data: dict[str, Any]) -> Config:

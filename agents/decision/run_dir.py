@@ -226,12 +226,18 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
 def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The run's dataset statistics (dataset_stats.json): env, reference scores, dataset returns, targets.
     RunDirError when `run_dir` is no run directory or the file lacks what evaluation reads."""
-    path = RunDir(run_dir).dataset_stats
+    root, path = Path(run_dir), RunDir(run_dir).dataset_stats
     if not path.is_file():
-        raise RunDirError(
-            f"{run_dir} is not a run directory: {path} is missing. Fix: pass a run directory written by "
-            "scripts/train_offline.py (<output_dir>/<name> of its config)"
+        if root.is_dir():
+            why = f"{path} is missing"
+        else:
+            why = "it is a file" if root.exists() else "it does not exist"
+        fix = (
+            f"the run directory it lies in, {root.parent}"  # e.g. the run's config.yaml was given
+            if RunDir(root.parent).dataset_stats.is_file()
+            else "a run directory written by scripts/train_offline.py (<output_dir>/<name> of its config)"
         )
+        raise RunDirError(f"{run_dir} is not a run directory: {why}. Fix: pass {fix}")
     try:
         info = json.loads(path.read_bytes())
         problem = _run_info_problem(info)
