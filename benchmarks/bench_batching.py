@@ -5,7 +5,8 @@ Every mode trains with the same config (the task's file over configs/base.yaml),
 `train.batch_steps`, one run at a time in this process (so their timings do not compete), and ends with
 the live evaluation of `agents.train`. The dataset is a `<task>-<recipe>` made like bench_quality's (the
 RL Zoo's behaviour policies by D4RL's recipes, cached in --work) or a D4RL-format file. Per run:
-- score: the final evaluation's D4RL-normalised score at the best target (as bench_quality);
+- score: the final evaluation's D4RL-normalised score at the best target (as bench_quality), every run
+  on the same evaluation episodes (bench_quality's eval.seed, whatever the mode or training seed);
 - training seconds (`train/seconds`: drawing batches, updates and state refreshes; no checkpoints or
   evaluations) and supervised steps per training second; the session's wall-clock (evaluations included);
 - for `stored`: just before each refresh, on a fixed probe batch (training windows drawn once), the mean
@@ -14,6 +15,10 @@ RL Zoo's behaviour policies by D4RL's recipes, cached in --work) or a D4RL-forma
 - equal wall-clock: per seed, T = the shortest training time of the modes; each mode's score at its last
   periodic evaluation (first target) reached within T of training. Evaluations are every --eval-every
   steps, so a mode is credited with the score of the last evaluation before T, never after it.
+At equal steps and at equal time, each mode's interquartile mean (IQM) over seeds with its 95%
+stratified-bootstrap interval, and against the training default (train.batching) the probability of
+improvement and a verdict that calls a difference only when the intervals say so (`benchmarks.stats`,
+rliable).
 
 Interrupted? Run the same command again: finished runs (recorded in <work>/finished.json) are skipped,
 an unfinished one resumes from its last checkpoint. A --work folder holds one study's settings; other
@@ -42,13 +47,14 @@ from tqdm import tqdm
 from agents import train
 from agents.common.cli import exits_2_on_user_errors
 from agents.decision.batching import BATCHINGS
-from agents.decision.config import ConfigError, load_config
+from agents.decision.config import ConfigError, TrainConfig, load_config
 from agents.decision.run_dir import read_metrics
 from agents.decision.training import batch_layout
 from envs import load_dataset
 from envs.files import write_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
+from benchmarks import stats  # noqa: E402
 from benchmarks.bench_quality import Settings as QualitySettings  # noqa: E402
 from benchmarks.bench_quality import make_dataset  # noqa: E402
 from benchmarks.common import (  # noqa: E402
@@ -69,14 +75,14 @@ class Settings:
     dataset: str = "hopper-medium"  # <task>-<recipe> (collected into --work) or a D4RL-format file
     transitions: int = 1_000_000  # size of a collected dataset
     modes: tuple[str, ...] = BATCHINGS
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     steps: int = 20_000
     warmup_steps: int = 2_000
     batch_steps: int = 1000  # supervised timesteps per batch, every mode: a multiple of the longest episode
     # (packed rows) and of K (windows) makes the batches equal (hopper-medium: 1 row of 1000 = 50 x K = 20)
     refresh_every: int = 1_000  # train.state_refresh_every of `stored`
     eval_every: int = 2_000  # periodic evaluations (and checkpoints): the equal-time comparison's points
-    eval_episodes: int = 10
+    eval_episodes: int = 20  # per target
     device: str = "cpu"
     threads: int = 0  # torch CPU threads per run; 0 = torch's default
 
@@ -147,6 +153,7 @@ def run_config(settings: Settings, mode: str, seed: int, data: Path, config: Pat
         "train.device": settings.device,
         "train.threads": settings.threads,
         "eval.episodes": settings.eval_episodes,
+        "eval.seed": QualitySettings.eval_seed,
     }
     return load_config(config, [f"{key}={value}" for key, value in overrides.items()])
 
@@ -196,7 +203,8 @@ def score_within(curve: list, seconds: float) -> float | None:
 
 
 def summarise(runs: list[dict], modes: tuple[str, ...]) -> dict[str, Any]:
-    """Per mode: means over seeds of the score, speed and (stored) staleness; and the equal-time scores."""
+    """Per mode: means over seeds of the speed and (stored) staleness; the equal-time scores; and the
+    scores compared at equal steps and at equal time."""
     table = {}
     for mode in modes:
         mine = [r for r in runs if r["mode"] == mode]
@@ -206,15 +214,8 @@ def summarise(runs: list[dict], modes: tuple[str, ...]) -> dict[str, Any]:
             "seeds": len(mine),
             **{
                 key: statistics.mean(r[key] for r in mine)
-                for key in (
-                    "score",
-                    "train_seconds",
-                    "supervised_steps_per_s",
-                    "supervised_steps_per_batch",
-                    "wall_s",
-                )
+                for key in ("train_seconds", "supervised_steps_per_s", "supervised_steps_per_batch", "wall_s")
             },
-            "score_std": statistics.stdev(r["score"] for r in mine) if len(mine) > 1 else 0.0,
         }
         stale = [s for r in mine for s in r["staleness"]]
         if stale:
@@ -223,7 +224,23 @@ def summarise(runs: list[dict], modes: tuple[str, ...]) -> dict[str, Any]:
             row["loss_stale_minus_fresh"] = statistics.mean(s["loss_stale"] - s["loss_fresh"] for s in stale)
             row["loss_fresh"] = statistics.mean(s["loss_fresh"] for s in stale)
         table[mode] = row
-    return {"by_mode": table, "equal_time": equal_time(runs)}
+    points = equal_time(runs)
+    return {"by_mode": table, "equal_time": points, "comparisons": compare_modes(runs, list(table), points)}
+
+
+def compare_modes(runs: list[dict], modes: list[str], points: list[dict]) -> dict[str, stats.Comparison]:
+    """The modes' scores over seeds at equal steps, and within T at equal time (the seeds where every
+    mode has an evaluation within T), against the training default (train.batching) where it was run,
+    else the first mode."""
+    if not modes:
+        return {}
+    baseline = TrainConfig.batching if TrainConfig.batching in modes else modes[0]
+    scores = {m: [[r["score"]] for r in runs if r["mode"] == m] for m in modes}
+    out = {"equal steps": stats.compare(scores, baseline)}
+    timed = [p["score"] for p in points if all(p["score"].get(m) is not None for m in modes)]
+    if timed:
+        out["equal time"] = stats.compare({m: [[score[m]] for score in timed] for m in modes}, baseline)
+    return out
 
 
 def equal_time(runs: list[dict]) -> list[dict]:
@@ -251,7 +268,9 @@ def plot(runs: list[dict], summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (by_step, by_time, stale) = plt.subplots(1, 3, figsize=(16, 4.2))
+    fig = plt.figure(figsize=(16, 8.4))
+    grid = fig.add_gridspec(2, 6)
+    by_step, by_time, stale = (fig.add_subplot(grid[0, 2 * i : 2 * i + 2]) for i in range(3))
     for i, mode in enumerate(summary["by_mode"]):
         for r in (r for r in runs if r["mode"] == mode):
             steps, seconds, scores = zip(*r["curve"], strict=True) if r["curve"] else ((), (), ())
@@ -281,6 +300,11 @@ def plot(runs: list[dict], summary: dict, path: Path) -> None:
     stale.grid(alpha=0.3)
     if stored:
         stale.legend(fontsize=8)
+    scores = fig.add_subplot(grid[1, :2])
+    stats.plot_iqm(scores, summary["comparisons"])
+    scores.set(ylabel="score (best target; at equal time: first target)")
+    scores.legend(fontsize=8)
+    stats.plot_poi(fig.add_subplot(grid[1, 3:]), summary["comparisons"])
     fig.tight_layout()
     write_png(fig, path)
     plt.close(fig)
@@ -295,7 +319,9 @@ def report(runs: list[dict], settings: Settings, out: Path, name: str, planned: 
         "complete": len(runs) == planned,
         "runs_done": len(runs),
         "runs_planned": planned,
+        "statistics": stats.describe(),
         **summary,
+        "comparisons": {label: c.to_json() for label, c in summary["comparisons"].items()},
         "runs": runs,
     }
     write_json(out / f"{name}.json", results)
@@ -369,22 +395,32 @@ def run(settings: Settings, out: Path, work: Path, name: str) -> dict:
 
 
 def print_table(results: dict) -> None:
-    """The per-mode means and the equal-time scores, on stdout."""
+    """Per mode: the score's IQM, probability of improvement and verdict against the baseline mode, and
+    the speed and staleness means; then the equal-time scores, on stdout."""
+    same = results["comparisons"]["equal steps"]
+    baseline = same["baseline"]
     print(
-        f"{'mode':8} {'score':>14} {'steps/batch':>11} {'steps/s':>9} {'train s':>9} {'readout gap':>12} "
-        f"{'dloss stale':>12}"
+        f"{'mode':8} {'score IQM [95% CI]':>20} {f'P(> {baseline})':>20} {'verdict':>20} {'steps/batch':>11} "
+        f"{'steps/s':>9} {'train s':>9} {'readout gap':>12} {'dloss stale':>12}"
     )
     for mode, row in results["by_mode"].items():
+        poi = f"{stats.Interval(**same['poi'][mode]):.2f}" if mode in same["poi"] else ""
         gap = f"{row['readout_gap']:12.3g}" if "readout_gap" in row else f"{'':12}"
         dloss = f"{row['loss_stale_minus_fresh']:12.3g}" if "readout_gap" in row else f"{'':12}"
         print(
-            f"{mode:8} {row['score']:7.1f} ± {row['score_std']:4.1f} {row['supervised_steps_per_batch']:11.0f} "
-            f"{row['supervised_steps_per_s']:9.0f} "
-            f"{row['train_seconds']:9.1f} {gap} {dloss}"
+            f"{mode:8} {format(stats.Interval(**same['iqm'][mode])):>20} {poi:>20} "
+            f"{same['verdict'].get(mode, 'baseline'):>20} {row['supervised_steps_per_batch']:11.0f} "
+            f"{row['supervised_steps_per_s']:9.0f} {row['train_seconds']:9.1f} {gap} {dloss}"
         )
     for point in results["equal_time"]:
         scores = ", ".join(f"{m} {s:.1f}" if s is not None else f"{m} -" for m, s in point["score"].items())
         print(f"seed {point['seed']}, equal time T = {point['seconds']:.1f} s: {scores}")
+    timed = results["comparisons"].get("equal time")
+    for mode, iqm in (timed["iqm"] if timed else {}).items():
+        line = f"at equal time, {mode}: IQM {stats.Interval(**iqm)}"
+        if mode in timed["poi"]:
+            line += f", P(> {baseline}) {stats.Interval(**timed['poi'][mode]):.2f}: {timed['verdict'][mode]}"
+        print(line)
 
 
 @exits_2_on_user_errors

@@ -265,24 +265,10 @@ def markdown(table: list[Row], overall: Row | None, settings: Settings, done: in
 
 def _plot_scores(ax, rows: list[Row]) -> None:
     """Each backbone's IQM per row with its interval, and each pair's dataset score."""
-    x = np.arange(len(rows))
-    for i, backbone in enumerate(BACKBONES):
-        iqm = [row.comparison.iqm[backbone] for row in rows]
-        ax.bar(
-            x + (i - 0.5) * 0.38,
-            [s.point for s in iqm],
-            0.38,
-            yerr=[[s.point - s.low for s in iqm], [s.high - s.point for s in iqm]],
-            capsize=3,
-            label=f"{backbone}-DT",
-        )
-    shown = [(i, row.dataset_score) for i, row in enumerate(rows) if row.dataset_score is not None]
+    x = stats.plot_iqm(ax, {row.label: row.comparison for row in rows})
+    shown = [(x[i], row.dataset_score) for i, row in enumerate(rows) if row.dataset_score is not None]
     ax.scatter(*zip(*shown, strict=True), color="k", marker="_", s=400, label="dataset mean", zorder=3)
-    ax.set_xticks(x, [row.label for row in rows])
-    ax.set(
-        ylabel="D4RL-normalised score",
-        title=f"final score (best target): IQM, {stats.CONFIDENCE:.0%} CI",
-    )
+    ax.set(ylabel="D4RL-normalised score", title=f"final score (best target): IQM, {stats.CONFIDENCE:.0%} CI")
     ax.legend(fontsize=8, loc="lower right")
 
 

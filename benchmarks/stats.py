@@ -204,6 +204,28 @@ def _global_seed(seed: int) -> Iterator[None]:
         np.random.set_state(state)
 
 
+def plot_iqm(ax, comparisons: Mapping[str, Comparison]) -> np.ndarray:
+    """Each method's IQM on `ax` as a bar with its interval, grouped by label (e.g. all tasks, then each
+    task); returns the groups' x positions."""
+    labels = list(comparisons)
+    methods = list(comparisons[labels[0]].iqm)
+    x = np.arange(len(labels))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        iqm = [comparisons[label].iqm[method] for label in labels]
+        ax.bar(
+            x + (i - (len(methods) - 1) / 2) * width,
+            [s.point for s in iqm],
+            width,
+            yerr=[[s.point - s.low for s in iqm], [s.high - s.point for s in iqm]],
+            capsize=3,
+            label=method,
+        )
+    ax.set_xticks(x, labels)
+    ax.set_title(f"IQM, {CONFIDENCE:.0%} CI")
+    return x
+
+
 #: Separates the two methods in rliable's probability-of-improvement pair names.
 PAIR = "|"
 

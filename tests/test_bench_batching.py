@@ -56,6 +56,7 @@ def test_study_reports_every_mode_and_resumes(tiny_dataset, tmp_path, monkeypatc
     assert (timed is not None) == all(s is not None for s in point["score"].values())
     out = capsys.readouterr().out
     assert "equal time T" in out and "score IQM [95% CI]" in out and f"{stats.FEW_RUNS}" in out
+    assert ("at equal time, stored: IQM" in out) == (timed is not None)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
@@ -77,6 +78,7 @@ def test_the_claims_study_is_refused_from_uncommitted_code(tmp_path, monkeypatch
     args = [
         "--transitions", str(claim.transitions),
         "--modes", *claim.modes,
+        "--seeds", *map(str, claim.seeds),
         "--steps", str(claim.steps),
         "--warmup-steps", str(claim.warmup_steps),
         "--eval-every", str(claim.eval_every),
