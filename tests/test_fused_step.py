@@ -149,15 +149,15 @@ def test_a_failed_agent_build_warns_and_the_agent_acts_around_the_backbones_fuse
     load = cpp_extension.load
 
     def agent_fails(name, *args, **kwargs):
-        if name == "aaren_rl_fused_agent":
-            raise RuntimeError("Error building extension 'aaren_rl_fused_agent'")
+        if name == agent_module.FUSED_NAME:
+            raise RuntimeError(f"Error building extension '{name}'")
         return load(name, *args, **kwargs)
 
     monkeypatch.setattr(cpp_extension, "load", agent_fails)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # nothing built there: the load is tried
     agent_module._build_fused_agent.cache_clear()
     try:
-        with pytest.warns(RuntimeWarning, match="aaren_rl_fused_agent could not be built"):
+        with pytest.warns(RuntimeWarning, match=f"{agent_module.FUSED_NAME} could not be built"):
             agent = DecisionAgent(make_model("aaren", torch.float32), TARGET)
         assert agent._folded.fused is None and fused.fused_module() is built
         actions, _ = agent.act(np.zeros((2, 5)))

@@ -60,6 +60,7 @@ TARGET_RETURN_FIX = (
 #: The agent's fused step: bookkeeping, embedding, the backbone's fused step (`aaren_rl/ops/fused.h`)
 #: and the action head in one C++ call.
 FUSED_SOURCE = Path(__file__).with_name("fused_agent.cpp")
+FUSED_NAME = "aaren_rl_fused_agent"
 
 
 def fused_agent_module() -> ModuleType | None:
@@ -70,7 +71,7 @@ def fused_agent_module() -> ModuleType | None:
 
 @functools.cache
 def _build_fused_agent() -> ModuleType | None:
-    return fused.build("aaren_rl_fused_agent", [FUSED_SOURCE], "the decision agent's step runs in Python")
+    return fused.build(FUSED_NAME, [FUSED_SOURCE], "the decision agent's step runs in Python")
 
 
 def target_return_problem(value: float) -> str | None:
