@@ -41,6 +41,10 @@ REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 STATE_STD_FLOOR = 1e-6
 _COLLECT_HINT = "make one with `python scripts/collect_dataset.py <task>-<recipe>-v2` (see --help)"
 _CHUNK = 1 << 16  # rows per chunk for memory-bounded passes over large arrays
+#: Values farther than this many stds from their column's mean are its extreme values (`check_state_scales`).
+EXTREME_Z = 3.0
+#: How many times the std of a column's other values its std may be before `check_state_scales` warns.
+MAX_SQUEEZE = 10.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -424,6 +428,46 @@ def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), np.maximum(std, STATE_STD_FLOOR).astype(np.float32)
 
 
+def check_state_scales(dataset: OfflineDataset, stacklevel: int = 2) -> None:
+    """Warn about observation columns whose std (what states are normalised by) is mostly a few extreme
+    values, such as one corrupt 1e30: it is then over MAX_SQUEEZE times the std of the column's other
+    values, so normalising squeezes those towards one value and a model can barely tell them apart.
+
+    A warning rather than an error: a rare large value can be real (an impact, a reset) and no threshold
+    tells it from a corrupt one, while every loader of data (training, collection checks, SB3 users)
+    passes here. The warning names the column, its most extreme value and that value's row, so the data
+    can be checked before a long run.
+    """
+    x = dataset.observations[: int(dataset.episode_ends[-1])]
+    mean, std = dataset.state_mean, dataset.state_std
+    reach = EXTREME_Z * std
+    count, total, sq = np.zeros(len(mean)), np.zeros(len(mean)), np.zeros(len(mean))
+    for i in range(0, len(x), _CHUNK):  # the other values' mean, then their std around it (sums in float64)
+        chunk = x[i : i + _CHUNK]
+        others = np.abs(chunk - mean) <= reach
+        count += others.sum(0)
+        total += np.where(others, chunk, 0).sum(0, dtype=np.float64)
+    others_mean = (total / np.maximum(count, 1)).astype(np.float32)
+    for i in range(0, len(x), _CHUNK):
+        chunk = x[i : i + _CHUNK]
+        deviation = np.where(np.abs(chunk - mean) <= reach, chunk - others_mean, 0)
+        sq += np.square(deviation, dtype=np.float64).sum(0)
+    others_std = np.sqrt(sq / np.maximum(count, 1))
+    squeezed = np.flatnonzero((others_std > STATE_STD_FLOOR) & (std > MAX_SQUEEZE * others_std))
+    if squeezed.size:
+        j = int(squeezed[0])
+        row = int(np.abs(x[:, j] - mean[j]).argmax())
+        also = f" (and columns {squeezed[1:].tolist()})" if squeezed.size > 1 else ""
+        warnings.warn(
+            f"{dataset.source}: observation column {j}{also} has std {std[j]:.3g}, "
+            f"{std[j] / others_std[j]:.3g} times the std of its values within {EXTREME_Z:g} stds of its mean, "
+            f"because of extreme values such as {x[row, j]:.3g} at row {row}: normalising states by it "
+            "squeezes the column's other values together. Fix: check those rows, and repair them or drop "
+            "their episodes before loading if they are not real",
+            stacklevel=stacklevel,
+        )
+
+
 # --------------------------------------------------------------------------------------------------
 # Loading
 
@@ -467,6 +511,7 @@ def load_dataset(
     dataset = OfflineDataset(**arrays, metadata=metadata, source=label)
     if env is not None:
         _check_env_fit(dataset, env)
+    check_state_scales(dataset, stacklevel=3)
     return dataset
 
 

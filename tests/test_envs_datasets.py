@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import importlib.util
+import re
 import warnings
 from pathlib import Path
 
@@ -227,6 +228,46 @@ def test_state_mean_std_over_episode_rows_with_floor(tmp_path):
     np.testing.assert_allclose(ds.state_mean, used.mean(0), rtol=1e-5)
     np.testing.assert_allclose(ds.state_std[:2], used.std(0)[:2], rtol=1e-5)
     assert ds.state_std[2] == pytest.approx(1e-6)
+
+
+def whole_episodes(n: int = 200) -> dict[str, np.ndarray]:
+    """`make_arrays` with every row in a complete episode."""
+    a = make_arrays(n)
+    a["timeouts"][-1] = True
+    return a
+
+
+def test_an_extreme_observation_is_warned_about():
+    """One corrupt value makes a column's std; normalising by it would squeeze its other values to one."""
+    a = whole_episodes()
+    a["observations"][37, 2] = 1e30
+    with pytest.warns(UserWarning) as warned:
+        ds = load_dataset(a)
+    (warning,) = warned
+    assert re.fullmatch(
+        r"<dict>: observation column 2 has std 7\.\d+e\+28, 7\.\d+e\+28 times the std of its values within 3 "
+        r"stds of its mean, because of extreme values such as 1e\+30 at row 37: normalising states by it "
+        r"squeezes the column's other values together\. Fix: check those rows, .*",
+        str(warning.message),
+    )
+    assert warning.filename == __file__  # it points at the caller of load_dataset
+    assert ds.state_std[2] > 1e28  # loaded all the same: a warning, not an error
+
+
+@pytest.mark.parametrize("column", ["heavy tails", "rare spikes on a constant", "large values", "constant"])
+def test_observations_without_extreme_values_load_silently(column):
+    a = whole_episodes()
+    rng = np.random.default_rng(1)
+    values = {
+        "heavy tails": rng.standard_t(3, size=200),
+        "rare spikes on a constant": np.where(np.arange(200) % 70 == 3, 30.0, 0.0),
+        "large values": 1e6 + rng.normal(size=200),
+        "constant": np.full(200, 5.0),
+    }[column]
+    a["observations"][:, 1] = values
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset(a)
 
 
 def test_save_is_deterministic_and_atomic(tmp_path, monkeypatch):

@@ -205,7 +205,8 @@ def test_a_checkpoint_with_weights_that_are_not_finite_is_refused(tmp_path):
     run.save_checkpoint(model, 1, {})  # digests and all: only the values are wrong
     with pytest.raises(
         CheckpointError,
-        match=r"step_0000001/model.safetensors holds NaN or infinite values in \['predict_action.bias', 'state_std'\]",
+        match=r"step_0000001/model.safetensors holds NaN or infinite values in "
+        r"\['predict_action.bias', 'state_std'\]",
     ):
         load_model(run.latest_checkpoint())
 

@@ -221,9 +221,10 @@ def load_model(checkpoint: Source, device: str | torch.device = "cpu") -> tuple[
         )
     nonfinite = nonfinite_entries(weights)
     if nonfinite:
+        more = " ..." if len(nonfinite) > 4 else ""
         raise CheckpointError(
-            f"{weights_path} holds NaN or infinite values in {nonfinite[:4]}{' ...' if len(nonfinite) > 4 else ''}: "
-            "a model with them predicts nothing usable",
+            f"{weights_path} holds NaN or infinite values in {nonfinite[:4]}{more}: a model with them predicts "
+            "nothing usable",
             USE_ANOTHER,
         )
     model.load_state_dict(weights)
