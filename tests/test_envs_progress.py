@@ -81,3 +81,15 @@ def test_collection_logs_whole_lines(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "\r" not in err
     assert err.splitlines()[-1].startswith("Hopper-v5 random: 100%") and "50/50" in err.splitlines()[-1]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_ppo_training_logs_whole_lines(tmp_path, capsys) -> None:
+    """A call site in agents: AarenPPO's run, whose SB3 rich bar would stay silent in a log until the end."""
+    from agents.ppo.train import PPORun, train_ppo
+
+    train_ppo(PPORun.of_task("RememberCue", steps=256, eval_episodes=1), tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("AarenPPO:")]
+    assert lines[0].startswith("AarenPPO:   0%") and "256/256" in lines[-1]

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.common.overrides import ConfigError, convert_value, parse_override_value
 from agents.ppo.algorithm import AarenPPO
@@ -36,6 +37,7 @@ from agents.ppo.tasks import (
     task_named,
 )
 from envs.files import atomic_path, torch_threads, write_atomic
+from envs.progress import progress_bar
 
 #: Arguments the run sets itself, so not options to override.
 _SET_BY_RUN = {
@@ -146,6 +148,22 @@ def _build(run: PPORun, run_dir: Path) -> AarenPPO:
         ) from exc
 
 
+class ProgressBar(BaseCallback):
+    """SB3's progress bar through `envs.progress.progress_bar`: tqdm's on a terminal, plain lines
+    every half minute in a log (SB3's own rich bar writes nothing there until the run ends)."""
+
+    def _on_training_start(self) -> None:
+        total = self.locals["total_timesteps"] - self.model.num_timesteps
+        self.bar = progress_bar(total=total, unit="step", desc="AarenPPO")
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.training_env.num_envs)
+        return True
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
 def train_ppo(run: PPORun, run_dir: str | Path, progress: bool = True, threads: int = 1) -> Path:
     """Train `run` into `run_dir` (see the module docstring) and return the directory. model.zip is
     written last, so a directory holding it holds a finished run."""
@@ -159,7 +177,8 @@ def train_ppo(run: PPORun, run_dir: str | Path, progress: bool = True, threads: 
         model = _build(run, run_dir)
         monitor = RunMonitor()
         start = time.perf_counter()
-        model.learn(run.steps, callback=monitor, progress_bar=progress, tb_log_name="AarenPPO")
+        callback = [monitor, ProgressBar()] if progress else monitor
+        model.learn(run.steps, callback=callback, tb_log_name="AarenPPO")
         wall = time.perf_counter() - start
         model.env.close()
         export_policy(model, run_dir / "policy.zip")
