@@ -93,3 +93,17 @@ def test_ppo_training_logs_whole_lines(tmp_path, capsys) -> None:
     assert "\r" not in err
     lines = [line for line in err.splitlines() if line.startswith("AarenPPO:")]
     assert lines[0].startswith("AarenPPO:   0%") and "256/256" in lines[-1]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_offline_training_logs_whole_lines(tmp_path, capsys, tiny_dataset) -> None:
+    """Call sites in agents: training's bar with the evaluation bars nested in it."""
+    from test_scripts_errors import tiny_overrides
+
+    from agents import load_config, train
+    from agents.common.shipped import find_config
+
+    train(load_config(find_config("quickstart"), tiny_overrides(tiny_dataset, tmp_path, "r")))
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    assert [line for line in err.splitlines() if line.startswith("train r: 100%")]

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from agents.decision.agent import DecisionAgent
 from agents.decision.batching import PrefixStates, StoredStates, scanning, state_gap
@@ -79,6 +79,7 @@ from agents.decision.run_dir import MetricsLog, RunDir, read_metrics
 from envs import DatasetError, OfflineDataset, load_dataset, make_env, normalized_score
 from envs.datasets import PackedBatch, PackedSampler, SequenceBatch
 from envs.files import torch_threads, write_atomic
+from envs.progress import progress_bar
 
 
 class DivergedError(FloatingPointError):
@@ -395,7 +396,7 @@ def train_steps(
     t, dist = cfg.train, trainer.dist
     evaluate = PeriodicEval(cfg, data, dist, metrics, progress)
     trainer.model.train()
-    bar = tqdm(
+    bar = progress_bar(
         total=t.steps, initial=trainer.step, disable=not progress, unit="step", desc=f"train {cfg.run_name}"
     )
     losses = LossLog(metrics, dist, bar, trainer.seconds)
