@@ -1,11 +1,13 @@
 """Sweeps on a local Ray instance (2 CPUs, started once for the module): a tiny 4-trial grid completes,
 a killed worker is a retry, a failing trial is recorded, re-running trains nothing, an interrupted
-driver picks up where it stopped, and a bad grid is refused before Ray runs anything."""
+driver records its trials in flight as interrupted and picks up where it stopped, Ray's own output
+stays out of the terminal, and a bad grid is refused before Ray runs anything."""
 
 import importlib.util
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -206,11 +208,79 @@ def test_interrupted_driver_resumes_to_the_same_results(finished, tiny_dataset, 
     with pytest.raises(KeyboardInterrupt):
         engine.run_sweep(sweep, tmp_path, max_concurrent=1, progress=False, trial_fn=trial_fn)
     partial = json.loads((tmp_path / "sweep.json").read_text())
-    assert (partial["finished"], partial["pending"]) == (1, 3)
-    assert RunDir(tmp_path / "runs" / "backbone=aaren_seed=1").checkpoint_folders()  # stopped mid-run
+    assert (partial["finished"], partial["interrupted"], partial["pending"]) == (1, 1, 2)
+    stopped = next(r for r in partial["trials"] if r["name"] == "backbone=aaren_seed=1")
+    assert (stopped["status"], stopped["attempts"]) == ("interrupted", 1) and stopped["wall_s"] > 0
+    assert RunDir(stopped["run_dir"]).checkpoint_folders()  # stopped mid-run
     records = engine.run_sweep(engine.load_sweep(tmp_path / "sweep.yaml", tmp_path), tmp_path, progress=False)
     assert [r["status"] for r in records] == ["finished"] * 4
     assert evaluations(records) == evaluations(baseline)
+
+
+def interrupting_at_the_curve(driver_pid: int):
+    """A trial function that sends the driver a Ctrl-C once its run's final evaluation report is written,
+    as the learning curve is drawn, then keeps going until the driver stops it."""
+
+    def trial_fn(trial: engine.Trial) -> None:
+        import matplotlib.figure
+
+        save = matplotlib.figure.Figure.savefig
+
+        def interrupt_then_save(self, fname, *args, **kwargs):
+            if Path(fname) == RunDir(trial.run_dir).curve:
+                os.kill(driver_pid, signal.SIGINT)
+                time.sleep(60)
+            return save(self, fname, *args, **kwargs)
+
+        matplotlib.figure.Figure.savefig = interrupt_then_save
+        engine.run_trial(trial)
+
+    return trial_fn
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")
+def test_a_trial_stopped_after_its_report_is_interrupted_not_finished(finished, tiny_dataset, tmp_path):
+    _, baseline = finished
+    grid = {"data.dataset": [str(tiny_dataset)], "model.backbone": ["aaren"], "train.seed": [0]}
+    sweep = engine.load_sweep(write_sweep(tmp_path, tiny_dataset, grid), tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run_sweep(sweep, tmp_path, progress=False, trial_fn=interrupting_at_the_curve(os.getpid()))
+    (record,) = json.loads((tmp_path / "sweep.json").read_text())["trials"]
+    run = RunDir(record["run_dir"])
+    assert (run.eval / "eval.json").is_file() and not run.curve.exists()  # stopped between the two
+    assert (record["status"], record["attempts"], record["evaluation"]) == ("interrupted", 1, None)
+    assert record["wall_s"] > 0
+    (again,) = engine.run_sweep(
+        engine.load_sweep(tmp_path / "sweep.yaml", tmp_path), tmp_path, progress=False
+    )
+    assert (again["status"], again["attempts"]) == ("finished", 2) and run.curve.is_file()
+    assert again["evaluation"] == evaluations(baseline)["backbone=aaren_seed=0"]
+
+
+def test_ray_output_goes_to_a_log_and_failures_to_the_terminal(tmp_path):
+    """As a user runs a sweep (its own Ray instance): Ray's warnings and the raylet's tracebacks of failed
+    attempts land in ray.log, not between the sweep's lines; the failed trial is named at the end."""
+    missing = tmp_path / "missing.hdf5"
+    path = write_sweep(tmp_path, missing, {"data.dataset": [str(missing)], "train.seed": [0]})
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "scripts/sweep.py", "--config", str(path), "--out", str(out), "--no-progress"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.startswith("| data.dataset | seeds done |"), done.stdout
+    assert "(raylet)" not in done.stdout + done.stderr and "WARNING" not in done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"failed: dataset=missing_seed=0 after 2 attempts: ConfigError: data.dataset = '{missing}' cannot be "
+        f"loaded: {missing}: dataset file not found. Fix: check the path, or make one with `python "
+        "scripts/collect_dataset.py <task>-<recipe>-v2` (see --help).",
+        f"Ray's own messages: {out / 'ray.log'}",
+    ]
+    assert (out / "ray.log").is_file()
 
 
 def test_bad_grid_key_is_refused_before_ray_runs_anything(tiny_dataset, tmp_path, monkeypatch, capsys):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agents.common.cli import USER_ERROR_STATUS, ArgumentParser, exits_2_on_user_errors
 from agents.common.shipped import SWEEPS, find_config
-from agents.decision.sweep import load_sweep, print_failures, run_sweep
+from agents.decision.sweep import RAY_LOG, load_sweep, print_failures, run_sweep
 
 EPILOG = """
 examples:
@@ -19,8 +19,8 @@ examples:
 
 Each trial trains and evaluates in its own run directory, DIR/runs/<name>; DIR gets sweep.json (every
 trial: overrides, status, attempts, final evaluation, wall time), sweep.md (mean ± std over seeds per
-group) and sweep.png. Interrupted (Ctrl-C, a lost machine)? Run the same command again: finished trials
-are kept, unfinished ones resume from their last checkpoint. On a cluster DIR must be on a filesystem
+group), sweep.png, and ray.log (Ray's own messages). Interrupted (Ctrl-C, a lost machine)? Run the same
+command again: finished trials are kept, unfinished ones resume from their last checkpoint. On a cluster DIR must be on a filesystem
 shared by the driver and every node, and every node needs aaren-rl with its ray extra installed. A cluster with
 Ray's token authentication (the default of new Ray clusters) also needs its token on the driver and,
 for ray://, RAY_AUTH_MODE=token (Ray's token-auth docs).
@@ -68,4 +68,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"\ninterrupted: run the same command again to continue (report so far: {out / 'sweep.md'})")
         return 130
     print((out / "sweep.md").read_text())
-    return 1 if print_failures(records) else 0
+    return 1 if print_failures(records, out / RAY_LOG) else 0

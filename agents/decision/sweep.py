@@ -14,10 +14,15 @@ one trial needs:
     retries: 2                          # a failing or killed trial runs at most 1 + retries times
 
 A trial is `agents.train` plus its final evaluation, in the run directory <out>/runs/<name>, the name
-spelled from the grid point (`backbone=aaren_seed=0`). The same sweep finds its runs again: a run
-with a final evaluation (eval/eval.json) is finished and skipped, one with a config.yaml resumes from
-its last checkpoint, and a failed one is tried again. Every trial's config is validated, and checked
-against the run it would continue, before Ray starts.
+spelled from the grid point (`backbone=aaren_seed=0`). The same sweep finds its runs again: a trial
+whose training returned, after its final evaluation (eval/eval.json), is finished and skipped; one
+with a config.yaml resumes from its last checkpoint, and a failed or interrupted one is tried again.
+Every trial's config is validated, and checked against the run it would continue, before Ray starts.
+Ctrl-C stops the trials in flight: each is recorded as interrupted, with the time it ran.
+
+Ray's own output in the driver (its warnings, such as the one about token authentication, and the
+raylet's reports of each failed attempt) goes to <out>/ray.log, not between the sweep's lines; a
+trial's failure is recorded in sweep.json and printed when the sweep ends.
 
 Ray tasks rather than Ray Tune: a trial is one call with nothing to schedule on between its start and
 its end, the run directory already checkpoints and resumes, and a task's own retries (max_retries
@@ -31,6 +36,7 @@ every node needs this package installed with the `ray` extra. Ray is imported on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import itertools
@@ -41,7 +47,7 @@ import statistics
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +67,10 @@ from envs.progress import progress_bar
 SEED_AXIS = "train.seed"
 #: The sweep's bookkeeping in each run directory: attempts, seconds spent, the last failure.
 TRIAL_STATE = "sweep_trial.json"
+#: Where Ray's own output in the driver goes, in the sweep's output folder.
+RAY_LOG = "ray.log"
+#: What sweep.json calls a trial: see `trial_record`.
+STATUSES = ("finished", "failed", "interrupted", "pending")
 #: Keys the sweep sets itself (runs go to <out>/runs/<trial name>).
 RESERVED_KEYS = ("name", "output_dir")
 #: Keys that may differ from the run being resumed: where and how fast it runs, not what it computes.
@@ -301,10 +311,13 @@ def _check_same_run(trial: Trial, settings: dict[str, Any]) -> None:
 
 
 def read_state(run: RunDir) -> dict[str, Any]:
-    """The sweep's bookkeeping of a run: attempts, seconds spent on them, the last failure (or None)."""
+    """The sweep's bookkeeping of a run: attempts, seconds spent on them, the last failure (or None),
+    whether training returned (finished), when the attempt under way began (started, Unix time; None
+    between attempts) and whether the sweep stopped the last one part-way (interrupted)."""
     path = run.root / TRIAL_STATE
     state = json.loads(path.read_text()) if path.is_file() else {}
-    return {"attempts": 0, "seconds": 0.0, "error": None, **state}
+    defaults = {"attempts": 0, "seconds": 0.0, "error": None, "finished": False, "started": None}
+    return {**defaults, "interrupted": False, **state}
 
 
 def write_state(run: RunDir, state: dict[str, Any]) -> None:
@@ -312,8 +325,9 @@ def write_state(run: RunDir, state: dict[str, Any]) -> None:
 
 
 def is_finished(run: RunDir) -> bool:
-    """A run is finished once its final evaluation report exists."""
-    return (run.eval / "eval.json").is_file()
+    """A run is finished once its training returned, its final evaluation report written: a report alone
+    may be that of an attempt stopped before its end (its learning curve not drawn)."""
+    return read_state(run)["finished"] and (run.eval / "eval.json").is_file()
 
 
 def run_trial(trial: Trial) -> None:
@@ -321,25 +335,40 @@ def run_trial(trial: Trial) -> None:
     from agents.decision.training import train
 
     run = RunDir(trial.run_dir)
+    if is_finished(run):
+        return
     state = read_state(run)
-    state.update(attempts=state["attempts"] + 1, error=None)
+    state.update(attempts=state["attempts"] + 1, error=None, interrupted=False, started=time.time())
     write_state(run, state)
     start = time.perf_counter()
     try:
-        if is_finished(run):
-            return
         if run.config.is_file():
             train(resume=run.root, progress=False)
         else:
             train(from_dict(trial.settings), progress=False)
+        state["finished"] = True
     finally:
-        state["seconds"] += time.perf_counter() - start
+        state.update(seconds=state["seconds"] + time.perf_counter() - start, started=None)
         write_state(run, state)
 
 
+def mark_interrupted(run: RunDir, attempts_before: int) -> None:
+    """Record that the sweep stopped the run's attempt part-way (unless it had finished, or it had not
+    begun since the sweep saw `attempts_before`); a worker killed before its own bookkeeping leaves
+    `started` set, and its seconds are counted up to now."""
+    state = read_state(run)
+    if state["finished"] or (state["started"] is None and state["attempts"] == attempts_before):
+        return
+    if state["started"] is not None:
+        state["seconds"] += max(0.0, time.time() - state["started"])
+    state.update(started=None, interrupted=True)
+    write_state(run, state)
+
+
 def trial_record(trial: Trial) -> dict[str, Any]:
-    """What sweep.json says of a trial, read from its run directory: status finished (final evaluation
-    present), failed (its last attempts raised or died) or pending (not run yet, or interrupted)."""
+    """What sweep.json says of a trial, read from its run directory: status finished (`is_finished`),
+    failed (its last attempts raised or died), interrupted (stopped part-way by the sweep) or pending
+    (not run yet)."""
     run = RunDir(trial.run_dir)
     state = read_state(run)
     evaluation = None
@@ -350,13 +379,21 @@ def trial_record(trial: Trial) -> dict[str, Any]:
         "name": trial.name,
         "point": trial.point,
         "overrides": trial.overrides,
-        "status": "finished" if evaluation is not None else "failed" if state["error"] else "pending",
+        "status": _status(state, evaluation is not None),
         "attempts": state["attempts"],
         "wall_s": round(state["seconds"], 3),
         "evaluation": evaluation,
         "error": None if evaluation is not None else state["error"],
         "run_dir": str(run.root),
     }
+
+
+def _status(state: dict[str, Any], finished: bool) -> str:
+    if finished:
+        return "finished"
+    if state["error"]:
+        return "failed"
+    return "interrupted" if state["interrupted"] else "pending"
 
 
 # ---- running trials on Ray ---------------------------------------------------------------------------
@@ -397,6 +434,28 @@ def connect(address: str | None, resources: Resources) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def ray_output_to(log: Path | None) -> Iterator[None]:
+    """For the block, Ray's own output in this process is appended to `log` (when given): its log records
+    (such as its token-authentication warning) and what its raylet reports on stdout (each failed
+    attempt's traceback), which would land between the sweep's own lines. The sweep's progress bar and
+    errors are untouched (stderr), and each trial's failure is kept in its record."""
+    if log is None:
+        yield
+        return
+    logger = logging.getLogger("ray")
+    saved = logger.handlers[:], logger.propagate
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as stream, contextlib.redirect_stdout(stream):
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.handlers[:], logger.propagate = [handler], False
+        try:
+            yield
+        finally:
+            logger.handlers[:], logger.propagate = saved
+
+
 def run_trials(
     trials: list[Trial],
     resources: Resources = Resources(),
@@ -407,11 +466,13 @@ def run_trials(
     progress: bool = True,
     trial_fn: Callable[[Trial], None] = run_trial,
     on_result: Callable[[list[dict[str, Any]]], None] | None = None,
+    log: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run the unfinished trials as Ray tasks (each attempted at most 1 + retries times) and return
     one record per trial, in order. `on_result` gets all records once the trials are checked and
-    again after each trial ends. Ctrl-C stops the trials in flight (they resume next time) and
-    disconnects. Ray starts only if some trial is unfinished."""
+    again after each trial ends. Ctrl-C stops the trials in flight (recorded as interrupted; they
+    resume next time) and disconnects. Ray starts only if some trial is unfinished; its own output
+    goes to `log` if given (`ray_output_to`)."""
     check_trials(trials, resources)
     records = {trial.name: trial_record(trial) for trial in trials}
     if on_result is not None:
@@ -420,34 +481,41 @@ def run_trials(
     if not todo:
         return list(records.values())
     ray = _import_ray()
-    owned = connect(address, resources)
-    task = ray.remote(trial_fn).options(
-        num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=retries, retry_exceptions=True
-    )
-    bar = progress_bar(
-        total=len(trials), initial=len(trials) - len(todo), unit="trial", desc="sweep", disable=not progress
-    )
-    in_flight: dict[Any, Trial] = {}
-    try:
-        while todo or in_flight:
-            while todo and len(in_flight) < (max_concurrent or len(trials)):
-                trial = todo.popleft()
-                in_flight[task.remote(trial)] = trial
-            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)  # wakes up for Ctrl-C
-            for ref in done:
-                trial = in_flight.pop(ref)
-                _record_failure(ray, ref, trial)
-                records[trial.name] = trial_record(trial)
-                bar.set_postfix(failed=sum(r["status"] == "failed" for r in records.values()), refresh=False)
-                bar.update(1)
-                if on_result is not None:
-                    on_result(list(records.values()))
-    finally:
-        bar.close()
-        stopped = list(in_flight)
-        _stop(ray, stopped, owned)
-        if stopped and on_result is not None:  # interrupted: report the stopped trials' attempts too
-            on_result([trial_record(trial) for trial in trials])
+    with ray_output_to(log):
+        owned = connect(address, resources)
+        task = ray.remote(trial_fn).options(
+            num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=retries, retry_exceptions=True
+        )
+        bar = progress_bar(
+            total=len(trials),
+            initial=len(trials) - len(todo),
+            unit="trial",
+            desc="sweep",
+            disable=not progress,
+        )
+        in_flight: dict[Any, Trial] = {}
+        try:
+            while todo or in_flight:
+                while todo and len(in_flight) < (max_concurrent or len(trials)):
+                    trial = todo.popleft()
+                    in_flight[task.remote(trial)] = trial
+                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)  # wakes up for Ctrl-C
+                for ref in done:
+                    trial = in_flight.pop(ref)
+                    _record_failure(ray, ref, trial)
+                    records[trial.name] = trial_record(trial)
+                    failed = sum(r["status"] == "failed" for r in records.values())
+                    bar.set_postfix(failed=failed, refresh=False)
+                    bar.update(1)
+                    if on_result is not None:
+                        on_result(list(records.values()))
+        finally:
+            bar.close()
+            _stop(ray, list(in_flight), owned)
+            for trial in in_flight.values():
+                mark_interrupted(RunDir(trial.run_dir), records[trial.name]["attempts"])
+            if in_flight and on_result is not None:  # report the stopped trials too
+                on_result([trial_record(trial) for trial in trials])
     return list(records.values())
 
 
@@ -526,13 +594,13 @@ def markdown(sweep: Sweep, rows: list[dict[str, Any]], records: list[dict[str, A
         labels = [row["point"][axis] for axis in axes]
         done = f"{row['finished']}/{row['trials']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
         lines.append("| " + " | ".join([*labels, done, _cell(row["score"]), _cell(row["return"])]) + " |")
-    finished = sum(r["status"] == "finished" for r in records)
-    failed = sum(r["status"] == "failed" for r in records)
+    count = {status: sum(r["status"] == status for r in records) for status in STATUSES}
+    interrupted = f", {count['interrupted']} interrupted" if count["interrupted"] else ""
     lines += [
         "",
-        f"Sweep {sweep.path.name}: {finished} of {len(records)} trials finished, {failed} failed (see "
-        f"sweep.json). Each trial's best evaluation target, mean ± std over {SEED_AXIS}; scores are "
-        "D4RL-normalised.",
+        f"Sweep {sweep.path.name}: {count['finished']} of {len(records)} trials finished, {count['failed']} "
+        f"failed{interrupted} (see sweep.json). Each trial's best evaluation target, mean ± std over "
+        f"{SEED_AXIS}; scores are D4RL-normalised.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -559,14 +627,17 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def print_failures(records: list[dict[str, Any]]) -> int:
-    """Name each failed trial, its attempts and its error on stderr; returns how many failed."""
+def print_failures(records: list[dict[str, Any]], log: Path | None = None) -> int:
+    """Name each failed trial, its attempts and its error on stderr, and where Ray's own messages are
+    (`log`, if given and written); returns how many failed."""
     failed = [r for r in records if r["status"] == "failed"]
     for record in failed:
         print(
             f"failed: {record['name']} after {record['attempts']} attempts: {record['error']}",
             file=sys.stderr,
         )
+    if failed and log is not None and log.is_file():
+        print(f"Ray's own messages: {log}", file=sys.stderr)
     return len(failed)
 
 
@@ -581,9 +652,7 @@ def write_report(sweep: Sweep, records: list[dict[str, Any]], out: Path) -> None
         "resources": dataclasses.asdict(sweep.resources),
         "retries": sweep.retries,
     }
-    statuses = {
-        status: sum(r["status"] == status for r in records) for status in ("finished", "failed", "pending")
-    }
+    statuses = {status: sum(r["status"] == status for r in records) for status in STATUSES}
     report = {"sweep": settings, **statuses, "trials": records, "groups": rows}
     write_atomic(out / "sweep.json", json.dumps(report, indent=2))
     write_atomic(out / "sweep.md", markdown(sweep, rows, records))
@@ -611,4 +680,5 @@ def run_sweep(
         progress=progress,
         trial_fn=trial_fn,
         on_result=lambda records: write_report(sweep, records, out),
+        log=out / RAY_LOG,
     )
