@@ -16,7 +16,7 @@
    median of `rollout_reps` rounds of alternating runs, and the ratio to the ceiling as the median of
    each round's own ratio.
 3. Training throughput at equal `train.batch_steps`, batches drawn as training draws them
-   (`agents.decision.training.batch_layout`, `sample_batch`): Aaren-DT on rows packed with whole episodes (with
+   (`agents.decision.batching.make_batcher`): Aaren-DT on rows packed with whole episodes (with
    `resets`) against Transformer-DT on K = 20 windows, at the reference width, on two synthetic
    datasets (`TRAIN_DATASETS`: hopper-medium-like lengths and widely mixed ones), in `train_rounds`
    rounds of the two cases alternating (the ratio: the median round's). Per case: real
@@ -47,10 +47,10 @@ import torch
 
 from agents import load_config
 from agents.decision.agent import DecisionAgent
+from agents.decision.batching import batch_layout, make_batcher
 from agents.decision.config import Config
 from agents.decision.distributed import DistContext
-from agents.decision.model import DecisionModel, DecisionModelConfig
-from agents.decision.training import action_loss, batch_layout, packed_sampler, sample_batch
+from agents.decision.model import DecisionModel, DecisionModelConfig, action_loss
 from envs import OfflineDataset, VecRollout, load_dataset, make_vec_env
 from envs.files import torch_threads
 
@@ -298,14 +298,9 @@ def _train_case(backbone: str, dataset_name: str, settings: Settings, device: st
     peak memory is its own."""
     dataset = synthetic_dataset(dataset_name, settings.train_transitions)
     cfg = _train_config(backbone, dataset_name, settings)
-    dist, rng, packer = (
-        DistContext(device=torch.device(device)),
-        np.random.default_rng(0),
-        packed_sampler(cfg, dataset),
-    )
-    batches = [
-        sample_batch(cfg, dataset, rng, dist.device, dist, packer) for _ in range(settings.train_reps + 1)
-    ]
+    batcher = make_batcher(cfg, dataset, DistContext(device=torch.device(device)))
+    rng = np.random.default_rng(0)
+    batches = [batcher.sample(rng) for _ in range(settings.train_reps + 1)]
     _reset_peak_rss()  # a spawned process starts with its parent's high-water mark
     baseline = _peak_rss()
     torch.manual_seed(0)
@@ -354,13 +349,8 @@ def padding_fractions(dataset: OfflineDataset, settings: Settings) -> dict[str, 
     fractions = {"aaren_whole_episodes_padded": float(padded)}
     for backbone, key in (("aaren", "aaren_packed"), ("transformer", "transformer_windows")):
         cfg = _train_config(backbone, dataset.source, settings)
-        packer = packed_sampler(cfg, dataset)
-        masks = [
-            packer.sample(rng).mask
-            if packer
-            else dataset.sample_windows(rng, *batch_layout(cfg, dataset)).mask
-            for _ in range(settings.padding_batches)
-        ]
+        batcher = make_batcher(cfg, dataset, DistContext())
+        masks = [batcher.draw(rng).mask for _ in range(settings.padding_batches)]
         fractions[key] = float(1 - np.mean(masks))
     return fractions
 

@@ -46,10 +46,9 @@ from tqdm import tqdm
 
 from agents import train
 from agents.common.cli import exits_2_on_user_errors
-from agents.decision.batching import BATCHINGS
+from agents.decision.batching import BATCHINGS, batch_layout
 from agents.decision.config import ConfigError, TrainConfig, load_config
 from agents.decision.run_dir import read_metrics
-from agents.decision.training import batch_layout
 from envs import load_dataset
 from envs.files import write_atomic
 

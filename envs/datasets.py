@@ -8,10 +8,9 @@ d4rl's ``sequence_dataset`` splits them.
 
 In memory, :class:`OfflineDataset` keeps those flat arrays (no per-step Python objects) plus a few
 per-row and per-episode index arrays, so memory stays close to the raw arrays' size; batches of
-sub-sequences or of whole episodes are gathered with one fancy-indexing call. :class:`PackedSampler`
-packs whole episodes end to end into rows of a fixed length (for models that can restart their
-sequence inside a row), drawing episodes from a shuffled stream so that every step is supervised
-equally often.
+sub-sequences, of whole episodes, or of given episodes packed end to end into rows of a fixed length
+(``pack_episodes``, for models that can restart their sequence inside a row) are gathered with one
+fancy-indexing call. Which rows and episodes make a training batch is the trainer's choice.
 """
 
 from __future__ import annotations
@@ -355,64 +354,6 @@ class OfflineDataset:
     def normalized_score(self, returns: float | np.ndarray) -> float | np.ndarray:
         """D4RL-normalised score x100 using this dataset's reference scores (metadata, else its env id)."""
         return normalized_score(self, returns)
-
-
-class PackedSampler:
-    """Batches of ``rows`` rows of ``row_steps`` steps packed with whole episodes, under which every
-    dataset step is supervised equally often (as under uniform row sampling), with little padding.
-
-    Episodes come from a stream of shuffled passes over the dataset, each pass holding every episode
-    once. A batch fills its rows first-fit in stream order, looking up to ``lookahead`` episodes past
-    ones that do not fit the space left; those stay at the head of the queue for the next batch, where
-    they fit (``row_steps`` is at least the longest episode), so none is dropped or cut. The queue is
-    the sampler's state (``state_dict``, for resuming); the shuffles come from the caller's generator.
-    """
-
-    def __init__(self, dataset: OfflineDataset, rows: int, row_steps: int, lookahead: int = 64):
-        longest = int(dataset.episode_lengths.max())
-        if rows < 1 or row_steps < longest:
-            raise ValueError(
-                f"PackedSampler needs rows >= 1 and row_steps >= the longest episode ({longest}), "
-                f"got rows={rows}, row_steps={row_steps}"
-            )
-        self.dataset, self.rows, self.row_steps, self.lookahead = dataset, rows, row_steps, lookahead
-        self.queue: list[int] = []  # episodes drawn from the stream and not yet packed, in stream order
-
-    def sample(self, rng: np.random.Generator) -> PackedBatch:
-        """The next batch; ``rng`` shuffles each new pass over the episodes."""
-        lengths = self.dataset.episode_lengths
-        shortest = int(lengths.min())
-        free = np.full(self.rows, self.row_steps)
-        packed: list[list[int]] = [[] for _ in range(self.rows)]
-        skipped: list[int] = []
-        taken = 0
-        while len(skipped) < self.lookahead and free.max() >= shortest:
-            if taken == len(self.queue):
-                self.queue.extend(rng.permutation(self.dataset.num_episodes).tolist())
-            episode = self.queue[taken]
-            taken += 1
-            room = np.flatnonzero(free >= lengths[episode])
-            if room.size:
-                packed[room[0]].append(episode)
-                free[room[0]] -= lengths[episode]
-            else:
-                skipped.append(episode)
-        self.queue = skipped + self.queue[taken:]
-        return self.dataset.pack_episodes(packed, self.row_steps)
-
-    def state_dict(self) -> dict[str, list[int]]:
-        return {"queue": list(self.queue)}
-
-    def load_state_dict(self, state: dict[str, list[int]]) -> None:
-        """Continue from a saved ``state_dict``; ValueError if it cannot be this dataset's."""
-        queue = state["queue"]
-        if not isinstance(queue, list) or not all(
-            isinstance(e, int) and 0 <= e < self.dataset.num_episodes for e in queue
-        ):
-            raise ValueError(
-                f"a packed sampler's queue must list episodes of this dataset, got {queue!r:.80}"
-            )
-        self.queue = list(queue)
 
 
 def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

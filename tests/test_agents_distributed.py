@@ -12,10 +12,10 @@ import torch
 from safetensors.numpy import load_file
 
 from agents import ConfigError, load_config, train
+from agents.decision.batching import make_batcher
 from agents.decision.distributed import DistContext
 from agents.decision.evaluation import rank_share
 from agents.decision.run_dir import latest_checkpoint
-from agents.decision.training import packed_sampler, sample_batch
 from envs import load_dataset
 from envs.vector import split_evenly
 
@@ -34,13 +34,13 @@ TINY = [
     "eval.num_envs=2",
     "eval.targets=[100]",
 ]
-#: Runs train_offline.py with sample_batch failing on rank 1 at its third call (the test's fault injection).
+#: Runs train_offline.py with drawing a batch failing on rank 1 at its third call (the test's fault injection).
 FAULTY = """
 import os, runpy, sys
-import agents.decision.training as training
+from agents.decision.batching import Batcher
 
 if os.environ["RANK"] == "1":
-    real, calls = training.sample_batch, []
+    real, calls = Batcher.sample, []
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -48,7 +48,7 @@ if os.environ["RANK"] == "1":
             raise RuntimeError("injected fault on rank 1")
         return real(*args, **kwargs)
 
-    training.sample_batch = failing
+    Batcher.sample = failing
 sys.argv[0] = "scripts/train_offline.py"
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -195,9 +195,7 @@ def test_rank_shares_make_up_the_one_process_batch(tiny_dataset, tmp_path, backb
     dataset = load_dataset(str(tiny_dataset))
 
     def draw(rank: int, world_size: int) -> dict:
-        dist = DistContext(rank, world_size)
-        sampler = packed_sampler(cfg, dataset)
-        return sample_batch(cfg, dataset, np.random.default_rng(0), torch.device("cpu"), dist, sampler)
+        return make_batcher(cfg, dataset, DistContext(rank, world_size)).sample(np.random.default_rng(0))
 
     whole, shares = draw(0, 1), [draw(r, 3) for r in range(3)]
     assert all(s["num_real"] == whole["num_real"] == int(whole["mask"].sum()) for s in shares)

@@ -12,10 +12,11 @@ from safetensors.numpy import load_file
 from test_agents_training import tiny_config as training_config  # (tests/ is on sys.path)
 
 from agents import ConfigError, load_config, train
-from agents.decision.batching import PrefixStates, StoredStates, empty_states, scan_steps, scanning, state_gap
-from agents.decision.model import DecisionModel, DecisionModelConfig
+from agents.decision.batching import WindowBatcher, batch_tensors, make_batcher
+from agents.decision.distributed import DistContext
+from agents.decision.entering import PrefixStates, StoredStates, empty_states, scan_steps, scanning, state_gap
+from agents.decision.model import DecisionModel, DecisionModelConfig, action_loss
 from agents.decision.run_dir import latest_checkpoint
-from agents.decision.training import action_loss, batch_tensors, entering_states
 from envs import OfflineDataset, load_dataset
 from envs.datasets import SequenceBatch
 
@@ -160,7 +161,8 @@ def test_stored_is_the_default_and_the_transformer_ignores_batching(tiny_dataset
     assert tiny_config(tiny_dataset, tmp_path).train.batching == "stored"
     cfg = tiny_config(tiny_dataset, tmp_path, "model.backbone=transformer", "train.batching=prefix")
     # the Transformer's windows start from an empty context: no entering states, whatever the model
-    assert entering_states(cfg, load_dataset(str(tiny_dataset)), model=None) is None
+    batcher = make_batcher(cfg, load_dataset(str(tiny_dataset)), DistContext())
+    assert type(batcher) is WindowBatcher and batcher.entering is None
 
 
 def weights(run: Path) -> dict[str, np.ndarray]:

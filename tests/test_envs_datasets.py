@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from envs import DatasetError, OfflineDataset, load_dataset, save_dataset
-from envs.datasets import PackedSampler, d4rl_filename, resolve_d4rl_path
+from envs.datasets import d4rl_filename, resolve_d4rl_path
 
 
 def make_arrays(n: int = 20, obs_dim: int = 3, act_dim: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
@@ -391,7 +391,7 @@ def test_save_rejects_bad_arrays(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def _dataset_of_lengths(lengths: np.ndarray) -> OfflineDataset:
+def dataset_of_lengths(lengths: np.ndarray) -> OfflineDataset:
     """Episodes of the given lengths whose observation is (episode, step) and whose reward is 1."""
     n = int(lengths.sum())
     timeouts = np.zeros(n, dtype=bool)
@@ -405,7 +405,7 @@ def _dataset_of_lengths(lengths: np.ndarray) -> OfflineDataset:
 
 
 def test_packed_rows_hold_whole_episodes_from_their_first_step():
-    ds = _dataset_of_lengths(np.array([5, 3, 7, 2, 4]))
+    ds = dataset_of_lengths(np.array([5, 3, 7, 2, 4]))
     batch = ds.pack_episodes([[1, 3, 0], [2, 4]], row_steps=9)
     assert batch.observations[0, :, 0].tolist() == [1, 1, 1, 3, 3, 0, 0, 0, 0]  # episode 0 cut: its beginning
     assert batch.timesteps[1].tolist() == [0, 1, 2, 3, 4, 5, 6, 0, 1]
@@ -418,47 +418,3 @@ def test_packed_rows_hold_whole_episodes_from_their_first_step():
     short = ds.pack_episodes([[3]], row_steps=4)
     assert short.mask[0].tolist() == [True, True, False, False] and (short.observations[0, 2:] == 0).all()
     assert short.episode_index[0, 2:].tolist() == [-1, -1]
-
-
-@pytest.mark.parametrize("kind", ["medium", "mixed"])
-def test_packed_sampler_supervises_every_step_alike_with_little_padding(kind):
-    """D4RL-like lengths (a medium dataset: a few hundred steps, some at the time limit; a mixed one: many
-    short episodes): padding stays under 5% and the supervised steps' distribution over episode positions
-    is the dataset's (total variation distance over 20 position bins)."""
-    rng = np.random.default_rng(1)
-    if kind == "medium":
-        lengths = np.r_[np.clip(rng.normal(420, 180, 218), 80, 999).astype(int), np.full(20, 1000)]
-    else:
-        lengths = np.r_[rng.integers(20, 200, 600), rng.integers(200, 1000, 150), np.full(50, 1000)]
-    ds = _dataset_of_lengths(lengths)
-    sampler, draws = PackedSampler(ds, rows=2, row_steps=1000), np.random.default_rng(0)
-    bins, supervised, padding = np.linspace(0, 1000, 21), np.zeros(20), 0
-    per_episode = np.zeros(len(lengths))
-    for _ in range(800):
-        batch = sampler.sample(draws)
-        supervised += np.histogram(batch.timesteps[batch.mask], bins)[0]
-        padding += int((~batch.mask).sum())
-        np.add.at(per_episode, batch.episode_index[batch.resets], 1)
-    dataset = np.histogram(ds.timesteps, bins)[0]
-    distance = 0.5 * np.abs(supervised / supervised.sum() - dataset / dataset.sum()).sum()
-    assert padding / (padding + supervised.sum()) < 0.05
-    assert distance < 0.01
-    assert per_episode.max() - per_episode.min() <= 2  # each episode once per pass over the data
-
-
-def test_packed_sampler_resumes_from_its_state():
-    ds = _dataset_of_lengths(np.random.default_rng(2).integers(5, 40, 30))
-    sampler, rng = PackedSampler(ds, rows=3, row_steps=40), np.random.default_rng(0)
-    for _ in range(7):
-        sampler.sample(rng)
-    resumed = PackedSampler(ds, rows=3, row_steps=40)
-    resumed.load_state_dict(sampler.state_dict())
-    resumed_rng = np.random.default_rng()
-    resumed_rng.bit_generator.state = rng.bit_generator.state
-    for _ in range(5):
-        a, b = sampler.sample(rng), resumed.sample(resumed_rng)
-        assert np.array_equal(a.episode_index, b.episode_index)
-    with pytest.raises(ValueError, match="episodes of this dataset"):
-        resumed.load_state_dict({"queue": [30]})
-    with pytest.raises(ValueError, match="longest episode"):
-        PackedSampler(ds, rows=1, row_steps=int(ds.episode_lengths.max()) - 1)

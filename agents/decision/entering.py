@@ -1,4 +1,4 @@
-"""Entering states of K-windows for the Aaren agent: where `train.batching` is "stored" or "prefix".
+"""Entering states of K-windows for the Aaren agent (train.batching "stored" and "prefix").
 
 A K-window drawn anywhere in an episode (the Transformer's window sampling) is trained by the Aaren agent
 from the backbone state its episode's earlier steps leave, which is what acting carries into that step.
@@ -7,11 +7,12 @@ because a scan continued from a state equals one call over the whole sequence:
 - `PrefixStates`: each window's episode prefix is scanned with the current weights at every step: exact,
   and the cost grows with the prefix (about half an episode per window on average).
 - `StoredStates`: one scan over the whole dataset writes the state at every `grid`-th step of every
-  episode (the training loop redoes it every `train.state_refresh_every` steps); a window starting at
-  step p enters with the stored state at the grid point g <= p, run on exactly (burn-in, fewer than `grid`
-  steps, current weights) to p. Storing only every `grid`-th state bounds the table to about N / grid
-  states (N dataset steps); the burn-in costs less than the window's own forward. The stored part is stale
-  by up to the refresh interval: `state_gap` measures how far it is from the fresh state.
+  episode (`agents.decision.batching.StoredBatcher` redoes it every `train.state_refresh_every` steps); a
+  window starting at step p enters with the stored state at the grid point g <= p, run on exactly
+  (burn-in, fewer than `grid` steps, current weights) to p. Storing only every `grid`-th state bounds the
+  table to about N / grid states (N dataset steps); the burn-in costs less than the window's own forward.
+  The stored part is stale by up to the refresh interval: `state_gap` measures how far it is from the
+  fresh state.
 
 Batched runs of different lengths share one backbone call: rows are left-padded, and padding steps are
 ignored (`DecisionModel.forward(ignore=...)`), so each row's state is its real steps' alone.
@@ -31,9 +32,6 @@ from aaren_rl import AarenState
 from agents.decision.model import DecisionModel
 from envs import OfflineDataset
 
-#: How the Aaren agent forms its batches (`train.batching`): rows packed with whole episodes, or K-windows
-#: whose entering state is stored (refreshed periodically) or recomputed from the prefix at every step.
-BATCHINGS = ("packed", "stored", "prefix")
 #: Tokens per call of a refresh scan: bounds its memory whatever the dataset size.
 REFRESH_TOKENS_PER_CALL = 1 << 16
 

@@ -3,8 +3,10 @@
 The agent's state is batched over the envs and reset per env at episode start (`VecRollout`'s
 `episode_start` flags), so the Aaren agent acts through its recurrent path. Each env copy runs a
 fixed share of the episodes (`envs.vector.split_evenly`), which keeps the result independent of
-which episodes finish first. Used by training's periodic evaluation and by `scripts/evaluate.py`
-(docs/design.md, Decision agents).
+which episodes finish first. `evaluate_run` scores a run's latest checkpoint at several targets (what
+`scripts/evaluate.py` and a finished training run do, `final_eval_and_curve`); `PeriodicEval` scores the
+model being trained at the main target, its rows going to the run's metrics (docs/design.md, Decision
+agents).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from agents.decision.agent import TARGET_RETURN_FIX, DecisionAgent, target_return_problem
 from agents.decision.checkpoint import load_model
-from agents.decision.run_dir import RunDir, read_run_info
+from agents.decision.run_dir import MetricsLog, RunDir, plot_curve, read_metrics, read_run_info
 from envs import VecRollout, make_env, make_vec_env, normalized_score
 from envs.d4rl import eval_targets
 from envs.files import torch_threads, write_atomic
@@ -30,6 +32,9 @@ from envs.progress import progress_bar
 from envs.vector import split_evenly
 
 if TYPE_CHECKING:
+    from agents.decision.config import Config
+    from agents.decision.data import TrainingData
+    from agents.decision.distributed import DistContext
     from agents.decision.model import DecisionModel
 
 
@@ -341,3 +346,70 @@ def plot_eval(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def eval_row(step: int, result: dict[str, Any]) -> dict[str, Any]:
+    """The metrics row of one evaluation summary (`EvalResult.summary`)."""
+    row = {
+        "step": step,
+        "eval/target": result["target_return"],
+        "eval/return_mean": result["return_mean"],
+        "eval/return_std": result["return_std"],
+    }
+    if "score_mean" in result:
+        row["eval/score_mean"] = result["score_mean"]
+    return row
+
+
+class PeriodicEval:
+    """Live evaluation of the model being trained at the main target. Each rank runs its share of the
+    env copies (`rank_share`); rank 0 logs them together."""
+
+    def __init__(
+        self, cfg: Config, data: TrainingData, dist: DistContext, metrics: MetricsLog, progress: bool
+    ):
+        self.cfg, self.data, self.dist, self.metrics, self.progress = cfg.eval, data, dist, metrics, progress
+
+    def __call__(self, model: DecisionModel, step: int) -> None:
+        e, data, dist = self.cfg, self.data, self.dist
+        model.eval()
+        episodes, num_envs, first = rank_share(e.episodes, e.num_envs, dist.rank, dist.world_size)
+        mine = (
+            evaluate_agent(
+                DecisionAgent(model, data.targets[0]),
+                data.env,
+                episodes,
+                num_envs,
+                seed=e.seed + first,
+                vectorization=e.vectorization,
+                score_ref=data.score_ref,
+                progress=self.progress,
+            )
+            if episodes
+            else None
+        )
+        self.metrics.log(
+            eval_row(step, merge_results([r for r in dist.gather_objects(mine) if r is not None]).summary())
+        )
+        model.train()
+
+
+def final_eval_and_curve(
+    cfg: Config, data: TrainingData, run: RunDir, metrics: MetricsLog, step: int, progress: bool
+) -> None:
+    """Rank 0, after the last step: evaluate the saved checkpoint at every target (eval/eval.json,
+    eval.png) unless an earlier session of this run already did, then draw the learning curve."""
+    if not any("eval/return_mean" in r and r["step"] == step for r in read_metrics(run.metrics, step)):
+        report = evaluate_run(
+            run.root,
+            episodes=cfg.eval.episodes,
+            num_envs=cfg.eval.num_envs,
+            targets=data.targets,
+            seed=cfg.eval.seed,
+            vectorization=cfg.eval.vectorization,
+            progress=progress,
+        )
+        for result in report["results"]:
+            metrics.log(eval_row(step, result))
+    metrics.close()
+    plot_curve(run.metrics, run.curve, cfg.run_name)

@@ -8,11 +8,13 @@ action bounds). The backbone is `aaren_rl.AarenBackbone` (the product) or `Trans
 
 The model owns its input normalisation (dataset state mean/std, return scale) and the action
 bounds as buffers, so a checkpoint (safetensors weights + the JSON of `DecisionModelConfig`) is
-everything a policy needs to act.
+everything a policy needs to act. Its training objective is `action_loss`, run under
+`training_precision`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -196,3 +198,28 @@ class DecisionModel(nn.Module):
 
     def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None):
         return self.backbone.init_state(batch_size, device, dtype)
+
+
+def action_loss(model: nn.Module, batch: dict, world_size: int = 1) -> Tensor:
+    """Masked mean squared error of the predicted actions, in the [-1, 1] action scale, for `model` (a
+    `DecisionModel`, or one wrapped in DistributedDataParallel) on a batch of `agents.decision.batching`.
+
+    Divided by the global batch's real steps over `world_size`: DDP averages the ranks' gradients,
+    so their mean is the gradient of the one-process loss over the whole batch.
+    """
+    pred, _ = model(
+        batch["returns_to_go"],
+        batch["observations"],
+        batch["actions"],
+        batch["timesteps"],
+        batch.get("state"),
+        resets=batch.get("resets"),
+    )
+    target = getattr(model, "module", model).unit_actions(batch["actions"])
+    err = (pred.float() - target).pow(2).mean(-1)
+    return (err * batch["mask"].float()).sum() / (batch["num_real"] / world_size)
+
+
+def training_precision(bf16: bool, device: torch.device) -> contextlib.AbstractContextManager:
+    """Where the training forward runs: under bfloat16 autocast (`train.bf16`), else in the weights' dtype."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()

@@ -1,5 +1,6 @@
 """A training run's directory: where each of its files lives, its checkpoints and the `latest` pointer,
-its one-writer lock, its metrics log, and reading a run back (`load_policy`, `read_run_info`, `run_targets`).
+its one-writer lock, writing its files (`write_run_files`, `MetricsLog`, `plot_curve`), and reading a run
+back (`load_policy`, `read_run_info`, `run_targets`, `read_metrics`).
 
     <output_dir>/<name>/
         config.yaml                  the resolved config (what --resume reads)
@@ -34,11 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 from agents.decision.agent import DecisionAgent
 from agents.decision.checkpoint import CheckpointError, load_model, verify_checkpoint, write_checkpoint
+from agents.decision.config import Config, dump_config
 from agents.decision.model import DecisionModel
 from envs.files import remove_temporaries, write_atomic
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
+
+    from agents.decision.distributed import DistContext
 
 #: How many checkpoints a run keeps: the one just written and the newest intact ones before it.
 KEEP_CHECKPOINTS = 2
@@ -389,3 +393,49 @@ class MetricsLog:
             self._file.close()
             self._writer.close()
             self._writer = None
+
+
+def write_run_files(
+    run: RunDir, cfg: Config, stats: dict[str, Any], layout: tuple[int, int], dist: DistContext
+) -> None:
+    """config.yaml and dataset_stats.json (the data's `stats` with the resolved batch layout, rows and steps
+    per row, and its split across the processes), written by every session."""
+    run.root.mkdir(parents=True, exist_ok=True)
+    write_atomic(run.config, dump_config(cfg))
+    rows, row_steps = layout
+    stats = {
+        **stats,
+        "batch": {"batch_steps": cfg.train.batch_steps, "rows": rows, "row_steps": row_steps},
+        "distributed": {
+            "world_size": dist.world_size,
+            "backend": dist.backend,
+            "per_rank_rows": rows // dist.world_size,
+        },
+    }
+    write_atomic(run.dataset_stats, json.dumps(stats, indent=2))
+
+
+def plot_curve(metrics_path: Path, out: Path, title: str) -> Path:
+    """Learning curve: training loss and the evaluation's normalised score (or return) per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    train_rows = [r for r in rows if "train/loss" in r]
+    eval_rows = [r for r in rows if "eval/return_mean" in r]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax1.plot([r["step"] for r in train_rows], [r["train/loss"] for r in train_rows])
+    ax1.set(xlabel="step", ylabel="action MSE", yscale="log", title=f"{title}: training loss")
+    key = "eval/score_mean" if eval_rows and "eval/score_mean" in eval_rows[0] else "eval/return_mean"
+    for target in sorted({r["eval/target"] for r in eval_rows}):
+        pts = [r for r in eval_rows if r["eval/target"] == target]
+        ax2.plot([r["step"] for r in pts], [r[key] for r in pts], "o-", label=f"target {target:g}")
+    ax2.set(xlabel="step", ylabel=key.split("/")[1].replace("_", " "), title="live evaluation")
+    if eval_rows:
+        ax2.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

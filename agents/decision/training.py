@@ -1,178 +1,72 @@
 """Offline training of a decision agent: `train`, a loop that reads top to bottom.
 
-A batch holds about `train.batch_steps` supervised timesteps for either backbone (`batch_layout`), and
-what it is depends on the backbone, so that training sees what acting will do:
-- Transformer (reference DT): round(batch_steps / K) windows of K = `model.context_steps` timesteps
-  starting at uniformly drawn dataset rows, right-padded at episode ends (acting re-runs the last K
-  steps).
-- Aaren, `train.batching` = "packed": rows as long as the longest episode, round(batch_steps
-  / that) of them (at least one), packed end to end with whole episodes from their first step
-  (`envs.datasets.PackedSampler`: shuffled passes over the episodes, so every dataset step is supervised
-  equally often, with little padding at row ends). The episode starts reset the scan (`resets`), so each
-  episode is trained exactly as if run alone. The recurrent state while acting summarises the episode
-  from its start; whole episodes train exactly that. With long episodes a batch holds few of them.
-- Aaren, "stored" (the default) or "prefix": the Transformer's K-windows (the same sampler), each entering with the
-  backbone state of its episode's earlier steps (no gradient, dropout off): rescanned from the episode
-  start every step ("prefix", exact), or read from a table of states at every K-th step of every episode
-  that one scan over the dataset rewrites every `train.state_refresh_every` steps, run on exactly to the
-  window's start ("stored": stale by up to that interval; metrics.jsonl's state/* rows measure it on a
-  fixed probe batch just before each refresh). See `agents.decision.batching`.
+`train` takes a config (or a run directory to resume), checks the data against its env
+(`agents.decision.data`), and trains on the batches of the one batcher the config makes
+(`agents.decision.batching`: K-windows for the Transformer; for the Aaren agent, by `train.batching`, rows
+packed with whole episodes or K-windows entering with stored or rescanned states). The loop draws a batch,
+takes one optimizer step on `action_loss` (`agents.decision.model`: masked MSE of the actions in [-1, 1];
+AdamW, linear warm-up, grad-norm clipping; docs/design.md, Decision agents), tells the batcher the step
+(`after_step`: the stored-state refresh), logs, checkpoints, and evaluates live
+(`agents.decision.evaluation`); the run directory (`agents.decision.run_dir`) holds config.yaml,
+dataset_stats.json, checkpoints/, tb/ (TensorBoard), metrics.jsonl and curve.png.
 
-Loss: mean squared error between predicted and dataset actions (both scaled to [-1, 1]) over real
-steps. AdamW, linear warm-up, grad-norm clipping (docs/design.md, Decision agents). The run
-directory (`agents.decision.run_dir`) holds config.yaml, dataset_stats.json, checkpoints/, tb/
-(TensorBoard), metrics.jsonl and curve.png. Resuming restores weights, optimizer, scheduler and
-every RNG and the data sampler's queue (batching=stored: the weights of the last refresh, from which
-the same table is rebuilt), so a killed-and-resumed run ends with the same weights as an uninterrupted
-one. One process trains a run directory at a time (its lock); a resume continues from the newest intact
-checkpoint, and must keep the model settings of that checkpoint. A non-finite loss
-or gradient (checked every step) or weight (checked before each checkpoint) stops the run with a
-`DivergedError`, so `latest` stays the last finite checkpoint.
+Resuming restores weights, optimizer, scheduler, every RNG and the batcher's state (the packed sampler's
+queue; batching=stored: the weights of the last refresh, from which the same table is rebuilt), so a
+killed-and-resumed run ends with the same weights as an uninterrupted one. One process trains a run
+directory at a time (its lock); a resume continues from the newest intact checkpoint, and must keep the
+model settings of that checkpoint. A non-finite loss or gradient (checked every step) or weight (checked
+before each checkpoint) stops the run with a `DivergedError`, so `latest` stays the last finite checkpoint.
 
 Under torchrun (`agents.decision.distributed`) the model is wrapped in DistributedDataParallel and
 `train.batch_steps` makes the global batch, whose rows must split evenly across the ranks: every rank
-draws the whole batch from the one seeded sampler and trains on its own contiguous share of rows
-(batching=stored: every rank keeps the same table of states, and scans its share's burn-ins); the loss
-divides by the real steps of the whole batch (times the world size, since DDP averages the ranks'
-gradients), so the gradient, and the run, is the one-process run's (to float rounding; dropout masks differ). lr is unchanged. Rank 0
-alone writes the run directory and shows progress; logged losses are averaged over the ranks.
+draws the whole batch from the one seeded generator and trains on its own contiguous share of rows; the
+loss divides by the real steps of the whole batch (times the world size, since DDP averages the ranks'
+gradients), so the gradient, and the run, is the one-process run's (to float rounding; dropout masks
+differ). lr is unchanged. Rank 0 alone writes the run directory and shows progress; logged losses are
+averaged over the ranks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from agents.decision.agent import DecisionAgent
-from agents.decision.batching import PrefixStates, StoredStates, scanning, state_gap
+from agents.decision.batching import check_batch_splits, make_batcher
 from agents.decision.checkpoint import USE_ANOTHER, CheckpointError, load_model, load_trainer_state
 from agents.decision.config import (
     Config,
     ConfigError,
     apply_overrides,
-    dump_config,
     from_dict,
     read_yaml,
     writable_run_dir,
 )
+from agents.decision.data import TrainingData, dataset_stats, prepare_data
 from agents.decision.distributed import DistContext, init_distributed
-from agents.decision.evaluation import (
-    default_targets,
-    evaluate_agent,
-    evaluate_run,
-    merge_results,
-    rank_share,
+from agents.decision.evaluation import PeriodicEval, final_eval_and_curve
+from agents.decision.model import (
+    DecisionModel,
+    DecisionModelConfig,
+    ModelHyperparameters,
+    action_loss,
+    training_precision,
 )
-from agents.decision.model import DecisionModel, DecisionModelConfig, ModelHyperparameters
-from agents.decision.run_dir import MetricsLog, RunDir, read_metrics
-from envs import DatasetError, OfflineDataset, load_dataset, make_env, normalized_score
-from envs.datasets import PackedBatch, PackedSampler, SequenceBatch
-from envs.files import torch_threads, write_atomic
+from agents.decision.run_dir import MetricsLog, RunDir, write_run_files
+from envs.files import torch_threads
 from envs.progress import progress_bar
 
 
 class DivergedError(FloatingPointError):
     """Training produced a non-finite loss, gradient or weight; the message names the step and the fix."""
-
-
-@dataclass
-class TrainingData:
-    """The dataset plus what the run needs to know about its environment."""
-
-    dataset: OfflineDataset
-    env: str
-    action_low: list[float]
-    action_high: list[float]
-    max_timestep: int
-    targets: list[float]
-    score_ref: dict[str, Any]
-
-
-def prepare_data(cfg: Config) -> TrainingData:
-    """Load the dataset and check it against its env; any mismatch is one ConfigError, before any work."""
-    try:
-        dataset = load_dataset(cfg.data.dataset)
-    except (DatasetError, FileNotFoundError) as exc:
-        raise ConfigError(f"data.dataset = {cfg.data.dataset!r} cannot be loaded: {exc}") from exc
-    env_name = cfg.data.env or str(dataset.metadata.get("env_id") or cfg.data.dataset)
-    try:
-        env = make_env(env_name)
-    except Exception as exc:
-        raise ConfigError(
-            f"data.env = {env_name!r} cannot be made ({exc}). Fix: set data.env to the Gymnasium id or D4RL "
-            "name of the task the data comes from, e.g. data.env=Hopper-v5"
-        ) from exc
-    try:
-        obs_shape, act_space = env.observation_space.shape, env.action_space
-        limit = env.spec.max_episode_steps if env.spec and env.spec.max_episode_steps else 0
-    finally:
-        env.close()
-    if obs_shape != (dataset.obs_dim,) or act_space.shape != (dataset.act_dim,):
-        raise ConfigError(
-            f"data.dataset = {cfg.data.dataset!r} has observations of {dataset.obs_dim} and actions of "
-            f"{dataset.act_dim} entries, but data.env = {env_name!r} has observation shape {obs_shape} and "
-            f"action shape {act_space.shape}. Fix: set data.env to the task the data was collected in "
-            f"(metadata env_id = {dataset.metadata.get('env_id')!r}) or use a dataset of this env."
-        )
-    longest = int(dataset.episode_lengths.max())
-    max_timestep = cfg.model.max_timestep or max(limit, longest)
-    targets = cfg.eval.targets or default_targets(env_name, float(dataset.episode_returns.max()))
-    meta = dataset.metadata
-    score_ref = {"env_id": env_name}
-    if "ref_min_score" in meta and "ref_max_score" in meta:
-        score_ref.update(
-            ref_min_score=float(meta["ref_min_score"]), ref_max_score=float(meta["ref_max_score"])
-        )
-    return TrainingData(
-        dataset,
-        env_name,
-        [float(x) for x in act_space.low],
-        [float(x) for x in act_space.high],
-        max_timestep,
-        [float(t) for t in targets],
-        score_ref,
-    )
-
-
-def dataset_stats(data: TrainingData) -> dict[str, Any]:
-    """The JSON-able summary written to dataset_stats.json (also what evaluation reads back)."""
-    ds = data.dataset
-    try:
-        score = float(np.mean(normalized_score(data.score_ref, ds.episode_returns)))
-    except ValueError:
-        score = None
-    return {
-        "source": ds.source,
-        "env": data.env,
-        "score_ref": data.score_ref,
-        "eval_targets": data.targets,
-        "num_transitions": int(ds.episode_lengths.sum()),
-        "num_episodes": int(ds.num_episodes),
-        "return_mean": float(ds.episode_returns.mean()),
-        "return_std": float(ds.episode_returns.std()),
-        "return_max": float(ds.episode_returns.max()),
-        "length_mean": float(ds.episode_lengths.mean()),
-        "length_max": int(ds.episode_lengths.max()),
-        "score_mean": score,
-        "state_mean": ds.state_mean.tolist(),
-        "state_std": ds.state_std.tolist(),
-        "metadata": {
-            k: v.item() if isinstance(v, np.generic) else v
-            for k, v in ds.metadata.items()
-            if isinstance(v, (str, int, float, bool, np.generic))
-        },
-    }
 
 
 def build_model(cfg: Config, data: TrainingData) -> DecisionModel:
@@ -191,96 +85,6 @@ def build_model(cfg: Config, data: TrainingData) -> DecisionModel:
     )
     model.set_state_stats(data.dataset.state_mean, data.dataset.state_std)
     return model
-
-
-def packs_episodes(cfg: Config) -> bool:
-    """Whether batches are rows packed with whole episodes (Aaren, batching=packed), not K-windows."""
-    return cfg.model.backbone == "aaren" and cfg.train.batching == "packed"
-
-
-def batch_layout(cfg: Config, dataset: OfflineDataset) -> tuple[int, int]:
-    """(rows, steps per row) of the global batch for `train.batch_steps` supervised steps: rows as long as
-    the longest episode (Aaren, packed) or K-windows, as many as come nearest, at least one."""
-    row_steps = int(dataset.episode_lengths.max()) if packs_episodes(cfg) else cfg.model.context_steps
-    return max(1, round(cfg.train.batch_steps / row_steps)), row_steps
-
-
-def packed_sampler(cfg: Config, dataset: OfflineDataset) -> PackedSampler | None:
-    """The Aaren agent's sampler of packed rows (None for K-windows)."""
-    return PackedSampler(dataset, *batch_layout(cfg, dataset)) if packs_episodes(cfg) else None
-
-
-EnteringStates = StoredStates | PrefixStates
-
-
-def entering_states(cfg: Config, dataset: OfflineDataset, model: DecisionModel) -> EnteringStates | None:
-    """Where the Aaren agent's K-windows get their entering states (None for packed rows and the
-    Transformer, whose windows start from an empty context); see `agents.decision.batching`."""
-    if cfg.model.backbone != "aaren" or cfg.train.batching == "packed":
-        return None
-    if cfg.train.batching == "stored":
-        return StoredStates(model, dataset, grid=cfg.model.context_steps)
-    return PrefixStates(model, dataset)
-
-
-def sample_batch(
-    cfg: Config,
-    dataset: OfflineDataset,
-    rng: np.random.Generator,
-    device: torch.device,
-    dist: DistContext,
-    packer: PackedSampler | None,
-    entering: EnteringStates | None = None,
-) -> dict:
-    """This rank's share of rows of one global batch as tensors: rows packed with whole episodes by
-    `packer` (Aaren, with "resets" on each episode's first step) or K-windows, with their entering
-    "state" from `entering` for the Aaren agent's windows; see the module docstring. "num_real" counts
-    the real steps of the whole global batch."""
-    aaren_windows = packer is None and cfg.model.backbone == "aaren"
-    if (entering is not None) != aaren_windows:
-        raise ValueError(
-            "sample_batch takes entering states (agents.decision.training.entering_states) exactly for the Aaren "
-            f"backbone's K-windows; got train.batching = {cfg.train.batching!r}, model.backbone = "
-            f"{cfg.model.backbone!r}, packer {packer is not None}, entering states {entering is not None}"
-        )
-    if packer is not None:
-        batch = packer.sample(rng)
-    else:
-        batch = dataset.sample_windows(rng, *batch_layout(cfg, dataset))
-    size = len(batch.mask) // dist.world_size
-    return batch_tensors(batch, slice(dist.rank * size, (dist.rank + 1) * size), device, entering)
-
-
-def batch_tensors(
-    batch: SequenceBatch, share: slice, device: torch.device, entering: EnteringStates | None = None
-) -> dict:
-    """The `share` of a batch's rows as the tensors `action_loss` takes (with "resets" for packed rows,
-    "state" from `entering` for windows); "num_real" counts the real steps of the whole batch."""
-    keys = ["returns_to_go", "observations", "actions", "timesteps", "mask"]
-    keys += ["resets"] if isinstance(batch, PackedBatch) else []
-    tensors = {k: torch.as_tensor(getattr(batch, k)[share], device=device) for k in keys}
-    if entering is not None:
-        tensors["state"] = entering(batch.episode_index[share], batch.start_step[share])
-    return {**tensors, "num_real": int(batch.mask.sum())}
-
-
-def action_loss(model: DecisionModel | DDP, batch: dict, world_size: int = 1) -> torch.Tensor:
-    """Masked mean squared error of the predicted actions, in the [-1, 1] action scale.
-
-    Divided by the global batch's real steps over `world_size`: DDP averages the ranks' gradients,
-    so their mean is the gradient of the one-process loss over the whole batch.
-    """
-    pred, _ = model(
-        batch["returns_to_go"],
-        batch["observations"],
-        batch["actions"],
-        batch["timesteps"],
-        batch.get("state"),
-        resets=batch.get("resets"),
-    )
-    target = getattr(model, "module", model).unit_actions(batch["actions"])
-    err = (pred.float() - target).pow(2).mean(-1)
-    return (err * batch["mask"].float()).sum() / (batch["num_real"] / world_size)
 
 
 def lr_schedule(warmup_steps: int, total_steps: int, decay: str = "none"):
@@ -362,25 +166,12 @@ def _train(
     if resuming:
         trainer.resume()
     if dist.is_main:
-        write_run_files(cfg, data, run, dist)
+        write_run_files(run, cfg, dataset_stats(data), trainer.batcher.layout, dist)
     with contextlib.closing(MetricsLog(run, trainer.step, enabled=dist.is_main)) as metrics:
         train_steps(cfg, data, trainer, metrics, progress, stop_after)
         if trainer.step >= t.steps and dist.is_main:  # not stopped early (stop_after), and the writing rank
             final_eval_and_curve(cfg, data, run, metrics, trainer.step, progress)
     return run.root
-
-
-def check_batch_splits(cfg: Config, dataset: OfflineDataset, world_size: int) -> None:
-    """The global batch's rows must split evenly across the processes: a ConfigError naming a
-    train.batch_steps that does."""
-    rows, row_steps = batch_layout(cfg, dataset)
-    if rows % world_size:
-        what = "rows of the longest episode's" if packs_episodes(cfg) else "windows of"
-        raise ConfigError(
-            f"train.batch_steps = {cfg.train.batch_steps} makes a global batch of {rows} {what} {row_steps} "
-            f"steps, which does not split evenly across {world_size} processes. Fix: "
-            f"train.batch_steps={-(-rows // world_size) * world_size * row_steps}, or another --nproc_per_node"
-        )
 
 
 def train_steps(
@@ -401,16 +192,14 @@ def train_steps(
     )
     losses = LossLog(metrics, dist, bar, trainer.seconds)
     end = t.steps if stop_after is None else min(t.steps, trainer.step + stop_after)
-    trainer.refresh_states(metrics)  # batching=stored: a new run's first table (a resumed run has its own)
+    trainer.seconds += trainer.batcher.after_step(trainer.step, metrics)  # stored: a new run's first table
     while trainer.step < end:
         tic = time.perf_counter()
-        batch = sample_batch(
-            cfg, data.dataset, trainer.rng, dist.device, dist, trainer.packer, trainer.entering
-        )
+        batch = trainer.batcher.sample(trainer.rng)
         loss, grad_norm = trainer.update(batch)
         trainer.seconds += time.perf_counter() - tic
         step = trainer.step
-        trainer.refresh_states(metrics)
+        trainer.seconds += trainer.batcher.after_step(step, metrics)
         losses.count(batch)
         bar.update(1)
         if step % t.log_every == 0 or step == t.steps:
@@ -423,14 +212,9 @@ def train_steps(
     bar.close()
 
 
-#: The probe batch of batching=stored (fixed windows on which staleness is measured) comes from its own
-#: generator, seeded with (train.seed, PROBE_STREAM), so it leaves the training batches as they are.
-PROBE_STREAM = 1
-
-
 class Trainer:
-    """The model (DDP-wrapped under torchrun), AdamW, the lr schedule, the data sampler's RNG, the
-    entering states of K-windows, the step and the training seconds: what one update changes and a
+    """The model (DDP-wrapped under torchrun), AdamW, the lr schedule, the generator of the batches, the
+    batcher (`agents.decision.batching`), the step and the training seconds: what one update changes and a
     checkpoint of `run` saves and restores."""
 
     def __init__(self, cfg: Config, data: TrainingData, dist: DistContext, run: RunDir):
@@ -444,24 +228,13 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_schedule(t.warmup_steps, t.steps, t.lr_decay)
         )
-        self.rng = np.random.default_rng(t.seed)
-        self.packer = packed_sampler(cfg, data.dataset)
-        self.entering = entering_states(cfg, data.dataset, self.model)
-        self.probe = (
-            data.dataset.sample_windows(
-                np.random.default_rng([t.seed, PROBE_STREAM]), *batch_layout(cfg, data.dataset)
-            )
-            if isinstance(self.entering, StoredStates)
-            else None
-        )
-        self.refresh_every, self.total_steps = t.state_refresh_every, t.steps
-        self.autocast = (
-            torch.autocast(dist.device.type, dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext()
-        )
+        self.rng = np.random.default_rng(t.seed)  # draws the batches
+        self.batcher = make_batcher(cfg, data.dataset, dist, self.model)
+        self.precision = training_precision(t.bf16, dist.device)
         self.grad_clip, self.base_lr = t.grad_clip, t.lr
         self.dist, self.run = dist, run
         self.step = 0
-        self.seconds = 0.0  # spent drawing batches, updating and refreshing stored states, over all sessions
+        self.seconds = 0.0  # drawing batches, updates and the batcher's after_step, over all sessions
         self.last_checkpoint: Path | None = None
 
     @property
@@ -471,7 +244,7 @@ class Trainer:
     def update(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on `batch` (this rank's share); returns (loss, gradient norm). A non-finite
         loss or gradient on any rank stops every rank before the step, with a DivergedError."""
-        with self.autocast:
+        with self.precision:
             loss = action_loss(self.net, batch, self.dist.world_size)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -484,41 +257,6 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         return loss, grad_norm
-
-    def refresh_states(self, metrics: MetricsLog) -> None:
-        """batching=stored: the first table, then a new one every train.state_refresh_every steps (timed
-        as training), once rank 0 has logged how stale the old one got (`staleness`, not timed). At the
-        last step the old table is measured only: no batch would use a new one."""
-        stored = self.entering
-        if not isinstance(stored, StoredStates):
-            return
-        if stored.refreshed_at is not None:
-            if self.step < stored.refreshed_at + self.refresh_every:
-                return
-            if self.dist.is_main:
-                metrics.log({"step": self.step, **self.staleness()})
-            if self.step >= self.total_steps:
-                return
-        tic = time.perf_counter()
-        stored.refresh(self.step)
-        self.seconds += time.perf_counter() - tic
-
-    def staleness(self) -> dict[str, float]:
-        """How stale the stored states are on the fixed probe batch: `state_gap` between its stored and
-        rescanned (exact) entering states, and the loss (dropout off) with each, as state/* metrics."""
-        assert isinstance(self.entering, StoredStates) and self.probe is not None
-        stale = batch_tensors(self.probe, slice(None), self.dist.device, self.entering)
-        exact = PrefixStates(self.model, self.entering.dataset)
-        fresh = {**stale, "state": exact(self.probe.episode_index, self.probe.start_step)}
-        with scanning(self.model), self.autocast:
-            loss_stale, loss_fresh = (float(action_loss(self.model, b)) for b in (stale, fresh))
-        gap = state_gap(stale["state"], fresh["state"], self.probe.start_step)
-        return {
-            "state/age": self.step - self.entering.refreshed_at,
-            **{f"state/{key}": value for key, value in gap.items()},
-            "state/loss_stale": loss_stale,
-            "state/loss_fresh": loss_fresh,
-        }
 
     def resume(self) -> None:
         """Continue the run from its newest intact checkpoint, if it got to one (a warning names any newer
@@ -533,8 +271,8 @@ class Trainer:
             self.restore(checkpoint)
 
     def restore(self, checkpoint: Path) -> None:
-        """Continue from `checkpoint`: weights, step, optimizer, scheduler, the sampler's and this rank's
-        torch RNG (a checkpoint from fewer ranks gives its states out in turn). Its model must be the
+        """Continue from `checkpoint`: weights, step, optimizer, scheduler, the batches' generator, the
+        batcher's state and this rank's torch RNG (a checkpoint from fewer ranks gives its states out in turn). Its model must be the
         configured one (ConfigError otherwise); the lr schedule goes on from the configured train.lr."""
         loaded, step = load_model(checkpoint, self.dist.device)
         check_same_model(checkpoint, loaded.config, self.model.config)
@@ -545,11 +283,8 @@ class Trainer:
             self.rng.bit_generator.state = state["rng"]["numpy"]
             torch_ranks = state["rng"].get("torch_ranks", [state["rng"]["torch"]])
             torch.set_rng_state(torch_ranks[self.dist.rank % len(torch_ranks)])
-            if self.packer is not None:
-                self.packer.load_state_dict(state["sampler"])
+            self.batcher.load_state_dict(state)
             self.seconds = float(state.get("seconds", 0.0))
-            if isinstance(self.entering, StoredStates) and "stored_states" in state:
-                self.entering.load_state_dict(state["stored_states"])  # else: refreshed from these weights
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(
                 f"{checkpoint / 'trainer.pt'} does not fit this run's optimizer and sampler ({exc!r})",
@@ -580,18 +315,15 @@ class Trainer:
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            # The sampler's state is the same on every rank; the torch states (dropout) differ.
+            # The batches' generator is the same on every rank; the torch states (dropout) differ.
             "rng": {
                 "numpy": self.rng.bit_generator.state,
                 "torch": torch_ranks[0],
                 "torch_ranks": torch_ranks,
             },
+            **self.batcher.state_dict(),  # the same on every rank
+            "seconds": self.seconds,
         }
-        if self.packer is not None:  # the same on every rank
-            state["sampler"] = self.packer.state_dict()
-        if isinstance(self.entering, StoredStates):  # the same on every rank
-            state["stored_states"] = self.entering.state_dict()
-        state["seconds"] = self.seconds
         if self.dist.is_main:
             self.run.save_checkpoint(self.model, self.step, state)
         self.last_checkpoint = self.run.checkpoint(self.step)
@@ -635,24 +367,6 @@ def check_same_model(checkpoint: Path, saved: DecisionModelConfig, configured: D
     )
 
 
-def write_run_files(cfg: Config, data: TrainingData, run: RunDir, dist: DistContext) -> None:
-    """config.yaml and dataset_stats.json (with the resolved batch layout and split), written by every
-    session."""
-    run.root.mkdir(parents=True, exist_ok=True)
-    write_atomic(run.config, dump_config(cfg))
-    rows, row_steps = batch_layout(cfg, data.dataset)
-    stats = {
-        **dataset_stats(data),
-        "batch": {"batch_steps": cfg.train.batch_steps, "rows": rows, "row_steps": row_steps},
-        "distributed": {
-            "world_size": dist.world_size,
-            "backend": dist.backend,
-            "per_rank_rows": rows // dist.world_size,
-        },
-    }
-    write_atomic(run.dataset_stats, json.dumps(stats, indent=2))
-
-
 class LossLog:
     """Training rows: the loss averaged over the ranks, lr, gradient norm, the training seconds so far
     (`Trainer.seconds`: batches, updates and state refreshes, not checkpoints or evaluations) and the
@@ -684,96 +398,3 @@ class LossLog:
         )
         self.bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
         self.tokens, self.seconds = 0, seconds
-
-
-def eval_row(step: int, result: dict[str, Any]) -> dict[str, Any]:
-    """The metrics row of one evaluation summary (`EvalResult.summary`)."""
-    row = {
-        "step": step,
-        "eval/target": result["target_return"],
-        "eval/return_mean": result["return_mean"],
-        "eval/return_std": result["return_std"],
-    }
-    if "score_mean" in result:
-        row["eval/score_mean"] = result["score_mean"]
-    return row
-
-
-class PeriodicEval:
-    """Live evaluation of the model being trained at the main target. Each rank runs its share of the
-    env copies (`rank_share`); rank 0 logs them together."""
-
-    def __init__(
-        self, cfg: Config, data: TrainingData, dist: DistContext, metrics: MetricsLog, progress: bool
-    ):
-        self.cfg, self.data, self.dist, self.metrics, self.progress = cfg.eval, data, dist, metrics, progress
-
-    def __call__(self, model: DecisionModel, step: int) -> None:
-        e, data, dist = self.cfg, self.data, self.dist
-        model.eval()
-        episodes, num_envs, first = rank_share(e.episodes, e.num_envs, dist.rank, dist.world_size)
-        mine = (
-            evaluate_agent(
-                DecisionAgent(model, data.targets[0]),
-                data.env,
-                episodes,
-                num_envs,
-                seed=e.seed + first,
-                vectorization=e.vectorization,
-                score_ref=data.score_ref,
-                progress=self.progress,
-            )
-            if episodes
-            else None
-        )
-        self.metrics.log(
-            eval_row(step, merge_results([r for r in dist.gather_objects(mine) if r is not None]).summary())
-        )
-        model.train()
-
-
-def final_eval_and_curve(
-    cfg: Config, data: TrainingData, run: RunDir, metrics: MetricsLog, step: int, progress: bool
-) -> None:
-    """Rank 0, after the last step: evaluate the saved checkpoint at every target (eval/eval.json,
-    eval.png) unless an earlier session of this run already did, then draw the learning curve."""
-    if not any("eval/return_mean" in r and r["step"] == step for r in read_metrics(run.metrics, step)):
-        report = evaluate_run(
-            run.root,
-            episodes=cfg.eval.episodes,
-            num_envs=cfg.eval.num_envs,
-            targets=data.targets,
-            seed=cfg.eval.seed,
-            vectorization=cfg.eval.vectorization,
-            progress=progress,
-        )
-        for result in report["results"]:
-            metrics.log(eval_row(step, result))
-    metrics.close()
-    plot_curve(run.metrics, run.curve, cfg.run_name)
-
-
-def plot_curve(metrics_path: Path, out: Path, title: str) -> Path:
-    """Learning curve: training loss and the evaluation's normalised score (or return) per step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(metrics_path)
-    train_rows = [r for r in rows if "train/loss" in r]
-    eval_rows = [r for r in rows if "eval/return_mean" in r]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax1.plot([r["step"] for r in train_rows], [r["train/loss"] for r in train_rows])
-    ax1.set(xlabel="step", ylabel="action MSE", yscale="log", title=f"{title}: training loss")
-    key = "eval/score_mean" if eval_rows and "eval/score_mean" in eval_rows[0] else "eval/return_mean"
-    for target in sorted({r["eval/target"] for r in eval_rows}):
-        pts = [r for r in eval_rows if r["eval/target"] == target]
-        ax2.plot([r["step"] for r in pts], [r[key] for r in pts], "o-", label=f"target {target:g}")
-    ax2.set(xlabel="step", ylabel=key.split("/")[1].replace("_", " "), title="live evaluation")
-    if eval_rows:
-        ax2.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
