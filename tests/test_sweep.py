@@ -311,6 +311,11 @@ def test_bad_grid_key_is_refused_before_ray_runs_anything(tiny_dataset, tmp_path
         ({"grid": {"train.lr": [1e-4, "0.0001"]}}, "get the same run name 'lr=0.0001'"),
         ({"retry": 3}, "unknown sweep key 'retry': did you mean 'retries'"),
         ({"resources": {"gpu": 1}}, "resources: unknown key 'gpu'"),
+        (
+            {"config": "nothere.yaml"},
+            "config = 'nothere.yaml' names {folder}/nothere.yaml, which does not exist",
+        ),
+        ({"config": "."}, "config = '.' names {folder}, which is a folder"),
     ],
 )
 def test_malformed_sweep_files_are_one_clear_error(tmp_path, change, message):
@@ -318,6 +323,7 @@ def test_malformed_sweep_files_are_one_clear_error(tmp_path, change, message):
     path.write_text(
         yaml.safe_dump({"config": str(ROOT / "configs" / "base.yaml"), "grid": {"train.seed": [0]}, **change})
     )
+    message = message.format(folder=tmp_path.resolve())
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("?", r"\?")):
         engine.load_sweep(path, tmp_path)
 

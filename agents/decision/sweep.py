@@ -154,6 +154,12 @@ def load_sweep(path: str | Path, out: str | Path) -> Sweep:
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise ConfigError(f"{path}: retries = {retries!r}: expected a whole number >= 0, e.g. retries: 2")
     config = (path.parent / raw["config"]).resolve()
+    if not config.is_file():
+        raise ConfigError(
+            f"{path}: config = {raw['config']!r} names {config}, which "
+            f"{'is a folder' if config.is_dir() else 'does not exist'}. Fix: name the base training config, "
+            "relative to the sweep file, e.g. config: ../base.yaml"
+        )
     trials = []
     for values in itertools.product(*(values for _, values in axes)):
         point = {axis: label for (axis, _), (label, _) in zip(axes, values, strict=True)}
