@@ -45,8 +45,8 @@ class TrainConfig:
     steps: int = 100_000
     batch_steps: int = 1280  # supervised timesteps per batch, for both backbones (reference DT: 64 K-windows
     # x K = 20): the Transformer gets round(batch_steps / K) windows, the Aaren agent rows of whole episodes
-    # (agents.decision.training.batch_layout); under torchrun the global batch, split evenly across the processes
-    batching: str = "stored"  # Aaren batches (agents.decision.training, agents.decision.batching): "stored" (K-windows from
+    # (agents.decision.batching.batch_layout); under torchrun the global batch, split evenly across the processes
+    batching: str = "stored"  # Aaren batches (agents.decision.batching): "stored" (K-windows from
     # anywhere, entering state from a periodically refreshed table; the default: docs/design.md,
     # Training) | "packed" (rows of whole episodes) | "prefix" (K-windows, entering state rescanned from
     # the episode start each step); the Transformer always trains on K-windows from an empty context and
