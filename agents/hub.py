@@ -163,15 +163,16 @@ def _download(repo_id: str, name: str, revision: str | None) -> Path:
         )
     except HFValidationError as exc:
         raise HubError(f"{repo_id!r} is not a Hub repository id ({exc}). Fix: give it as user/name") from None
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError as exc:
         if offline is not None:
             raise HubError(
                 f"{repo_id}: {name} is not in the cache ({hub_cache()}) and downloads are off ({offline} is "
                 f"set). Fix: unset {offline} to download it once; later loads read the cache"
             ) from None
         raise HubError(
-            f"{repo_id}: cannot reach {endpoint} to download {name}, and it is not in the cache "
-            f"({hub_cache()}). Fix: check the network connection and $HF_ENDPOINT"
+            f"{repo_id}: cannot download {name} from {endpoint} ({_reason(exc)}), and it is not in the cache "
+            f"({hub_cache()}). Fix: check the network connection and $HF_ENDPOINT, and for a private or "
+            "gated repository your access to it (hf auth login, or set $HF_TOKEN)"
         ) from None
     except GatedRepoError:
         raise HubError(
@@ -196,8 +197,17 @@ def _download(repo_id: str, name: str, revision: str | None) -> Path:
             f"{repo_id} lacks {name}, which its {MANIFEST} lists. Fix: push the agent again"
         ) from None
     except HfHubHTTPError as exc:
-        raise HubError(f"{repo_id}: {endpoint} refused to send {name} ({exc}). Fix: {PUSH_FIX}") from None
+        raise HubError(
+            f"{repo_id}: {endpoint} refused to send {name} ({_reason(exc)}). Fix: check $HF_ENDPOINT, and for "
+            "a private or gated repository your access to it (hf auth login, or set $HF_TOKEN)"
+        ) from None
     return Path(fetched)
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of what went wrong underneath `exc` (huggingface_hub wraps the HTTP error)."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    return f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
 
 
 def _read_manifest(repo_id: str, path: Path) -> dict[str, Any]:

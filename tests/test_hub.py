@@ -48,6 +48,7 @@ class FakeHub:
 
     def __init__(self) -> None:
         self.repos: dict[str, list[tuple[str, dict[str, bytes]]]] = {}  # repo -> [(commit, files)]
+        self.forbidden: set[str] = set()  # repositories whose files are refused (403)
         self.requests: list[str] = []
         hub = self
 
@@ -125,6 +126,8 @@ class FakeHub:
     def resolve(self, handler: BaseHTTPRequestHandler, send_body: bool) -> None:
         self.requests.append(f"{handler.command} {handler.path}")
         match = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", urlparse(handler.path).path)
+        if match and match[1] in self.forbidden:
+            return self.reply(handler, 403)
         history = self.repos.get(match[1]) if match else None
         if not history:
             return self.reply(handler, 404, **{"X-Error-Code": "RepoNotFound"})
@@ -279,7 +282,10 @@ def test_an_aarenppo_export_round_trips(hub, ppo_run):
 
 def test_a_repository_of_the_other_kind_names_its_loader(hub, ppo_run):
     push(ppo_run, "user/ppo")
-    with pytest.raises(HubError, match=r"user/ppo holds an AarenPPO policy .*Fix: load it with agents.ppo.load_exported_policy"):
+    with pytest.raises(
+        HubError,
+        match=r"user/ppo holds an AarenPPO policy .*Fix: load it with agents.ppo.load_exported_policy",
+    ):
         DecisionPolicy.from_hub("user/ppo")
 
 
@@ -303,11 +309,13 @@ def test_offline_without_the_agent_in_the_cache(hub, capsys, monkeypatch, tmp_pa
         ("user/missing", r"there is no repository user/missing on http://127\.0\.0\.1:\d+ .* Fix:"),
         ("user/plain", r"user/plain is not an aaren-rl agent: it has no aaren-rl\.json\. Fix:"),
         ("user/two--dashes", r"'user/two--dashes' is not a Hub repository id .* Fix: give it as user/name"),
+        ("user/secret", r"cannot download aaren-rl\.json .*\(HfHubHTTPError: 403 Forbidden.*hf auth login"),
     ],
 )
 def test_a_bad_repository_is_one_error(hub, repo, message):
     hub.repos["user/plain"] = []
     hub.commit("user/plain", {"README.md": b"# not an agent\n"})
+    hub.forbidden.add("user/secret")
     with pytest.raises(HubError, match=message):
         DecisionPolicy.from_hub(repo)
 
