@@ -42,7 +42,7 @@ import torch
 
 from agents.common.overrides import ConfigError
 from agents.decision.distributed import DistContext
-from agents.decision.entering import PrefixStates, StoredStates, scanning, state_gap
+from agents.decision.entering import EnteringStates, PrefixStates, StoredStates, scanning, state_gap
 from agents.decision.model import DecisionModel, action_loss, training_precision
 from envs import OfflineDataset
 from envs.datasets import PackedBatch, SequenceBatch
@@ -95,7 +95,7 @@ class Batcher(ABC):
 
     @classmethod
     def layout_of(cls, cfg: Config, dataset: OfflineDataset) -> BatchLayout:
-        """Rows of `row_steps`, as many as come nearest to `train.batch_steps` supervised steps, at least one."""
+        """Rows of `row_steps` steps, as many as come nearest to `train.batch_steps` steps, at least one."""
         row_steps = cls.row_steps(cfg, dataset)
         return BatchLayout(max(1, round(cfg.train.batch_steps / row_steps)), row_steps)
 
@@ -295,7 +295,6 @@ class PackedSampler:
         self.queue = list(queue)
 
 
-EnteringStates = StoredStates | PrefixStates
 #: The Aaren agent's batchers by `train.batching`: rows packed with whole episodes, or K-windows whose
 #: entering state is stored (refreshed periodically) or rescanned from the prefix at every step.
 AAREN_BATCHERS: dict[str, type[Batcher]] = {
@@ -332,7 +331,7 @@ def check_batch_splits(cfg: Config, dataset: OfflineDataset, world_size: int) ->
     if rows % world_size:
         raise ConfigError(
             f"train.batch_steps = {cfg.train.batch_steps} makes a global batch of {rows} "
-            f"{batcher_type(cfg).rows_are} {row_steps} steps, which does not split evenly across {world_size} "
-            f"processes. Fix: train.batch_steps={-(-rows // world_size) * world_size * row_steps}, or another "
-            "--nproc_per_node"
+            f"{batcher_type(cfg).rows_are} {row_steps} steps, which does not split evenly across "
+            f"{world_size} processes. Fix: train.batch_steps={-(-rows // world_size) * world_size * row_steps}, "
+            "or another --nproc_per_node"
         )

@@ -172,6 +172,10 @@ class StoredStates:
         self.refresh(int(state["refreshed_at"]), state["weights"])
 
 
+#: Where a K-window's entering state comes from.
+EnteringStates = StoredStates | PrefixStates
+
+
 def state_gap(stale: AarenState, fresh: AarenState, starts: np.ndarray) -> dict[str, float]:
     """How far `stale` entering states are from `fresh` ones, over the windows that have a prefix
     (starts > 0; at an episode's start both are empty): per layer, window and head, the relative distance

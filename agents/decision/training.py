@@ -272,8 +272,9 @@ class Trainer:
 
     def restore(self, checkpoint: Path) -> None:
         """Continue from `checkpoint`: weights, step, optimizer, scheduler, the batches' generator, the
-        batcher's state and this rank's torch RNG (a checkpoint from fewer ranks gives its states out in turn). Its model must be the
-        configured one (ConfigError otherwise); the lr schedule goes on from the configured train.lr."""
+        batcher's state and this rank's torch RNG (a checkpoint from fewer ranks gives its states out in
+        turn). Its model must be the configured one (ConfigError otherwise); the lr schedule goes on from the
+        configured train.lr."""
         loaded, step = load_model(checkpoint, self.dist.device)
         check_same_model(checkpoint, loaded.config, self.model.config)
         state = load_trainer_state(checkpoint)
