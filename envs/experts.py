@@ -540,6 +540,11 @@ def load_sb3_policy(
             raise PolicyFileError(
                 f"{zip_path} does not fit observations of size {model_obs_dim}: {exc}"
             ) from exc
+        except (KeyError, IndexError, TypeError, ValueError) as exc:  # a damaged entry that still parses
+            raise PolicyFileError(
+                f"{zip_path}: Stable-Baselines3 cannot load it ({type(exc).__name__}: {exc}): the file is "
+                "damaged. Fix: use an intact copy of the policy"
+            ) from exc
     name = folder.name if zip_path.name == MODEL_FILE else zip_path.stem
     return PredictPolicy(
         model,

@@ -250,6 +250,17 @@ def test_torch_entry_that_is_not_a_torch_file_is_one_error(tiny_policy, tmp_path
         load_sb3_policy(zip_path, *spaces_of("a2c-Hopper"))
 
 
+def test_torch_entry_that_loads_but_is_not_what_sb3_saved_is_one_error(tiny_policy, tmp_path):
+    """A damaged optimizer state that still unpickles (found by tests/test_ppo_fuzz.py: a KeyError)."""
+    buffer = io.BytesIO()
+    torch.save({"state": {}, "param_groups": [{"lr": 1.0}]}, buffer)  # no "params"
+    zip_path = with_zip_entry(
+        tiny_policy / MODEL_FILE, tmp_path / "model.zip", "policy.optimizer.pth", buffer.getvalue()
+    )
+    with pytest.raises(PolicyFileError, match=r"Stable-Baselines3 cannot load it \(KeyError: 'params'\)"):
+        load_sb3_policy(zip_path, *spaces_of("a2c-Hopper"))
+
+
 @pytest.mark.parametrize("name", ["th.load", "th.jit.ScriptModule"])
 def test_objects_reached_through_an_allowed_module_are_refused(name):
     """Protocol 4 resolves dotted names attribute by attribute: SB3's policies module holds `th` (torch)."""

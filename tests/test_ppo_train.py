@@ -1,9 +1,11 @@
 """scripts/train_ppo.py and agents.ppo.train: a run directory that loads both ways, overrides that take
-effect, and one clear error (exit 2) for each kind of bad input, without touching a finished run."""
+effect, and one clear error (exit 2) for each kind of bad input (an impossible value, a device torch does
+not have, a directory another process trains), without touching a finished run."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -13,6 +15,7 @@ import yaml
 from test_scripts_errors import assert_user_error, run
 
 from agents import AarenPPO, ConfigError
+from agents.common.run_lock import run_lock
 from agents.ppo.export import load_exported_policy
 from agents.ppo.tasks import POPGYM_PPO, TASKS, Task, task_named
 from agents.ppo.train import PPORun, train_ppo
@@ -73,13 +76,60 @@ def test_a_killed_run_starts_again_and_a_finished_one_is_refused(tmp_path, capsy
             "policy.num_heads=3",
             ["cannot be built", "embed_dim (64) must be a positive multiple", "num_heads=3"],
         ),
-        ("ppo.n_steps=-5", ["cannot be built", "n_steps=-5"]),
+        ("ppo.batch_size=1", ["cannot be built", "`batch_size` must be greater than 1", "batch_size=1"]),
+        (
+            "ppo.n_epochs=0",
+            ["ppo.n_epochs = 0 is impossible: it must be a number >= 1", "--set ppo.n_epochs=10"],
+        ),
+        ("ppo.n_epochs=-1", ["ppo.n_epochs = -1 is impossible: it must be a number >= 1"]),
+        ("ppo.n_steps=-5", ["ppo.n_steps = -5 is impossible: it must be a number >= 1"]),
+        ("ppo.gamma=1.5", ["ppo.gamma = 1.5 is impossible: it must be a number >= 0 and <= 1"]),
+        ("ppo.gae_lambda=-0.1", ["ppo.gae_lambda = -0.1 is impossible: it must be a number >= 0 and <= 1"]),
+        ("ppo.clip_range=0", ["ppo.clip_range = 0.0 is impossible: it must be a number > 0"]),
+        ("ppo.learning_rate=-3e-4", ["ppo.learning_rate = -0.0003 is impossible: it must be a number > 0"]),
+        ("ppo.max_grad_norm=0", ["ppo.max_grad_norm = 0.0 is impossible: it must be a number > 0"]),
+        ("ppo.target_kl=-1", ["ppo.target_kl = -1 is impossible", "> 0 (or null: off)", "target_kl=null"]),
+        ("ppo.target_kl=fast", ["ppo.target_kl = 'fast' is impossible: it must be a number > 0 (or null"]),
+        ("ppo.clip_range_vf=.inf", ["ppo.clip_range_vf = inf is impossible: it must be a number > 0"]),
+        ("policy.dropout=1", ["policy.dropout = 1.0 is impossible: it must be a number >= 0 and < 1"]),
+        ("policy.input_lags=-1", ["policy.input_lags = -1 is impossible: it must be a number >= 0"]),
+        ("policy.embed_dim=0", ["policy.embed_dim = 0 is impossible: it must be a number >= 1"]),
+        ("ppo.device=mps", ["ppo.device = 'mps' is impossible: use 'cpu', 'cuda' or 'cuda:<i>'"]),
+        ("policy.net_arch=[-4]", ["cannot be built", "net_arch=[-4]"]),
     ],
 )
 def test_bad_overrides_are_one_error_naming_the_option(tmp_path, capsys, override, fragments) -> None:
     status, err = run(capsys, "train_ppo", *TINY, "--out", str(tmp_path), "--set", override)
     assert_user_error(status, err, *fragments)
     assert not (tmp_path / "ppo-RememberCue-s0" / "model.zip").exists()
+
+
+def test_cuda_without_cuda_is_the_offline_trainers_error(tmp_path, capsys, monkeypatch) -> None:
+    """Not a silent run on the CPU while config.yaml says cuda."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    status, err = run(capsys, "train_ppo", *TINY, "--out", str(tmp_path), "--set", "ppo.device=cuda")
+    assert_user_error(status, err, "ppo.device = 'cuda'", "finds no CUDA GPU. Fix: --set ppo.device=cpu")
+    assert not (tmp_path / "ppo-RememberCue-s0" / "config.yaml").exists()
+
+
+def test_a_directory_another_process_trains_is_refused(tmp_path, capsys) -> None:
+    with run_lock(tmp_path / "r"):  # as if another process were training it
+        status, err = run(capsys, "train_ppo", *TINY, "--out", str(tmp_path), "--name", "r")
+    assert_user_error(status, err, f"{tmp_path / 'r'} is being trained by PID {os.getpid()}", "Fix: wait")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [".lock"]  # nothing written
+
+
+def test_values_in_range_and_null_where_an_option_may_be_off_are_taken() -> None:
+    edges = [
+        "ppo.gamma=0",
+        "ppo.gae_lambda=1",
+        "ppo.target_kl=null",
+        "ppo.clip_range_vf=0.1",
+        "ppo.device=auto",
+    ]
+    run_ = PPORun.of_task("CountRecallEasy", [*edges, "policy.dropout=0", "policy.input_lags=0"])
+    assert run_.ppo["target_kl"] is None and run_.ppo["clip_range_vf"] == 0.1 and run_.ppo["device"] == "auto"
+    assert run_.policy["dropout"] == 0.0 and run_.policy["input_lags"] == 0
 
 
 def test_overrides_convert_numbers_as_written_and_keep_the_table() -> None:

@@ -1,4 +1,6 @@
-"""Exported AarenPPO policies (safetensors + JSON) act as the model did, and loading one never unpickles."""
+"""Exported AarenPPO policies (safetensors + JSON) act as the model did, loading one never unpickles, and a
+damaged file (digests), an edited one and one with weights that are not finite are one error each;
+exports of format /1 (before digests) load unverified with a warning."""
 
 from __future__ import annotations
 
@@ -20,9 +22,18 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from torch import nn
 
+from agents.common.digests import content_digest, file_record
 from agents.ppo import export as ppo_export
+from agents.ppo import policy as ppo_policy
 from agents.ppo.algorithm import AarenPPO
-from agents.ppo.export import PARAMETERS_FILE, WEIGHTS_FILE, export_policy, load_exported_policy
+from agents.ppo.export import (
+    EXPORT_FORMAT,
+    PARAMETERS_FILE,
+    UNVERIFIED_FORMAT,
+    WEIGHTS_FILE,
+    export_policy,
+    load_exported_policy,
+)
 from agents.ppo.policy import AarenActorCriticPolicy
 from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL
 from envs.popgym import popgym_env_id
@@ -90,16 +101,40 @@ def test_export_acts_like_the_model(tmp_path, env_id, policy_kwargs, dtype) -> N
     assert model_result == export_result
 
 
-def _rewrite(path: Path, edit: Callable[[dict[str, bytes]], None]) -> Path:
-    """A copy of the zip at `path` with its members (name -> bytes) changed by `edit`."""
+def _rewrite(path: Path, edit: Callable[[dict[str, bytes]], None], reseal: bool = True) -> Path:
+    """A copy of the zip at `path` with its members (name -> bytes) changed by `edit`; `reseal`: with
+    policy.json's digests made to match again, as someone crafting the file would (what the parser
+    then meets), else as damage leaves them."""
     with zipfile.ZipFile(path) as archive:
         members = {name: archive.read(name) for name in archive.namelist()}
     edit(members)
+    if reseal:
+        _reseal(members)
     out = path.with_name(f"tampered-{path.name}")
     with zipfile.ZipFile(out, "w") as archive:
         for name, data in members.items():
             archive.writestr(name, data)
     return out
+
+
+def _reseal(members: dict[str, bytes]) -> None:
+    """policy.json's digests recomputed for the members as they are (where it is an object that has them)."""
+    try:
+        meta = json.loads(members[PARAMETERS_FILE])
+    except (KeyError, ValueError):
+        return
+    if isinstance(meta, dict) and "digest" in meta:
+        if WEIGHTS_FILE in members:
+            meta["files"] = {WEIGHTS_FILE: file_record(members[WEIGHTS_FILE])}
+        meta["digest"] = content_digest(meta)
+        members[PARAMETERS_FILE] = json.dumps(meta).encode()
+
+
+def _as_format_1(members: dict[str, bytes]) -> None:
+    """policy.json as exports of format /1 wrote it: format, dtype and parameters, no digests."""
+    meta = json.loads(members[PARAMETERS_FILE])
+    old = {"format": UNVERIFIED_FORMAT, "dtype": meta["dtype"], "parameters": meta["parameters"]}
+    members[PARAMETERS_FILE] = json.dumps(old).encode()
 
 
 def _edit_json(edit: Callable[[dict], None]) -> Callable[[dict[str, bytes]], None]:
@@ -134,6 +169,11 @@ def _edit_weights(edit: Callable[[dict[str, torch.Tensor]], None]) -> Callable[[
         (_edit_weights(lambda w: w.pop("value_net.weight")), r"missing \['value_net.weight'\]"),
         (_edit_weights(lambda w: w.update({"value_net.weight": torch.zeros(1, 3)})), "shape mismatch"),
         (_edit_weights(lambda w: w.update(extra=torch.zeros(1))), r"unexpected \['extra'\]"),
+        (_edit_json(lambda meta: meta.update(policy_format=9)), "policy format 9 is not one this aaren-rl"),
+        (
+            _edit_weights(lambda w: w["value_net.bias"].fill_(float("nan"))),
+            r"policy.safetensors holds weights that are not finite numbers \(value_net.bias\)",
+        ),
     ],
 )
 def test_damaged_export_is_one_clear_error_naming_the_file(exported, edit, message) -> None:
@@ -142,6 +182,59 @@ def test_damaged_export_is_one_clear_error_naming_the_file(exported, edit, messa
     with pytest.raises(ValueError, match=message) as error:
         load_exported_policy(tampered)
     assert str(tampered) in str(error.value)
+
+
+def _flip_weight_bytes(members: dict[str, bytes]) -> None:
+    """Flip the high bits of a float's top byte near the end of the weights (the values become huge)."""
+    data = bytearray(members[WEIGHTS_FILE])
+    data[-2] ^= 0x7E
+    members[WEIGHTS_FILE] = bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_flip_weight_bytes, "policy.safetensors is damaged: its bytes do not match the sha256 digest in"),
+        (
+            lambda m: m.update({WEIGHTS_FILE: m[WEIGHTS_FILE][:-7]}),
+            r"policy.safetensors is truncated: \d+ of",
+        ),
+        (_edit_json(lambda meta: meta["parameters"].update(embed_dim=32)), "policy.json was changed after"),
+        (_edit_json(lambda meta: meta.pop("files")), "policy.json was changed after it was exported"),
+    ],
+)
+def test_damage_and_edits_are_refused_by_the_digests(exported, edit, message) -> None:
+    """What the digests catch: bit flips that still parse (weights of 1e37, no error before digests), a
+    truncated member, an edited policy.json."""
+    _, path = exported
+    tampered = _rewrite(path, edit, reseal=False)
+    with pytest.raises(ValueError, match=message) as error:
+        load_exported_policy(tampered)
+    assert str(tampered) in str(error.value) and "Fix: export the policy again" in str(error.value)
+
+
+def test_an_export_records_its_formats_and_digests(exported) -> None:
+    _, path = exported
+    with zipfile.ZipFile(path) as archive:
+        meta, weights = json.loads(archive.read(PARAMETERS_FILE)), archive.read(WEIGHTS_FILE)
+    assert meta["format"] == EXPORT_FORMAT and meta["policy_format"] == ppo_policy.POLICY_FORMAT
+    assert meta["files"] == {WEIGHTS_FILE: file_record(weights)} and meta["digest"] == content_digest(meta)
+
+
+def test_an_export_of_format_1_loads_unverified_with_a_warning(exported) -> None:
+    """Exports written before digests act as the model; weights that are not finite are still refused."""
+    model, path = exported
+    old = _rewrite(path, _as_format_1, reseal=False)
+    with pytest.warns(UserWarning, match=rf"{old} was exported before exports carried sha256 digests"):
+        policy = load_exported_policy(old)
+    for name, weight in policy.state_dict().items():
+        assert torch.equal(weight, model.policy.state_dict()[name]), name
+    infinite = _rewrite(old, _edit_weights(lambda w: w["action_net.weight"][0].fill_(float("inf"))))
+    with (
+        pytest.warns(UserWarning, match="unverified"),
+        pytest.raises(ValueError, match=r"not finite numbers \(action_net.weight\)"),
+    ):
+        load_exported_policy(infinite)
 
 
 def test_not_an_export_and_missing_file(tmp_path) -> None:

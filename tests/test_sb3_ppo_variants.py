@@ -1,11 +1,13 @@
 """AarenPPO's policy options (recency, sink, previous_action_reward, share_memory, ...): folded acting
 equals the parallel re-run, learn() runs, save/load and export keep the options and the actions, and
-zips and exports saved before an option was added or its default changed (previous_action_reward,
-input_lags, sink, sink_value) load as they were saved."""
+zips and exports load as they were saved: the options a save lacks are what its policy format implies
+(format 0, before formats were recorded: previous_action_reward, input_lags, sink and sink_value were
+added or changed later)."""
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import pickle
 import zipfile
@@ -20,13 +22,17 @@ from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.preprocessing import get_action_dim
 
+from agents.ppo import policy as ppo_policy
 from agents.ppo.algorithm import AarenPPO
-from agents.ppo.export import export_policy, load_exported_policy
+from agents.ppo.export import UNVERIFIED_FORMAT, export_policy, load_exported_policy
 from agents.ppo.policy import (
-    SAVED_WITHOUT,
+    FORMAT_IMPLIES,
+    FORMAT_KEY,
+    POLICY_FORMAT,
     TIME_SCALES,
     AarenActorCriticPolicy,
     RolloutSequences,
+    options_as_saved,
     time_features,
 )
 from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
@@ -324,12 +330,24 @@ def test_bad_option_inputs_are_clear_errors() -> None:
         policy.predict(np.zeros((2, 3), dtype=np.float32), state[:4])
 
 
-def _drop_option(zip_path: Path, member: str, key: str) -> None:
-    """Rewrite `member` of the zip without `key` in its saved constructor options, as an older save."""
+def _format_0_kwargs(**options: Any) -> dict[str, Any]:
+    """SMALL and `options` as AarenPPO recorded policy kwargs before formats: format 0's options spelled out."""
+    defaults = inspect.signature(AarenActorCriticPolicy).parameters
+    return {**SMALL, **{key: defaults[key].default for key in FORMAT_IMPLIES[0]}, **options}
+
+
+def _as_format_0(zip_path: Path, member: str, key: str) -> None:
+    """Rewrite `member` of the zip as saved before policy formats were recorded, without `key` in its
+    constructor options: a model.zip without FORMAT_KEY, an export of format /1 (no digests either)."""
     with zipfile.ZipFile(zip_path) as archive:
         files = {name: archive.read(name) for name in archive.namelist()}
     data = json.loads(files[member])
-    options = data["policy_kwargs"] if "policy_kwargs" in data else data["parameters"]
+    if "policy_kwargs" in data:
+        options = data["policy_kwargs"]
+        del options[FORMAT_KEY]
+    else:
+        options = data["parameters"]
+        data = {"format": UNVERIFIED_FORMAT, "dtype": data["dtype"], "parameters": options}
     del options[key]
     files[member] = json.dumps(data).encode()
     with zipfile.ZipFile(zip_path, "w") as archive:
@@ -337,23 +355,54 @@ def _drop_option(zip_path: Path, member: str, key: str) -> None:
             archive.writestr(name, content)
 
 
-@pytest.mark.parametrize(("key", "saved_value"), list(SAVED_WITHOUT.items()))
+@pytest.mark.filterwarnings("ignore:.*exported before exports carried sha256 digests")
+@pytest.mark.parametrize(("key", "saved_value"), list(FORMAT_IMPLIES[0].items()))
 def test_saves_from_before_a_default_changed_load_as_they_were_saved(tmp_path, key: str, saved_value) -> None:
-    """A zip or an export without `key` was saved when that option was `saved_value` (added or changed later)."""
+    """A zip or an export of format 0 without `key` was saved when that option was `saved_value`."""
     env = make_vec_env(CARTPOLE_NO_VEL, n_envs=2, seed=0)
-    model = AarenPPO(
-        "MlpAarenPolicy", env, n_steps=16, batch_size=32, seed=0, policy_kwargs={**SMALL, key: saved_value}
-    )
+    kwargs = _format_0_kwargs(**{key: saved_value})
+    model = AarenPPO("MlpAarenPolicy", env, n_steps=16, batch_size=32, seed=0, policy_kwargs=kwargs)
     fresh = AarenPPO("MlpAarenPolicy", env, policy_kwargs=SMALL).policy
     assert fresh._get_constructor_parameters()[key] != saved_value
     model.save(tmp_path / "model.zip")
-    _drop_option(tmp_path / "model.zip", "data", key)
+    _as_format_0(tmp_path / "model.zip", "data", key)
     loaded = AarenPPO.load(tmp_path / "model.zip", device="cpu")
     assert loaded.policy._get_constructor_parameters()[key] == saved_value
     _assert_same_predictions(model, loaded, CARTPOLE_NO_VEL)
     exported = export_policy(model, tmp_path / "p.zip")
-    _drop_option(exported, "policy.json", key)
+    _as_format_0(exported, "policy.json", key)
     _assert_same_predictions(model, load_exported_policy(exported), CARTPOLE_NO_VEL)
+
+
+def test_saves_record_their_policy_format_and_a_resave_keeps_it(tmp_path) -> None:
+    """A new zip records POLICY_FORMAT and builds with the current defaults; a format-0 zip saved again
+    stays format 0, so it keeps building as it was trained."""
+    env = make_vec_env(CARTPOLE_NO_VEL, n_envs=2, seed=0)
+    AarenPPO("MlpAarenPolicy", env, n_steps=16, batch_size=32, policy_kwargs=SMALL).save(tmp_path / "new.zip")
+    new = AarenPPO.load(tmp_path / "new.zip", device="cpu")
+    assert new.policy_kwargs[FORMAT_KEY] == POLICY_FORMAT and new.policy.memory_kwargs["sink"] is True
+    old = AarenPPO(
+        "MlpAarenPolicy", env, n_steps=16, batch_size=32, policy_kwargs=_format_0_kwargs(sink=False)
+    )
+    old.save(tmp_path / "old.zip")
+    _as_format_0(tmp_path / "old.zip", "data", "sink")
+    AarenPPO.load(tmp_path / "old.zip", device="cpu").save(tmp_path / "again.zip")
+    again = AarenPPO.load(tmp_path / "again.zip", device="cpu")
+    assert FORMAT_KEY not in again.policy_kwargs and again.policy.memory_kwargs["sink"] is False
+
+
+def test_an_older_format_implies_what_each_later_one_does_unless_it_says_otherwise(monkeypatch) -> None:
+    """With a format 2 whose saves of format 1 lack `recency` (built True): a format-1 save builds with
+    recency True; a format-0 save too, and with format 0's own values for the rest; a format-2 save
+    with the current defaults; a format from a newer aaren-rl is refused."""
+    monkeypatch.setattr(ppo_policy, "POLICY_FORMAT", 2)
+    monkeypatch.setitem(FORMAT_IMPLIES, 1, {"recency": True, "sink": True})
+    assert options_as_saved({"num_heads": 2}, 2) == {"num_heads": 2}
+    assert options_as_saved({"num_heads": 2}, 1) == {"recency": True, "sink": True, "num_heads": 2}
+    assert options_as_saved({}, 0) == {**FORMAT_IMPLIES[0], "recency": True}
+    assert options_as_saved({"sink": True}, 0)["sink"] is True  # what a save records wins
+    with pytest.raises(ValueError, match="policy format 3 is not one this aaren-rl reads"):
+        options_as_saved({}, 3)
 
 
 def test_input_lags_feed_each_step_the_features_of_the_steps_before_it() -> None:

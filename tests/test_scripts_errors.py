@@ -275,6 +275,9 @@ def test_resume_of_a_locked_run(capsys, run_copy) -> None:
 
 # ---- collect_dataset.py ------------------------------------------------------------------------------
 
+#: A short collection of random actions that would otherwise run (and write x.hdf5).
+RANDOM_10 = ["Hopper-v5", "--policy", "random", "--out", "x.hdf5", "--steps", "10", "--no-progress"]
+
 
 @pytest.mark.parametrize(
     ("argv", "fragment"),
@@ -283,6 +286,14 @@ def test_resume_of_a_locked_run(capsys, run_copy) -> None:
         (["Hoppr-v5", "--policy", "random", "--out", "x.hdf5"], "NAME: Unknown environment 'Hoppr-v5'"),
         (["hopper-medium-v2", "--num-envs", "0"], "--num-envs 0 and --steps 1000000: give 1 <= --num-envs"),
         (["hopper-random-v2", "--steps", "2", "--num-envs", "3"], "give 1 <= --num-envs <= --steps"),
+        ([*RANDOM_10, "--noise", "-1"], "action_noise (--noise) = -1.0: give a finite std >= 0"),
+        ([*RANDOM_10, "--noise", "nan"], "action_noise (--noise) = nan: give a finite std >= 0"),
+        ([*RANDOM_10, "--seed", "-1"], "seed (--seed) = -1: give a whole number from 0 to 2147483647"),
+        ([*RANDOM_10, "--seed", "2147483648"], "seed (--seed) = 2147483648: give a whole number from 0"),
+        (
+            ["hopper-mixed-v2", "--steps", "5", "--num-envs", "2"],
+            "num_steps (--steps) = 5 gives fewer steps than num_envs (--num-envs) = 2 to each of the recipe's 3",
+        ),
     ],
 )
 def test_collect_dataset_names_and_sizes(

@@ -52,7 +52,7 @@ def user_error_types() -> tuple[type[Exception], ...]:
     from agents.decision.run_dir import RunDirError, RunLockedError
     from agents.decision.training import DivergedError
     from agents.hub import HubError
-    from envs.errors import DatasetError, EnvNameError, MissingExtraError
+    from envs.errors import DatasetError, EnvNameError, MissingExtraError, SettingError
     from envs.experts import PolicyFileError
 
     return (
@@ -65,6 +65,7 @@ def user_error_types() -> tuple[type[Exception], ...]:
         DivergedError,
         EvaluationError,
         EnvNameError,
+        SettingError,
         MissingExtraError,
         HubError,
     )

@@ -21,7 +21,6 @@ it is complete or absent. Where checkpoints live in a run and which is the lates
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -34,6 +33,7 @@ from typing import Any, TypeVar
 import torch
 from safetensors.torch import load, save
 
+from agents.common.digests import content_digest, file_record, record_problem
 from agents.common.weights import nonfinite_entries, state_dict_mismatch
 from agents.decision.model import DecisionModel, DecisionModelConfig
 from envs.files import atomic_path
@@ -56,17 +56,6 @@ class CheckpointError(ValueError):
     def __init__(self, problem: str, fix: str = ""):
         super().__init__(f"{problem}. Fix: {fix}" if fix else problem)
         self.problem, self.fix = problem, fix
-
-
-def file_record(data: bytes) -> dict[str, Any]:
-    """What model.json records of one file: its sha256 and size (a short file reads as truncated)."""
-    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-
-
-def content_digest(meta: Mapping[str, Any]) -> str:
-    """sha256 of model.json's content other than its "digest" (canonical JSON, so layout does not count)."""
-    body = {key: value for key, value in meta.items() if key != "digest"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def model_files(
@@ -156,15 +145,9 @@ def read_verified(checkpoint: Source, name: str, meta: Mapping[str, Any]) -> byt
     record = meta["files"].get(name)
     if not isinstance(record, dict):
         raise CheckpointError(f"{path}: {path.parent / 'model.json'} records no digest for it", USE_ANOTHER)
-    size = record.get("bytes")
-    if len(data) != size:
-        problem = f"truncated: {len(data)} of its {size} bytes" if len(data) < size else "longer than written"
+    problem = record_problem(data, record, str(path.parent / "model.json"))
+    if problem is not None:
         raise CheckpointError(f"{path} is {problem}", USE_ANOTHER)
-    if hashlib.sha256(data).hexdigest() != record.get("sha256"):
-        raise CheckpointError(
-            f"{path} is damaged: its bytes do not match the sha256 digest in {path.parent / 'model.json'}",
-            USE_ANOTHER,
-        )
     return data
 
 

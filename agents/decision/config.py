@@ -19,9 +19,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
+from agents.common.devices import check_device
 from agents.common.overrides import ConfigError, convert_value, parse_override_value, shown
 from agents.decision.agent import TARGET_RETURN_FIX, target_return_problem
 from agents.decision.batching import BATCHINGS
@@ -265,30 +265,6 @@ def _check(cond: bool, key: str, value: Any, fix: str) -> None:
         raise ConfigError(f"{key} = {shown(value)} is impossible: {fix}")
 
 
-def _check_device(device: str) -> None:
-    """train.device must be a CPU or CUDA device torch has here (asks about CUDA only for CUDA devices)."""
-    fix = "use 'cpu', 'cuda' or 'cuda:<i>'"
-    try:
-        parsed = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"train.device = {device!r} is not a device ({exc}). Fix: {fix}") from exc
-    _check(parsed.type in ("cpu", "cuda"), "train.device", device, fix)
-    if parsed.type != "cuda":
-        return
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            f"train.device = {device!r}, but this torch ({torch.__version__}) finds no CUDA GPU. Fix: "
-            "--set train.device=cpu, or run on a machine with an NVIDIA GPU and a CUDA build of torch"
-        )
-    count = torch.cuda.device_count()
-    _check(
-        parsed.index is None or parsed.index < count,
-        "train.device",
-        device,
-        f"this machine has {count} CUDA device(s): use 'cuda' or 'cuda:<i>' with i < {count}",
-    )
-
-
 def validate(cfg: Config) -> Config:
     """Value checks that need no data (dims against the dataset/env are checked in training)."""
     m, t, e = cfg.model, cfg.train, cfg.eval
@@ -321,7 +297,7 @@ def validate(cfg: Config) -> Config:
     _check(t.lr_decay in ("none", "cosine"), "train.lr_decay", t.lr_decay, "use 'none' or 'cosine'")
     _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
     _check(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "must be > 0 (reference 0.25)")
-    _check_device(t.device)
+    check_device(t.device, "train.device")
     _check(t.seed >= 0, "train.seed", t.seed, "must be >= 0")
     _check(e.seed >= 0, "eval.seed", e.seed, "must be >= 0")
     for i, target in enumerate(e.targets):

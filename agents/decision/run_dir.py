@@ -21,18 +21,17 @@ leaves a usable checkpoint (docs/design.md, Run directories).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import json
 import os
 import re
 import shutil
-import socket
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agents.common.run_lock import LOCK_FILE, run_lock
+from agents.common.run_lock import RunLockedError as RunLockedError  # re-exported: what RunDir.lock raises
 from agents.decision.agent import DecisionAgent
 from agents.decision.checkpoint import CheckpointError, load_model, verify_checkpoint, write_checkpoint
 from agents.decision.config import Config, dump_config
@@ -47,10 +46,6 @@ if TYPE_CHECKING:
 #: How many checkpoints a run keeps: the one just written and the newest intact ones before it.
 KEEP_CHECKPOINTS = 2
 CHECKPOINT_NAME = re.compile(r"step_(\d+)")
-
-
-class RunLockedError(RuntimeError):
-    """Another process holds the run directory's lock: it is training this run."""
 
 
 class RunDirError(ValueError):
@@ -99,7 +94,7 @@ class RunDir:
 
     @property
     def lock_file(self) -> Path:
-        return self.root / ".lock"
+        return self.root / LOCK_FILE
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step_{step:07d}"
@@ -190,27 +185,10 @@ class RunDir:
         Only for the holder of the run's lock."""
         return remove_temporaries(self.root) + remove_temporaries(self.checkpoints)
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the run's one-writer lock for the block: an OS lock on .lock, which the OS releases when
-        this process ends however it ends (so a killed run never leaves a stale lock). RunLockedError,
-        naming the holder's PID and host, when another process holds it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 256).decode(errors="replace").strip() or "another process"
-                raise RunLockedError(
-                    f"{self.root} is being trained by {holder} (it holds {self.lock_file}). Fix: wait for that "
-                    "run to end, or stop it first; a stopped or killed process releases the lock by itself"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.write(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode())
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The run's one-writer lock, to hold while writing the run (`agents.common.run_lock.run_lock`:
+        RunLockedError, naming the holder, when another process holds it)."""
+        return run_lock(self.root)
 
 
 def _damage(folder: Path) -> CheckpointError | None:

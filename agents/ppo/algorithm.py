@@ -25,7 +25,6 @@ the values and log-probs the policy returns, covers the real steps only, so ever
 
 from __future__ import annotations
 
-import inspect
 import io
 import math
 import os
@@ -44,7 +43,14 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
-from agents.ppo.policy import SAVED_WITHOUT, AarenActorCriticPolicy, ActorCriticState, RolloutSequences
+from agents.ppo.policy import (
+    FORMAT_KEY,
+    POLICY_FORMAT,
+    AarenActorCriticPolicy,
+    ActorCriticState,
+    RolloutSequences,
+    options_as_saved,
+)
 
 SelfAarenPPO = TypeVar("SelfAarenPPO", bound="AarenPPO")
 
@@ -221,9 +227,8 @@ class AarenPPO(PPO):
         _init_setup_model: bool = True,
     ):
         self._last_policy_state: ActorCriticState | None = None
-        # spelled out, so a saved zip records them (see _setup_model)
-        defaults = inspect.signature(AarenActorCriticPolicy).parameters
-        policy_kwargs = {**{key: defaults[key].default for key in SAVED_WITHOUT}, **(policy_kwargs or {})}
+        # a saved zip records the format of its options, so it builds as trained (see _setup_model)
+        policy_kwargs = {FORMAT_KEY: POLICY_FORMAT, **(policy_kwargs or {})}
         super().__init__(
             policy,
             env,
@@ -253,9 +258,13 @@ class AarenPPO(PPO):
         )
 
     def _setup_model(self) -> None:
-        # a zip saved before an option existed or changed its default lacks it: build as it was saved
-        self.policy_kwargs = {**SAVED_WITHOUT, **self.policy_kwargs}
+        # the policy as it was trained: the options a zip lacks are what its format implies (format 0: a
+        # zip from before formats were recorded); policy_kwargs stays as recorded, so a re-save keeps it
+        recorded = self.policy_kwargs
+        options = {key: value for key, value in recorded.items() if key != FORMAT_KEY}
+        self.policy_kwargs = options_as_saved(options, recorded.get(FORMAT_KEY, 0))
         super()._setup_model()
+        self.policy_kwargs = recorded
         if not isinstance(self.policy, AarenActorCriticPolicy):
             raise ValueError(f"AarenPPO needs an AarenActorCriticPolicy, got {type(self.policy).__name__}")
 

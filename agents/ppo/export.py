@@ -9,9 +9,12 @@ a policy to others, export it instead:
     actions, state = policy.predict(obs, state, episode_start, deterministic=True)
     mean, std = evaluate_policy(policy, env)              # acts exactly as the exported model
 
-The zip holds policy.safetensors (weights and buffers) and policy.json: the format, the weights'
-dtype and the policy's constructor parameters as data (spaces by their bounds and sizes, classes
-by name from fixed tables), so loading parses only JSON and safetensors. An export acts; it holds
+The zip holds policy.safetensors (weights and buffers) and policy.json: the export format, the
+format of the policy's options (`agents.ppo.policy.POLICY_FORMAT`), the weights' dtype, the policy's
+constructor parameters as data (spaces by their bounds and sizes, classes by name from fixed tables)
+and sha256 digests of the weights and of itself (`agents.common.digests`), so loading parses only
+JSON and safetensors, and a damaged or edited file is one error. Exports of format /1 (no digests)
+still load, unverified, with a warning, their weights checked to be finite. An export acts; it holds
 no optimizer state, so it cannot continue training (keep the SB3 zip for that).
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -32,13 +36,16 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import FlattenExtractor, NatureCNN
 from torch import nn
 
-from agents.common.weights import state_dict_mismatch
+from agents.common.digests import content_digest, file_record, record_problem
+from agents.common.weights import nonfinite_entries, state_dict_mismatch
 from agents.hub import local_or_hub
 from agents.ppo.algorithm import AarenPPO
-from agents.ppo.policy import SAVED_WITHOUT, AarenActorCriticPolicy
+from agents.ppo.policy import FORMAT_KEY, POLICY_FORMAT, AarenActorCriticPolicy, options_as_saved
 from envs.files import atomic_path
 
-EXPORT_FORMAT = "aaren-ppo-policy/1"
+EXPORT_FORMAT = "aaren-ppo-policy/2"
+#: Exports from before digests and policy formats were recorded (their options are of policy format 0).
+UNVERIFIED_FORMAT = "aaren-ppo-policy/1"
 WEIGHTS_FILE = "policy.safetensors"
 PARAMETERS_FILE = "policy.json"
 ACTIVATIONS: dict[str, type[nn.Module]] = {name: getattr(nn, name) for name in nn.modules.activation.__all__}
@@ -119,16 +126,19 @@ def export_policy(model: AarenPPO | AarenActorCriticPolicy, path: str | os.PathL
         raise ValueError(
             f"export_policy takes an AarenPPO or an AarenActorCriticPolicy, not {type(policy).__name__}"
         )
+    weights = save({k: v.detach().to("cpu", copy=True).contiguous() for k, v in policy.state_dict().items()})
     meta = {
         "format": EXPORT_FORMAT,
+        FORMAT_KEY: POLICY_FORMAT,
         "dtype": str(policy.dtype).removeprefix("torch."),
         "parameters": policy_parameters(policy),
+        "files": {WEIGHTS_FILE: file_record(weights)},
     }
-    weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in policy.state_dict().items()}
+    meta["digest"] = content_digest(meta)
     path = Path(path)
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as archive:
         archive.writestr(PARAMETERS_FILE, json.dumps(meta, indent=2))
-        archive.writestr(WEIGHTS_FILE, save(weights))
+        archive.writestr(WEIGHTS_FILE, weights)
     return path
 
 
@@ -157,13 +167,34 @@ def _read_export(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         meta = json.loads(found[PARAMETERS_FILE])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _damaged(path, PARAMETERS_FILE, f"is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in (EXPORT_FORMAT, UNVERIFIED_FORMAT):
         raise _damaged(path, PARAMETERS_FILE, f"is not of format {EXPORT_FORMAT!r}")
+    if meta["format"] == UNVERIFIED_FORMAT:
+        warnings.warn(
+            f"{path} was exported before exports carried sha256 digests: loading it unverified (export the "
+            "policy again to have it verified)",
+            stacklevel=3,
+        )
+    else:
+        _verify(path, meta, found[WEIGHTS_FILE])
     try:
         weights = load(found[WEIGHTS_FILE])
     except SafetensorError as exc:
         raise _damaged(path, WEIGHTS_FILE, f"is not valid safetensors ({exc})") from exc
     return meta, weights
+
+
+def _verify(path: Path, meta: dict[str, Any], weights: bytes) -> None:
+    """Check policy.json against its own digest and the weights against the digest it records."""
+    if meta.get("digest") != content_digest(meta) or not isinstance(meta.get("files"), dict):
+        problem = "was changed after it was exported (its content does not match its sha256 digest)"
+        raise _damaged(path, PARAMETERS_FILE, problem)
+    record = meta["files"].get(WEIGHTS_FILE)
+    if not isinstance(record, dict):
+        raise _damaged(path, PARAMETERS_FILE, f"records no digest for {WEIGHTS_FILE}")
+    problem = record_problem(weights, record, f"{path}/{PARAMETERS_FILE}")
+    if problem is not None:
+        raise _damaged(path, WEIGHTS_FILE, f"is {problem}")
 
 
 def load_exported_policy(
@@ -176,7 +207,7 @@ def load_exported_policy(
     path = local_or_hub(path, "ppo")
     meta, weights = _read_export(path)
     try:
-        params = {**SAVED_WITHOUT, **meta["parameters"]}  # an export from before an option existed
+        params = options_as_saved(meta["parameters"], meta.get(FORMAT_KEY, 0))
         params["observation_space"] = _space(params["observation_space"])
         params["action_space"] = _space(params["action_space"])
         params["activation_fn"] = ACTIVATIONS[params["activation_fn"]]
@@ -191,6 +222,11 @@ def load_exported_policy(
         raise ValueError(
             f"{path}: {WEIGHTS_FILE} does not fit the policy {PARAMETERS_FILE} describes: {mismatch}. "
             "Fix: keep the weights with the policy.json they were exported with"
+        )
+    not_finite = nonfinite_entries(weights)
+    if not_finite:
+        raise _damaged(
+            path, WEIGHTS_FILE, f"holds weights that are not finite numbers ({', '.join(not_finite[:4])})"
         )
     policy.to(dtype).load_state_dict(weights)
     policy.to(device).set_training_mode(False)

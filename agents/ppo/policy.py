@@ -59,6 +59,7 @@ What each default was measured against, and what else was tried: docs/notes/ppo-
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -282,9 +283,31 @@ class FoldedMemory:
 #: of Adam's cost).
 FUSED_ADAM = {"eps": 1e-5, "fused": True}
 
-#: Constructor options a policy saved without them was built with: they were added, or their default
-#: changed, later (AarenPPO zips and exports from before then lack the key).
-SAVED_WITHOUT = {"previous_action_reward": False, "input_lags": 0, "sink": False, "sink_value": False}
+#: The version of the constructor options a saved policy records: AarenPPO zips in their policy_kwargs
+#: (under FORMAT_KEY), exports in policy.json. Adding an option whose default is not how saves of the
+#: current format were built, or changing a default, raises it and records in FORMAT_IMPLIES what the
+#: previous format implies, so every save builds as it was trained.
+POLICY_FORMAT = 1
+FORMAT_KEY = "policy_format"
+#: What the saves of each older format were built with for the options they may lack (format 0: saved
+#: before formats were recorded, when these options were added or changed).
+FORMAT_IMPLIES: dict[int, dict[str, Any]] = {
+    0: {"previous_action_reward": False, "input_lags": 0, "sink": False, "sink_value": False},
+}
+
+
+def options_as_saved(options: Mapping[str, Any], policy_format: int) -> dict[str, Any]:
+    """The constructor options of a policy saved with `options` in `policy_format`: those it lacks are
+    what that format implies, or a later one (the oldest that says). ValueError for an unknown format."""
+    if type(policy_format) is not int or not 0 <= policy_format <= POLICY_FORMAT:
+        raise ValueError(
+            f"policy format {policy_format!r} is not one this aaren-rl reads (0 to {POLICY_FORMAT}): it was "
+            "saved by a newer aaren-rl, or the file is damaged"
+        )
+    implied: dict[str, Any] = {}
+    for version in range(POLICY_FORMAT - 1, policy_format - 1, -1):
+        implied.update(FORMAT_IMPLIES[version])
+    return {**implied, **options}
 
 
 class AarenActorCriticPolicy(ActorCriticPolicy):

@@ -4,7 +4,12 @@ The run directory gets config.yaml (what ran: the task, its PPO and policy setti
 tb/ (TensorBoard), model.zip (`AarenPPO.load`), policy.zip (`agents.ppo.export`: safetensors + JSON,
 loads without unpickling) and eval.json (the final deterministic return on fresh envs, the MMER over
 training, the seconds of collection and training). Every file is written atomically, model.zip last;
-a directory that holds it (a finished run) is refused, not overwritten.
+a directory that holds it (a finished run) is refused, not overwritten. The run holds the directory's
+one-writer lock (.lock, `agents.common.run_lock`) throughout, so a second process training the same
+directory is refused too, and a killed run starts again in place.
+
+Overridden settings are checked where they are given (`PPORun.override`): their type, the range of each
+numeric option (`OPTION_BOUNDS`) and the device, one `ConfigError` each.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +28,9 @@ import numpy as np
 import yaml
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.common.overrides import ConfigError, convert_value, parse_override_value
+from agents.common.devices import check_device
+from agents.common.overrides import ConfigError, convert_value, parse_override_value, shown
+from agents.common.run_lock import run_lock
 from agents.ppo.algorithm import AarenPPO
 from agents.ppo.export import export_policy
 from agents.ppo.policy import AarenActorCriticPolicy
@@ -36,7 +44,7 @@ from agents.ppo.tasks import (
     max_mean_returns,
     task_named,
 )
-from envs.files import atomic_path, torch_threads, write_atomic
+from envs.files import atomic_path, remove_temporaries, torch_threads, write_atomic
 from envs.progress import progress_bar
 
 #: Arguments the run sets itself, so not options to override.
@@ -51,6 +59,72 @@ _SET_BY_RUN = {
     "_init_setup_model",
 }
 _SET_BY_POLICY = {"self", "observation_space", "action_space", "lr_schedule"}
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers an option may be: from `low` to `high`, each end included unless said otherwise."""
+
+    low: float
+    high: float = math.inf
+    low_included: bool = True
+    high_included: bool = True
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.low_included else value > self.low
+        below = value <= self.high if self.high_included else value < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        low = f"{'>=' if self.low_included else '>'} {self.low:g}"
+        if self.high == math.inf:
+            return low
+        return f"{low} and {'<=' if self.high_included else '<'} {self.high:g}"
+
+
+POSITIVE = Bounds(0, low_included=False)
+#: The range of each numeric option of AarenPPO and its policy: SB3 and the policy would fail deep inside
+#: training (n_epochs=0 ends in an UnboundLocalError), or train on nonsense, outside it. Options that
+#: may be null (off) take null too.
+OPTION_BOUNDS = {
+    "ppo.learning_rate": POSITIVE,
+    "ppo.n_steps": Bounds(1),
+    "ppo.batch_size": Bounds(1),
+    "ppo.n_epochs": Bounds(1),
+    "ppo.gamma": Bounds(0, 1),
+    "ppo.gae_lambda": Bounds(0, 1),
+    "ppo.clip_range": POSITIVE,
+    "ppo.clip_range_vf": POSITIVE,
+    "ppo.ent_coef": Bounds(0),
+    "ppo.vf_coef": Bounds(0),
+    "ppo.max_grad_norm": POSITIVE,
+    "ppo.sde_sample_freq": Bounds(-1),
+    "ppo.target_kl": POSITIVE,
+    "ppo.stats_window_size": Bounds(1),
+    "policy.embed_dim": Bounds(1),
+    "policy.num_layers": Bounds(1),
+    "policy.num_heads": Bounds(1),
+    "policy.ffn_mult": Bounds(1),
+    "policy.dropout": Bounds(0, 1, high_included=False),
+    "policy.input_lags": Bounds(0),
+}
+
+
+def check_option(key: str, value: Any, default: Any) -> None:
+    """One ConfigError unless `value` of option `key` (whose default is `default`) is in its range, or
+    is a device torch can run on here (`agents.common.devices`; SB3's "auto" too)."""
+    if key == "ppo.device" and value != "auto":
+        check_device(value, key)
+    bounds = OPTION_BOUNDS.get(key)
+    if bounds is None or (value is None and default is None):
+        return
+    number = type(value) is int or (isinstance(value, float) and math.isfinite(value))
+    if not number or value not in bounds:
+        nullable = " (or null: off)" if default is None else ""
+        raise ConfigError(
+            f"{key} = {shown(value)} is impossible: it must be a number {bounds}{nullable}. Fix: e.g. --set "
+            f"{key}={'null' if default is None else default}"
+        )
 
 
 def settable_options(cls: type, excluded: set[str]) -> dict[str, Any]:
@@ -110,6 +184,7 @@ class PPORun:
         value = parse_override_value(text, type(current))
         if isinstance(current, (bool, int, float, str)):
             value = convert_value(value, type(current), key.strip(), f"{key.strip()}={current}")
+        check_option(f"{section}.{name}", value, options[name])
         values[name] = value
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,7 +213,7 @@ def _build(run: PPORun, run_dir: Path) -> AarenPPO:
             tensorboard_log=str(run_dir / "tb"),
             **run.ppo,
         )
-    except (ValueError, TypeError, AssertionError) as exc:  # SB3 checks its arguments with asserts
+    except (ValueError, TypeError, AssertionError, RuntimeError) as exc:  # SB3 asserts, torch's shapes
         env.close()
         if not run.overrides:
             raise  # the table's own settings: a bug, which keeps its traceback
@@ -166,12 +241,20 @@ class ProgressBar(BaseCallback):
 
 def train_ppo(run: PPORun, run_dir: str | Path, progress: bool = True, threads: int = 1) -> Path:
     """Train `run` into `run_dir` (see the module docstring) and return the directory. model.zip is
-    written last, so a directory holding it holds a finished run."""
+    written last, so a directory holding it holds a finished run; RunLockedError while another process
+    trains the directory."""
     run_dir = Path(run_dir)
-    if (run_dir / "model.zip").exists():
-        raise ConfigError(
-            f"{run_dir} holds a finished run already. Fix: pass another --name, or remove the directory"
-        )
+    with run_lock(run_dir):
+        if (run_dir / "model.zip").exists():
+            raise ConfigError(
+                f"{run_dir} holds a finished run already. Fix: pass another --name, or remove the directory"
+            )
+        remove_temporaries(run_dir)  # of a killed run's writes
+        return _train(run, run_dir, progress, threads)
+
+
+def _train(run: PPORun, run_dir: Path, progress: bool, threads: int) -> Path:
+    """Train `run` into `run_dir`, whose lock this process holds (see the module docstring)."""
     write_atomic(run_dir / "config.yaml", yaml.safe_dump(run.to_dict(), sort_keys=False))
     with torch_threads(threads):
         model = _build(run, run_dir)
