@@ -281,11 +281,13 @@ class AarenPPO(PPO):
         Security: SB3's zip stores some entries with cloudpickle, so loading a crafted zip runs its
         code. Load only zips from sources you trust; to share a policy, use
         `agents.ppo.export.export_policy` and `load_exported_policy` (safetensors + JSON, no pickles).
-        The policy class is not read from the zip (AarenPPO takes only `AarenActorCriticPolicy`), so
-        zips saved when it lived in `agents.ppo_policy` load too; `custom_objects` may still name one.
+        The policy and rollout-buffer classes are not read from the zip (AarenPPO always uses its own),
+        so zips saved when they lived in `agents.ppo_policy` and `agents.ppo` load too; `custom_objects`
+        may still name others.
         """
         kwargs["custom_objects"] = {
             "policy_class": AarenActorCriticPolicy,
+            "rollout_buffer_class": AarenRolloutBuffer,
             **(kwargs.get("custom_objects") or {}),
         }
         return super().load(path, *args, **kwargs)
