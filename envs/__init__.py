@@ -18,6 +18,7 @@ from envs.download import DownloadError
 from envs.experts import experts_dir
 from envs.make import make_env
 from envs.scores import normalized_score
+from envs.tmaze import TMazeEnv, TMazeOracle
 from envs.vector import EnvWorkerError, EpisodeRecord, VecRollout, VecStep, make_vec_env
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "EpisodeRecord",
     "OfflineDataset",
     "SequenceBatch",
+    "TMazeEnv",
+    "TMazeOracle",
     "VecRollout",
     "VecStep",
     "canonical_env_id",

@@ -1,4 +1,5 @@
-"""Everything known about D4RL's locomotion tasks, in one table, plus the one parser of D4RL names.
+"""Everything known about D4RL's locomotion tasks (and this project's T-Maze), in one table, plus the one
+parser of D4RL names.
 
 D4RL's gym-mujoco datasets were recorded on gym's ``-v2`` MuJoCo tasks (mujoco-py, MuJoCo 2.x), which
 no longer run; the maintained equivalents are Gymnasium's ``-v5`` tasks with the same observation
@@ -6,7 +7,9 @@ layout for hopper, halfcheetah and walker2d. Ant needs extra settings and paddin
 table entry and applied by :func:`envs.make.make_env`.
 
 A name refers to a task by its first token before "-" or "_", lower-cased: "hopper-medium-v2",
-"Hopper-v5" and "hopper" all name hopper, while "antmaze-umaze-v0" names none.
+"Hopper-v5" and "hopper" all name hopper, while "antmaze-umaze-v0" names none. T-Maze names carry
+corridor lengths after the task ("tmaze-100", "tmaze-20-50-oracle-v0": see :mod:`envs.tmaze`); its scores
+are success rates (reference returns 0 and 1, so the normalised score is 100 x the share of episodes won).
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from typing import Any
 import gymnasium as gym
 
 from envs.errors import DatasetError, EnvNameError
+from envs.tmaze import TMAZE, TMAZE_TASK, tmaze_kwargs
 
 
 @dataclass(frozen=True)
 class D4RLTask:
-    """One D4RL locomotion task and what this project attaches to it."""
+    """One task of the table and what this project attaches to it."""
 
     name: str  # D4RL's prefix: "hopper"
     gym_id: str  # the Gymnasium task evaluated on
@@ -37,6 +41,7 @@ class D4RLTask:
     policies: Mapping[str, str] = field(default_factory=dict)
     # gymnasium.make defaults that bring the v5 task closest to D4RL's v2 data.
     env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    published: bool = True  # D4RL publishes its datasets (PUBLISHED_DATASETS); False: only collected here
 
 
 #: The tasks by D4RL prefix. Behaviour policies rise in return from "weak" to "expert" on the v5
@@ -80,6 +85,9 @@ TASKS: dict[str, D4RLTask] = {
             obs_dim=111,
             env_kwargs={"include_cfrc_ext_in_observation": False, "contact_cost_weight": 0.0},
         ),
+        # Success rates: the main target wins; the second asks to lose, which only an agent that
+        # remembers the cue and reads the target can do on purpose.
+        D4RLTask(TMAZE_TASK, TMAZE, 0.0, 1.0, obs_dim=3, targets=(1.0, 0.0), published=False),
     )
 }
 
@@ -115,7 +123,12 @@ def parse_dataset_id(dataset_id: str) -> tuple[str, str, str]:
 
 def is_published(task: str, dataset: str, version: str) -> bool:
     """Whether D4RL publishes ``<task>-<dataset>-<version>`` (gym-mujoco v2 only)."""
-    return task in TASKS and dataset in PUBLISHED_DATASETS and version == PUBLISHED_VERSION
+    return (
+        task in TASKS
+        and TASKS[task].published
+        and dataset in PUBLISHED_DATASETS
+        and version == PUBLISHED_VERSION
+    )
 
 
 def canonical_env_id(name: str) -> str:
@@ -132,6 +145,15 @@ def canonical_env_id(name: str) -> str:
             f"starting with one of {sorted(TASKS)} (e.g. 'hopper-medium-v2')."
         )
     return task.gym_id
+
+
+def env_kwargs(name: str) -> dict[str, Any]:
+    """The gymnasium.make settings a task name implies: its table entry's, plus what a T-Maze name says
+    (corridor length, noise channel); {} for a name of no task here."""
+    task = task_of(name)
+    if task is None:
+        return {}
+    return {**task.env_kwargs, **(tmaze_kwargs(name) if task.name == TMAZE_TASK else {})}
 
 
 def reference_scores(name: str) -> tuple[float, float] | None:

@@ -11,7 +11,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.d4rl import canonical_env_id, task_of
+from envs.d4rl import canonical_env_id, env_kwargs, task_of
 
 
 class ZeroPadObservation(gym.ObservationWrapper):
@@ -66,13 +66,15 @@ def make_env(name: str, *, d4rl_ant_layout: bool = True, **kwargs: Any) -> gym.E
       -> the same 27 informative entries in the same order) and without the contact cost in the
       reward (``contact_cost_weight=0``), then append 84 zeros so D4RL files fit as they are.
       ``d4rl_ant_layout=False`` skips the zero padding (27-dim observations).
+    - T-Maze names (``"tmaze-100"``, ``"tmaze-100-noisy"``) make ``aaren_rl/TMaze-v0`` with that corridor
+      length (and noise channel); a name of several lengths, as a mixed dataset's, is an EnvNameError.
     Extra ``kwargs`` go to ``gymnasium.make`` and override the defaults above.
     """
     env_id = canonical_env_id(name)
     task = task_of(name)
     if env_id == name or task is None:
         return gym.make(env_id, **kwargs)
-    env = gym.make(env_id, **{**task.env_kwargs, **kwargs})
+    env = gym.make(env_id, **{**env_kwargs(name), **kwargs})
     obs_dim = env.observation_space.shape[0]
     if d4rl_ant_layout and obs_dim < task.obs_dim:
         env = ZeroPadObservation(env, task.obs_dim - obs_dim)
