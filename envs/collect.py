@@ -9,6 +9,10 @@ medium-expert (medium then expert data in one file) and mixed (several policies 
 sampled stochastically: a stand-in for medium-replay, whose replay buffers are not available). The
 default policies are RL Zoo agents, from ``$AAREN_RL_EXPERTS`` or else downloaded once from the
 Hugging Face Hub, and loaded without running code from their files: see :mod:`envs.experts`.
+
+The T-Maze (:mod:`envs.tmaze`) has its own recipes, drawn from a scripted oracle with corridor
+detours and a share of wrong turns, over one or several corridor lengths named in the id
+("tmaze-20-50-oracle-v0"); its files record each row's corridor length as ``infos/corridor_length``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import gymnasium as gym
 import numpy as np
 
 from envs.d4rl import TASKS, canonical_env_id, fill_metadata, parse_dataset_id
@@ -30,6 +35,7 @@ from envs.experts import PolicyFileError, PredictPolicy, RandomPolicy, load_sb3_
 from envs.files import torch_threads
 from envs.make import MujocoStateInfo
 from envs.progress import progress_bar
+from envs.tmaze import TMAZE_TASK, TMazeName, TMazeOracle, parse_tmaze_name
 from envs.vector import VecRollout, VecStep, make_vec_env, split_evenly
 
 #: Roles each recipe draws from, in file order; num_steps is split evenly between them.
@@ -42,6 +48,9 @@ RECIPES: dict[str, tuple[str, ...]] = {
 }
 #: Recipes whose SB3 policies sample actions (deterministic=False) instead of taking the mean.
 STOCHASTIC_RECIPES = frozenset({"mixed"})
+#: T-Maze recipes: the share of episodes in which the oracle (sampled, with detours) turns to the wrong goal.
+#: "oracle" mixes wins and losses, so returns vary and a policy must read its target return.
+TMAZE_RECIPES: dict[str, float] = {"oracle": 0.3, "expert": 0.0}
 
 #: Seed offset between the parts of a recipe (env i of part j is seeded seed + j * offset + i).
 PART_SEED_OFFSET = 10_000
@@ -117,6 +126,11 @@ def rollout_policy(
     rollout = VecRollout(vec)
     try:
         space = vec.single_action_space
+        if action_noise > 0 and not isinstance(space, gym.spaces.Box):
+            raise SettingError(
+                f"action_noise (--noise) = {action_noise}: Gaussian action noise needs continuous (Box) actions, "
+                f"but {env_name} has {space}. Fix: --noise 0"
+            )
         if isinstance(policy, (str, os.PathLike)) and str(policy) == "random":
             behaviour: Any = RandomPolicy(space, seed=[seed, 1])
         elif isinstance(policy, (str, os.PathLike)):
@@ -140,15 +154,18 @@ def rollout_policy(
 class _Buffers:
     """Per-env row buffers of one collection; env i fills rows up to its quota, then stops recording."""
 
-    def __init__(self, quotas: np.ndarray, obs: np.ndarray, info: Any, action_shape: tuple[int, ...]):
+    def __init__(self, quotas: np.ndarray, obs: np.ndarray, info: Any, action_space: gym.Space):
         n, rows = len(quotas), int(quotas.max())
+        discrete = np.issubdtype(action_space.dtype, np.integer)  # Discrete actions stay integers
         self.quotas = quotas
         self.counts = np.zeros(n, dtype=np.int64)
         self.state_keys = [k for k in ("qpos", "qvel") if k in info]
         self.arrays: dict[str, np.ndarray] = {
             "observations": np.zeros((n, rows, *obs.shape[1:]), np.float32),
             "next_observations": np.zeros((n, rows, *obs.shape[1:]), np.float32),
-            "actions": np.zeros((n, rows, *action_shape), np.float32),
+            "actions": np.zeros(
+                (n, rows, *action_space.shape), action_space.dtype if discrete else np.float32
+            ),
             "rewards": np.zeros((n, rows), np.float32),
             "terminals": np.zeros((n, rows), bool),
             "timeouts": np.zeros((n, rows), bool),
@@ -203,7 +220,7 @@ def _record(
 
     obs, info = rollout.reset()
     space = rollout.env.single_action_space
-    buffers = _Buffers(split_evenly(num_steps, rollout.num_envs), obs, info, space.shape)
+    buffers = _Buffers(split_evenly(num_steps, rollout.num_envs), obs, info, space)
     noise_rng = np.random.default_rng([seed, 2])
     returns: list[float] = []
     lengths: list[int] = []
@@ -337,15 +354,25 @@ def collect_dataset(
 
 
 def parse_recipe_id(dataset_id: str) -> tuple[str, str]:
-    """``"walker2d-medium-expert-v2"`` -> ``("walker2d", "medium-expert")``: a D4RL id naming a recipe."""
+    """``"walker2d-medium-expert-v2"`` -> ``("walker2d", "medium-expert")``, ``"tmaze-20-50-oracle-v0"`` ->
+    ``("tmaze", "oracle")``: a D4RL id naming a recipe (T-Maze ids name corridor lengths before it)."""
     try:
         task, recipe, _ = parse_dataset_id(dataset_id)
     except DatasetError:  # not even '<word>-<word>': reported below like any other bad id
         task = recipe = ""
+    if task == TMAZE_TASK:
+        name = parse_tmaze_name(f"{task}-{recipe}")  # without the version
+        recipe = name.rest
+        if not name.lengths or recipe not in TMAZE_RECIPES:
+            raise EnvNameError(
+                f"{dataset_id!r} is not 'tmaze-<length>[-<length>...][-noisy]-<recipe>[-vK]' with recipe in "
+                f"{sorted(TMAZE_RECIPES)}, e.g. 'tmaze-20-50-oracle-v0'."
+            )
+        return task, recipe
     if task not in TASKS or recipe not in RECIPES:
         raise EnvNameError(
             f"{dataset_id!r} is not '<task>-<recipe>[-vK]' with task in {sorted(TASKS)} "
-            f"and recipe in {sorted(RECIPES)}."
+            f"and recipe in {sorted(RECIPES)} (T-Maze: {sorted(TMAZE_RECIPES)})."
         )
     return task, recipe
 
@@ -372,6 +399,14 @@ def collect_recipe(
     ``policies`` maps roles ("weak", "medium", "expert") to other SB3 zips or folders.
     """
     task, recipe = parse_recipe_id(dataset_id)
+    if task == TMAZE_TASK:
+        if policies:
+            raise PolicyFileError(
+                f"T-Maze recipes roll out their scripted oracle (envs.tmaze.TMazeOracle), not {dict(policies)}. "
+                "Fix: drop --policy (or collect one policy's data with NAME tmaze-<length> --policy PATH --out FILE)"
+            )
+        shared = dict(num_envs=num_envs, vectorization=vectorization, seed=seed, progress=progress)
+        return _collect_tmaze(dataset_id, recipe, path, num_steps, action_noise, overwrite, **shared)
     table = {**TASKS[task].policies, **(policies or {})}
     roles = RECIPES[recipe]
     check_settings(num_steps, num_envs, seed, action_noise, parts=len(roles))
@@ -405,10 +440,60 @@ def collect_recipe(
     return _write(path, parts, metadata, overwrite)
 
 
-def _base_metadata(env_name: str, seed: int, num_envs: int, action_noise: float) -> dict[str, Any]:
-    """What every collected file records about its environment and settings (plus reference scores)."""
+def _collect_tmaze(
+    dataset_id: str,
+    recipe: str,
+    path: str | os.PathLike | None,
+    num_steps: int,
+    action_noise: float,
+    overwrite: bool,
+    *,
+    num_envs: int,
+    vectorization: Literal["sync", "async"],
+    seed: int,
+    progress: bool,
+) -> CollectResult:
+    """A T-Maze recipe: one part per corridor length named in the id, ``num_steps`` split evenly between
+    them (so short corridors give more episodes), each rolled out by a sampled TMazeOracle. The file's
+    ``env_id`` is the T-Maze name of its lengths; ``infos/corridor_length`` holds each row's length."""
+    name = parse_tmaze_name(dataset_id)
+    check_settings(num_steps, num_envs, seed, action_noise, parts=len(name.lengths))
+    if action_noise > 0:
+        raise SettingError(
+            f"action_noise (--noise) = {action_noise}: T-Maze actions are discrete; the recipes' noise is the "
+            "oracle's detours and wrong turns. Fix: --noise 0"
+        )
+    path = Path(path) if path is not None else d4rl_dataset_dir() / d4rl_filename(dataset_id)
+    _refuse_existing(path, overwrite)
+    shares = split_evenly(num_steps, len(name.lengths)).tolist()
+    parts = []
+    for j, (length, steps) in enumerate(zip(name.lengths, shares, strict=True)):
+        one = TMazeName((length,), name.noise, "")
+        oracle = TMazeOracle(length, wrong_turns=TMAZE_RECIPES[recipe], seed=[seed + j * PART_SEED_OFFSET, 3])
+        part = rollout_policy(
+            one.env_name,
+            oracle,
+            steps,
+            num_envs=num_envs,
+            vectorization=vectorization,
+            seed=seed + j * PART_SEED_OFFSET,
+            deterministic=False,
+            progress=progress,
+        )
+        part.infos["corridor_length"] = np.full(len(part.arrays["rewards"]), length, dtype=np.int64)
+        parts.append(part)
+    metadata = _base_metadata(dataset_id, seed, num_envs, action_noise, env_id=name.env_name)
+    metadata.update({"dataset_id": dataset_id, "recipe": recipe, "deterministic": False})
+    return _write(path, parts, metadata, overwrite)
+
+
+def _base_metadata(
+    env_name: str, seed: int, num_envs: int, action_noise: float, env_id: str | None = None
+) -> dict[str, Any]:
+    """What every collected file records about its environment and settings (plus reference scores);
+    ``env_id`` default: the Gymnasium id ``env_name`` makes."""
     metadata: dict[str, Any] = {
-        "env_id": canonical_env_id(env_name),
+        "env_id": env_id or canonical_env_id(env_name),
         "env_name": env_name,
         "seed": seed,
         "num_envs": num_envs,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from agents.common.cli import ArgumentParser, exits_2_on_user_errors
-from envs.collect import RECIPES, collect_dataset, collect_recipe, parse_recipe_id
+from envs.collect import RECIPES, TMAZE_RECIPES, collect_dataset, collect_recipe, parse_recipe_id
 from envs.d4rl import TASKS, canonical_env_id
 from envs.experts import experts_dir
 
@@ -27,12 +27,18 @@ Policy names are looked up in {experts_dir()}:
         if task.policies
     )
     + """
+T-Maze (envs/tmaze.py): tmaze-<length>[-<length>...][-noisy]-<recipe>[-vK], --steps split evenly over the
+corridor lengths; a scripted oracle with detours along the corridor, turning to the wrong goal in
+"""
+    + ", ".join(f"{share:.0%} ({recipe})" for recipe, share in TMAZE_RECIPES.items())
+    + """ of episodes
 
 examples:
   aaren-rl collect hopper-medium-v2 --steps 1000000 --num-envs 4
   aaren-rl collect walker2d-medium-expert-v2 --policy expert=path/to/model.zip
   aaren-rl collect Hopper-v5 --policy tqc-Hopper --steps 20000 --out data/hopper_tqc.hdf5
   aaren-rl collect hopper-random-v2 --steps 20000 --out data/hopper_random.hdf5
+  aaren-rl collect tmaze-20-50-oracle-v0 --steps 200000
 
 Same arguments (seed, steps, num-envs) give a byte-identical file. SB3 zips and vecnormalize.pkl files
 are read with a restricted unpickler: a policy file that would run code is refused.
