@@ -3,6 +3,8 @@
 The on-disk layout is D4RL's (one HDF5 file, flat arrays over all transitions): ``observations``
 (N, obs_dim), ``actions`` (N, act_dim), ``rewards`` (N,) or (N, 1), ``terminals`` and ``timeouts``
 (N,) bool, optionally ``next_observations``, ``infos/qpos``, ``infos/qvel`` and ``metadata/*``.
+Actions of a Discrete or MultiDiscrete env are integers, (N,) or (N, k); in memory they are int64
+(N, 1) or (N, k), and ``check_actions`` checks them against the env's action space.
 Episodes are contiguous row ranges ending where ``terminals or timeouts`` is true, exactly as
 d4rl's ``sequence_dataset`` splits them.
 
@@ -122,7 +124,7 @@ class SequenceBatch:
     """
 
     observations: np.ndarray  # (B, L, obs_dim) float32
-    actions: np.ndarray  # (B, L, act_dim) float32
+    actions: np.ndarray  # (B, L, act_dim) float32, or int64 (discrete actions)
     rewards: np.ndarray  # (B, L) float32
     returns_to_go: np.ndarray  # (B, L) float32, undiscounted sum of rewards from that step to episode end
     timesteps: np.ndarray  # (B, L) int64, index within the episode
@@ -161,7 +163,7 @@ class OfflineDataset:
     """
 
     observations: np.ndarray  # (N, obs_dim) float32
-    actions: np.ndarray  # (N, act_dim) float32
+    actions: np.ndarray  # (N, act_dim) float32, or int64 (discrete actions: act_dim = their components)
     rewards: np.ndarray  # (N,) float32
     terminals: np.ndarray  # (N,) bool
     timeouts: np.ndarray  # (N,) bool
@@ -479,7 +481,7 @@ def _read_hdf5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
                 ds = f[key]
                 if not isinstance(ds, h5py.Dataset):
                     raise DatasetError(f"{path}: {key!r} is a group, not an array.")
-                float_key = key in ("observations", "actions", "rewards")
+                float_key = key in ("observations", "rewards") or (key == "actions" and not _integers(ds))
                 raw[key] = ds.astype(np.float32)[()] if float_key and ds.dtype != np.float32 else ds[()]
             metadata = _read_metadata(f["metadata"]) if isinstance(f.get("metadata"), h5py.Group) else {}
     except OSError as exc:
@@ -557,7 +559,9 @@ def _read_minari(dataset_id: str, download: bool) -> tuple[dict[str, np.ndarray]
             timeouts = timeouts.copy()
             timeouts[-1] = True  # a stored Minari episode is complete: mark its cut as a timeout
         parts["observations"].append(np.asarray(episode.observations[:-1], dtype=np.float32))
-        parts["actions"].append(np.asarray(episode.actions, dtype=np.float32).reshape(len(terminals), -1))
+        actions = np.asarray(episode.actions)
+        actions = actions.astype(np.int64 if _integers(actions) else np.float32)
+        parts["actions"].append(actions.reshape(len(terminals), -1))
         parts["rewards"].append(np.asarray(episode.rewards, dtype=np.float32))
         parts["terminals"].append(terminals)
         parts["timeouts"].append(timeouts)
@@ -579,8 +583,14 @@ def _read_minari(dataset_id: str, download: bool) -> tuple[dict[str, np.ndarray]
 # Validation
 
 
+def _integers(array: np.ndarray | h5py.Dataset) -> bool:
+    """Whether an array holds integers (discrete actions); bools are not."""
+    return np.issubdtype(array.dtype, np.integer)
+
+
 def _check_arrays(raw: Mapping[str, np.ndarray], label: str) -> dict[str, np.ndarray]:
-    """Shapes, lengths, finiteness; returns float32/bool arrays (no copy when already right)."""
+    """Shapes, lengths, finiteness; returns float32/bool arrays, and int64 integer actions as (N, k)
+    (no copy when already right)."""
     obs, actions = raw["observations"], raw["actions"]
     n = len(obs)
     if n == 0:
@@ -589,11 +599,16 @@ def _check_arrays(raw: Mapping[str, np.ndarray], label: str) -> dict[str, np.nda
         )
     if obs.ndim != 2:
         raise DatasetError(f"{label}: 'observations' must be 2-D (N, obs_dim), got shape {obs.shape}.")
+    if _integers(actions) and actions.ndim == 1:  # one Discrete action per row
+        actions = actions.reshape(-1, 1)
     if actions.ndim != 2:
-        raise DatasetError(f"{label}: 'actions' must be 2-D (N, act_dim), got shape {actions.shape}.")
+        raise DatasetError(
+            f"{label}: 'actions' must be 2-D (N, act_dim), got shape {actions.shape}; integer (discrete) "
+            "actions may be (N,)."
+        )
     out: dict[str, np.ndarray] = {}
     for key in REQUIRED_KEYS:
-        a = raw[key]
+        a = actions if key == "actions" else raw[key]
         if key in ("rewards", "terminals", "timeouts"):
             if a.ndim == 2 and a.shape[1] == 1:
                 a = a.reshape(-1)
@@ -606,6 +621,8 @@ def _check_arrays(raw: Mapping[str, np.ndarray], label: str) -> dict[str, np.nda
             )
         if key in ("terminals", "timeouts"):
             out[key] = a if a.dtype == bool else a != 0
+        elif _integers(a):  # integer actions: finite by type
+            out[key] = a if a.dtype == np.int64 else a.astype(np.int64)
         else:
             a = a if a.dtype == np.float32 else a.astype(np.float32)
             bad = _first_nonfinite_row(a)
@@ -635,17 +652,77 @@ def _check_env_fit(dataset: OfflineDataset, env: str | gym.Env) -> None:
     else:
         name = getattr(getattr(env, "spec", None), "id", None) or type(env).__name__
         obs_space, act_space = env.observation_space, env.action_space
-    for what, space, dim in (
-        ("observation", obs_space, dataset.obs_dim),
-        ("action", act_space, dataset.act_dim),
-    ):
-        shape = getattr(space, "shape", None)
-        if shape is None or len(shape) != 1 or shape[0] != dim:
+    shape = getattr(obs_space, "shape", None)
+    if shape is None or len(shape) != 1 or shape[0] != dataset.obs_dim:
+        raise DatasetError(
+            f"{dataset.source}: observations have {dataset.obs_dim} entries per row but env {name!r} has "
+            f"observation space {obs_space}. Fix: {_use_its_env(dataset)}."
+        )
+    check_actions(dataset, act_space, name)
+
+
+def _use_its_env(dataset: OfflineDataset) -> str:
+    return (
+        f"evaluate in the env the data was collected in (metadata env_id={dataset.metadata.get('env_id')!r}) "
+        "or load the matching dataset"
+    )
+
+
+def check_actions(dataset: OfflineDataset, space: gym.Space, env: str) -> None:
+    """That the dataset's actions are actions of `space`, the action space of env `env`: a Box's floats,
+    as many per row as it has entries; a Discrete space's integers, one per row, or a MultiDiscrete
+    space's, one per component, each within its range. One DatasetError names the file, what differs and
+    the fix, and for a value the first row holding one."""
+    actions, source = dataset.actions, dataset.source
+    if isinstance(space, gym.spaces.Box):
+        if _integers(actions):
             raise DatasetError(
-                f"{dataset.source}: {what}s have {dim} entries per row but env {name!r} has {what} space "
-                f"{space}. Fix: evaluate in the env the data was collected in "
-                f"(metadata env_id={dataset.metadata.get('env_id')!r}) or load the matching dataset."
+                f"{source}: 'actions' are integers but env {env!r} has the continuous action space {space}. "
+                f"Fix: {_use_its_env(dataset)}."
             )
+        if space.shape != (dataset.act_dim,):
+            raise DatasetError(
+                f"{source}: actions have {dataset.act_dim} entries per row but env {env!r} has action space "
+                f"{space}. Fix: {_use_its_env(dataset)}."
+            )
+        return
+    if isinstance(space, gym.spaces.Discrete):
+        first, sizes = np.array([space.start]), np.array([space.n])
+    elif isinstance(space, gym.spaces.MultiDiscrete) and space.nvec.ndim == 1:
+        first, sizes = space.start, space.nvec
+    else:
+        raise DatasetError(
+            f"{source}: env {env!r} has the action space {space}, but datasets hold actions of Box, Discrete "
+            "and one-dimensional MultiDiscrete spaces only. Fix: use an env with one of those."
+        )
+    as_integers = (
+        "store them as integers, e.g. actions.astype(np.int64), of shape (N,) for Discrete, (N, k) for "
+        "MultiDiscrete"
+    )
+    if not _integers(actions):
+        fractional = np.flatnonzero((actions != np.round(actions)).any(1))
+        where = (
+            f"the first not a whole number at row {fractional[0]}: {actions[fractional[0]].tolist()}"
+            if fractional.size
+            else "all whole numbers"
+        )
+        raise DatasetError(
+            f"{source}: 'actions' are {actions.dtype} numbers ({where}) but env {env!r} has the action space "
+            f"{space}, whose actions are integers. Fix: {as_integers}."
+        )
+    if dataset.act_dim != len(sizes):
+        raise DatasetError(
+            f"{source}: actions have {dataset.act_dim} entries per row but env {env!r} has the action space "
+            f"{space}, of {len(sizes)}. Fix: {_use_its_env(dataset)}."
+        )
+    outside = ((actions < first) | (actions >= first + sizes)).any(1)
+    if outside.any():
+        row = int(outside.argmax())
+        raise DatasetError(
+            f"{source}: row {row} holds the action {actions[row].tolist()}, outside env {env!r}'s action "
+            f"space {space} (the first such row). Fix: repair or drop its episode, or "
+            f"{_use_its_env(dataset)}."
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -706,6 +783,8 @@ def save_dataset(
         },
         str(path),
     )
+    if np.ndim(actions) == 1:  # Discrete actions keep their (N,) layout
+        arrays["actions"] = arrays["actions"].reshape(-1)
     n = len(arrays["rewards"])
     extra = {"next_observations": next_observations} if next_observations is not None else {}
     extra.update({f"infos/{k}": v for k, v in (infos or {}).items()})
