@@ -24,6 +24,11 @@ causal forward. Where it can, a whole step runs fused: one C++ call (`fused_agen
 use by `aaren_rl.ops.fused.build`) doing the same bookkeeping, embedding, backbone step and action head.
 Inputs are checked once per call, here. `DecisionAgent(..., eager=True)` acts through the model's own
 modules instead: the reference that the folded path is tested and benchmarked against.
+
+Discrete and MultiDiscrete agents return integer actions, each component's most likely one; the previous
+action enters the step as the one-hot of its components, so the fold and the fused step embed it with the
+same matmul. `DecisionAgent(..., sample=True)` draws the actions from the head's softmax instead (seeded),
+on the folded path from Python.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from torch.nn import functional as F
 from aaren_rl import AarenBackbone, AarenState, KVCache
 from aaren_rl.folded import FoldedAarenBackbone, FoldedTransformerBackbone, ParameterVersions
 from aaren_rl.ops import fused
-from agents.decision.model import DecisionModel
+from agents.decision.model import DecisionModel, discrete_actions
 
 #: The two ways to act (see the module docstring).
 ACTING = ("recurrent", "window")
@@ -157,28 +162,36 @@ class AgentState:
 class FoldedDecisionModel:
     """A `DecisionModel`'s embeddings and action head folded for acting, with its backbone's folded step.
 
-    `tokens(inputs, times)` embeds step inputs [..., act_dim + 1 + obs_dim] (a_{t-1} in env units, R_t,
-    s_t) into the tokens [a_{t-1}, R_t, s_t] [..., 3, D] with one matmul: the action scaling to [-1, 1],
-    the return scale and the observation normalisation are folded into its weights. Unlike
-    `DecisionModel.unit_actions` the previous action is not clipped: the agent's own actions are in bounds.
+    `tokens(inputs, times)` embeds step inputs [..., action_input_dim + 1 + obs_dim] (a_{t-1}, R_t, s_t)
+    into the tokens [a_{t-1}, R_t, s_t] [..., 3, D] with one matmul: the action scaling to [-1, 1], the
+    return scale and the observation normalisation are folded into its weights. a_{t-1} is a Box action in
+    env units (unlike `DecisionModel.unit_actions` not clipped: the agent's own actions are in bounds), or
+    the one-hot of a discrete action's components (`action_inputs`), whose table is the matmul's weight.
+    generator: discrete actions are drawn from the head's softmax with it (none: the most likely); such a
+    fold binds no fused step, which is greedy.
     """
 
-    def __init__(self, model: DecisionModel, acting: str):
+    def __init__(self, model: DecisionModel, acting: str, generator: torch.Generator | None = None):
         c, dtype = model.config, model.state_mean.dtype
         low, high = model.action_low.to(dtype), model.action_high.to(dtype)
-        action_scale = 2 / (high - low)  # unit = a * scale - (low * scale + 1)
         w_a, w_r, w_s = (
             m.weight.detach() for m in (model.embed_action, model.embed_return, model.embed_state)
         )
-        weight = torch.zeros(3 * c.embed_dim, c.act_dim + 1 + c.obs_dim, dtype=dtype, device=low.device)
-        d, a = c.embed_dim, c.act_dim
-        weight[:d, :a] = w_a * action_scale
+        d, a = c.embed_dim, model.action_input_dim
+        weight = torch.zeros(3 * d, a + 1 + c.obs_dim, dtype=dtype, device=low.device)
+        if model.discrete:  # one-hot @ table: each component's row, summed
+            weight[:d, :a] = w_a.t()
+            action_b = torch.zeros(d, dtype=dtype, device=low.device)
+        else:
+            action_scale = 2 / (high - low)  # unit = a * scale - (low * scale + 1)
+            weight[:d, :a] = w_a * action_scale
+            action_b = model.embed_action.bias.detach() - w_a @ (low * action_scale + 1)
         weight[d : 2 * d, a] = w_r[:, 0] * c.return_scale
         weight[2 * d :, a + 1 :] = w_s / model.state_std
         self.embed_t = weight.t().contiguous()
         self.embed_b = torch.cat(
             [
-                model.embed_action.bias.detach() - w_a @ (low * action_scale + 1),
+                action_b,
                 model.embed_return.bias.detach(),
                 model.embed_state.bias.detach() - w_s @ (model.state_mean / model.state_std),
             ]
@@ -187,7 +200,13 @@ class FoldedDecisionModel:
         self.embed_ln = model.embed_ln
         self.head_t = model.predict_action.weight.detach().t().contiguous()
         self.head_b = model.predict_action.bias.detach()
-        self.action_mid, self.action_half = (high + low) / 2, (high - low) / 2
+        self.model, self.generator = model, generator
+        # what turns the head's output into actions: Box the bounds' midpoint and half-range (mid + tanh *
+        # half), discrete each component's first action and number of actions (first + argmax)
+        if model.discrete:
+            self.action_ends = (low, torch.tensor(model.action_sizes, dtype=dtype, device=low.device))
+        else:
+            self.action_ends = ((high + low) / 2, (high - low) / 2)
         # the backbone folded for the acting it serves by default (None for the other two pairings)
         self.aaren: FoldedAarenBackbone | None = None
         self.transformer: FoldedTransformerBackbone | None = None
@@ -215,23 +234,34 @@ class FoldedDecisionModel:
                 model.embed_ln.bias.detach(),
                 self.head_t,
                 self.head_b,
-                self.action_mid,
-                self.action_half,
+                *self.action_ends,
             )
         ]
         self.fused = self._fused_agent(dtype, low.device)
 
     def _fused_agent(self, dtype: torch.dtype, device: torch.device):
         """The folded weights bound to the fused agent step, or None where it cannot take them."""
-        module = fused_agent_module() if device.type == "cpu" and dtype in fused.DTYPES else None
+        fusable = device.type == "cpu" and dtype in fused.DTYPES and self.generator is None
+        module = fused_agent_module() if fusable else None
         if module is None or self.eps is None:
             return None
+        discrete = self.model.discrete
         if self.aaren is not None:
-            return module.AarenAgent(self.aaren.flat_weights, self.ends, self.resets, self.eps)
+            return module.AarenAgent(self.aaren.flat_weights, self.ends, self.resets, self.eps, discrete)
         if self.transformer is not None:
             folded = self.transformer
-            return module.WindowAgent(folded.flat_weights, self.ends, folded.num_heads, self.eps)
+            return module.WindowAgent(folded.flat_weights, self.ends, folded.num_heads, self.eps, discrete)
         return None
+
+    def action_inputs(self, actions: Tensor) -> Tensor:
+        """Actions [n, act_dim] in env units -> the action part of the step inputs [n, action_input_dim]:
+        Box actions as they are, discrete ones as the one-hot of each component's action."""
+        if not self.model.discrete:
+            return actions
+        hot = torch.zeros(
+            len(actions), self.model.action_input_dim, dtype=actions.dtype, device=actions.device
+        )
+        return hot.scatter_(1, self.model.action_indices(actions), 1)
 
     def tokens(self, inputs: Tensor, times: Tensor) -> Tensor:
         pre = torch.addmm(self.embed_b, inputs.reshape(-1, inputs.shape[-1]), self.embed_t)
@@ -240,10 +270,11 @@ class FoldedDecisionModel:
         return F.layer_norm(pre, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
     def actions(self, hidden: Tensor) -> Tensor:
-        """Backbone outputs [n, D] -> actions in env units."""
-        return torch.addcmul(
-            self.action_mid, torch.tanh(torch.addmm(self.head_b, hidden, self.head_t)), self.action_half
-        )
+        """Backbone outputs [n, D] -> actions in env units [n, act_dim]."""
+        out = torch.addmm(self.head_b, hidden, self.head_t)
+        if self.model.discrete:
+            return discrete_actions(out, self.model.action_sizes, self.action_ends[0], self.generator)
+        return torch.addcmul(self.action_ends[0], torch.tanh(out), self.action_ends[1])
 
     def fused_act(
         self, obs: Tensor, reward: Tensor | None, start: Tensor | None, state: AgentState, target: float
@@ -291,10 +322,20 @@ class DecisionAgent:
     the Transformer; re-runs the last `context_steps` timesteps). The model is put in eval mode and
     folded for acting (folded again if its weights change). eager: act through the model's own modules
     instead (the unfolded reference; for exactness tests and speed baselines).
+    Discrete and MultiDiscrete models take each component's most likely action; sample=True draws it from
+    the head's softmax instead, with a generator seeded with `seed` (on the folded path from Python: the
+    fused step is greedy).
     """
 
     def __init__(
-        self, model: DecisionModel, target_return: float, acting: str | None = None, *, eager: bool = False
+        self,
+        model: DecisionModel,
+        target_return: float,
+        acting: str | None = None,
+        *,
+        eager: bool = False,
+        sample: bool = False,
+        seed: int = 0,
     ):
         acting = acting or ("recurrent" if model.config.backbone == "aaren" else "window")
         if acting not in ACTING:
@@ -302,10 +343,16 @@ class DecisionAgent:
         problem = target_return_problem(float(target_return))
         if problem is not None:
             raise ValueError(f"target_return = {problem}. Fix: {TARGET_RETURN_FIX}")
+        if sample and not model.discrete:
+            raise ValueError(
+                "sample=True draws discrete actions, but this model acts on a Box action space, whose "
+                "actions it predicts deterministically. Fix: leave sample out"
+            )
         self.model = model.eval()
         self.target_return = float(target_return)
         self.acting = acting
         self.eager = eager
+        self.generator = torch.Generator(self.device).manual_seed(seed) if sample else None
         self._fold()
         self._memory_type = type(self.init_state(1).memory)
 
@@ -322,7 +369,7 @@ class DecisionAgent:
         self._versions = ParameterVersions(self.model)
         self._numpy_dtype = torch.empty(0, dtype=self.dtype).numpy().dtype
         self._on_cpu = self.device.type == "cpu"
-        self._folded = None if self.eager else FoldedDecisionModel(self.model, self.acting)
+        self._folded = None if self.eager else FoldedDecisionModel(self.model, self.acting, self.generator)
 
     @property
     def device(self) -> torch.device:
@@ -348,7 +395,7 @@ class DecisionAgent:
             )
         else:
             memory = StepWindow(
-                zeros(num_envs, k, c.act_dim + 1 + c.obs_dim, device=dev, dtype=dt),
+                zeros(num_envs, k, self.model.action_input_dim + 1 + c.obs_dim, device=dev, dtype=dt),
                 zeros(num_envs, k, 3, device=dev, dtype=torch.long),
                 zeros(num_envs, device=dev, dtype=torch.long),
             )
@@ -375,7 +422,8 @@ class DecisionAgent:
         episode_start: np.ndarray | None = None,
         rewards: np.ndarray | None = None,
     ) -> tuple[np.ndarray, AgentState]:
-        """Actions [n, act_dim] (env units, numpy) for observations [n, obs_dim], and the next state.
+        """Actions for observations [n, obs_dim], and the next state. The actions are numpy, in env units:
+        Box [n, act_dim] floats (the model's dtype), Discrete [n] and MultiDiscrete [n, act_dim] int64.
 
         state None starts every row. episode_start [n] bool marks rows at their first step;
         rewards [n] are the rewards earned by the previous actions (ignored on starting rows).
@@ -399,7 +447,15 @@ class DecisionAgent:
             with torch.inference_mode():
                 step = self._act_python(state, start, reward, obs)
         actions, rtg, t, memory = step
-        return (actions if self._on_cpu else actions.cpu()).numpy(), AgentState(rtg, t, actions, memory)
+        return self._env_actions(actions), AgentState(rtg, t, actions, memory)
+
+    def _env_actions(self, actions: Tensor) -> np.ndarray:
+        """The chosen actions [n, act_dim] as `act` returns them (see there)."""
+        out = (actions if self._on_cpu else actions.cpu()).numpy()
+        if not self.model.discrete:
+            return out
+        out = out.astype(np.int64)
+        return out[:, 0] if self.model.config.action_space == "Discrete" else out
 
     def _act_python(
         self, state: AgentState, start: Tensor | None, reward: Tensor | None, obs: Tensor
@@ -448,7 +504,7 @@ class DecisionAgent:
         self, state: AgentState, start: Tensor, rtg: Tensor, obs: Tensor, t: Tensor
     ) -> tuple[Tensor, AarenState | KVCache | StepWindow]:
         folded = self._folded
-        inputs = torch.cat([state.actions, rtg.unsqueeze(1), obs], 1)
+        inputs = torch.cat([folded.action_inputs(state.actions), rtg.unsqueeze(1), obs], 1)
         times = torch.stack([state.timesteps, t, t], 1).clamp_(max=self.model.config.max_timestep - 1)
         if self.acting == "window":
             memory = state.memory.push(inputs, times, start)
@@ -463,8 +519,8 @@ class DecisionAgent:
     ) -> tuple[Tensor, AarenState | KVCache | Window]:
         model = self.model
         if self.acting == "window":
-            unit, window = self._act_window(state.memory, start, rtg, obs, t)
-            actions = model.to_env_actions(unit)
+            prediction, window = self._act_window(state.memory, start, rtg, obs, t)
+            actions = model.to_env_actions(prediction, self.generator)
             return actions, window.with_last_action(actions)  # the window holds a_t for the next re-run
         tokens = torch.stack(
             [
@@ -475,7 +531,7 @@ class DecisionAgent:
             dim=1,
         )
         hidden, memory = _recurrent(model.backbone, tokens, state.memory, start)
-        return model.to_env_actions(model.action_head(hidden)), memory
+        return model.to_env_actions(model.action_head(hidden), self.generator), memory
 
     def _act_window(
         self, window: Window, start: Tensor, rtg: Tensor, obs: Tensor, t: Tensor

@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import gymnasium as gym
 import numpy as np
 
 from agents.common.overrides import ConfigError
 from agents.decision.evaluation import default_targets
 from envs import DatasetError, OfflineDataset, load_dataset, make_env, normalized_score
+from envs.datasets import check_actions
 
 if TYPE_CHECKING:
     from agents.decision.config import Config
@@ -25,7 +27,8 @@ class TrainingData:
 
     dataset: OfflineDataset
     env: str
-    action_low: list[float]
+    action_space: str  # "Box", "Discrete" or "MultiDiscrete": the env's (`DecisionModelConfig.action_space`)
+    action_low: list[float]  # Box bounds; discrete: each component's first and last action
     action_high: list[float]
     max_timestep: int
     targets: list[float]
@@ -51,15 +54,24 @@ def prepare_data(cfg: Config) -> TrainingData:
         limit = env.spec.max_episode_steps if env.spec and env.spec.max_episode_steps else 0
     finally:
         env.close()
-    if obs_shape != (dataset.obs_dim,) or act_space.shape != (dataset.act_dim,):
+    fix = (
+        f"set data.env to the task the data was collected in (metadata env_id = "
+        f"{dataset.metadata.get('env_id')!r}) or use a dataset of this env"
+    )
+    if obs_shape != (dataset.obs_dim,):
         raise ConfigError(
-            f"data.dataset = {cfg.data.dataset!r} has observations of {dataset.obs_dim} and actions of "
-            f"{dataset.act_dim} entries, but data.env = {env_name!r} has observation shape {obs_shape} and "
-            f"action shape {act_space.shape}. Fix: set data.env to the task the data was collected in "
-            f"(metadata env_id = {dataset.metadata.get('env_id')!r}) or use a dataset of this env."
+            f"data.dataset = {cfg.data.dataset!r} has observations of {dataset.obs_dim} entries, but "
+            f"data.env = {env_name!r} has observation shape {obs_shape}. Fix: {fix}."
         )
-    longest = int(dataset.episode_lengths.max())
-    max_timestep = cfg.model.max_timestep or max(limit, longest)
+    try:
+        check_actions(dataset, act_space, env_name)
+    except DatasetError as exc:
+        raise ConfigError(
+            f"data.dataset = {cfg.data.dataset!r} does not fit data.env = {env_name!r}: {exc}"
+        ) from exc
+    max_timestep = _timestep_table(
+        cfg.model.max_timestep, limit, int(dataset.episode_lengths.max()), env_name
+    )
     targets = cfg.eval.targets or default_targets(env_name, float(dataset.episode_returns.max()))
     meta = dataset.metadata
     score_ref = {"env_id": env_name}
@@ -70,12 +82,40 @@ def prepare_data(cfg: Config) -> TrainingData:
     return TrainingData(
         dataset,
         env_name,
-        [float(x) for x in act_space.low],
-        [float(x) for x in act_space.high],
+        *action_space_data(act_space),
         max_timestep,
         [float(t) for t in targets],
         score_ref,
     )
+
+
+def action_space_data(space: gym.Space) -> tuple[str, list[float], list[float]]:
+    """An action space (one `check_actions` accepts) as `DecisionModelConfig` records it: its kind and a
+    Box's bounds, or a Discrete / MultiDiscrete space's first and last action of each component."""
+    if isinstance(space, gym.spaces.Discrete):
+        return "Discrete", [float(space.start)], [float(space.start + space.n - 1)]
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return (
+            "MultiDiscrete",
+            [float(x) for x in space.start],
+            [float(x) for x in space.start + space.nvec - 1],
+        )
+    return "Box", [float(x) for x in space.low], [float(x) for x in space.high]
+
+
+def _timestep_table(configured: int, limit: int, longest: int, env_name: str) -> int:
+    """The timestep embedding's size: model.max_timestep, by default (0) the longest episode training or
+    evaluation in the env can have, max(env time limit, longest dataset episode). A later timestep would
+    share the table's last entry, so a configured size below that is a ConfigError."""
+    horizon = max(limit, longest)
+    if configured and configured < horizon:
+        raise ConfigError(
+            f"model.max_timestep = {configured} is below the longest episode this run can see: {longest} "
+            f"steps in the dataset, {limit or 'no'} time limit in data.env = {env_name!r}; timesteps from "
+            f"{configured} on would all share the embedding's last entry. Fix: model.max_timestep=0 "
+            f"(automatic: {horizon}) or >= {horizon}"
+        )
+    return configured or horizon
 
 
 def dataset_stats(data: TrainingData) -> dict[str, Any]:

@@ -115,6 +115,11 @@ def merge_results(results: list[EvalResult]) -> EvalResult:
     )
 
 
+def env_actions(actions: np.ndarray) -> np.ndarray:
+    """An agent's actions as the env takes them: Box actions as float32, discrete ones as they are (int64)."""
+    return actions.astype(np.float32) if actions.dtype.kind == "f" else actions
+
+
 def evaluate_agent(
     agent: DecisionAgent,
     env_name: str,
@@ -146,7 +151,7 @@ def evaluate_agent(
         state, rewards = None, None
         while (done < quota).any():
             actions, state = agent.act(obs, state, rollout.episode_start, rewards)
-            step = rollout.step(actions.astype(np.float32))
+            step = rollout.step(env_actions(actions))
             rewards = step.rewards
             for ep in rollout.pop_finished():
                 if done[ep.env_index] < quota[ep.env_index]:
@@ -174,7 +179,7 @@ def record_video(agent: DecisionAgent, env_name: str, path: str | os.PathLike, s
             action, state = agent.act(
                 obs[None], state, np.array([state is None]), None if reward is None else np.array([reward])
             )
-            obs, reward, terminated, truncated, _ = env.step(action[0].astype(np.float32))
+            obs, reward, terminated, truncated, _ = env.step(env_actions(action)[0])
             done = terminated or truncated
     path, fps = Path(path), int(env.metadata.get("render_fps", 30))
     try:

@@ -15,7 +15,8 @@ using at::Tensor;
 namespace {
 
 // Decision-agent ends around a step, 9 tensors: embed_t [F, 3 D], embed_b [3 D], time_table [steps, D],
-// ln w, ln b, head_t [D, A], head_b, action_mid, action_half.
+// ln w, ln b, head_t [D, H], head_b, then for Box actions action_mid and action_half [A], for discrete ones
+// each component's first action and its number of actions [A] (H = their sum: the one-hot width).
 // Step inputs [R, F] (a_{t-1}, R_t, s_t) and their token times [R, 3] -> layer-normed tokens [R 3, D].
 template <typename T>
 Tensor embed_tokens(const Tensor& inputs, const Tensor& times, const std::vector<Tensor>& ends, double eps) {
@@ -29,21 +30,39 @@ Tensor embed_tokens(const Tensor& inputs, const Tensor& times, const std::vector
   return layer_norm<T>(pre, ends[3], ends[4], eps);
 }
 
-// Backbone outputs [n, D] -> actions in env units: mid + tanh(head) * half.
+// Backbone outputs [n, D] -> actions in env units [n, A]: Box mid + tanh(head) * half; discrete, per
+// component, its first action plus the index of its largest logit (the first of equals, as torch.argmax).
 template <typename T>
-Tensor action_head(const Tensor& hidden, const std::vector<Tensor>& ends) {
+Tensor action_head(const Tensor& hidden, const std::vector<Tensor>& ends, bool discrete) {
   Tensor a = linear<T>(ends[6], hidden.contiguous(), ends[5]);
-  const int64_t k = a.size(1);
+  const int64_t k = ends[7].size(0), rows = a.size(0);
   const T *mid = ends[7].data_ptr<T>(), *half = ends[8].data_ptr<T>();
   T* p = a.data_ptr<T>();
-  for (int64_t r = 0, rows = a.size(0); r < rows; ++r, p += k)
-    for (int64_t i = 0; i < k; ++i) p[i] = mid[i] + std::tanh(p[i]) * half[i];
-  return a;
+  if (!discrete) {
+    for (int64_t r = 0; r < rows; ++r, p += k)
+      for (int64_t i = 0; i < k; ++i) p[i] = mid[i] + std::tanh(p[i]) * half[i];
+    return a;
+  }
+  const int64_t width = a.size(1);
+  Tensor out = at::empty({rows, k}, a.options());
+  T* o = out.data_ptr<T>();
+  for (int64_t r = 0; r < rows; ++r, p += width, o += k) {
+    for (int64_t i = 0, offset = 0; i < k; offset += static_cast<int64_t>(half[i]), ++i) {
+      const T* logits = p + offset;
+      int64_t best = 0;
+      for (int64_t j = 1, size = static_cast<int64_t>(half[i]); j < size; ++j)
+        if (logits[j] > logits[best]) best = j;
+      o[i] = mid[i] + T(best);
+    }
+  }
+  return out;
 }
 
 // One decision-agent step's bookkeeping (agents.decision.agent.DecisionAgent.act): R_t = target where a row
 // starts, else R_{t-1} - r_{t-1}; t = 0 where it starts, else t_{t-1} + 1; the step inputs [n, F] =
 // (a_{t-1}, R_t, s_t) and their token times [n, 3] = (t_{t-1}, t, t) clamped to the timestep table.
+// a_{t-1} goes in as it is (Box) or as the one-hot of each component's action (discrete: `first` action and
+// `sizes` of each component, ends[7] and ends[8]; clipped to the component, as DecisionModel.action_indices).
 // reward [n] may be None (no rewards: R_t = R_{t-1}), start [n] bool None (no row starts).
 struct AgentStep {
   Tensor inputs, times, returns_to_go, timesteps;
@@ -52,9 +71,10 @@ struct AgentStep {
 template <typename T>
 AgentStep agent_step(const Tensor& obs, const c10::optional<Tensor>& reward, const bool* start,
                      const Tensor& returns_to_go, const Tensor& timesteps, const Tensor& actions, double target,
-                     int64_t table_rows) {
+                     const std::vector<Tensor>& ends, bool discrete) {
   const int64_t n = obs.size(0), obs_dim = obs.size(1), act_dim = actions.size(1);
-  const int64_t width = act_dim + 1 + obs_dim;
+  const int64_t act_width = ends[5].size(1), width = act_width + 1 + obs_dim;
+  const T *first = ends[7].data_ptr<T>(), *sizes = ends[8].data_ptr<T>();
   AgentStep out{at::empty({n, width}, obs.options()), at::empty({n, 3}, timesteps.options()),
                 at::empty_like(returns_to_go), at::empty_like(timesteps)};
   const T *o = obs.data_ptr<T>(), *a = actions.data_ptr<T>(), *g = returns_to_go.data_ptr<T>();
@@ -62,14 +82,23 @@ AgentStep agent_step(const Tensor& obs, const c10::optional<Tensor>& reward, con
   const int64_t* t = timesteps.data_ptr<int64_t>();
   T *in = out.inputs.data_ptr<T>(), *g_new = out.returns_to_go.data_ptr<T>();
   int64_t *times = out.times.data_ptr<int64_t>(), *t_new = out.timesteps.data_ptr<int64_t>();
-  const int64_t last = table_rows - 1;
+  const int64_t last = ends[2].size(0) - 1;
   for (int64_t i = 0; i < n; ++i, in += width, times += 3) {
     const bool begins = start && start[i];
     g_new[i] = begins ? T(target) : (r ? g[i] - r[i] : g[i]);
     t_new[i] = begins ? 0 : t[i] + 1;
-    std::copy(a + i * act_dim, a + (i + 1) * act_dim, in);
-    in[act_dim] = g_new[i];
-    std::copy(o + i * obs_dim, o + (i + 1) * obs_dim, in + act_dim + 1);
+    if (discrete) {
+      std::fill(in, in + act_width, T(0));
+      for (int64_t j = 0, offset = 0; j < act_dim; offset += static_cast<int64_t>(sizes[j]), ++j) {
+        const int64_t top = static_cast<int64_t>(sizes[j]) - 1;
+        const int64_t index = static_cast<int64_t>(std::nearbyint(a[i * act_dim + j] - first[j]));
+        in[offset + std::min(std::max(index, int64_t(0)), top)] = T(1);
+      }
+    } else {
+      std::copy(a + i * act_dim, a + (i + 1) * act_dim, in);
+    }
+    in[act_width] = g_new[i];
+    std::copy(o + i * obs_dim, o + (i + 1) * obs_dim, in + act_width + 1);
     times[0] = std::min(t[i], last);
     times[1] = times[2] = std::min(t_new[i], last);
   }
@@ -125,19 +154,20 @@ std::vector<Tensor> aaren_act(const Tensor& obs, const c10::optional<Tensor>& re
                               const c10::optional<Tensor>& start, const Tensor& returns_to_go,
                               const Tensor& timesteps, const Tensor& actions, double target, const Tensor& m,
                               const Tensor& u, const Tensor& w, const Tensor& masks,
-                              const std::vector<Tensor>& weights, const std::vector<Tensor>& ends, double eps) {
+                              const std::vector<Tensor>& weights, const std::vector<Tensor>& ends, double eps,
+                              bool discrete) {
   c10::InferenceMode inference;  // an agent step never needs gradients: skip autograd's dispatch
   const bool* starts = start ? start->data_ptr<bool>() : nullptr;
   return AT_DISPATCH_FLOATING_TYPES(obs.scalar_type(), "aaren_act", [&] {
     const Tensor observations = obs.contiguous();
     if (!all_finite<scalar_t>(observations, reward)) return std::vector<Tensor>{};  // the caller names it
     AgentStep step = agent_step<scalar_t>(observations, reward, starts, returns_to_go, timesteps, actions,
-                                          target, ends[2].size(0));
+                                          target, ends, discrete);
     Tensor tokens = embed_tokens<scalar_t>(step.inputs, step.times, ends, eps);
     Tensor mask = starts ? masks : masks.narrow(0, 0, 1);  // without starts every row continues
     auto out = aaren_step_impl<scalar_t>(tokens, m, u, w, mask, starts, c10::nullopt, obs.size(0), weights, eps);
-    return std::vector<Tensor>{action_head<scalar_t>(out[0], ends), step.returns_to_go, step.timesteps, out[1],
-                               out[2], out[3]};
+    return std::vector<Tensor>{action_head<scalar_t>(out[0], ends, discrete), step.returns_to_go, step.timesteps,
+                               out[1], out[2], out[3]};
   });
 }
 
@@ -149,59 +179,64 @@ std::vector<Tensor> window_act(const Tensor& obs, const c10::optional<Tensor>& r
                                const c10::optional<Tensor>& start, const Tensor& returns_to_go,
                                const Tensor& timesteps, const Tensor& actions, double target,
                                const Tensor& inputs, const Tensor& times, const Tensor& length, int64_t heads,
-                               const std::vector<Tensor>& weights, const std::vector<Tensor>& ends, double eps) {
+                               const std::vector<Tensor>& weights, const std::vector<Tensor>& ends, double eps,
+                               bool discrete) {
   c10::InferenceMode inference;  // an agent step never needs gradients: skip autograd's dispatch
   const bool* starts = start ? start->data_ptr<bool>() : nullptr;
   return AT_DISPATCH_FLOATING_TYPES(obs.scalar_type(), "window_act", [&] {
     const Tensor observations = obs.contiguous();
     if (!all_finite<scalar_t>(observations, reward)) return std::vector<Tensor>{};  // the caller names it
     AgentStep step = agent_step<scalar_t>(observations, reward, starts, returns_to_go, timesteps, actions,
-                                          target, ends[2].size(0));
+                                          target, ends, discrete);
     auto window = push_window<scalar_t>(inputs, times, length, step, starts);
     const int64_t n = inputs.size(0), k = inputs.size(1);
     Tensor tokens = embed_tokens<scalar_t>(window[0].view({n * k, -1}), window[1].view({n * k, 3}), ends, eps);
     tokens = tokens.view({n, 3 * k, -1}).narrow(1, 1, 3 * k - 1).reshape({n * (3 * k - 1), -1});
     Tensor read = window[2] * 3 - 2;  // s_t of each row, among the tokens from R_1 on (a_0 is left out)
     Tensor hidden = transformer_step_impl<scalar_t>(tokens, read, n, heads, weights, eps);
-    return std::vector<Tensor>{action_head<scalar_t>(hidden, ends), step.returns_to_go, step.timesteps,
+    return std::vector<Tensor>{action_head<scalar_t>(hidden, ends, discrete), step.returns_to_go, step.timesteps,
                                window[0], window[1], window[2]};
   });
 }
 
 // A decision agent's folded weights bound once, for `aaren_act` or `window_act`: turning Python lists of
 // some 40 tensors into vectors on every call would cost a batch-1 step more than some of its matmuls.
+// discrete: the actions are Discrete or MultiDiscrete (see the ends above).
 struct AarenAgent {
-  AarenAgent(std::vector<Tensor> weights, std::vector<Tensor> ends, Tensor masks, double eps)
-      : weights(std::move(weights)), ends(std::move(ends)), masks(std::move(masks)), eps(eps) {}
+  AarenAgent(std::vector<Tensor> weights, std::vector<Tensor> ends, Tensor masks, double eps, bool discrete)
+      : weights(std::move(weights)), ends(std::move(ends)), masks(std::move(masks)), eps(eps), discrete(discrete) {}
   std::vector<Tensor> act(const Tensor& obs, const c10::optional<Tensor>& reward, const c10::optional<Tensor>& start,
                           const Tensor& returns_to_go, const Tensor& timesteps, const Tensor& actions, double target,
                           const Tensor& m, const Tensor& u, const Tensor& w) const {
-    return aaren_act(obs, reward, start, returns_to_go, timesteps, actions, target, m, u, w, masks, weights, ends, eps);
+    return aaren_act(obs, reward, start, returns_to_go, timesteps, actions, target, m, u, w, masks, weights, ends, eps,
+                     discrete);
   }
   std::vector<Tensor> weights, ends;
   Tensor masks;
   double eps;
+  bool discrete;
 };
 
 struct WindowAgent {
-  WindowAgent(std::vector<Tensor> weights, std::vector<Tensor> ends, int64_t heads, double eps)
-      : weights(std::move(weights)), ends(std::move(ends)), heads(heads), eps(eps) {}
+  WindowAgent(std::vector<Tensor> weights, std::vector<Tensor> ends, int64_t heads, double eps, bool discrete)
+      : weights(std::move(weights)), ends(std::move(ends)), heads(heads), eps(eps), discrete(discrete) {}
   std::vector<Tensor> act(const Tensor& obs, const c10::optional<Tensor>& reward, const c10::optional<Tensor>& start,
                           const Tensor& returns_to_go, const Tensor& timesteps, const Tensor& actions, double target,
                           const Tensor& inputs, const Tensor& times, const Tensor& length) const {
     return window_act(obs, reward, start, returns_to_go, timesteps, actions, target, inputs, times, length, heads,
-                      weights, ends, eps);
+                      weights, ends, eps, discrete);
   }
   std::vector<Tensor> weights, ends;
   int64_t heads;
   double eps;
+  bool discrete;
 };
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   pybind11::class_<AarenAgent>(module, "AarenAgent")
-      .def(pybind11::init<std::vector<Tensor>, std::vector<Tensor>, Tensor, double>())
+      .def(pybind11::init<std::vector<Tensor>, std::vector<Tensor>, Tensor, double, bool>())
       .def("act", &AarenAgent::act, "One recurrent decision-agent step, bookkeeping included");
   pybind11::class_<WindowAgent>(module, "WindowAgent")
-      .def(pybind11::init<std::vector<Tensor>, std::vector<Tensor>, int64_t, double>())
+      .def(pybind11::init<std::vector<Tensor>, std::vector<Tensor>, int64_t, double, bool>())
       .def("act", &WindowAgent::act, "One window decision-agent step, bookkeeping included");
 }

@@ -113,7 +113,8 @@ def _load_zip(path: Path, device: str | torch.device) -> tuple[DecisionModel, di
 
 class DecisionPolicy:
     """A `DecisionAgent` as an SB3 policy (PolicyPredictor); feed it observations from
-    `RewardToPolicyVecEnv`. The agent acts deterministically, so `deterministic` is ignored."""
+    `RewardToPolicyVecEnv`. The agent acts as it was built (Box actions deterministically, discrete ones
+    greedily or, with `DecisionAgent(..., sample=True)`, sampled), so `deterministic` is ignored."""
 
     def __init__(self, agent: DecisionAgent):
         self.agent = agent
@@ -126,7 +127,8 @@ class DecisionPolicy:
         deterministic: bool = True,
     ) -> tuple[np.ndarray, AgentState]:
         """Actions for observations [n, obs_dim + 1] (last entry: the previous step's reward) or one
-        unbatched observation [obs_dim + 1], and the next state."""
+        unbatched observation [obs_dim + 1], and the next state. The actions are as `DecisionAgent.act`
+        returns them (Discrete: int64 [n], or one int64 for an unbatched observation)."""
         obs = np.asarray(observation, dtype=np.float64)
         single = obs.ndim == 1
         obs = obs.reshape(1, -1) if single else obs

@@ -70,7 +70,7 @@ class DivergedError(FloatingPointError):
 
 
 def build_model(cfg: Config, data: TrainingData) -> DecisionModel:
-    """The configured model hyperparameters plus what the data decides (dims, horizon, action bounds)."""
+    """The configured model hyperparameters plus what the data decides (dims, horizon, action space)."""
     model = DecisionModel(
         DecisionModelConfig(
             **{
@@ -78,6 +78,7 @@ def build_model(cfg: Config, data: TrainingData) -> DecisionModel:
                 "max_timestep": data.max_timestep,
                 "obs_dim": data.dataset.obs_dim,
                 "act_dim": data.dataset.act_dim,
+                "action_space": data.action_space,
                 "action_low": data.action_low,
                 "action_high": data.action_high,
             }
