@@ -40,7 +40,7 @@ if '$DEVICE' == 'cuda':
 "
 if [ "$DEVICE" = cuda ]; then
   stage cuda_tests 120 "$PY" -m pytest -q -rs \
-    tests/test_aaren_scan.py::test_cuda_matches_cpu tests/test_aaren_segmented.py::test_cuda_matches_cpu
+    tests/test_core_scan.py::test_cuda_matches_cpu tests/test_core_segmented_scan.py::test_cuda_matches_cpu
   if grep -q SKIPPED "$OUT_DIR/cuda_tests.log"; then
     echo "FAILED: CUDA tests were skipped" | tee -a "$SUMMARY"
     exit 1

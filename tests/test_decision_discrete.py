@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from test_agents_training import tiny_config  # (tests/ is on sys.path)
+from test_decision_training import tiny_config  # (tests/ is on sys.path)
 
 from agents import ConfigError, evaluate_run, train
 from agents.common.digests import content_digest

@@ -98,7 +98,7 @@ def test_ppo_training_logs_whole_lines(tmp_path, capsys) -> None:
 @pytest.mark.usefixtures("one_torch_thread")
 def test_offline_training_logs_whole_lines(tmp_path, capsys, tiny_dataset) -> None:
     """Call sites in agents: training's bar with the evaluation bars nested in it."""
-    from test_scripts_errors import tiny_overrides
+    from test_cli_errors import tiny_overrides
 
     from agents import load_config, train
     from agents.common.shipped import find_config

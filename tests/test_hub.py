@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 import torch
-from test_scripts_errors import assert_user_error, tiny_overrides
+from test_cli_errors import assert_user_error, tiny_overrides
 
 from agents import DecisionPolicy, evaluate_run, load_config, train
 from agents.commands import main as aaren_rl

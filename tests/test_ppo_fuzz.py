@@ -1,5 +1,5 @@
-"""Fuzzing what AarenPPO and collection read from users, as tests/test_agents_config_fuzz.py and
-tests/test_run_safety*.py do for offline runs: whatever `--set` overrides a PPO run is given, it is a run
+"""Fuzzing what AarenPPO and collection read from users, as tests/test_decision_config_fuzz.py and
+tests/test_decision_run_safety*.py do for offline runs: whatever `--set` overrides a PPO run is given, it is a run
 that builds and trains or one ConfigError; whatever damage an export or a behaviour-policy folder has, it
 loads as written or is one error of the project's (ValueError naming the export, PolicyFileError), never
 another exception, and a loaded export holds finite weights."""
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from stable_baselines3 import A2C
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
-from test_agents_config_fuzz import EXTREMES, PUNCTUATION, VALUES
+from test_decision_config_fuzz import EXTREMES, PUNCTUATION, VALUES
 
 from agents.common.overrides import ConfigError
 from agents.ppo import train as ppo_train

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_scripts_errors import assert_user_error, run
+from test_cli_errors import assert_user_error, run
 
 from agents import AarenPPO, ConfigError
 from agents.common.run_lock import run_lock

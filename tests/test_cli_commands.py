@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from setuptools import find_namespace_packages
-from test_scripts_errors import assert_user_error, script, tiny_overrides
+from test_cli_errors import assert_user_error, script, tiny_overrides
 
 from agents import ConfigError, load_config
 from agents.commands import COMMANDS

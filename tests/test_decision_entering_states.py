@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
-from test_agents_training import tiny_config as training_config  # (tests/ is on sys.path)
+from test_decision_training import tiny_config as training_config  # (tests/ is on sys.path)
 
 from agents import ConfigError, load_config, train
 from agents.decision.batching import WindowBatcher, batch_tensors, make_batcher
@@ -118,7 +118,7 @@ def test_a_scan_past_its_episode_is_refused(tiny_dataset):
 
 
 def tiny_config(dataset: Path, out: Path, *extra: str):
-    """test_agents_training's tiny run (K = 5), the stored states refreshed every 3 steps."""
+    """test_decision_training's tiny run (K = 5), the stored states refreshed every 3 steps."""
     return training_config(dataset, out, "train.state_refresh_every=3", "train.threads=1", *extra)
 
 
@@ -195,7 +195,7 @@ def test_killed_and_resumed_stored_run_ends_with_the_same_weights(tiny_dataset, 
 def test_two_processes_train_the_one_process_weights_on_stored_states(
     tiny_dataset, tmp_path, one_torch_thread
 ):
-    from test_agents_distributed import ROOT, max_difference, settings, train_cli
+    from test_decision_distributed import ROOT, max_difference, settings, train_cli
 
     common = settings(tiny_dataset, tmp_path, "", "train.batching=stored", "train.state_refresh_every=2")
     train_cli("--config", str(ROOT / "configs/quickstart.yaml"), "--set", *common, "name=two")

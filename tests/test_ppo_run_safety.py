@@ -1,4 +1,4 @@
-"""PPO run directories under faults, as offline runs (tests/test_run_safety.py): a run killed mid-write
+"""PPO run directories under faults, as offline runs (tests/test_decision_run_safety.py): a run killed mid-write
 leaves its lock with the dead process and starts again in place, and while a run trains a second one of
 the same directory is refused; two racing runs of one directory end with one finished run and one
 refused, never with a finished run replaced."""

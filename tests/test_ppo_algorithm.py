@@ -107,7 +107,7 @@ def test_save_load_predict_round_trip(tmp_path) -> None:
 
 def test_predict_state_equals_training_state() -> None:
     """predict's step-by-step state and actions equal the policy's acting path on the same episode
-    (observations only; with the previous action: test_sb3_ppo_variants)."""
+    (observations only; with the previous action: test_ppo_policy_options)."""
     env = make_vec_env(PENDULUM_NO_VEL, n_envs=1, seed=3)
     options = dict(SMALL, previous_action_reward=False)
     model = AarenPPO("MlpAarenPolicy", env, n_steps=16, seed=0, policy_kwargs=options)

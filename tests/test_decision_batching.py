@@ -5,7 +5,7 @@ trainer state in that layout restores the batcher, so the checkpoints of earlier
 import numpy as np
 import pytest
 import torch
-from test_agents_training import tiny_config  # (tests/ is on sys.path)
+from test_decision_training import tiny_config  # (tests/ is on sys.path)
 
 from agents import train
 from agents.decision.batching import (

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_agents_fast_acting import TARGET, TOLERANCE, drive, make_model  # (tests/ is on sys.path)
+from test_decision_acting import TARGET, TOLERANCE, drive, make_model  # (tests/ is on sys.path)
 
 from aaren_rl import AarenBackbone, TransformerBackbone
 from aaren_rl.folded import FoldedAarenBackbone, FoldedTransformerBackbone

@@ -8,8 +8,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from test_agents_model import ACT, OBS, TARGET  # (tests/ is on sys.path)
-from test_agents_model import make_model as base_model
+from test_decision_model import ACT, OBS, TARGET  # (tests/ is on sys.path)
+from test_decision_model import make_model as base_model
 
 from aaren_rl import AarenBackbone, TransformerBackbone
 from aaren_rl.folded import FoldedAarenBackbone, FoldedTransformerBackbone
