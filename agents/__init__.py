@@ -1,9 +1,9 @@
 """Decision agents on Aaren: offline Decision-Transformer-style training over whole trajectories,
 O(1)-memory recurrent acting, live evaluation. The Transformer baseline sits behind the same API.
 
-    from agents import load_config, train, load_policy, evaluate_run
+    from agents import load_config, train, load_agent, evaluate_run
     run_dir = train(load_config("configs/quickstart.yaml", ["train.steps=500"]))
-    agent = load_policy(run_dir)                     # DecisionAgent, acts batched over envs
+    agent = load_agent(run_dir)                     # DecisionAgent, acts batched over envs
     actions, state = agent.act(observations)         # then act(obs, state, episode_start, rewards)
 
 Stable-Baselines3 interfaces: `DecisionPolicy` (a trained agent behind SB3's predict protocol),
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from agents.decision.config import Config, load_config
     from agents.decision.evaluation import EvalResult, evaluate_agent, evaluate_run
     from agents.decision.model import DecisionModel, DecisionModelConfig
-    from agents.decision.run_dir import latest_checkpoint, load_policy
+    from agents.decision.run_dir import latest_checkpoint, load_agent, load_policy
     from agents.decision.sb3 import DecisionPolicy, RewardToPolicyVecEnv
     from agents.decision.training import train
     from agents.ppo.algorithm import AarenPPO
@@ -45,6 +45,7 @@ __all__ = [
     "evaluate_agent",
     "evaluate_run",
     "latest_checkpoint",
+    "load_agent",
     "load_config",
     "load_model",
     "load_policy",
@@ -66,9 +67,10 @@ _SOURCES = {
     "evaluate_agent": "agents.decision.evaluation",
     "evaluate_run": "agents.decision.evaluation",
     "latest_checkpoint": "agents.decision.run_dir",
+    "load_agent": "agents.decision.run_dir",
     "load_config": "agents.decision.config",
     "load_model": "agents.decision.checkpoint",
-    "load_policy": "agents.decision.run_dir",
+    "load_policy": "agents.decision.run_dir",  # deprecated name of load_agent
     "train": "agents.decision.training",
 }
 

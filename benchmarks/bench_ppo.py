@@ -1,7 +1,7 @@
 """AarenPPO vs sb3-contrib's RecurrentPPO (LSTM) vs PPO (MLP) on partially observable tasks.
 
 Every algorithm gets the same tasks, env steps, seeds and PPO hyperparameters (per task, from the table
-of agents/ppo/tasks.py: after rl-zoo's RecurrentPPO settings for the tasks of envs.memory, one set for
+of agents/ppo/tasks.py: after rl-zoo's RecurrentPPO settings for the tasks of envs.pomdp, one set for
 all POPGym tasks); the memories are sized alike (Aaren width 64, one layer, 4 heads; LSTM 64 hidden
 units; separate actor and critic memories for both). Measured per run: the final deterministic return
 (fresh eval envs), the max-mean episodic return (MMER, below), the mean return of the last 100 training

@@ -63,11 +63,11 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from agents.decision.agent import DecisionAgent
 from agents.ppo.algorithm import AarenPPO
-from agents.decision.run_dir import load_policy
+from agents.decision.run_dir import load_agent
 from envs.memory import CARTPOLE_NO_VEL
 
 run_dir, device = sys.argv[1], sys.argv[2]
-folded = load_policy(run_dir, device=device)
+folded = load_agent(run_dir, device=device)
 eager = DecisionAgent(folded.model, folded.target_return, eager=True)
 obs = np.random.default_rng(0).normal(size=(4, folded.model.config.obs_dim))
 state_f = state_e = None

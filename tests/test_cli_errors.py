@@ -17,7 +17,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from agents import ConfigError, DecisionAgent, evaluate_run, load_config, load_policy, train
+from agents import ConfigError, DecisionAgent, evaluate_run, load_agent, load_config, train
 from agents.common.cli import USER_ERROR_STATUS, exits_2_on_user_errors, target_return
 from agents.decision.agent import MAX_TARGET_RETURN
 from agents.decision.checkpoint import CheckpointError, load_model
@@ -399,7 +399,7 @@ def test_an_agent_refuses_a_target_it_cannot_act_towards(trained_run, target: fl
     with pytest.raises(ValueError, match=r"target_return = .* Fix: give a finite target return"):
         DecisionAgent(model, target)
     with pytest.raises(ValueError, match="target_return = "):
-        load_policy(trained_run, target_return=target)
+        load_agent(trained_run, target_return=target)
     assert DecisionAgent(model, -MAX_TARGET_RETURN).target_return == -MAX_TARGET_RETURN
 
 

@@ -20,7 +20,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents import ConfigError, evaluate_run, load_config, load_policy, train
+from agents import ConfigError, evaluate_run, load_agent, load_config, train
 from agents.decision.checkpoint import (
     CheckpointError,
     content_digest,
@@ -136,7 +136,7 @@ def test_evaluation_refuses_a_damaged_latest_naming_the_intact_one(run, name, ho
     expected = rf"step_0000030/{name} {problem}.*Fix: use the newest intact checkpoint, .*step_0000020"
     for read in (
         lambda: RunDir(run).latest_checkpoint(),
-        lambda: load_policy(run),
+        lambda: load_agent(run),
         lambda: evaluate_run(run),
     ):
         with pytest.raises(CheckpointError, match=expected):

@@ -1,4 +1,4 @@
-"""Training runs: kill-and-resume equality, config errors, checkpoint/architecture checks, load_policy."""
+"""Training runs: kill-and-resume equality, config errors, checkpoint/architecture checks, load_agent."""
 
 import json
 from pathlib import Path
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from agents import ConfigError, DecisionAgent, evaluate_run, load_config, load_policy, train
+import agents
+from agents import ConfigError, DecisionAgent, evaluate_run, load_agent, load_config, train
 from agents.decision.checkpoint import CheckpointError
 from agents.decision.model import DecisionModel, DecisionModelConfig
 from agents.decision.run_dir import RunDir, latest_checkpoint
@@ -68,10 +69,12 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_dataset, tmp_pat
     assert list((killed / "tb").iterdir())
 
 
-def test_load_policy_acts_and_rejects_mismatched_architecture(tiny_dataset, tmp_path):
+def test_load_agent_acts_and_rejects_mismatched_architecture(tiny_dataset, tmp_path):
     run = train(tiny_config(tiny_dataset, tmp_path, "name=p"), progress=False)
-    agent = load_policy(run, target_return=50.0)
+    agent = load_agent(run, target_return=50.0)
     assert isinstance(agent, DecisionAgent) and agent.acting == "recurrent"
+    with pytest.warns(DeprecationWarning, match="load_agent"):  # the old name still works
+        assert isinstance(agents.load_policy(run, target_return=50.0), DecisionAgent)
     actions, state = agent.act(np.zeros((2, 11), dtype=np.float32))
     assert actions.shape == (2, 3) and np.all(np.abs(actions) <= 1)
     meta_path = latest_checkpoint(run) / "model.json"
@@ -81,7 +84,7 @@ def test_load_policy_acts_and_rejects_mismatched_architecture(tiny_dataset, tmp_
     with pytest.raises(
         CheckpointError, match=r"model.json was changed after .* intact checkpoint, .*step_0000004"
     ):
-        load_policy(run)  # the digest catches the edit
+        load_agent(run)  # the digest catches the edit
     for key in ("files", "digest"):  # a checkpoint from before the digests: loaded unverified, still checked
         del meta[key]
     meta_path.write_text(json.dumps(meta))
@@ -89,7 +92,7 @@ def test_load_policy_acts_and_rejects_mismatched_architecture(tiny_dataset, tmp_
         pytest.warns(UserWarning, match="loading it unverified"),
         pytest.raises(CheckpointError, match="does not match the architecture"),
     ):
-        load_policy(run)
+        load_agent(run)
 
 
 def saved_run(run_dir: Path, targets: list[float]) -> Path:

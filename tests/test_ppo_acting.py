@@ -11,7 +11,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from agents.ppo.algorithm import AarenPPO
 from agents.ppo.policy import AarenActorCriticPolicy, ActorCriticState
-from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL
+from envs.pomdp import CARTPOLE_NO_VEL, PENDULUM_NO_VEL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

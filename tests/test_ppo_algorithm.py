@@ -17,7 +17,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 
 from agents.ppo.algorithm import AarenPPO, pack_rows
 from agents.ppo.policy import AarenActorCriticPolicy
-from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE, RememberCueEnv, cartpole_no_velocity
+from envs.pomdp import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE, RememberCueEnv, cartpole_no_velocity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

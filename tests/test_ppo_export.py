@@ -35,7 +35,7 @@ from agents.ppo.export import (
     load_exported_policy,
 )
 from agents.ppo.policy import AarenActorCriticPolicy
-from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL
+from envs.pomdp import CARTPOLE_NO_VEL, PENDULUM_NO_VEL
 from envs.popgym import popgym_env_id
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -38,7 +38,7 @@ from agents.ppo.export import (
 from agents.ppo.policy import AarenActorCriticPolicy
 from agents.ppo.train import PPORun, settable_options
 from envs.experts import MODEL_FILE, NORMALIZER_FILE, PolicyFileError, load_sb3_policy
-from envs.memory import CARTPOLE_NO_VEL
+from envs.pomdp import CARTPOLE_NO_VEL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -35,7 +35,7 @@ from agents.ppo.policy import (
     options_as_saved,
     time_features,
 )
-from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
+from envs.pomdp import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

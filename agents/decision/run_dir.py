@@ -1,6 +1,6 @@
 """A training run's directory: where each of its files lives, its checkpoints and the `latest` pointer,
 its one-writer lock, writing its files (`write_run_files`, `MetricsLog`, `plot_curve`), and reading a run
-back (`load_policy`, `read_run_info`, `run_targets`, `read_metrics`).
+back (`load_agent`, `read_run_info`, `run_targets`, `read_metrics`).
 
     <output_dir>/<name>/
         config.yaml                  the resolved config (what --resume reads)
@@ -273,7 +273,7 @@ def run_targets(run_dir: str | os.PathLike) -> list[float]:
     return [float(t) for t in read_run_info(run_dir)["eval_targets"]]
 
 
-def load_policy(
+def load_agent(
     run_dir: str | os.PathLike,
     target_return: float | None = None,
     device: str = "cpu",
@@ -289,6 +289,12 @@ def load_policy(
             )
         target_return = targets[0]
     return DecisionAgent(model, target_return, acting=acting)
+
+
+def load_policy(*args: Any, **kwargs: Any) -> DecisionAgent:
+    """Deprecated name of `load_agent` (it returns the acting agent, not an SB3 policy)."""
+    warnings.warn("load_policy is now load_agent", DeprecationWarning, stacklevel=2)
+    return load_agent(*args, **kwargs)
 
 
 def read_metrics(path: Path, upto_step: int | None = None) -> list[dict[str, Any]]:

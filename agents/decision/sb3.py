@@ -33,7 +33,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 from agents.decision.agent import AgentState, DecisionAgent
 from agents.decision.checkpoint import CheckpointError, InMemory, load_model, model_files
 from agents.decision.model import DecisionModel
-from agents.decision.run_dir import load_policy
+from agents.decision.run_dir import load_agent
 from envs.files import atomic_path
 
 
@@ -159,7 +159,7 @@ class DecisionPolicy:
         `target_return` and `acting` default to the saved ones (the run's first target)."""
         path = Path(path)
         if path.is_dir():
-            return cls(load_policy(path, target_return, str(device), acting))
+            return cls(load_agent(path, target_return, str(device), acting))
         model, meta = _load_zip(path, device)
         if target_return is None:
             target_return = meta.get("target_return")

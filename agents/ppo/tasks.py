@@ -27,7 +27,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from agents.common.overrides import ConfigError
 from agents.ppo.policy import FUSED_ADAM
 from envs.errors import MissingExtraError
-from envs.memory import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
+from envs.pomdp import CARTPOLE_NO_VEL, PENDULUM_NO_VEL, REMEMBER_CUE
 from envs.popgym import INSTALL_HINT, popgym_env_id, popgym_task_names
 
 # Tanh heads (SB3's default) rather than rl-zoo's ReLU, whose units can die into a constant action
