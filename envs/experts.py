@@ -404,17 +404,22 @@ def model_custom_objects(
 
 
 class RandomPolicy:
-    """Uniform actions in a Box action space, from its own seeded generator."""
+    """Uniform actions in a Box or Discrete action space, from its own seeded generator."""
 
     name = "random"
     algo = "random"
 
-    def __init__(self, action_space: gym.spaces.Box, seed: int | list[int] | None = None):
-        self.low, self.high = action_space.low, action_space.high
+    def __init__(
+        self, action_space: gym.spaces.Box | gym.spaces.Discrete, seed: int | list[int] | None = None
+    ):
+        self.space = action_space
         self.rng = np.random.default_rng(seed)
 
     def act(self, obs: np.ndarray, episode_steps: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
-        return self.rng.uniform(self.low, self.high, size=(len(obs), *self.low.shape)).astype(self.low.dtype)
+        space = self.space
+        if isinstance(space, gym.spaces.Discrete):
+            return space.start + self.rng.integers(space.n, size=len(obs))
+        return self.rng.uniform(space.low, space.high, size=(len(obs), *space.shape)).astype(space.dtype)
 
 
 class PredictPolicy:

@@ -136,3 +136,9 @@ def test_cli_collects_a_recipe_and_refuses_noise_in_one_line(tmp_path):
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0
     assert "T-Maze actions are discrete" in refused.stderr
     assert "30% (oracle)" in run_cli("--help").stdout
+
+
+def test_random_policy_takes_discrete_actions(tmp_path):
+    result = collect_dataset("tmaze-5", "random", tmp_path / "r.hdf5", 400, seed=1, progress=False)
+    ds = load_dataset(result.path, env="tmaze-5")
+    assert ds.actions.dtype == np.int64 and set(np.unique(ds.actions)) == {0, 1, 2, 3}
