@@ -9,6 +9,7 @@ from test_decision_training import tiny_config  # (tests/ is on sys.path)
 
 from agents import train
 from agents.decision.batching import (
+    EpisodesBatcher,
     PackedBatcher,
     PrefixBatcher,
     StoredBatcher,
@@ -40,7 +41,9 @@ def small_model(backbone: str = "aaren") -> DecisionModel:
         ("aaren", "packed", PackedBatcher, "resets"),
         ("aaren", "stored", StoredBatcher, "state"),
         ("aaren", "prefix", PrefixBatcher, "state"),
+        ("aaren", "episodes", EpisodesBatcher, None),
         ("transformer", "packed", WindowBatcher, None),
+        ("transformer", "episodes", WindowBatcher, None),
         ("transformer", "stored", WindowBatcher, None),
         ("transformer", "prefix", WindowBatcher, None),
     ],
@@ -50,10 +53,13 @@ def test_the_config_decides_the_batcher(tiny_dataset, tmp_path, backbone, batchi
     dataset = load_dataset(str(tiny_dataset))
     batcher = make_batcher(cfg, dataset, DistContext(), small_model(backbone))
     assert type(batcher) is kind and batcher_type(cfg) is kind
-    assert batcher.layout == batch_layout(cfg, dataset) == ((3, 60) if kind is PackedBatcher else (36, 5))
+    layouts = {PackedBatcher: (3, 60), EpisodesBatcher: (5, 60)}  # the longest episode: 60; the mean: 33.3
+    assert batcher.layout == batch_layout(cfg, dataset) == layouts.get(kind, (36, 5))
     batcher.after_step(0, MetricsLog(RunDir(tmp_path / "run"), enabled=False))  # stored: the first table
     batch = batcher.sample(np.random.default_rng(0))
-    assert batch["mask"].shape == batcher.layout
+    rows, row_steps = batch["mask"].shape
+    assert rows == batcher.layout.rows
+    assert row_steps == batcher.layout.row_steps or (kind is EpisodesBatcher and row_steps <= 60)
     assert {"resets", "state"} & batch.keys() == ({extra} if extra else set())
 
 
@@ -63,6 +69,7 @@ def test_the_config_decides_the_batcher(tiny_dataset, tmp_path, backbone, batchi
         (["train.batching=packed"], {"sampler": {"queue"}}),
         (["train.batching=stored"], {"stored_states": {"refreshed_at", "weights"}}),
         (["train.batching=prefix"], {}),
+        (["train.batching=episodes"], {}),
         (["model.backbone=transformer"], {}),
     ],
 )

@@ -11,6 +11,10 @@ what it is depends on the backbone, so that training sees what acting will do:
   often, with little padding at row ends). The episode starts reset the scan ("resets"), so each episode
   is trained exactly as if run alone; the recurrent state while acting summarises the episode from its
   start, and whole episodes train exactly that. With long episodes a batch holds few of them.
+- `EpisodesBatcher` ("episodes"): the same whole episodes, one per row, right-padded to the longest of
+  the batch (each rank's share: of its own rows), round(batch_steps / the mean episode length) of them (at
+  least one), drawn with replacement in proportion to their length (every dataset step equally likely).
+  No resets: each row's padding is what `packed` removes, at the price of fewer episodes per batch.
 - `StoredBatcher` (Aaren, "stored", the default) and `PrefixBatcher` ("prefix"): the Transformer's
   K-windows, each entering with the backbone state of its episode's earlier steps
   (`agents.decision.entering`): read from a table of states that one scan over the dataset rewrites every
@@ -94,10 +98,16 @@ class Batcher(ABC):
         return cfg.model.context_steps
 
     @classmethod
+    def steps_per_row(cls, cfg: Config, dataset: OfflineDataset) -> float:
+        """The steps a row counts for when `train.batch_steps` is split into rows: `row_steps`."""
+        return cls.row_steps(cfg, dataset)
+
+    @classmethod
     def layout_of(cls, cfg: Config, dataset: OfflineDataset) -> BatchLayout:
-        """Rows of `row_steps` steps, as many as come nearest to `train.batch_steps` steps, at least one."""
-        row_steps = cls.row_steps(cfg, dataset)
-        return BatchLayout(max(1, round(cfg.train.batch_steps / row_steps)), row_steps)
+        """Rows of `row_steps` steps, as many as come nearest to `train.batch_steps` steps
+        (`steps_per_row` each), at least one."""
+        rows = max(1, round(cfg.train.batch_steps / cls.steps_per_row(cfg, dataset)))
+        return BatchLayout(rows, cls.row_steps(cfg, dataset))
 
     def sample(self, rng: np.random.Generator) -> dict:
         """This rank's share of the rows of one global batch drawn with `rng`, as tensors on its device."""
@@ -237,6 +247,35 @@ class PackedBatcher(Batcher):
         self.sampler.load_state_dict(state["sampler"])
 
 
+class EpisodesBatcher(Batcher):
+    """Aaren, batching=episodes: whole episodes from their first step, one per row, drawn with replacement
+    in proportion to their length (so every dataset step is equally likely, as under DT's row sampling),
+    as many as hold `train.batch_steps` steps on average; each rank's share is right-padded to its
+    longest episode."""
+
+    rows_are = "episodes of at most"
+
+    @classmethod
+    def row_steps(cls, cfg: Config, dataset: OfflineDataset) -> int:
+        """Steps per row at most: the longest episode."""
+        return int(dataset.episode_lengths.max())
+
+    @classmethod
+    def steps_per_row(cls, cfg: Config, dataset: OfflineDataset) -> float:
+        """The mean episode length: what a row holds on average, as every step is equally likely."""
+        return float(dataset.episode_lengths.mean())
+
+    def draw(self, rng: np.random.Generator) -> SequenceBatch:
+        lengths = self.dataset.episode_lengths
+        episodes = rng.choice(self.dataset.num_episodes, size=self.layout.rows, p=lengths / lengths.sum())
+        return self.dataset.get_episodes(episodes)
+
+    def tensors(self, batch: SequenceBatch, share: slice) -> dict:
+        """The share's episodes padded to the longest of them, not of the whole batch."""
+        mine = self.dataset.get_episodes(batch.episode_index[share])
+        return {**batch_tensors(mine, slice(None), self.dist.device), "num_real": int(batch.mask.sum())}
+
+
 class PackedSampler:
     """Batches of ``rows`` rows of ``row_steps`` steps packed with whole episodes, under which every
     dataset step is supervised equally often (as under uniform row sampling), with little padding.
@@ -295,10 +334,11 @@ class PackedSampler:
         self.queue = list(queue)
 
 
-#: The Aaren agent's batchers by `train.batching`: rows packed with whole episodes, or K-windows whose
-#: entering state is stored (refreshed periodically) or rescanned from the prefix at every step.
+#: The Aaren agent's batchers by `train.batching`: whole episodes, packed in rows or one a row, or K-windows
+#: whose entering state is stored (refreshed periodically) or rescanned from the prefix at every step.
 AAREN_BATCHERS: dict[str, type[Batcher]] = {
     "packed": PackedBatcher,
+    "episodes": EpisodesBatcher,
     "stored": StoredBatcher,
     "prefix": PrefixBatcher,
 }
@@ -327,11 +367,12 @@ def batch_layout(cfg: Config, dataset: OfflineDataset) -> BatchLayout:
 def check_batch_splits(cfg: Config, dataset: OfflineDataset, world_size: int) -> None:
     """The global batch's rows must split evenly across the processes: a ConfigError naming a
     train.batch_steps that does."""
-    rows, row_steps = batch_layout(cfg, dataset)
+    kind = batcher_type(cfg)
+    rows, row_steps = kind.layout_of(cfg, dataset)
     if rows % world_size:
+        fix = round(-(-rows // world_size) * world_size * kind.steps_per_row(cfg, dataset))
         raise ConfigError(
-            f"train.batch_steps = {cfg.train.batch_steps} makes a global batch of {rows} "
-            f"{batcher_type(cfg).rows_are} {row_steps} steps, which does not split evenly across "
-            f"{world_size} processes. Fix: train.batch_steps={-(-rows // world_size) * world_size * row_steps}, "
-            "or another --nproc_per_node"
+            f"train.batch_steps = {cfg.train.batch_steps} makes a global batch of {rows} {kind.rows_are} "
+            f"{row_steps} steps, which does not split evenly across {world_size} processes. Fix: "
+            f"train.batch_steps={fix}, or another --nproc_per_node"
         )

@@ -44,13 +44,13 @@ class ModelConfig(ModelHyperparameters):
 class TrainConfig:
     steps: int = 100_000
     batch_steps: int = 1280  # supervised timesteps per batch, for both backbones (reference DT: 64 K-windows
-    # x K = 20): the Transformer gets round(batch_steps / K) windows, the Aaren agent rows of whole episodes
+    # x K = 20): the Transformer gets round(batch_steps / K) windows, the Aaren agent rows of its batching
     # (agents.decision.batching.batch_layout); under torchrun the global batch, split evenly across the processes
     batching: str = "stored"  # Aaren batches (agents.decision.batching): "stored" (K-windows from
     # anywhere, entering state from a periodically refreshed table; the default: docs/design.md,
-    # Training) | "packed" (rows of whole episodes) | "prefix" (K-windows, entering state rescanned from
-    # the episode start each step); the Transformer always trains on K-windows from an empty context and
-    # ignores it
+    # Training) | "packed" (rows packed with whole episodes) | "episodes" (one whole episode a row,
+    # right-padded) | "prefix" (K-windows, entering state rescanned from the episode start each step); the
+    # Transformer always trains on K-windows from an empty context and ignores it
     state_refresh_every: int = 1000  # batching=stored: gradient steps between rescans of the stored states
     lr: float = 1e-4
     weight_decay: float = 1e-4
@@ -163,6 +163,17 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     for base in names:
         merged = _merge(merged, read_yaml(path.parent / base, (*_seen, path)))
     return _merge(merged, raw)
+
+
+def flat_keys(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {dotted key: value}, the keys `--set` names."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
