@@ -85,8 +85,10 @@ class Settings:
     min_reps: int = 20
     max_reps: int = 300
     budget_s: float = 0.1  # per checkpoint and agent, within [min_reps, max_reps] repetitions
-    embed_dim: int = 128
+    embed_dim: int = 128  # the acting models' width and depth
     num_layers: int = 3
+    train_embed_dim: int = 128  # the T-Maze models'
+    train_layers: int = 3
     train_lengths: tuple[int, ...] = (100, 500, 1000)
     eval_lengths: tuple[int, ...] = (100, 1000, 10000)
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -101,8 +103,10 @@ QUICK = Settings(
     kv_max_step=3000,
     train_lengths=(20, 50),
     eval_lengths=(50, 100, 1000),
+    train_embed_dim=64,
+    train_layers=2,
     transitions=30_000,
-    steps=300,
+    steps=400,
     batch_steps=640,
     eval_episodes=10,
 )
@@ -228,8 +232,8 @@ def _train_run(backbone: str, seed: int, data: Path, settings: Settings, work: P
         f"output_dir={run_dir.parent}",
         f"name={run_dir.name}",
         f"model.backbone={backbone}",
-        f"model.embed_dim={settings.embed_dim}",
-        f"model.num_layers={settings.num_layers}",
+        f"model.embed_dim={settings.train_embed_dim}",
+        f"model.num_layers={settings.train_layers}",
         f"train.seed={seed}",
         f"train.steps={settings.steps}",
         f"train.batch_steps={settings.batch_steps}",
