@@ -14,7 +14,9 @@ corridor length, for each decision backbone.
    corridors of each of `eval_lengths`, without retraining. Each finished run is recorded in
    work/done/<backbone>-s<seed>.json and skipped when the benchmark runs again; an interrupted run
    resumes from its last checkpoint. Success is summarised as the IQM over seeds with its interval
-   (`benchmarks.stats`) where there are at least 3 seeds.
+   (`benchmarks.stats`) where there are at least 3 seeds. Training seconds per gradient step are
+   compared at equal train.batch_steps (the same supervised timesteps per batch, so per episode trained
+   the ratio is the same).
 
 Not here: a Decision-LSTM backbone (none exists yet), training the Transformer on whole episodes, and
 the POPGym table.
@@ -32,7 +34,6 @@ import functools
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -222,9 +223,8 @@ def make_dataset(settings: Settings, work: Path) -> Path:
     return path
 
 
-def _train_run(backbone: str, seed: int, data: Path, settings: Settings, work: Path) -> tuple[Path, float]:
-    """Train (or resume) one run in work/runs/<backbone>-s<seed>; its directory and this session's
-    training seconds."""
+def _train_run(backbone: str, seed: int, data: Path, settings: Settings, work: Path) -> Path:
+    """Train (or resume) one run in work/runs/<backbone>-s<seed>; its directory."""
     run_dir = work / "runs" / f"{backbone}-s{seed}"
     overrides = [
         f"data.dataset={data}",
@@ -243,12 +243,18 @@ def _train_run(backbone: str, seed: int, data: Path, settings: Settings, work: P
         "eval.episodes=2",  # the run's own final evaluation; this benchmark evaluates below
         "eval.num_envs=2",
     ]
-    start = time.perf_counter()
     if (run_dir / "config.yaml").is_file():
         train(resume=run_dir, progress=False)
     else:
         train(load_config(find_config("tmaze-100"), overrides), progress=False)
-    return run_dir, time.perf_counter() - start
+    return run_dir
+
+
+def training_seconds(run_dir: Path) -> float:
+    """A finished run's training seconds (batches and updates, not checkpoints or evaluations, summed
+    over resumed sessions): its last metrics row's train/seconds."""
+    rows = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    return [row["train/seconds"] for row in rows if "train/seconds" in row][-1]
 
 
 def tmaze_run(backbone: str, seed: int, data: Path, settings: Settings, work: Path) -> dict:
@@ -257,7 +263,8 @@ def tmaze_run(backbone: str, seed: int, data: Path, settings: Settings, work: Pa
     done = work / "done" / f"{backbone}-s{seed}.json"
     if done.is_file():
         return json.loads(done.read_text())
-    run_dir, seconds = _train_run(backbone, seed, data, settings, work)
+    run_dir = _train_run(backbone, seed, data, settings, work)
+    seconds = training_seconds(run_dir)
     agent = load_agent(run_dir, target_return=TARGET)
     success = {}
     for length in settings.eval_lengths:

@@ -53,6 +53,7 @@ def test_tmaze_section_records_runs_and_skips_them_when_run_again(tmp_path, monk
     for record in first["runs"]:
         assert set(record["success"]) == {"5", "9"}
         assert all(0.0 <= v <= 1.0 for v in record["success"].values())
+        assert record["train_seconds"] > 0 and record["train_seconds_per_step"] == record["train_seconds"] / 2
     assert sorted(p.name for p in (tmp_path / "done").iterdir()) == [
         f"{b}-s0.json" for b in sorted(BACKBONES)
     ]
