@@ -122,3 +122,11 @@ def test_script_exits_2_with_the_message(tmp_path, capsys) -> None:
     path.write_text("data:\n  dataset: hopper-medium-v2\n")
     assert module.main(["--config", str(path), "--set", "model.return_scale=.inf"]) == 2
     assert "model.return_scale = inf is not a finite number" in capsys.readouterr().err
+
+
+def test_apply_overrides_leaves_its_input_alone():
+    from agents.decision.config import apply_overrides
+
+    data = {"train": {"steps": 4}}
+    assert apply_overrides(data, ["train.steps=6"]) == {"train": {"steps": 6}}
+    assert data == {"train": {"steps": 4}}  # a resume compares the saved config with the overridden one

@@ -1,6 +1,7 @@
 """Training runs: kill-and-resume equality, config errors, checkpoint/architecture checks, load_agent."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,22 @@ def test_existing_run_directory_needs_resume(tiny_dataset, tmp_path):
     train(cfg, progress=False)
     with pytest.raises(ConfigError, match="--resume"):
         train(cfg, progress=False)
+
+
+def test_resume_refuses_what_changes_the_run_and_takes_what_does_not(tiny_dataset, tmp_path):
+    """A resume may train longer, elsewhere, and report or evaluate differently; new data, a new seed or
+    a new model would leave the checkpoint's weights and normalisation describing another run."""
+    run = train(tiny_config(tiny_dataset, tmp_path, "name=r", "train.steps=4"), progress=False)
+    config_before = (run / "config.yaml").read_text()
+    other = shutil.copy(tiny_dataset, tmp_path / "other.hdf5")
+    for change in (f"data.dataset={other}", "train.seed=1", "model.embed_dim=32", "train.lr=0.5"):
+        with pytest.raises(ConfigError, match=r"would change what the run is .* Fix: drop those overrides"):
+            train(resume=run, overrides=[change], progress=False)
+    with pytest.raises(ConfigError, match="train.steps = 3 is below step 4"):
+        train(resume=run, overrides=["train.steps=3"], progress=False)
+    assert (run / "config.yaml").read_text() == config_before  # nothing rewritten
+    train(resume=run, overrides=["train.steps=6", "train.log_every=1", "eval.episodes=2"], progress=False)
+    assert json.loads((latest_checkpoint(run) / "model.json").read_text())["step"] == 6
 
 
 def test_shipped_configs_load(tmp_path):

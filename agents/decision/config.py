@@ -106,11 +106,13 @@ class Config:
 
 
 def _merge(base: dict, over: dict) -> dict:
+    """`over` deep-merged into `base`, as a new dict: sections of `over` are copied, so that editing the
+    result (as `apply_overrides` does) never edits what was passed in."""
     out = dict(base)
     for key, value in over.items():
-        out[key] = (
-            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        )
+        if isinstance(value, dict):
+            value = _merge(out[key] if isinstance(out.get(key), dict) else {}, value)
+        out[key] = value
     return out
 
 

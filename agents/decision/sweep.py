@@ -56,6 +56,7 @@ from agents.decision.config import (
     ConfigError,
     TrainConfig,
     apply_overrides,
+    flat_keys,
     from_dict,
     read_yaml,
 )
@@ -276,22 +277,12 @@ def check_trials(trials: list[Trial], resources: Resources) -> None:
         _check_same_run(trial, settings)
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _check_same_run(trial: Trial, settings: dict[str, Any]) -> None:
     """A run directory that already holds a run must have been started with this trial's config."""
     run = RunDir(trial.run_dir)
     if not run.config.is_file():
         return
-    before, now = _flatten(read_yaml(run.config)), _flatten(settings)
+    before, now = flat_keys(read_yaml(run.config)), flat_keys(settings)
     retired = sorted(before.keys() - now.keys())  # `now` holds every key this version knows
     if retired:
         names = [f"{key} (now {RENAMED_KEYS[key][0]})" if key in RENAMED_KEYS else key for key in retired]

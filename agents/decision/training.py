@@ -46,6 +46,7 @@ from agents.decision.config import (
     Config,
     ConfigError,
     apply_overrides,
+    flat_keys,
     from_dict,
     read_yaml,
     writable_run_dir,
@@ -138,7 +139,10 @@ def _config_and_run_dir(
             raise ConfigError(
                 f"--resume {run.root}: no config.yaml there. Fix: pass a run directory of train_offline.py"
             )
-        return from_dict(apply_overrides(read_yaml(run.config), overrides or [])), run
+        saved = read_yaml(run.config)
+        cfg = from_dict(apply_overrides(saved, overrides or []))
+        _check_resume_overrides(run, from_dict(saved), cfg)
+        return cfg, run
     if cfg is None:
         raise ConfigError("train() needs a config or resume=RUN_DIR")
     run = RunDir(writable_run_dir(cfg))
@@ -148,6 +152,42 @@ def _config_and_run_dir(
             "or choose a new one with --set name=<new name> (or output_dir=...)"
         )
     return cfg, run
+
+
+#: What a resumed run may change: how long it trains, where, and how it reports and evaluates. The rest
+#: (data, model, optimisation, seed, batching) is what its checkpoints were trained with.
+RESUMABLE = (
+    "train.steps",
+    "train.device",
+    "train.threads",
+    "train.dist_timeout",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.eval_every",
+    "eval.",
+)
+
+
+def _check_resume_overrides(run: RunDir, saved: Config, cfg: Config) -> None:
+    """One ConfigError for a resume whose overrides change the run's meaning, or end it before the step
+    its newest checkpoint reached."""
+    before, now = flat_keys(asdict(saved)), flat_keys(asdict(cfg))
+    changed = [key for key in now if now[key] != before.get(key) and not key.startswith(RESUMABLE)]
+    if changed:
+        given = " ".join(f"{key}={now[key]!r}" for key in changed)
+        raise ConfigError(
+            f"--resume {run.root}: {given} would change what the run is (it was trained with "
+            f"{', '.join(f'{key}={before.get(key)!r}' for key in changed)}). A resume may change only "
+            f"{', '.join(key.rstrip('.') + ('.*' if key.endswith('.') else '') for key in RESUMABLE)}. "
+            f"Fix: drop those overrides, or start a new run: --config {run.config} --set name=<new name> {given}"
+        )
+    folders = run.checkpoint_folders()
+    reached = int(folders[0].name[len("step_") :]) if folders else 0
+    if cfg.train.steps < reached:
+        raise ConfigError(
+            f"--resume {run.root}: train.steps = {cfg.train.steps} is below step {reached}, which the run has "
+            f"reached. Fix: --set train.steps=<{reached} or more>"
+        )
 
 
 def _train(
