@@ -223,8 +223,8 @@ def make_dataset(settings: Settings, work: Path) -> Path:
     return path
 
 
-def _train_run(backbone: str, seed: int, data: Path, settings: Settings, work: Path) -> Path:
-    """Train (or resume) one run in work/runs/<backbone>-s<seed>; its directory."""
+def _train_run(backbone: str, seed: int, data: Path, settings: Settings, work: Path, device: str) -> Path:
+    """Train (or resume) one run on `device` in work/runs/<backbone>-s<seed>; its directory."""
     run_dir = work / "runs" / f"{backbone}-s{seed}"
     overrides = [
         f"data.dataset={data}",
@@ -235,6 +235,7 @@ def _train_run(backbone: str, seed: int, data: Path, settings: Settings, work: P
         f"model.embed_dim={settings.train_embed_dim}",
         f"model.num_layers={settings.train_layers}",
         f"train.seed={seed}",
+        f"train.device={device}",
         f"train.steps={settings.steps}",
         f"train.batch_steps={settings.batch_steps}",
         f"train.warmup_steps={max(1, settings.steps // 20)}",
@@ -257,13 +258,13 @@ def training_seconds(run_dir: Path) -> float:
     return [row["train/seconds"] for row in rows if "train/seconds" in row][-1]
 
 
-def tmaze_run(backbone: str, seed: int, data: Path, settings: Settings, work: Path) -> dict:
+def tmaze_run(backbone: str, seed: int, data: Path, settings: Settings, work: Path, device: str) -> dict:
     """One finished run's record (read back if an earlier session finished it): training seconds and the
     success rate at target 1 in each evaluation corridor."""
     done = work / "done" / f"{backbone}-s{seed}.json"
     if done.is_file():
         return json.loads(done.read_text())
-    run_dir = _train_run(backbone, seed, data, settings, work)
+    run_dir = _train_run(backbone, seed, data, settings, work, device)
     seconds = training_seconds(run_dir)
     agent = load_agent(run_dir, target_return=TARGET)
     success = {}
@@ -304,10 +305,10 @@ def tmaze_summary(runs: list[dict], settings: Settings) -> dict:
     return summary
 
 
-def bench_tmaze(settings: Settings, work: Path) -> dict:
+def bench_tmaze(settings: Settings, work: Path, device: str = "cpu") -> dict:
     """Every backbone x seed run (seed outermost, so that an interrupted session leaves whole seeds)."""
     data = make_dataset(settings, work)
-    runs = [tmaze_run(b, s, data, settings, work) for s in settings.seeds for b in BACKBONES]
+    runs = [tmaze_run(b, s, data, settings, work, device) for s in settings.seeds for b in BACKBONES]
     return {"dataset": str(data), "runs": runs, "summary": tmaze_summary(runs, settings)}
 
 
@@ -360,7 +361,7 @@ def run(settings: Settings, device: str, stem: Path, work: Path | None) -> dict:
     results["acting"] = bench_acting(settings)
     results["acting_summary"] = acting_summary(results["acting"], settings)
     if work is not None:
-        results["tmaze"] = bench_tmaze(settings, work)
+        results["tmaze"] = bench_tmaze(settings, work, device)
     write_json(stem.with_suffix(".json"), results)
     plot(results, stem.with_suffix(".png"))
     return results
