@@ -107,8 +107,8 @@ QUICK = Settings(
     train_embed_dim=64,
     train_layers=2,
     transitions=30_000,
-    steps=400,
-    batch_steps=640,
+    steps=200,
+    batch_steps=320,
     eval_episodes=10,
 )
 CLAIM = Claim("memory", FULL, "cuda")  # the tracked result: the full preset, training on a GPU
