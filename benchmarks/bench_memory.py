@@ -90,12 +90,12 @@ class Settings:
     num_layers: int = 3
     train_embed_dim: int = 128  # the T-Maze models'
     train_layers: int = 3
-    train_lengths: tuple[int, ...] = (100, 500, 1000)
+    train_lengths: tuple[int, ...] = (250, 500, 1000)  # configs/tmaze-1000.yaml's data and batches
     eval_lengths: tuple[int, ...] = (100, 1000, 10000)
     seeds: tuple[int, ...] = (0, 1, 2)
     transitions: int = 1_000_000
     steps: int = 20000
-    batch_steps: int = 2560
+    batch_steps: int = 4096
     eval_episodes: int = 20
 
 
