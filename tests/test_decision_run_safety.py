@@ -214,8 +214,12 @@ def test_a_checkpoint_with_weights_that_are_not_finite_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("override", r"model.embed_dim = 64, but the checkpoint has 32"),
-        ("edited config", r"model.backbone = 'transformer', but the checkpoint has 'aaren'"),
+        ("override", r"model.embed_dim=64 would change what the run is .*Fix: drop those overrides"),
+        (
+            "edited config",
+            r"model.backbone = 'transformer', but the checkpoint has 'aaren'.*Fix: resume with the "
+            "checkpoint's model settings",
+        ),
     ],
 )
 def test_resume_with_another_model_is_one_config_error(run, change, message):
@@ -224,7 +228,7 @@ def test_resume_with_another_model_is_one_config_error(run, change, message):
     if change == "edited config":
         rd.config.write_text(rd.config.read_text().replace("backbone: aaren", "backbone: transformer"))
     before = {p: p.read_bytes() for p in (rd.config, rd.metrics)}
-    with pytest.raises(ConfigError, match=rf"{message}.*Fix: resume with the checkpoint's model settings"):
+    with pytest.raises(ConfigError, match=message):
         train(resume=run, overrides=overrides, progress=False)
     assert {p: p.read_bytes() for p in before} == before  # nothing was started
 

@@ -154,10 +154,12 @@ def _config_and_run_dir(
     return cfg, run
 
 
-#: What a resumed run may change: how long it trains, where, and how it reports and evaluates. The rest
-#: (data, model, optimisation, seed, batching) is what its checkpoints were trained with.
+#: What a resumed run may change: how long it trains, where, how it reports and evaluates, and train.lr
+#: (lowered, the fix for a diverged run). The rest (data, model, optimisation, seed, batching) is what
+#: its checkpoints were trained with.
 RESUMABLE = (
     "train.steps",
+    "train.lr",
     "train.device",
     "train.threads",
     "train.dist_timeout",
