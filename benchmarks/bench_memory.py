@@ -309,7 +309,14 @@ def bench_tmaze(settings: Settings, work: Path, device: str = "cpu") -> dict:
     """Every backbone x seed run (seed outermost, so that an interrupted session leaves whole seeds)."""
     data = make_dataset(settings, work)
     runs = [tmaze_run(b, s, data, settings, work, device) for s in settings.seeds for b in BACKBONES]
-    return {"dataset": str(data), "runs": runs, "summary": tmaze_summary(runs, settings)}
+    summary = tmaze_summary(runs, settings)
+    seconds = {b: summary[b]["train_seconds_per_step"] for b in BACKBONES}
+    return {
+        "dataset": str(data),
+        "runs": runs,
+        "summary": summary,
+        "aaren_over_transformer_train_seconds_per_step": ratio(seconds["aaren"], seconds["transformer"]),
+    }
 
 
 def plot(results: dict, path: Path) -> None:
@@ -403,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     for backbone, row in results.get("tmaze", {}).get("summary", {}).items():
         rates = ", ".join(f"L={length}: {r['mean']:.2f}" for length, r in row["by_length"].items())
         print(f"{backbone:12s} T-Maze success (mean over seeds) {rates}")
+    if "tmaze" in results:
+        value = results["tmaze"]["aaren_over_transformer_train_seconds_per_step"]
+        print(f"training seconds per step, aaren over transformer (median over seeds): {value:.2f}")
     print(f"wrote {stem}.json and {stem}.png")
     return 0
 

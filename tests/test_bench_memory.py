@@ -65,5 +65,19 @@ def test_tmaze_section_records_runs_and_skips_them_when_run_again(tmp_path, monk
     monkeypatch.setattr(bench_memory, "collect_recipe", no_training)
     again = bench_memory.bench_tmaze(TINY, tmp_path)
     assert again["runs"] == first["runs"]
+    assert again["aaren_over_transformer_train_seconds_per_step"] > 0
     with pytest.raises(AssertionError, match="trained again"):  # a new seed does train
         bench_memory.bench_tmaze(dataclasses.replace(TINY, seeds=(0, 1)), tmp_path)
+
+
+def test_tmaze_summary_gives_an_iqm_interval_from_three_seeds_on():
+    runs = [
+        {"backbone": b, "seed": s, "train_seconds_per_step": 0.1, "success": {"5": 0.5 + 0.1 * s, "9": 0.5}}
+        for b in BACKBONES
+        for s in range(3)
+    ]
+    summary = bench_memory.tmaze_summary(runs, TINY)["aaren"]["by_length"]
+    assert summary["5"]["success"] == [0.5, 0.6, 0.7] and summary["5"]["mean"] == pytest.approx(0.6)
+    assert summary["5"]["iqm"]["low"] <= summary["5"]["iqm"]["point"] <= summary["5"]["iqm"]["high"]
+    two_seeds = bench_memory.tmaze_summary(runs[:2], TINY)["aaren"]["by_length"]
+    assert "iqm" not in two_seeds["5"] and two_seeds["5"]["success"] == [0.5, 0.6]
