@@ -1,13 +1,15 @@
 """Benchmark of memory over long horizons: acting cost against the step index, and T-Maze success against
 corridor length, for each decision backbone.
 
-1. Acting: per-step seconds and agent state bytes against the step index (log-spaced checkpoints up to
-   `max_step`) on the T-Maze's shapes (3 observations, Discrete(4) actions), batch 1, one torch thread:
-   Aaren-DT acting recurrently (folded, fused where it can: a constant-size state) against the
-   Transformer-DT re-running its K = 20 window every step, and the Transformer acting on the whole
-   episode through its KV cache (the state grows by 3 tokens a step). The agents act in lockstep on one
-   long episode of random observations (rotating order, so machine load hits them alike); the time at
-   step t is the median over the `window` steps from t. Untrained models: this measures speed only.
+1. Acting: per-step seconds and agent state bytes against the step index (log-spaced `checkpoints`)
+   on the T-Maze's shapes (3 observations, Discrete(4) actions), batch 1, one torch thread: Aaren-DT
+   acting recurrently (folded, fused where it can: a constant-size state) against the Transformer-DT
+   re-running its K = 20 window every step, and the Transformer acting on the whole episode through its
+   KV cache (the state grows by 3 tokens a step; driven only up to `kv_max_step`). Each agent is driven
+   through one episode of random observations to every checkpoint; the step at each checkpoint is then
+   repeated from the state entering it (acting leaves its input state unchanged), all agents' and
+   checkpoints' steps timed round-robin so that machine load hits them alike; the median is reported.
+   Untrained models: this measures speed only.
 2. T-Maze: per backbone and seed, train on one oracle dataset mixing corridors of `train_lengths`
    (collected once into the work folder; Aaren on packed whole episodes, the Transformer on K = 20
    windows, the `tmaze-100` config otherwise) and evaluate the success rate at target return 1 in
