@@ -298,7 +298,32 @@ def load_normalizer(path: Path) -> Any:
     normalizer = restricted_loads(path.read_bytes(), str(path))
     if not isinstance(normalizer, VecNormalize):
         raise PolicyFileError(f"{path}: holds a {type(normalizer).__name__}, not SB3's VecNormalize.")
+    problem = _normalizer_problem(normalizer)
+    if problem:
+        raise PolicyFileError(f"{path}: {problem}; the file is damaged. Fix: download or copy it again.")
     return normalizer
+
+
+def _normalizer_problem(normalizer: Any) -> str | None:
+    """What makes unpickled VecNormalize statistics unusable (a damaged file can still unpickle): a mean,
+    variance, clip or epsilon that is not a finite float32, a negative variance or clip."""
+    float32_max = float(np.finfo(np.float32).max)
+    values = {
+        "obs_rms.mean": getattr(getattr(normalizer, "obs_rms", None), "mean", None),
+        "obs_rms.var": getattr(getattr(normalizer, "obs_rms", None), "var", None),
+        "clip_obs": getattr(normalizer, "clip_obs", None),
+        "epsilon": getattr(normalizer, "epsilon", None),
+    }
+    for name, value in values.items():
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            return f"{name} is not numbers"
+        if array.size == 0 or not np.all(np.abs(array) <= float32_max):  # also catches NaN
+            return f"{name} holds values that are not finite float32 numbers"
+        if name != "obs_rms.mean" and np.any(array < 0):
+            return f"{name} is negative"
+    return None
 
 
 def read_model_data(zip_path: Path) -> dict[str, Any]:

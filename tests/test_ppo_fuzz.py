@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from stable_baselines3 import A2C
 from stable_baselines3.common.env_util import make_vec_env
@@ -217,6 +217,7 @@ ZIP_ENTRIES = ["data", "policy.pth", "pytorch_variables.pth", "policy.optimizer.
     kind=st.sampled_from(["truncate", "flip", "garbage"]),
     garbage=st.binary(min_size=1, max_size=16),
 )
+@example(target=NORMALIZER_FILE, where=0.9334389990831113, kind="garbage", garbage=b"\xc8")  # broke a clip
 def test_fuzzed_policy_folders_load_or_are_one_policy_file_error(policy_folder, target, where, kind, garbage):
     """model.zip, vecnormalize.pkl or an entry of the zip (valid CRCs) damaged: the policy loads and acts,
     or is one PolicyFileError."""
