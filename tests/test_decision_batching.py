@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_decision_training import tiny_config  # (tests/ is on sys.path)
 
-from agents import train
+from agents import ConfigError, train
 from agents.decision.batching import (
     EpisodesBatcher,
     PackedBatcher,
@@ -116,6 +116,10 @@ def test_a_trainer_state_in_the_checkpoint_layout_restores_the_batcher(tiny_data
 
 def test_a_checkpoint_without_the_batchers_state_is_one_checkpoint_error(tiny_dataset, tmp_path):
     run = train(tiny_config(tiny_dataset, tmp_path, "train.batching=stored"), progress=False, stop_after=4)
+    with pytest.raises(ConfigError, match=r"train.batching='packed' would change what the run is"):
+        train(resume=run, overrides=["train.batching=packed"], progress=False)  # refused before any work
+    config = RunDir(run).config  # an edited config.yaml reaches the checkpoint
+    config.write_text(config.read_text().replace("batching: stored", "batching: packed"))
     with pytest.raises(CheckpointError, match=r"trainer.pt does not fit this run's optimizer and sampler"):
-        train(resume=run, overrides=["train.batching=packed"], progress=False)
+        train(resume=run, progress=False)
     assert latest_checkpoint(run).name == "step_0000004"  # the run is left as it was
