@@ -147,7 +147,7 @@ def test_each_batching_trains(tiny_dataset, tmp_path, batching):
     [
         (
             ["train.batching=windows"],
-            "train.batching = 'windows' is impossible: use one of ['packed', 'stored'",
+            "train.batching = 'windows' is impossible: use one of ['packed', 'episodes', 'stored', 'prefix']",
         ),
         (["train.state_refresh_every=0"], "train.state_refresh_every = 0 is impossible: must be >= 1"),
     ],
