@@ -8,6 +8,7 @@ import json
 import pytest
 from scratch_git import scratch_checkout  # tests/scratch_git.py (pytest puts tests/ on sys.path)
 
+from agents.decision.batching import BATCHINGS
 from benchmarks import bench_batching, stats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -30,8 +31,8 @@ def test_study_reports_every_mode_and_resumes(tiny_dataset, tmp_path, monkeypatc
     report = tmp_path / "out" / "variants" / "batching_quick.json"  # not the claim's settings: a variant
     assert bench_batching.main(args) == 0
     results = json.loads(report.read_text())
-    assert results["complete"] and results["runs_done"] == 3
-    assert set(results["by_mode"]) == {"packed", "stored", "prefix"}
+    assert results["complete"] and results["runs_done"] == len(BATCHINGS)  # every mode, one seed (--quick)
+    assert set(results["by_mode"]) == set(BATCHINGS)
     assert all(
         row["supervised_steps_per_s"] > 0 and row["train_seconds"] > 0 for row in results["by_mode"].values()
     )
@@ -47,11 +48,11 @@ def test_study_reports_every_mode_and_resumes(tiny_dataset, tmp_path, monkeypatc
     assert point["score"][fastest["mode"]] == fastest["curve"][-1][2]  # its final evaluation, within T
     assert report.with_suffix(".png").is_file()
     same = results["comparisons"]["equal steps"]
-    assert same["baseline"] == "stored" and same["runs"] == {"packed": 1, "stored": 1, "prefix": 1}
+    assert same["baseline"] == "stored" and same["runs"] == dict.fromkeys(BATCHINGS, 1)
     assert same["iqm"]["packed"]["point"] == next(
         r["score"] for r in results["runs"] if r["mode"] == "packed"
     )
-    assert same["verdict"] == {"packed": stats.FEW_RUNS, "prefix": stats.FEW_RUNS}  # one seed: no call
+    assert same["verdict"] == {mode: stats.FEW_RUNS for mode in BATCHINGS if mode != "stored"}  # one seed
     timed = results["comparisons"].get("equal time")
     assert (timed is not None) == all(s is not None for s in point["score"].values())
     out = capsys.readouterr().out
