@@ -16,15 +16,16 @@
    median of `rollout_reps` rounds of alternating runs, and the ratio to the ceiling as the median of
    each round's own ratio.
 3. Training throughput at equal `train.batch_steps`, batches drawn as training draws them
-   (`agents.decision.batching.make_batcher`): Aaren-DT on rows packed with whole episodes (with
-   `resets`) against Transformer-DT on K = 20 windows, at the reference width, on two synthetic
+   (`agents.decision.batching.make_batcher`): Transformer-DT on K = 20 windows and Aaren-DT under each
+   `train.batching` (`TRAIN_CASES`: the default stored windows with their burn-ins and table refreshes,
+   packed rows, whole episodes, prefix-rescanned windows), at the reference width, on two synthetic
    datasets (`TRAIN_DATASETS`: hopper-medium-like lengths and widely mixed ones), in `train_rounds`
-   rounds of the two cases alternating (the ratio: the median round's). Per case: real
-   (supervised) steps per second of one forward + backward + AdamW step, and the peak memory (on CPU
-   the growth of a fresh process's peak RSS from before the model is built; torch's peak allocation
-   on CUDA). Per dataset: the padding fraction of Aaren batches before packing (whole episodes drawn
-   in proportion to their length, as many as hold batch_steps on average, padded to the batch's
-   longest) and after (packed rows), and of the Transformer's windows.
+   rounds of the cases alternating (each ratio: its median round's). Per case: real (supervised) steps per
+   second as training counts its seconds (drawing the batch, one forward + backward + AdamW step, and
+   the stored table's refresh spread over the steps it serves), the share of drawing (stored and prefix:
+   the burn-in scans), and the peak memory (on CPU the growth of a fresh process's peak RSS from before
+   the model is built; torch's peak allocation on CUDA). Per dataset and batch layout: the padded share
+   of a batch's steps and its supervised steps.
 
 Writes agents_speed.json and agents_speed.png into --out: the tracked result for --quick, into
 <out>/variants/ for any other run (`benchmarks.common`); --training-only writes the training section
@@ -47,10 +48,11 @@ import torch
 
 from agents import load_config
 from agents.decision.agent import DecisionAgent
-from agents.decision.batching import batch_layout, make_batcher
-from agents.decision.config import Config
+from agents.decision.batching import BATCHINGS, batch_layout, make_batcher
+from agents.decision.config import Config, TrainConfig
 from agents.decision.distributed import DistContext
 from agents.decision.model import DecisionModel, DecisionModelConfig, action_loss
+from agents.decision.run_dir import MetricsLog, RunDir
 from envs import OfflineDataset, VecRollout, load_dataset, make_vec_env
 from envs.files import torch_threads
 
@@ -284,32 +286,46 @@ def synthetic_dataset(name: str, transitions: int) -> OfflineDataset:
     )
 
 
-def _train_config(backbone: str, dataset_name: str, settings: Settings) -> Config:
-    """The training config whose batch layout a case uses (the dataset named only to pass validation):
-    the Aaren agent on packed rows, the layout whose speed this section measures (`stored` windows:
-    bench_batching.py)."""
+#: The training section's cases: label -> (backbone, train.batching): the Transformer's K-windows, and the
+#: Aaren agent under each of its batchings (agents.decision.batching).
+TRAIN_CASES = {"transformer": ("transformer", None)} | {
+    f"aaren-{batching}": ("aaren", batching) for batching in BATCHINGS
+}
+
+
+def _train_config(label: str, dataset_name: str, settings: Settings) -> Config:
+    """The training config of a case (the dataset named only to pass validation)."""
+    backbone, batching = TRAIN_CASES[label]
     overrides = [f"model.backbone={backbone}", f"train.batch_steps={settings.train_batch_steps}"]
-    overrides.append("train.batching=packed")
+    if batching is not None:
+        overrides.append(f"train.batching={batching}")
     return load_config(None, [*overrides, f"data.dataset={dataset_name}"])
 
 
-def _train_case(backbone: str, dataset_name: str, settings: Settings, device: str) -> dict:
-    """One training-throughput case on batches as training draws them, in a fresh process so that its
-    peak memory is its own."""
+def _train_case(label: str, dataset_name: str, settings: Settings, device: str) -> dict:
+    """One training-throughput case, timed as training times itself (`train/seconds`): drawing the batch
+    (with the stored or prefix windows' entering states, scanned with the model being trained), one
+    forward + backward + AdamW step, and batching=stored's table refresh, timed once and spread over the
+    `train.state_refresh_every` steps it serves. In a fresh process, so that its peak memory is its own."""
     dataset = synthetic_dataset(dataset_name, settings.train_transitions)
-    cfg = _train_config(backbone, dataset_name, settings)
-    batcher = make_batcher(cfg, dataset, DistContext(device=torch.device(device)))
-    rng = np.random.default_rng(0)
-    batches = [batcher.sample(rng) for _ in range(settings.train_reps + 1)]
+    cfg = _train_config(label, dataset_name, settings)
     _reset_peak_rss()  # a spawned process starts with its parent's high-water mark
     baseline = _peak_rss()
     torch.manual_seed(0)
-    config = DecisionModelConfig(obs_dim=OBS_DIM, act_dim=ACT_DIM, backbone=backbone, max_timestep=1000)
+    config = DecisionModelConfig(
+        obs_dim=OBS_DIM, act_dim=ACT_DIM, backbone=cfg.model.backbone, max_timestep=1000
+    )
     model = DecisionModel(config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
-    times = []
-    for batch in batches:
+    batcher = make_batcher(cfg, dataset, DistContext(device=torch.device(device)), model)
+    # Before the first batch: batching=stored's first table (a refresh); nothing for the other batchers.
+    refresh_seconds = batcher.after_step(0, MetricsLog(RunDir(Path(".")), enabled=False))
+    rng = np.random.default_rng(0)
+    draw_times, times, real_steps = [], [], 0
+    for rep in range(settings.train_reps + 1):  # the first step warms up
         start = time.perf_counter()
+        batch = batcher.sample(rng)
+        drawn = time.perf_counter()
         loss = action_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -317,17 +333,22 @@ def _train_case(backbone: str, dataset_name: str, settings: Settings, device: st
         optimizer.step()
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    seconds = sum(times[1:])  # the first step warms up
-    real_steps = sum(b["num_real"] for b in batches[1:])
+        if rep:
+            draw_times.append(drawn - start)
+            times.append(time.perf_counter() - start)
+            real_steps += batch["num_real"]
+    refresh_per_step = refresh_seconds / cfg.train.state_refresh_every
+    seconds = sum(times) + settings.train_reps * refresh_per_step
     rows, row_steps = batch_layout(cfg, dataset)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss() - baseline
     return {
-        "agent": backbone,
+        "agent": label,
         "dataset": dataset_name,
         "rows": rows,
         "row_steps": row_steps,
         "step_seconds": seconds / settings.train_reps,
+        "draw_seconds": sum(draw_times) / settings.train_reps,  # of step_seconds (with the burn-in)
+        "refresh_seconds_per_step": refresh_per_step,  # of step_seconds
         "supervised_steps_per_second": real_steps / seconds,
         "peak_memory_bytes": peak,
         "peak_memory_kind": "torch.cuda.max_memory_allocated"
@@ -336,47 +357,57 @@ def _train_case(backbone: str, dataset_name: str, settings: Settings, device: st
     }
 
 
-def padding_fractions(dataset: OfflineDataset, settings: Settings) -> dict[str, float]:
-    """Padded share of batch steps: Aaren's whole episodes padded to the batch's longest (before
-    packing), Aaren's packed rows (after), and the Transformer's K-windows."""
-    lengths = dataset.episode_lengths
-    per_batch = max(1, round(settings.train_batch_steps / float(lengths.mean())))
+#: The batch layouts whose padding the training section reports: label -> its case in TRAIN_CASES.
+LAYOUTS = {
+    "windows": "transformer",  # K-windows: the Transformer's, and the stored and prefix Aaren's alike
+    "aaren_packed": "aaren-packed",
+    "aaren_episodes": "aaren-episodes",  # whole episodes padded to the batch's longest
+}
+
+
+def batch_shapes(dataset: OfflineDataset, settings: Settings) -> dict[str, dict[str, float]]:
+    """Per batch layout (`LAYOUTS`): the padded share of a batch's steps and its supervised steps, mean
+    over `padding_batches` batches."""
     rng = np.random.default_rng(0)
-    drawn = lengths[
-        rng.choice(len(lengths), (settings.padding_batches, per_batch), p=lengths / lengths.sum())
-    ]
-    padded = 1 - drawn.sum() / (drawn.max(1) * per_batch).sum()
-    fractions = {"aaren_whole_episodes_padded": float(padded)}
-    for backbone, key in (("aaren", "aaren_packed"), ("transformer", "transformer_windows")):
-        cfg = _train_config(backbone, dataset.source, settings)
-        batcher = make_batcher(cfg, dataset, DistContext())
+    shapes = {}
+    for layout, label in LAYOUTS.items():
+        batcher = make_batcher(_train_config(label, dataset.source, settings), dataset, DistContext())
         masks = [batcher.draw(rng).mask for _ in range(settings.padding_batches)]
-        fractions[key] = float(1 - np.mean(masks))
-    return fractions
+        shapes[layout] = {
+            "padded_fraction": float(1 - np.mean([m.mean() for m in masks])),
+            "supervised_steps": float(np.mean([m.sum() for m in masks])),
+        }
+    return shapes
 
 
 def bench_training(settings: Settings, device: str) -> dict:
-    """Per synthetic dataset: both backbones' supervised steps/s and peak memory at equal batch_steps in
-    `train_rounds` rounds, Aaren's over the Transformer's (the median round's), and the padding fractions."""
+    """Per synthetic dataset: every case's supervised steps/s and peak memory at equal batch_steps in
+    `train_rounds` rounds of the cases alternating, each Aaren case's speed over the Transformer's (the
+    median round's), and the batch layouts' padding."""
     results = {}
     for name in TRAIN_DATASETS:
         rounds = []
-        for _ in range(settings.train_rounds):  # alternating, so that the machine's drift hits both alike
+        for _ in range(settings.train_rounds):  # alternating, so that the machine's drift hits all alike
             cases = {}
-            for backbone in ("aaren", "transformer"):  # a fresh process each, so that peak memory is its own
+            for label in TRAIN_CASES:  # a fresh process each, so that peak memory is its own
                 with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-                    cases[backbone] = pool.submit(_train_case, backbone, name, settings, device).result()
+                    cases[label] = pool.submit(_train_case, label, name, settings, device).result()
             rounds.append(cases)
-        ratios = [
-            ratio(c["aaren"]["supervised_steps_per_second"], c["transformer"]["supervised_steps_per_second"])
-            for c in rounds
-        ]
-        median = statistics.median_low(ratios)
+        ratios = {
+            label: [
+                ratio(
+                    c[label]["supervised_steps_per_second"], c["transformer"]["supervised_steps_per_second"]
+                )
+                for c in rounds
+            ]
+            for label in TRAIN_CASES
+            if label != "transformer"
+        }
         results[name] = {
-            "cases": list(rounds[ratios.index(median)].values()),  # the round of the median ratio
-            "aaren_over_transformer_supervised_steps_per_second": median,
-            "aaren_over_transformer_rounds": ratios,
-            "padding": padding_fractions(synthetic_dataset(name, settings.train_transitions), settings),
+            "rounds": rounds,
+            "over_transformer": {label: statistics.median_low(r) for label, r in ratios.items()},
+            "over_transformer_rounds": ratios,
+            "batches": batch_shapes(synthetic_dataset(name, settings.train_transitions), settings),
         }
     return results
 
@@ -493,12 +524,19 @@ def run_training_only(settings: Settings, device: str, out_dir: Path) -> dict:
 
 
 def print_training(training: dict) -> None:
-    """One line per dataset: supervised steps/s of each backbone, their ratio and the padding fractions."""
+    """Per dataset: each case's supervised steps/s (the median round's) over the Transformer's, and the
+    batch layouts' padding."""
+    default = f"aaren-{TrainConfig.batching}"
     for name, row in training.items():
-        speed = ", ".join(f"{c['agent']} {c['supervised_steps_per_second']:,.0f}" for c in row["cases"])
-        padding = ", ".join(f"{k} {v:.1%}" for k, v in row["padding"].items())
-        ratio_value = row["aaren_over_transformer_supervised_steps_per_second"]
-        print(f"{name}: supervised steps/s {speed} (aaren/transformer {ratio_value:.2f}); padding {padding}")
+        print(f"{name}: supervised steps/s over the Transformer's (median of {len(row['rounds'])} rounds)")
+        for label, value in row["over_transformer"].items():
+            case = row["rounds"][row["over_transformer_rounds"][label].index(value)][label]
+            print(
+                f"  {label:16s} {value:5.2f}  ({case['supervised_steps_per_second']:,.0f} steps/s, drawing "
+                f"{case['draw_seconds'] / case['step_seconds']:.0%} of a step){' default' if label == default else ''}"
+            )
+        padding = ", ".join(f"{k} {v['padded_fraction']:.1%}" for k, v in row["batches"].items())
+        print(f"  padding: {padding}")
 
 
 @exits_2_on_user_errors

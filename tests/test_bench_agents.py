@@ -7,6 +7,7 @@ import statistics
 import pytest
 from scratch_git import scratch_checkout  # tests/scratch_git.py (pytest puts tests/ on sys.path)
 
+from agents.decision.batching import BATCHINGS
 from benchmarks import bench_agents as bench  # imported by name: its training cases run in spawned processes
 
 
@@ -37,12 +38,21 @@ def test_bench_agents_runs_and_reports_round_medians(tmp_path) -> None:
 
     assert set(results["training"]) == set(bench.TRAIN_DATASETS)
     for row in results["training"].values():
-        rounds = row["aaren_over_transformer_rounds"]
-        assert len(rounds) == settings.train_rounds
-        reported = row["aaren_over_transformer_supervised_steps_per_second"]
-        assert reported == statistics.median_low(rounds)
-        speed = {case["agent"]: case["supervised_steps_per_second"] for case in row["cases"]}
-        assert speed["aaren"] / speed["transformer"] == pytest.approx(reported)  # the cases of that round
+        assert len(row["rounds"]) == settings.train_rounds
+        assert set(row["over_transformer"]) == {f"aaren-{b}" for b in BATCHINGS}  # every batching, stored too
+        for label, reported in row["over_transformer"].items():
+            rounds = row["over_transformer_rounds"][label]
+            assert len(rounds) == settings.train_rounds and reported == statistics.median_low(rounds)
+            cases = row["rounds"][rounds.index(reported)]  # the round of the median ratio
+            speed = (
+                cases[label]["supervised_steps_per_second"]
+                / cases["transformer"]["supervised_steps_per_second"]
+            )
+            assert speed == pytest.approx(reported)
+        stored = row["rounds"][0]["aaren-stored"]
+        assert stored["refresh_seconds_per_step"] > 0 and 0 < stored["draw_seconds"] < stored["step_seconds"]
+        assert row["rounds"][0]["aaren-packed"]["refresh_seconds_per_step"] == 0
+        assert set(row["batches"]) == set(bench.LAYOUTS)
 
 
 def test_main_routes_the_claim_and_the_variants(tmp_path, monkeypatch, capsys) -> None:

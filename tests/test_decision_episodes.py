@@ -1,12 +1,15 @@
 """batching=episodes: whole episodes from step 0, one per row, right-padded, drawn in proportion to their
 length, round(batch_steps / mean length) of them (the Aaren agent's batches before packing)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
-from test_decision_training import tiny_config, weights  # (tests/ is on sys.path)
+from test_decision_distributed import ROOT, max_difference, settings, train_cli  # (tests/ is on sys.path)
+from test_decision_training import tiny_config, weights
 
-from agents import ConfigError, train
+from agents import ConfigError, load_config, train
 from agents.decision.batching import (
     BATCHINGS,
     EpisodesBatcher,
@@ -130,3 +133,15 @@ def test_a_batch_that_does_not_split_names_a_batch_steps_that_does(tiny_dataset,
     fix = str(error.value).split("Fix: ")[1].split(",")[0]
     assert fix == "train.batch_steps=200"
     check_batch_splits(episodes_config(tiny_dataset, tmp_path, fix), dataset, 3)  # 6 episodes: splits
+
+
+@pytest.mark.timeout(120)
+def test_two_processes_train_the_one_process_weights(tiny_dataset, tmp_path):
+    config = str(ROOT / "configs/quickstart.yaml")
+    common = settings(tiny_dataset, tmp_path, "", "train.batching=episodes", "train.batch_steps=200")
+    train_cli("--config", config, "--set", *common, "name=two")
+    one = train(load_config(config, [*common, "name=one"]), progress=False)
+    assert max_difference(one, tmp_path / "two") < 1e-5  # each rank's rows padded to their own longest
+    stats = json.loads((tmp_path / "two" / "dataset_stats.json").read_text())
+    assert stats["batch"] == {"batch_steps": 200, "rows": 6, "row_steps": 60}
+    assert stats["distributed"]["per_rank_rows"] == 3
