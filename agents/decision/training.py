@@ -3,8 +3,9 @@
 `train` takes a config (or a run directory to resume), checks the data against its env
 (`agents.decision.data`), and trains on the batches of the one batcher the config makes
 (`agents.decision.batching`: K-windows for the Transformer; for the Aaren agent, by `train.batching`, rows
-packed with whole episodes or K-windows entering with stored or rescanned states). The loop draws a batch,
-takes one optimizer step on `action_loss` (`agents.decision.model`: masked MSE of the actions in [-1, 1];
+packed with whole episodes, one whole episode per row, or K-windows entering with stored or rescanned
+states). The loop draws a batch, takes one optimizer step on `action_loss` (`agents.decision.model`: masked
+MSE of Box actions in [-1, 1], cross-entropy of discrete ones;
 AdamW, linear warm-up, grad-norm clipping; docs/design.md, Decision agents), tells the batcher the step
 (`after_step`: the stored-state refresh), logs, checkpoints, and evaluates live
 (`agents.decision.evaluation`); the run directory (`agents.decision.run_dir`) holds config.yaml,
@@ -13,8 +14,8 @@ dataset_stats.json, checkpoints/, tb/ (TensorBoard), metrics.jsonl and curve.png
 Resuming restores weights, optimizer, scheduler, every RNG and the batcher's state (the packed sampler's
 queue; batching=stored: the weights of the last refresh, from which the same table is rebuilt), so a
 killed-and-resumed run ends with the same weights as an uninterrupted one. One process trains a run
-directory at a time (its lock); a resume continues from the newest intact checkpoint, and must keep the
-model settings of that checkpoint. A non-finite loss or gradient (checked every step) or weight (checked
+directory at a time (its lock); a resume continues from the newest intact checkpoint, and may change only
+`RESUMABLE` settings (how long, where, how it reports; not data, model, optimisation or seed). A non-finite loss or gradient (checked every step) or weight (checked
 before each checkpoint) stops the run with a `DivergedError`, so `latest` stays the last finite checkpoint.
 
 Under torchrun (`agents.decision.distributed`) the model is wrapped in DistributedDataParallel and
