@@ -5,7 +5,6 @@ run trained and evaluated on a small discrete env, past its longest training epi
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 import gymnasium as gym
@@ -313,19 +312,6 @@ def test_a_checkpoint_written_before_the_action_space_field_loads_as_box(tmp_pat
     model, step = load_model(folder)
     assert step == 5 and model.config.action_space == "Box" and not model.discrete
     assert DecisionAgent(model, TARGET).act(np.zeros((2, OBS)))[0].dtype == np.float32
-
-
-BASELINE_CHECKPOINT = Path("/work/baseline/head/runs/stored/checkpoints/step_0000040")
-
-
-@pytest.mark.skipif(not BASELINE_CHECKPOINT.is_dir(), reason="no checkpoint of an earlier version here")
-def test_a_real_checkpoint_of_an_earlier_version_loads_as_box(tmp_path):
-    folder = shutil.copytree(BASELINE_CHECKPOINT, tmp_path / "step_0000040")
-    assert "action_space" not in json.loads((folder / "model.json").read_text())["model"]
-    model, _ = load_model(folder)
-    assert model.config.action_space == "Box"
-    actions, _ = DecisionAgent(model, 100.0).act(np.zeros((2, model.config.obs_dim)))
-    assert actions.shape == (2, model.config.act_dim) and actions.dtype == np.float32
 
 
 # ---- datasets -----------------------------------------------------------------------------------
