@@ -1,9 +1,10 @@
-"""Decision agents on Aaren: offline Decision-Transformer-style training over whole trajectories,
-O(1)-memory recurrent acting, live evaluation. The Transformer baseline sits behind the same API.
+"""RL agents on Aaren, two products: offline decision agents (`agents.decision`: Decision-Transformer-style
+training, O(1)-memory recurrent acting, live evaluation, the Transformer baseline behind the same API)
+and AarenPPO (`agents.ppo`), with what both use in `agents.common`.
 
     from agents import load_config, train, load_agent, evaluate_run
     run_dir = train(load_config("configs/quickstart.yaml", ["train.steps=500"]))
-    agent = load_agent(run_dir)                     # DecisionAgent, acts batched over envs
+    agent = load_agent(run_dir)                      # DecisionAgent, acts batched over envs
     actions, state = agent.act(observations)         # then act(obs, state, episode_start, rewards)
 
 Stable-Baselines3 interfaces: `DecisionPolicy` (a trained agent behind SB3's predict protocol),
