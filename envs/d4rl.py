@@ -10,6 +10,8 @@ A name refers to a task by its first token before "-" or "_", lower-cased: "hopp
 "Hopper-v5" and "hopper" all name hopper, while "antmaze-umaze-v0" names none. T-Maze names carry
 corridor lengths after the task ("tmaze-100", "tmaze-20-50-oracle-v0": see :mod:`envs.tmaze`); its scores
 are success rates (reference returns 0 and 1, so the normalised score is 100 x the share of episodes won).
+POPGym tasks with offline data are named "popgym-<task>-<level>" ("popgym-repeatfirst-easy", datasets
+"popgym-repeatfirst-easy-oracle-v0": see :mod:`envs.popgym`); their names are three tokens long.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import gymnasium as gym
 
 from envs.errors import DatasetError, EnvNameError
+from envs.popgym import POPGYM_TASK, flat_env_id, offline_name
 from envs.tmaze import TMAZE, TMAZE_TASK, tmaze_kwargs
 
 
@@ -42,6 +45,19 @@ class D4RLTask:
     # gymnasium.make defaults that bring the v5 task closest to D4RL's v2 data.
     env_kwargs: Mapping[str, Any] = field(default_factory=dict)
     published: bool = True  # D4RL publishes its datasets (PUBLISHED_DATASETS); False: only collected here
+
+
+def _popgym(name: str, obs_dim: int, actions: int) -> D4RLTask:
+    """A POPGym task (class name) with offline data, in flat observations of `obs_dim` entries.
+
+    Its returns lie in [-1, 1]: each rewarded step earns +-1 / (number of rewarded steps), + for the
+    right answer. The reference returns are the mean return of uniform random actions, right with
+    chance 1 / `actions` whatever the answer, so 2 / actions - 1, and the oracle's, always right, 1.
+    Targets: all right, and a return of 0 (as many steps right as wrong), which asks for mediocre play.
+    """
+    return D4RLTask(
+        offline_name(name), flat_env_id(name), 2 / actions - 1, 1.0, obs_dim, (1.0, 0.0), published=False
+    )
 
 
 #: The tasks by D4RL prefix. Behaviour policies rise in return from "weak" to "expert" on the v5
@@ -88,6 +104,14 @@ TASKS: dict[str, D4RLTask] = {
         # Success rates: the main target wins; the second asks to lose, which only an agent that
         # remembers the cue and reads the target can do on purpose.
         D4RLTask(TMAZE_TASK, TMAZE, 0.0, 1.0, obs_dim=3, targets=(1.0, 0.0), published=False),
+        # Four suits to answer, one-hot cards.
+        _popgym("RepeatFirstEasy", obs_dim=4, actions=4),
+        _popgym("RepeatFirstMedium", obs_dim=4, actions=4),
+        _popgym("RepeatPreviousEasy", obs_dim=4, actions=4),
+        _popgym("RepeatPreviousMedium", obs_dim=4, actions=4),
+        # Counts 0-26 to answer; one-hot dealt and queried colours (Easy) or suits (Medium).
+        _popgym("CountRecallEasy", obs_dim=4, actions=27),
+        _popgym("CountRecallMedium", obs_dim=8, actions=27),
     )
 }
 
@@ -101,9 +125,15 @@ _DATASET_ID = re.compile(r"^(?P<name>[A-Za-z0-9]+(?:-[A-Za-z0-9]+)+?)(?:-(?P<ver
 
 
 def task_of(name: str) -> D4RLTask | None:
-    """The task a name refers to ("hopper-medium-v2", "Hopper-v5", "hopper" -> hopper), or None."""
-    token = re.split(r"[-_]", name.strip(), maxsplit=1)[0].lower()
-    return TASKS.get(token)
+    """The task a name refers to ("hopper-medium-v2", "Hopper-v5", "hopper" -> hopper;
+    "popgym_repeatfirst_easy_oracle-v0" -> popgym-repeatfirst-easy), or None. A task's Gymnasium id, with
+    or without its "module:" prefix, names it too (the ids of POPGym's rows start with no task token)."""
+    bare = name.strip().rpartition(":")[2]
+    for task in TASKS.values():
+        if task.gym_id.rpartition(":")[2] == bare:
+            return task
+    tokens = re.split(r"[-_]", name.strip().lower())
+    return TASKS.get("-".join(tokens[:3]) if tokens[0] == POPGYM_TASK else tokens[0])
 
 
 def parse_dataset_id(dataset_id: str) -> tuple[str, str, str]:
