@@ -17,7 +17,7 @@ RL Zoo's behaviour policies by D4RL's recipes, cached in --work) or a D4RL-forma
   steps, so a mode is credited with the score of the last evaluation before T, never after it.
 At equal steps and at equal time, each mode's interquartile mean (IQM) over seeds with its 95%
 stratified-bootstrap interval, and against the training default (train.batching) the probability of
-improvement and a verdict that calls a difference only when the intervals say so (`benchmarks.stats`,
+improvement and a verdict that calls a difference only when the intervals say so (`agents.common.stats`,
 rliable).
 
 Interrupted? Run the same command again: finished runs (recorded in <work>/finished.json) are skipped,
@@ -45,6 +45,7 @@ from typing import Any
 from tqdm import tqdm
 
 from agents import train
+from agents.common import stats
 from agents.common.cli import exits_2_on_user_errors
 from agents.decision.batching import BATCHINGS, batch_layout
 from agents.decision.config import ConfigError, TrainConfig, load_config
@@ -53,7 +54,6 @@ from envs import load_dataset
 from envs.files import write_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
-from benchmarks import stats  # noqa: E402
 from benchmarks.bench_quality import Settings as QualitySettings  # noqa: E402
 from benchmarks.bench_quality import make_dataset  # noqa: E402
 from benchmarks.common import (  # noqa: E402

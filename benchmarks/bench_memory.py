@@ -16,7 +16,7 @@ corridor length, for each decision backbone.
    corridors of each of `eval_lengths`, without retraining. Each finished run is recorded in
    work/done/<backbone>-s<seed>.json and skipped when the benchmark runs again; an interrupted run
    resumes from its last checkpoint. Success is summarised as the IQM over seeds with its interval
-   (`benchmarks.stats`) where there are at least 3 seeds. Training seconds per gradient step are
+   (`agents.common.stats`) where there are at least 3 seeds. Training seconds per gradient step are
    compared at equal train.batch_steps (the same supervised timesteps per batch, so per episode trained
    the ratio is the same).
 
@@ -53,8 +53,8 @@ from envs import collect_recipe
 from envs.files import torch_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
+from agents.common import stats  # noqa: E402
 from agents.common.cli import exits_2_on_user_errors  # noqa: E402
-from benchmarks import stats  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     Claim,
     add_output_arguments,

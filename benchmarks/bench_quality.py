@@ -12,7 +12,7 @@ evaluation at the task's target returns (envs on Gymnasium v5), every run on the
 episodes (`eval.seed`, whatever the backbone or training seed). A run's score is its best target's
 D4RL-normalised score; the table reports, per pair and over all pairs, each backbone's interquartile
 mean (IQM) with 95% stratified-bootstrap intervals, the probability that Aaren-DT scores higher, and a
-verdict that calls a difference only when the intervals say so (`benchmarks.stats`, rliable).
+verdict that calls a difference only when the intervals say so (`agents.common.stats`, rliable).
 
 The default protocol is sized for a couple of CPU cores (see QUICK); `--full`
 is the papers' protocol (100k steps, 1M-transition datasets, all three tasks), unchanged code.
@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from rliable import plot_utils
 
+from agents.common import stats
 from agents.common.cli import exits_2_on_user_errors
 from agents.decision.batching import BATCHINGS
 from agents.decision.config import ConfigError, read_yaml
@@ -46,7 +47,6 @@ from envs import collect_recipe
 from envs.collect import RECIPES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
-from benchmarks import stats  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     REPO,
     Claim,

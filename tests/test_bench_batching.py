@@ -8,8 +8,9 @@ import json
 import pytest
 from scratch_git import scratch_checkout  # tests/scratch_git.py (pytest puts tests/ on sys.path)
 
+from agents.common import stats
 from agents.decision.batching import BATCHINGS
-from benchmarks import bench_batching, stats
+from benchmarks import bench_batching
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

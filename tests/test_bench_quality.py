@@ -11,7 +11,8 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import bench_quality, stats
+from agents.common import stats
+from benchmarks import bench_quality
 
 PAIRS = (("hopper", "medium"), ("walker2d", "medium"))
 

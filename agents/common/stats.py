@@ -3,13 +3,16 @@ and the probability of improvement, computed by rliable (Agarwal et al. 2021, "D
 Learning at the Edge of the Statistical Precipice").
 
 Scores come as {method: array [runs, tasks]} of normalised scores: a run is one training seed, a task
-one environment x dataset, every method on the same tasks in the same order (the number of runs may
+one environment x dataset (in a sweep, one point of the axes not compared), every method on the same tasks in the same order (the number of runs may
 differ). The bootstrap resamples runs within each task. Per method: the IQM over runs and tasks (the
 mean of the middle half of the scores) with its interval. Against a baseline: the probability of
 improvement P(method > baseline) (a Mann-Whitney U per task, averaged over tasks) and the IQM
 difference, each with its interval. A difference is called only when the intervals say so: the
 method's and the baseline's IQM intervals are disjoint and the probability-of-improvement interval
 excludes 0.5, both on the same side; and only from MIN_RUNS runs of each.
+
+rliable is optional (the `ray` and `bench` extras) and imported on first use; where it does not import,
+a report that needs it stops with one MissingExtraError naming the install command.
 
 rliable's stratified bootstraps draw their indices from NumPy's global generator (not from the
 `random_state` they take), so each interval is computed under a fixed seed set there, and the caller's
@@ -25,10 +28,11 @@ import importlib.metadata
 import io
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
-from rliable import library, metrics, plot_utils
 
+from envs.errors import MissingExtraError
 from envs.files import write_atomic
 
 CONFIDENCE = 0.95
@@ -40,6 +44,18 @@ SEED = 0
 MIN_RUNS = 5
 BETTER, WORSE, NO_CALL = "better", "worse", "no difference called"
 FEW_RUNS = f"too few runs (< {MIN_RUNS}) to call"
+INSTALL_HINT = "pip install -e '.[ray]'"
+
+
+def rliable(module: str) -> ModuleType:
+    """rliable's `module` (library, metrics or plot_utils), or one MissingExtraError naming the install
+    command where rliable does not import (missing, or pandas 3 under its arch dependency)."""
+    try:
+        return importlib.import_module(f"rliable.{module}")
+    except ImportError as error:
+        raise MissingExtraError(
+            f"the report's statistics need rliable, which does not import here ({error}). Fix: {INSTALL_HINT}"
+        ) from error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +94,7 @@ class Comparison:
 
 def describe(reps: int | None = None) -> dict:
     """The statistical protocol, for a result file (reps: None for REPS, as everywhere here)."""
+    rliable("metrics")  # installed and importable, or one clear error
     return {
         "library": f"rliable {importlib.metadata.version('rliable')}",
         "aggregate": "IQM over runs and tasks",
@@ -159,14 +176,15 @@ def _checked(scores: Mapping[str, np.ndarray], baseline: str) -> dict[str, np.nd
 
 
 def _iqm(x: np.ndarray) -> np.ndarray:
-    return np.array([metrics.aggregate_iqm(x)])
+    return np.array([rliable("metrics").aggregate_iqm(x)])
 
 
 def _poi(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return np.array([metrics.probability_of_improvement(x, y)])
+    return np.array([rliable("metrics").probability_of_improvement(x, y)])
 
 
 def _difference(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    metrics = rliable("metrics")
     return np.array([metrics.aggregate_iqm(x) - metrics.aggregate_iqm(y)])
 
 
@@ -184,7 +202,7 @@ def _cached_interval(kind: str, arrays: tuple, reps: int, seed: int) -> Interval
     data = [np.array(a, dtype=np.float64) for a in arrays]
     with _global_seed(seed):
         # One array: rliable's StratifiedBootstrap; several: each resampled on its own.
-        points, intervals = library.get_interval_estimates(
+        points, intervals = rliable("library").get_interval_estimates(
             {kind: data[0] if len(data) == 1 else data},
             STATISTICS[kind],
             reps=reps,
@@ -240,7 +258,7 @@ def plot_poi(ax, comparisons: Mapping[str, Comparison]) -> None:
             estimates[key], intervals[key] = poi.point, np.array([poi.low, poi.high])
     if not estimates:
         return
-    plot_utils.plot_probability_of_improvement(
+    rliable("plot_utils").plot_probability_of_improvement(
         estimates, intervals, pair_separator=PAIR, ax=ax, xlabel="P(X > Y)", labelsize="medium",
         ticklabelsize="small", left_ylabel="X", right_ylabel="Y",
     )  # fmt: skip
@@ -248,28 +266,34 @@ def plot_poi(ax, comparisons: Mapping[str, Comparison]) -> None:
     ax.set_xlim(0, 1)
 
 
-def plot(comparisons: Mapping[str, Comparison], path: Path) -> None:
-    """A PNG of rliable's plots: each method's IQM with its interval, one column per label (e.g. all
-    tasks, then each task), and below them the probabilities of improvement over the baseline."""
+def plot(
+    iqm: Mapping[str, Mapping[str, Interval]],
+    path: Path,
+    *,
+    xlabel: str = "normalised score",
+    comparisons: Mapping[str, Comparison] | None = None,
+) -> None:
+    """A PNG of rliable's plots: IQMs ({label: {method: IQM}}) with their intervals, one column per label
+    (e.g. all tasks, then each task; a method a label lacks is left blank there), and below them, given
+    `comparisons` ({label: Comparison}), the probabilities of improvement over the baseline."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = list(comparisons)
-    methods = list(comparisons[labels[0]].iqm)
-    points = {m: [comparisons[label].iqm[m].point for label in labels] for m in methods}
-    intervals = {
-        m: np.array([[comparisons[label].iqm[m].low, comparisons[label].iqm[m].high] for label in labels]).T
-        for m in methods
-    }
-    fig, _ = plot_utils.plot_interval_estimates(
+    labels = list(iqm)
+    methods = list(dict.fromkeys(m for by_method in iqm.values() for m in by_method))
+    missing = Interval(np.nan, np.nan, np.nan)
+    shown = {m: [iqm[label].get(m, missing) for label in labels] for m in methods}
+    points = {m: [s.point for s in shown[m]] for m in methods}
+    intervals = {m: np.array([[s.low for s in shown[m]], [s.high for s in shown[m]]]) for m in methods}
+    fig, _ = rliable("plot_utils").plot_interval_estimates(
         points, intervals, metric_names=[f"IQM: {label}" for label in labels], algorithms=methods,
         xlabel="", row_height=0.6,
     )  # fmt: skip
     for ax in fig.axes:
-        ax.set_xlabel(f"normalised score, {CONFIDENCE:.0%} CI", fontsize="large")
-    rows = sum(len(c.poi) for c in comparisons.values())
+        ax.set_xlabel(f"{xlabel}, {CONFIDENCE:.0%} CI", fontsize="large")
+    rows = sum(len(c.poi) for c in (comparisons or {}).values())
     if rows:
         width, height = fig.get_size_inches()
         extra = 1.0 + 0.45 * rows

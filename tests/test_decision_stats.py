@@ -1,15 +1,17 @@
-"""benchmarks/stats.py: IQM, probability of improvement and their intervals by rliable, and the verdict
+"""agents/common/stats.py: IQM, probability of improvement and their intervals by rliable, and the verdict
 that calls a difference only when the intervals say so."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
 
-from benchmarks import stats
-from benchmarks.stats import BETTER, FEW_RUNS, NO_CALL, WORSE, Interval
+from agents.common import stats
+from agents.common.stats import BETTER, FEW_RUNS, NO_CALL, WORSE, Interval
+from envs.errors import MissingExtraError
 
 REPS = 200  # few resamples: the tests check the wiring, not the intervals' precision
 
@@ -144,7 +146,20 @@ def test_plot_writes_a_png(tmp_path):
         comparisons[f"task {task}"] = stats.compare(
             {m: s[:, task : task + 1] for m, s in scores.items()}, baseline="low", reps=REPS
         )
-    stats.plot(comparisons, tmp_path / "stats.png")
+    iqm = {label: c.iqm for label, c in comparisons.items()}
+    stats.plot(iqm, tmp_path / "stats.png", comparisons=comparisons)
     assert (tmp_path / "stats.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    stats.plot({"one": stats.compare({"a": scores["low"]}, baseline="a", reps=REPS)}, tmp_path / "one.png")
-    assert (tmp_path / "one.png").is_file()
+    del iqm["task 1"]["high"]  # a method one label lacks is left blank there
+    stats.plot(iqm, tmp_path / "blank.png", xlabel="return")
+    assert (tmp_path / "blank.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_rliable_is_one_error_naming_the_extra(monkeypatch):
+    """rliable is optional: where it does not import, the statistics say how to install it."""
+    for module in ("rliable", "rliable.library", "rliable.metrics", "rliable.plot_utils"):
+        monkeypatch.setitem(sys.modules, module, None)  # an import of it fails, as when it is missing
+    monkeypatch.setattr(stats, "_cached_interval", stats._cached_interval.__wrapped__)  # no cached result
+    with pytest.raises(MissingExtraError, match=r"need rliable, .*Fix: pip install -e '\.\[ray\]'"):
+        stats.iqm(np.ones((5, 1)), reps=REPS)
+    with pytest.raises(MissingExtraError, match="need rliable"):
+        stats.describe()
