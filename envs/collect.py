@@ -13,6 +13,12 @@ Hugging Face Hub, and loaded without running code from their files: see :mod:`en
 The T-Maze (:mod:`envs.tmaze`) has its own recipes, drawn from a scripted oracle with corridor
 detours and a share of wrong turns, over one or several corridor lengths named in the id
 ("tmaze-20-50-oracle-v0"); its files record each row's corridor length as ``infos/corridor_length``.
+
+POPGym's RepeatFirst, RepeatPrevious and CountRecall (:mod:`envs.popgym`) have recipes too, named like
+the T-Maze's with the task and level after "popgym" ("popgym-<task>-<level>-<recipe>[-vK]", e.g.
+"popgym-repeatfirst-easy-oracle-v0"; the tasks are ``envs.popgym.OFFLINE_TASKS``): a scripted oracle
+that takes, in each episode, random actions at a share drawn from the recipe's levels. Observations
+are stored flat (one-hot cards, ``envs.popgym.FlatObservation``), actions as integers.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from envs.errors import DatasetError, EnvNameError, SettingError
 from envs.experts import PolicyFileError, PredictPolicy, RandomPolicy, load_sb3_policy
 from envs.files import torch_threads
 from envs.make import MujocoStateInfo
+from envs.popgym import POPGYM_TASK, PopgymOracle
 from envs.progress import progress_bar
 from envs.tmaze import TMAZE_TASK, TMazeName, TMazeOracle, parse_tmaze_name
 from envs.vector import VecRollout, VecStep, make_vec_env, split_evenly
@@ -51,6 +58,9 @@ STOCHASTIC_RECIPES = frozenset({"mixed"})
 #: T-Maze recipes: the share of episodes in which the oracle (sampled, with detours) turns to the wrong goal.
 #: "oracle" mixes wins and losses, so returns vary and a policy must read its target return.
 TMAZE_RECIPES: dict[str, float] = {"oracle": 0.3, "expert": 0.0}
+#: POPGym recipes: the shares of random actions an episode of the oracle draws from (uniformly). "oracle"
+#: holds expert, mediocre and random episodes, so returns vary and a policy must read its target return.
+POPGYM_RECIPES: dict[str, tuple[float, ...]] = {"oracle": (0.0, 0.25, 0.5, 1.0), "expert": (0.0,)}
 
 #: Seed offset between the parts of a recipe (env i of part j is seeded seed + j * offset + i).
 PART_SEED_OFFSET = 10_000
@@ -355,11 +365,15 @@ def collect_dataset(
 
 def parse_recipe_id(dataset_id: str) -> tuple[str, str]:
     """``"walker2d-medium-expert-v2"`` -> ``("walker2d", "medium-expert")``, ``"tmaze-20-50-oracle-v0"`` ->
-    ``("tmaze", "oracle")``: a D4RL id naming a recipe (T-Maze ids name corridor lengths before it)."""
+    ``("tmaze", "oracle")``, ``"popgym-repeatfirst-easy-oracle-v0"`` -> ``("popgym-repeatfirst-easy",
+    "oracle")``: a D4RL id naming a recipe (T-Maze ids name corridor lengths before it, POPGym ids a task
+    and level)."""
     try:
         task, recipe, _ = parse_dataset_id(dataset_id)
     except DatasetError:  # not even '<word>-<word>': reported below like any other bad id
         task = recipe = ""
+    if task == POPGYM_TASK:
+        return _parse_popgym_recipe(dataset_id, recipe)
     if task == TMAZE_TASK:
         name = parse_tmaze_name(f"{task}-{recipe}")  # without the version
         recipe = name.rest
@@ -371,8 +385,26 @@ def parse_recipe_id(dataset_id: str) -> tuple[str, str]:
         return task, recipe
     if task not in TASKS or recipe not in RECIPES:
         raise EnvNameError(
-            f"{dataset_id!r} is not '<task>-<recipe>[-vK]' with task in {sorted(TASKS)} "
-            f"and recipe in {sorted(RECIPES)} (T-Maze: {sorted(TMAZE_RECIPES)})."
+            f"{dataset_id!r} is not '<task>-<recipe>[-vK]' with task in {sorted(_d4rl_tasks())} "
+            f"and recipe in {sorted(RECIPES)} (T-Maze: {sorted(TMAZE_RECIPES)}, POPGym: {sorted(POPGYM_RECIPES)})."
+        )
+    return task, recipe
+
+
+def _d4rl_tasks() -> list[str]:
+    """The tasks of the table whose recipes roll out behaviour policies (not the scripted oracles')."""
+    return [name for name in TASKS if name != TMAZE_TASK and not name.startswith(f"{POPGYM_TASK}-")]
+
+
+def _parse_popgym_recipe(dataset_id: str, rest: str) -> tuple[str, str]:
+    """(task, recipe) of a POPGym recipe id, ``rest`` being what follows "popgym-" (without the version)."""
+    *named, recipe = rest.rsplit("-", 1)
+    task = f"{POPGYM_TASK}-{named[0]}" if named else ""
+    if task not in TASKS or recipe not in POPGYM_RECIPES:
+        popgym = sorted(name for name in TASKS if name.startswith(f"{POPGYM_TASK}-"))
+        raise EnvNameError(
+            f"{dataset_id!r} is not 'popgym-<task>-<level>-<recipe>[-vK]' with popgym-<task>-<level> in "
+            f"{popgym} and recipe in {sorted(POPGYM_RECIPES)}, e.g. 'popgym-repeatfirst-easy-oracle-v0'."
         )
     return task, recipe
 
@@ -399,14 +431,13 @@ def collect_recipe(
     ``policies`` maps roles ("weak", "medium", "expert") to other SB3 zips or folders.
     """
     task, recipe = parse_recipe_id(dataset_id)
+    shared = dict(num_envs=num_envs, vectorization=vectorization, seed=seed, progress=progress)
     if task == TMAZE_TASK:
-        if policies:
-            raise PolicyFileError(
-                f"T-Maze recipes roll out their scripted oracle (envs.tmaze.TMazeOracle), not {dict(policies)}. "
-                "Fix: drop --policy (or collect one policy's data with NAME tmaze-<length> --policy PATH --out FILE)"
-            )
-        shared = dict(num_envs=num_envs, vectorization=vectorization, seed=seed, progress=progress)
+        _refuse_policies(policies, "T-Maze", "envs.tmaze.TMazeOracle", "tmaze-<length>")
         return _collect_tmaze(dataset_id, recipe, path, num_steps, action_noise, overwrite, **shared)
+    if task.startswith(f"{POPGYM_TASK}-"):
+        _refuse_policies(policies, "POPGym", "envs.popgym.PopgymOracle", task)
+        return _collect_popgym(dataset_id, task, recipe, path, num_steps, action_noise, overwrite, **shared)
     table = {**TASKS[task].policies, **(policies or {})}
     roles = RECIPES[recipe]
     check_settings(num_steps, num_envs, seed, action_noise, parts=len(roles))
@@ -458,11 +489,7 @@ def _collect_tmaze(
     ``env_id`` is the T-Maze name of its lengths; ``infos/corridor_length`` holds each row's length."""
     name = parse_tmaze_name(dataset_id)
     check_settings(num_steps, num_envs, seed, action_noise, parts=len(name.lengths))
-    if action_noise > 0:
-        raise SettingError(
-            f"action_noise (--noise) = {action_noise}: T-Maze actions are discrete; the recipes' noise is the "
-            "oracle's detours and wrong turns. Fix: --noise 0"
-        )
+    _refuse_action_noise(action_noise, "T-Maze", "the oracle's detours and wrong turns")
     path = Path(path) if path is not None else d4rl_dataset_dir() / d4rl_filename(dataset_id)
     _refuse_existing(path, overwrite)
     shares = split_evenly(num_steps, len(name.lengths)).tolist()
@@ -485,6 +512,68 @@ def _collect_tmaze(
     metadata = _base_metadata(dataset_id, seed, num_envs, action_noise, env_id=name.env_name)
     metadata.update({"dataset_id": dataset_id, "recipe": recipe, "deterministic": False})
     return _write(path, parts, metadata, overwrite)
+
+
+def _collect_popgym(
+    dataset_id: str,
+    task: str,
+    recipe: str,
+    path: str | os.PathLike | None,
+    num_steps: int,
+    action_noise: float,
+    overwrite: bool,
+    *,
+    num_envs: int,
+    vectorization: Literal["sync", "async"],
+    seed: int,
+    progress: bool,
+) -> CollectResult:
+    """A POPGym recipe: ``task`` (``"popgym-repeatfirst-easy"``) rolled out by a sampled PopgymOracle
+    whose episodes take random actions at a share drawn from the recipe's levels (``metadata/random_shares``)."""
+    check_settings(num_steps, num_envs, seed, action_noise)
+    _refuse_action_noise(action_noise, "POPGym", "the oracle's random actions")
+    path = Path(path) if path is not None else d4rl_dataset_dir() / d4rl_filename(dataset_id)
+    _refuse_existing(path, overwrite)
+    shares = POPGYM_RECIPES[recipe]
+    oracle = PopgymOracle(task, random_shares=shares, seed=[seed, 3])
+    part = rollout_policy(
+        task,
+        oracle,
+        num_steps,
+        num_envs=num_envs,
+        vectorization=vectorization,
+        seed=seed,
+        deterministic=False,
+        progress=progress,
+    )
+    metadata = _base_metadata(task, seed, num_envs, action_noise)
+    metadata.update(
+        {
+            "dataset_id": dataset_id,
+            "recipe": recipe,
+            "deterministic": False,
+            "random_shares": np.array(shares),
+        }
+    )
+    return _write(path, [part], metadata, overwrite)
+
+
+def _refuse_policies(policies: Mapping[str, Any] | None, family: str, oracle: str, env_name: str) -> None:
+    """A PolicyFileError where a scripted-oracle recipe is given behaviour policies."""
+    if policies:
+        raise PolicyFileError(
+            f"{family} recipes roll out their scripted oracle ({oracle}), not {dict(policies)}. Fix: drop "
+            f"--policy (or collect one policy's data with NAME {env_name} --policy PATH --out FILE)"
+        )
+
+
+def _refuse_action_noise(action_noise: float, family: str, noise: str) -> None:
+    """A SettingError for Gaussian action noise on a scripted-oracle recipe, whose actions are discrete."""
+    if action_noise > 0:
+        raise SettingError(
+            f"action_noise (--noise) = {action_noise}: {family} actions are discrete; the recipes' noise is "
+            f"{noise}. Fix: --noise 0"
+        )
 
 
 def _base_metadata(

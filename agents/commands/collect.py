@@ -5,9 +5,17 @@ from __future__ import annotations
 import argparse
 
 from agents.common.cli import ArgumentParser, exits_2_on_user_errors
-from envs.collect import RECIPES, TMAZE_RECIPES, collect_dataset, collect_recipe, parse_recipe_id
+from envs.collect import (
+    POPGYM_RECIPES,
+    RECIPES,
+    TMAZE_RECIPES,
+    collect_dataset,
+    collect_recipe,
+    parse_recipe_id,
+)
 from envs.d4rl import TASKS, canonical_env_id
 from envs.experts import experts_dir
+from envs.popgym import OFFLINE_TASKS, offline_name
 
 EPILOG = (
     f"""
@@ -32,6 +40,15 @@ corridor lengths; a scripted oracle with detours along the corridor, turning to 
 """
     + ", ".join(f"{share:.0%} ({recipe})" for recipe, share in TMAZE_RECIPES.items())
     + """ of episodes
+POPGym (envs/popgym.py): popgym-<task>-<level>-<recipe>[-vK]; a scripted oracle taking random actions in
+each episode at a share drawn from """
+    + "; ".join(
+        f"{', '.join(f'{p:g}' for p in shares)} ({recipe})" for recipe, shares in POPGYM_RECIPES.items()
+    )
+    + """. <task>-<level>:
+  """
+    + ", ".join(offline_name(name).removeprefix("popgym-") for name in OFFLINE_TASKS)
+    + """
 
 examples:
   aaren-rl collect hopper-medium-v2 --steps 1000000 --num-envs 4
@@ -39,6 +56,7 @@ examples:
   aaren-rl collect Hopper-v5 --policy tqc-Hopper --steps 20000 --out data/hopper_tqc.hdf5
   aaren-rl collect hopper-random-v2 --steps 20000 --out data/hopper_random.hdf5
   aaren-rl collect tmaze-20-50-oracle-v0 --steps 200000
+  aaren-rl collect popgym-repeatfirst-easy-oracle-v0 --steps 200000
 
 Same arguments (seed, steps, num-envs) give a byte-identical file. SB3 zips and vecnormalize.pkl files
 are read with a restricted unpickler: a policy file that would run code is refused.
