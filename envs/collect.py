@@ -552,7 +552,7 @@ def _collect_popgym(
             "dataset_id": dataset_id,
             "recipe": recipe,
             "deterministic": False,
-            "random_shares": np.array(shares),
+            "random_shares": "+".join(f"{share:g}" for share in shares),  # "0+0.25+0.5+1"
         }
     )
     return _write(path, [part], metadata, overwrite)
