@@ -12,6 +12,7 @@ one trial needs:
     set: {train.steps: 500}             # the same for every trial
     resources: {cpus: 1, gpus: 0}       # Ray resources of one trial
     retries: 2                          # a failing or killed trial runs at most 1 + retries times
+    compare: {axis: model.backbone, baseline: transformer}   # optional: see the report below
 
 A trial is `agents.train` plus its final evaluation, in the run directory <out>/runs/<name>, the name
 spelled from the grid point (`backbone=aaren_seed=0`). The same sweep finds its runs again: a trial
@@ -19,6 +20,16 @@ whose training returned, after its final evaluation (eval/eval.json), is finishe
 with a config.yaml resumes from its last checkpoint, and a failed or interrupted one is tried again.
 Every trial's config is validated, and checked against the run it would continue, before Ray starts.
 Ctrl-C stops the trials in flight: each is recorded as interrupted, with the time it ran.
+
+The report (sweep.json, sweep.md, sweep.png), rewritten as trials end, decides with statistics
+(agents.common.stats, rliable): per group of trials that differ only in train.seed, the interquartile
+mean (IQM) of each finished trial's best-target score (its return where a dataset has no reference
+scores) with its 95% stratified-bootstrap interval. With `compare:`, for each point of the other axes
+(a stratum) and pooled over the strata as tasks (the seeds as runs), each value of `axis` against
+`baseline`: both IQMs, the probability of improvement with its interval, and a difference called only
+when the intervals separate. A partial sweep reports what has finished; the pooled comparison takes
+only the strata where every compared value finished the same seeds (as many as the most), and names
+the others and why.
 
 Ray's own output in the driver (its warnings, such as the one about token authentication, and the
 raylet's reports of each failed attempt) goes to <out>/ray.log, not between the sweep's lines; a
@@ -43,7 +54,6 @@ import itertools
 import json
 import logging
 import re
-import statistics
 import sys
 import time
 from collections import deque
@@ -51,6 +61,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from agents.common import stats
 from agents.decision.config import (
     RENAMED_KEYS,
     ConfigError,
@@ -61,7 +74,7 @@ from agents.decision.config import (
     read_yaml,
 )
 from agents.decision.run_dir import RunDir
-from envs.files import atomic_path, write_atomic
+from envs.files import write_atomic
 from envs.progress import progress_bar
 
 #: The grid axis of the seeds: sweep.md summarises each group of trials that differ only in it.
@@ -78,7 +91,7 @@ RESERVED_KEYS = ("name", "output_dir")
 NOT_COMPARED_ON_RESUME = (*RESERVED_KEYS, "train.device", "train.threads")
 #: Attempts after the first that a failing or killed trial gets, unless the sweep file says otherwise.
 DEFAULT_RETRIES = 2
-SWEEP_FILE_KEYS = ("config", "grid", "set", "resources", "retries")
+SWEEP_FILE_KEYS = ("config", "grid", "set", "resources", "retries", "compare")
 EVAL_SUMMARY_KEYS = ("target_return", "episodes", "return_mean", "return_std", "score_mean", "score_std")
 
 
@@ -88,6 +101,15 @@ class Resources:
 
     cpus: float = 1.0
     gpus: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Compare:
+    """The sweep file's `compare:`: the grid axis whose values the report compares, and the value (its
+    label) that each other one is compared with."""
+
+    axis: str
+    baseline: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +151,7 @@ class Sweep:
     resources: Resources
     retries: int
     trials: list[Trial]
+    compare: Compare | None = None
 
 
 # ---- the sweep file ----------------------------------------------------------------------------------
@@ -168,7 +191,8 @@ def load_sweep(path: str | Path, out: str | Path) -> Sweep:
         name = "_".join(f"{axis.rsplit('.', 1)[-1]}={label}" for axis, label in point.items())
         trials.append(make_trial(name, Path(out) / "runs", config, {**fixed, **overrides}, point))
     _check_unique_names(trials, path)
-    return Sweep(path, config, raw["grid"], fixed, resources, retries, trials)
+    compare = _compare(raw.get("compare"), axes, path)
+    return Sweep(path, config, raw["grid"], fixed, resources, retries, trials, compare)
 
 
 def _mapping(value: Any, where: str, fields_of: type | None = None) -> dict[str, Any]:
@@ -218,6 +242,39 @@ def _label(value: Any) -> str:
     if "/" in text:
         text = Path(text).name.removesuffix(".hdf5").removesuffix(".h5")
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "_"
+
+
+def _compare(value: Any, axes: list, path: Path) -> Compare | None:
+    """The `compare:` mapping checked against the grid: a grid axis other than the seeds', with two
+    values or more, and one of its value labels as the baseline."""
+    if value is None:
+        return None
+    example = "e.g. compare: {axis: model.backbone, baseline: transformer}"
+    if not isinstance(value, dict) or set(value) != {"axis", "baseline"}:
+        raise ConfigError(
+            f"{path}: compare = {value!r}: expected a mapping of axis (a grid axis) and baseline (one of its "
+            f"values). Fix: {example}"
+        )
+    labels = {axis: [label for label, _ in values] for axis, values in axes if axis != SEED_AXIS}
+    axis, baseline = str(value["axis"]), _label(value["baseline"])
+    if axis not in labels:
+        close = difflib.get_close_matches(axis, labels, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"name one of: {', '.join(labels) or 'none'}"
+        raise ConfigError(
+            f"{path}: compare.axis = {axis!r} is not a grid axis whose values can be compared (the seeds' "
+            f"axis {SEED_AXIS} is the runs). Fix: {hint}"
+        )
+    if baseline not in labels[axis]:
+        raise ConfigError(
+            f"{path}: compare.baseline = {value['baseline']!r} is not a value of grid.{axis}. Fix: name one "
+            f"of {', '.join(labels[axis])}"
+        )
+    if len(labels[axis]) < 2:
+        raise ConfigError(
+            f"{path}: compare.axis = {axis!r}: grid.{axis} has only the baseline {baseline!r}, nothing to "
+            "compare it with. Fix: give that axis another value, or compare another axis"
+        )
+    return Compare(axis, baseline)
 
 
 def _check_keys_set_once(axes: list, fixed: dict[str, Any], path: Path) -> None:
@@ -547,81 +604,259 @@ def best_result(evaluation: list[dict[str, Any]]) -> dict[str, Any]:
     )
 
 
-def _mean_std(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+def metric_of(records: list[dict[str, Any]]) -> str:
+    """What the report compares: each finished trial's best-target "score" (D4RL-normalised) where every
+    one has a score, else its "return"; one quantity for all, so that strata can be pooled."""
+    best = [best_result(r["evaluation"]) for r in records if r["status"] == "finished"]
+    return "score" if all(b.get("score_mean") is not None for b in best) else "return"
 
 
-def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per group of trials that differ only in the seed: the best target's score and return, mean and
-    std over the finished seeds."""
+def _value(record: dict[str, Any], metric: str) -> float:
+    return float(best_result(record["evaluation"])[f"{metric}_mean"])
+
+
+def _seed(record: dict[str, Any]) -> str:
+    return record["point"].get(SEED_AXIS, "")
+
+
+def _without(point: dict[str, str], *axes: str) -> tuple[tuple[str, str], ...]:
+    """The grid point without `axes`, as a key."""
+    return tuple((axis, label) for axis, label in point.items() if axis not in axes)
+
+
+def _name(key: tuple[tuple[str, str], ...]) -> str:
+    return " / ".join(label for _, label in key) or "all"
+
+
+def summarise(records: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Per group of trials that differ only in the seed: trials, finished and failed ones, the seeds
+    finished, and the IQM over them of each trial's best-target `metric` with its interval (None before
+    the first)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for record in records:
-        key = tuple((axis, label) for axis, label in record["point"].items() if axis != SEED_AXIS)
-        groups.setdefault(key, []).append(record)
+        groups.setdefault(_without(record["point"], SEED_AXIS), []).append(record)
     rows = []
     for key, members in groups.items():
-        best = [best_result(r["evaluation"]) for r in members if r["status"] == "finished"]
+        done = [r for r in members if r["status"] == "finished"]
+        iqm = stats.iqm(np.array([[_value(r, metric)] for r in done])) if done else None
         rows.append(
             {
                 "point": dict(key),
                 "trials": len(members),
-                "finished": len(best),
+                "finished": len(done),
                 "failed": sum(r["status"] == "failed" for r in members),
-                "score": _mean_std([b["score_mean"] for b in best if b.get("score_mean") is not None]),
-                "return": _mean_std([b["return_mean"] for b in best]),
+                "seeds": [_seed(r) for r in done],
+                "iqm": iqm and dataclasses.asdict(iqm),
             }
         )
     return rows
 
 
-def _cell(stat: dict[str, float] | None) -> str:
-    return "-" if stat is None else f"{stat['mean']:.1f} ± {stat['std']:.1f}"
+@dataclasses.dataclass(frozen=True)
+class Stratum:
+    """One point of the grid axes other than the compared one and the seeds: the seeds each compared
+    value finished there, and their comparison."""
+
+    name: str
+    point: dict[str, str]
+    seeds: dict[str, list[str]]
+    comparison: stats.Comparison
+
+    def to_json(self) -> dict[str, Any]:
+        return {"point": self.point, "seeds": self.seeds, **self.comparison.to_json()}
 
 
-def markdown(sweep: Sweep, rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> str:
-    """sweep.md: one row per group, mean ± std over seeds of each trial's best evaluation target."""
-    axes = [axis for axis in sweep.grid if axis != SEED_AXIS]
-    lines = [
-        "| " + " | ".join([*axes, "seeds done", "score (best target)", "return (best target)"]) + " |",
-        "|" + "---|" * (len(axes) + 3),
-    ]
+@dataclasses.dataclass(frozen=True)
+class AxisComparison:
+    """The report's `compare:`: each stratum where the baseline and another value finished, and the
+    comparison pooled over the strata named in `pooled` (None where there is no such stratum, or only
+    one stratum in the grid), with why each other stratum is left out of it."""
+
+    axis: str
+    baseline: str
+    strata: list[Stratum]
+    pooled: list[str]
+    overall: stats.Comparison | None
+    left_out: dict[str, str]
+
+    @property
+    def overall_name(self) -> str:
+        return f"all ({len(self.pooled)} of {len(self.pooled) + len(self.left_out)})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "axis": self.axis,
+            "baseline": self.baseline,
+            "strata": [stratum.to_json() for stratum in self.strata],
+            "overall": self.overall and {"pooled": self.pooled, **self.overall.to_json()},
+            "left_out": self.left_out,
+        }
+
+
+def compare_values(records: list[dict[str, Any]], compare: Compare, metric: str) -> AxisComparison:
+    """Each value of the compared axis against the baseline, per stratum over its finished seeds, and
+    pooled over the strata (tasks) and seeds (runs) where every value finished the same seeds."""
+    values = list(dict.fromkeys(r["point"][compare.axis] for r in records))
+    scores: dict[tuple, dict[str, dict[str, float]]] = {}  # stratum -> value -> seed -> score
+    for record in records:
+        by_value = scores.setdefault(_without(record["point"], SEED_AXIS, compare.axis), {})
+        if record["status"] == "finished":
+            by_value.setdefault(record["point"][compare.axis], {})[_seed(record)] = _value(record, metric)
+    strata = []
+    for key, by_value in scores.items():
+        finished = {v: by_value[v] for v in values if v in by_value}
+        if compare.baseline in finished and len(finished) > 1:
+            strata.append(
+                Stratum(
+                    _name(key),
+                    dict(key),
+                    {v: list(seeds) for v, seeds in finished.items()},
+                    _compared({v: [list(seeds.values())] for v, seeds in finished.items()}, compare.baseline),
+                )
+            )
+    if len(scores) < 2:
+        return AxisComparison(compare.axis, compare.baseline, strata, [], None, {})
+    pooled, left_out = _poolable({_name(key): by_value for key, by_value in scores.items()}, values)
+    overall = None
+    if pooled:
+        overall = _compared(
+            {v: [list(scores_of[v].values()) for scores_of in pooled.values()] for v in values},
+            compare.baseline,
+        )
+    return AxisComparison(compare.axis, compare.baseline, strata, list(pooled), overall, left_out)
+
+
+def _compared(scores: dict[str, list[list[float]]], baseline: str) -> stats.Comparison:
+    """`stats.compare` of {value: [per task, each run's score]}."""
+    return stats.compare({v: np.array(tasks).T for v, tasks in scores.items()}, baseline)
+
+
+def _poolable(
+    strata: dict[str, dict[str, dict[str, float]]], values: list[str]
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, str]]:
+    """The strata that can be pooled (every value finished the same seeds, as many as the most) and,
+    for each other stratum, why not."""
+    why_not, same = {}, {}
+    for name, by_value in strata.items():
+        missing = [v for v in values if v not in by_value]
+        if missing:
+            why_not[name] = f"no finished run of {', '.join(missing)}"
+        elif len({frozenset(by_value[v]) for v in values}) > 1:
+            seeds = ", ".join(f"{v} {' '.join(by_value[v])}" for v in values)
+            why_not[name] = f"different seeds per value ({seeds})"
+        else:
+            same[name] = by_value
+    most = max((len(by_value[values[0]]) for by_value in same.values()), default=0)
+    for name, by_value in same.items():
+        if len(by_value[values[0]]) < most:
+            why_not[name] = f"{len(by_value[values[0]])} seeds, where the pooled strata have {most}"
+    pooled = {name: by_value for name, by_value in same.items() if name not in why_not}
+    return pooled, {name: why_not[name] for name in strata if name in why_not}
+
+
+def _cells(cells: list[Any]) -> list[str]:
+    """A markdown table's header (and its rule) or row."""
+    return ["| " + " | ".join(map(str, cells)) + " |"]
+
+
+def _rule(columns: int) -> list[str]:
+    return ["|---" * columns + "|"]
+
+
+def _group_lines(axes: list[str], rows: list[dict[str, Any]], metric: str) -> list[str]:
+    """One line per group: its labels, seeds done and IQM."""
+    lines = _cells([*axes, "seeds done", f"{metric} IQM [{stats.CONFIDENCE:.0%} CI]"]) + _rule(len(axes) + 2)
     for row in rows:
-        labels = [row["point"][axis] for axis in axes]
         done = f"{row['finished']}/{row['trials']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
-        lines.append("| " + " | ".join([*labels, done, _cell(row["score"]), _cell(row["return"])]) + " |")
+        iqm = "-" if row["iqm"] is None else stats.Interval(**row["iqm"])
+        lines += _cells([*(row["point"][axis] for axis in axes), done, iqm])
+    return lines
+
+
+def _comparison_lines(others: list[str], comparison: AxisComparison) -> list[str]:
+    """One line per (stratum, compared value), then one per value pooled."""
+    base = comparison.baseline
+    against = [f"IQM {base}", f"IQM - {base}", f"P(> {base})", f"vs {base}"]
+    lines = _cells([*others, comparison.axis, "seeds", "IQM", *against]) + _rule(len(others) + 7)
+    tables = [([stratum.point[axis] for axis in others], stratum.comparison) for stratum in comparison.strata]
+    if comparison.overall is not None:
+        tables.append(([comparison.overall_name, *[""] * (len(others) - 1)], comparison.overall))
+    for cells, c in tables:
+        for value in c.poi:
+            runs = dict.fromkeys([c.runs[value], c.runs[base]])  # one number where they agree
+            lines += _cells(
+                [*cells, value, " / ".join(map(str, runs)), c.iqm[value], c.iqm[base]]
+                + [f"{c.difference[value]:+.1f}", f"{c.poi[value]:.2f}", c.verdict[value]]
+            )
+    return lines
+
+
+def markdown(
+    sweep: Sweep,
+    records: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    metric: str,
+    comparison: AxisComparison | None = None,
+) -> str:
+    """sweep.md: the groups' IQMs, the comparison if the sweep asks for one, and what they mean."""
+    axes = [axis for axis in sweep.grid if axis != SEED_AXIS]
+    lines = _group_lines(axes, rows, metric)
+    if comparison is not None:
+        lines += ["", *_comparison_lines([axis for axis in axes if axis != comparison.axis], comparison)]
+    return "\n".join([*lines, "", _caption(sweep, records, metric, comparison)]) + "\n"
+
+
+def _caption(
+    sweep: Sweep, records: list[dict[str, Any]], metric: str, comparison: AxisComparison | None
+) -> str:
+    """What was run, what the numbers are and, for a pooled comparison, which strata it leaves out."""
     count = {status: sum(r["status"] == status for r in records) for status in STATUSES}
     interrupted = f", {count['interrupted']} interrupted" if count["interrupted"] else ""
-    lines += [
-        "",
+    quantity = (
+        "D4RL-normalised score" if metric == "score" else "return (some datasets have no reference scores)"
+    )
+    text = (
         f"Sweep {sweep.path.name}: {count['finished']} of {len(records)} trials finished, {count['failed']} "
-        f"failed{interrupted} (see sweep.json). Each trial's best evaluation target, mean ± std over "
-        f"{SEED_AXIS}; scores are D4RL-normalised.",
-    ]
-    return "\n".join(lines) + "\n"
+        f"failed{interrupted} (see sweep.json). Each trial's {quantity} at its best evaluation target; the "
+        f"interquartile mean (IQM) over {SEED_AXIS} with its {stats.CONFIDENCE:.0%} stratified-bootstrap "
+        f"interval (rliable, {stats.REPS} resamples)."
+    )
+    if comparison is None:
+        return text
+    base = comparison.baseline
+    text += (
+        f" Each value of {comparison.axis} against {base} (seeds: of the value / of {base}, where they "
+        "differ): P is the probability of improvement, with its interval; a difference is called only when "
+        f"the IQM intervals are disjoint and P's interval excludes 0.5, from at least {stats.MIN_RUNS} seeds "
+        "of each."
+    )
+    if comparison.overall is None and not comparison.left_out:
+        return text  # a grid of one stratum
+    left = "; ".join(f"{name}: {why}" for name, why in comparison.left_out.items())
+    pooled = (
+        f" The {comparison.overall_name} rows pool the strata (points of the other axes, as tasks) where "
+        "every value finished the same seeds, as many as the most"
+        if comparison.overall is not None
+        else " No strata pooled yet: that needs every value finished on the same seeds"
+    )
+    return text + pooled + (f"; left out: {left}." if left else ".")
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """sweep.png: each group's score (or return, without reference scores), mean ± std over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = [row for row in rows if row["return"] is not None]
-    key = "score" if all(row["score"] is not None for row in shown) else "return"
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.4 * len(shown)))
-    y = range(len(shown))
-    ax.barh(y, [row[key]["mean"] for row in shown], xerr=[row[key]["std"] for row in shown], capsize=3)
-    ax.set_yticks(y, [" / ".join(row["point"].values()) or "all" for row in shown])
-    ax.invert_yaxis()
-    ax.set(xlabel=f"{key} at the best target (mean ± std over seeds)")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+def plot(rows: list[dict[str, Any]], comparison: AxisComparison | None, metric: str, path: Path) -> None:
+    """sweep.png (rliable's plots): the compared values' IQMs with their intervals, pooled and per
+    stratum, and their probabilities of improvement; without a comparison yet, each group's IQM."""
+    xlabel = f"{metric} (best target)"
+    comparisons = {}
+    if comparison is not None:
+        if comparison.overall is not None:
+            comparisons[comparison.overall_name] = comparison.overall
+        comparisons.update({stratum.name: stratum.comparison for stratum in comparison.strata})
+    if comparisons:
+        iqm = {name: c.iqm for name, c in comparisons.items()}
+        stats.plot(iqm, path, xlabel=xlabel, comparisons=comparisons)
+    else:
+        groups = {_name(tuple(r["point"].items())): stats.Interval(**r["iqm"]) for r in rows if r["iqm"]}
+        stats.plot({"each group": groups}, path, xlabel=xlabel)
 
 
 def print_failures(records: list[dict[str, Any]], log: Path | None = None) -> int:
@@ -639,8 +874,11 @@ def print_failures(records: list[dict[str, Any]], log: Path | None = None) -> in
 
 
 def write_report(sweep: Sweep, records: list[dict[str, Any]], out: Path) -> None:
-    """sweep.json (the sweep and one record per trial), sweep.md and, once a trial finished, sweep.png."""
-    rows = summarise(records)
+    """sweep.json (the sweep, one record per trial, the groups and the comparison), sweep.md and, once
+    a trial finished, sweep.png."""
+    metric = metric_of(records)
+    rows = summarise(records, metric)
+    comparison = sweep.compare and compare_values(records, sweep.compare, metric)
     settings = {
         "file": str(sweep.path),
         "config": str(sweep.config),
@@ -648,13 +886,22 @@ def write_report(sweep: Sweep, records: list[dict[str, Any]], out: Path) -> None
         "set": sweep.fixed,
         "resources": dataclasses.asdict(sweep.resources),
         "retries": sweep.retries,
+        "compare": sweep.compare and dataclasses.asdict(sweep.compare),
     }
     statuses = {status: sum(r["status"] == status for r in records) for status in STATUSES}
-    report = {"sweep": settings, **statuses, "trials": records, "groups": rows}
+    report = {
+        "sweep": settings,
+        **statuses,
+        "metric": metric,
+        "statistics": stats.describe(),
+        "trials": records,
+        "groups": rows,
+        "comparison": comparison and comparison.to_json(),
+    }
     write_atomic(out / "sweep.json", json.dumps(report, indent=2))
-    write_atomic(out / "sweep.md", markdown(sweep, rows, records))
-    if any(row["return"] is not None for row in rows):
-        plot(rows, out / "sweep.png")
+    write_atomic(out / "sweep.md", markdown(sweep, records, rows, metric, comparison))
+    if statuses["finished"]:
+        plot(rows, comparison, metric, out / "sweep.png")
 
 
 def run_sweep(
@@ -666,7 +913,9 @@ def run_sweep(
     progress: bool = True,
     trial_fn: Callable[[Trial], None] = run_trial,
 ) -> list[dict[str, Any]]:
-    """Run a sweep's unfinished trials (see `run_trials`), rewriting the report in `out` as they end."""
+    """Run a sweep's unfinished trials (see `run_trials`), rewriting the report in `out` as they end;
+    rliable, which the report needs, is checked first, before anything trains."""
+    stats.rliable("library")
     out = Path(out)
     return run_trials(
         sweep.trials,
