@@ -102,7 +102,7 @@ def test_grid_completes_with_finite_scores_and_a_report(finished):
         {"model.backbone": "transformer"},
     ]
     table = (out / "sweep.md").read_text()
-    assert "| aaren | 2/2 |" in table and "±" in table
+    assert "| aaren | 2/2 |" in table and "score IQM [95% CI]" in table and report["comparison"] is None
     assert (out / "sweep.png").stat().st_size > 0
 
 

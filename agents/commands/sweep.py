@@ -18,8 +18,9 @@ examples:
       --out /shared/sweeps/quality-quick      # Ray Client; /shared: the same filesystem on every node
 
 Each trial trains and evaluates in its own run directory, DIR/runs/<name>; DIR gets sweep.json (every
-trial: overrides, status, attempts, final evaluation, wall time), sweep.md (mean ± std over seeds per
-group), sweep.png, and ray.log (Ray's own messages). Interrupted (Ctrl-C, a lost machine)? Run the same
+trial: overrides, status, attempts, final evaluation, wall time), sweep.md (per group the IQM over seeds
+with its 95% interval; with compare: in the sweep file, each value of that axis against its baseline),
+sweep.png, and ray.log (Ray's own messages). Interrupted (Ctrl-C, a lost machine)? Run the same
 command again: finished trials are kept, unfinished ones resume from their last checkpoint. On a cluster DIR must be on a filesystem
 shared by the driver and every node, and every node needs aaren-rl with its ray extra installed. A cluster with
 Ray's token authentication (the default of new Ray clusters) also needs its token on the driver and,
