@@ -1,12 +1,12 @@
 """aaren_rl: the model core of aaren-rl (torch only).
 
-Aaren attention (parallel prefix scan for training, O(1)-memory recurrent update for acting), Aaren
-and causal-Transformer backbones behind one `forward(x, state=None) -> (y, state)` interface.
+Aaren attention (parallel prefix scan for training, O(1)-memory recurrent update for acting), Aaren,
+causal-Transformer and LSTM backbones behind one `forward(x, state=None) -> (y, state)` interface.
 """
 
 from aaren_rl.functional import aaren_scan
-from aaren_rl.model import Aaren, AarenBackbone, CausalSelfAttention, TransformerBackbone
-from aaren_rl.states import AarenState, KVCache
+from aaren_rl.model import Aaren, AarenBackbone, CausalSelfAttention, LSTMBackbone, TransformerBackbone
+from aaren_rl.states import AarenState, KVCache, LSTMState
 
 __all__ = [
     "Aaren",
@@ -14,6 +14,8 @@ __all__ = [
     "AarenState",
     "CausalSelfAttention",
     "KVCache",
+    "LSTMBackbone",
+    "LSTMState",
     "TransformerBackbone",
     "aaren_scan",
 ]

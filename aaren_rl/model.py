@@ -1,11 +1,13 @@
-"""Aaren and causal-Transformer backbones behind one interface.
+"""Aaren, causal-Transformer and LSTM backbones behind one interface.
 
     y, state = backbone(x, state=None)        # x [B, N, D]; N = a whole sequence, a few tokens, or 1
 
 Aaren (Feng et al. 2024, "Attention as an RNN") is attention with a learned, input-independent query
 per head, whose output at every prefix is computed by a parallel scan; its state is constant in size.
 The Transformer baseline is the same stack with causal self-attention, whose state is a KV cache that
-grows with every token. Both blocks are pre-LayerNorm: x + mix(LN(x)), then x + FFN(LN(x)).
+grows with every token. Both blocks are pre-LayerNorm: x + mix(LN(x)), then x + FFN(LN(x)). The LSTM
+baseline (the Decision LSTM of Siebenborn et al. 2022) is a stacked LSTM with the same final LayerNorm;
+its state (h, c) is constant in size.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from aaren_rl.functional import AarenScanState, aaren_scan, empty_state
-from aaren_rl.states import AarenState, KVCache
+from aaren_rl.states import AarenState, KVCache, LSTMState
 
 
 def _check_x(x: Tensor, embed_dim: int, who: str) -> None:
@@ -341,6 +343,38 @@ class TransformerBackbone(nn.Module):
             tuple(v[:, :, start:] for v in cache.values),
             cache.valid[:, start:],
         )
+
+
+class LSTMBackbone(nn.Module):
+    """The recurrent baseline with the same constructor and interface: a stacked `nn.LSTM` (cuDNN on a
+    GPU) of width `embed_dim`, then a final LayerNorm as the other backbones have. Its state is an
+    `LSTMState`, zeros before any token.
+
+    num_heads and ffn_mult are taken for the shared constructor and unused. dropout is nn.LSTM's, between
+    layers (none with one layer).
+    """
+
+    def __init__(
+        self, embed_dim: int, num_layers: int, num_heads: int = 1, ffn_mult: int = 4, dropout: float = 0.1
+    ):
+        super().__init__()
+        self.embed_dim = embed_dim
+        between = dropout if num_layers > 1 else 0.0  # nn.LSTM warns about dropout after its last layer
+        self.lstm = nn.LSTM(embed_dim, embed_dim, num_layers, batch_first=True, dropout=between)
+        self.ln_f = nn.LayerNorm(embed_dim)
+
+    def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> LSTMState:
+        """The zero state for `batch_size` sequences."""
+        shape = (self.lstm.num_layers, batch_size, self.embed_dim)
+        zeros = torch.zeros(shape, device=device, dtype=dtype or torch.float32)
+        return LSTMState(zeros, torch.zeros_like(zeros))
+
+    def forward(self, x: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        _check_x(x, self.embed_dim, type(self).__name__)
+        if state is not None:
+            _check_state(state, LSTMState, x.shape[0], type(self).__name__)
+        y, (h, c) = self.lstm(x, None if state is None else (state.h, state.c))
+        return self.ln_f(y), LSTMState(h, c)
 
 
 def _check_state(state: object, kind: type, batch_size: int, who: str) -> None:

@@ -1,6 +1,6 @@
 """Recurrent states of the backbones: what one backbone call hands to the next.
 
-Both state types support `reset(rows)` (rows of the batch whose episode starts again: one line in a
+Every state type supports `reset(rows)` (rows of the batch whose episode starts again: one line in a
 vectorised rollout loop), `detach()` (truncate gradients) and `nbytes` (memory held).
 """
 
@@ -108,3 +108,27 @@ class KVCache:
     def nbytes(self) -> int:
         tensors = (*self.keys, *self.values, self.valid)
         return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass(frozen=True)
+class LSTMState:
+    """Hidden and cell state of a stacked LSTM, constant in size: h [L, B, D] and c [L, B, D]."""
+
+    h: Tensor
+    c: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.h.shape[1]
+
+    def reset(self, rows: Tensor) -> LSTMState:
+        """The same state with `rows` (bool mask [B] or indices) zeroed, as before any token."""
+        mask = _rows_mask(rows, self.batch_size, self.h.device).view(1, -1, 1)
+        return LSTMState(self.h.masked_fill(mask, 0.0), self.c.masked_fill(mask, 0.0))
+
+    def detach(self) -> LSTMState:
+        return LSTMState(self.h.detach(), self.c.detach())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.h, self.c))

@@ -146,8 +146,9 @@ def test_each_batching_trains(tiny_dataset, tmp_path, batching):
     ("overrides", "message"),
     [
         (
-            ["train.batching=windows"],
-            "train.batching = 'windows' is impossible: use one of ['packed', 'episodes', 'stored', 'prefix']",
+            ["train.batching=window"],
+            "train.batching = 'window' is impossible: use one of ['packed', 'episodes', 'stored', 'prefix', "
+            "'windows']",
         ),
         (["train.state_refresh_every=0"], "train.state_refresh_every = 0 is impossible: must be >= 1"),
     ],

@@ -126,7 +126,7 @@ def test_evaluate_run_reports_the_acting_path_asked_for(tmp_path):
         ("train.stepz=3", "unknown config key 'train.stepz': did you mean train.steps"),
         ("train.steps=many", "train.steps = 'many'"),
         ("train.lr=-1", "train.lr = -1.0 is impossible"),
-        ("model.backbone=lstm", "model.backbone = 'lstm'"),
+        ("model.backbone=mamba", "model.backbone = 'mamba' is impossible: use one of"),
         ("model.num_heads=3", "must divide model.embed_dim"),
         ("eval.targets=[a]", "eval.targets[0]"),
         ("eval.vec_mode=async", "'eval.vec_mode' is now called 'eval.vectorization'"),

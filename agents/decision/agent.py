@@ -7,13 +7,13 @@ timestep 0, empty memory), and `rewards` are the rewards the previous actions ea
 (R_t = R_{t-1} - r_{t-1}).
 
 Two ways to act:
-- "recurrent" (the default for Aaren): per env step the new tokens [a_{t-1}, R_t, s_t] go through
-  the backbone once with the carried state; at an episode's first step only [R_1, s_1]. This is
+- "recurrent" (the default for Aaren and the LSTM): per env step the new tokens [a_{t-1}, R_t, s_t] go
+  through the backbone once with the carried state; at an episode's first step only [R_1, s_1]. This is
   exactly the training sequence R_1 s_1 a_1 R_2 ..., so the chosen action equals the parallel
   forward's prediction. Rows that start a new episode forget their memory and their a_{t-1} token
-  inside the same call. Aaren's state is constant in size; with the Transformer backbone the state
-  is its KV cache over the whole episode (it grows every step, and attends further back than the
-  K-step windows the Transformer trained on: a speed baseline).
+  inside the same call. Aaren's and the LSTM's states are constant in size; with the Transformer
+  backbone the state is its KV cache over the whole episode (it grows every step, and attends further
+  back than the K-step windows the Transformer trained on: a speed baseline).
 - "window" (the default for the Transformer, the reference DT way): every step re-runs the last K
   timesteps (right-padded, so causality keeps the padding out) and reads the prediction at the last one.
 
@@ -22,6 +22,9 @@ tokens of a step are one embedding matmul (observation normalisation, return sca
 folded in), the Aaren step is the folded recurrent step, the Transformer's window forward the folded
 causal forward. Where it can, a whole step runs fused: one C++ call (`fused_agent.cpp`, built on first
 use by `aaren_rl.ops.fused.build`) doing the same bookkeeping, embedding, backbone step and action head.
+The other pairings (the Transformer acting recurrent, Aaren acting on windows, the LSTM either way) have
+no folded or fused backbone step: the embeddings and head are folded and the backbone's own forward runs
+(for the LSTM that is one `nn.LSTM` call, already a single fused kernel).
 Inputs are checked once per call, here. `DecisionAgent(..., eager=True)` acts through the model's own
 modules instead: the reference that the folded path is tested and benchmarked against.
 
@@ -45,13 +48,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from aaren_rl import AarenBackbone, AarenState, KVCache
+from aaren_rl import AarenBackbone, AarenState, KVCache, LSTMState, TransformerBackbone
 from aaren_rl.folded import FoldedAarenBackbone, FoldedTransformerBackbone, ParameterVersions
 from aaren_rl.ops import fused
 from agents.decision.model import DecisionModel, discrete_actions
 
 #: The two ways to act (see the module docstring).
 ACTING = ("recurrent", "window")
+#: How each backbone acts unless told: Aaren and the LSTM carry their constant-size state, the Transformer
+#: re-runs its training windows (the reference DT way).
+DEFAULT_ACTING = {"aaren": "recurrent", "transformer": "window", "lstm": "recurrent"}
 
 #: The largest |target return| an agent acts towards: returns-to-go are float32 while acting, whose
 #: integers are exact only up to 2**24; beyond it R_t = R_{t-1} - r_{t-1} loses rewards of order 1.
@@ -137,16 +143,22 @@ class StepWindow:
         return StepWindow(*fields, slot + 1)
 
 
+#: A backbone's state, carried when acting "recurrent".
+RecurrentMemory = AarenState | KVCache | LSTMState
+#: What an `AgentState` remembers of its rows' episodes.
+Memory = RecurrentMemory | StepWindow | Window
+
+
 @dataclass(frozen=True)
 class AgentState:
     """Per-env acting state: return-to-go, timestep and last action of the current step, plus memory
-    (an `AarenState` or `KVCache` when acting "recurrent", a `StepWindow` (eager: `Window`) when
-    acting "window")."""
+    (the backbone's `AarenState`, `KVCache` or `LSTMState` when acting "recurrent", a `StepWindow` (eager:
+    `Window`) when acting "window")."""
 
     returns_to_go: Tensor  # [n]
     timesteps: Tensor  # [n] long
     actions: Tensor  # [n, act_dim] the actions chosen at `timesteps` (env units)
-    memory: AarenState | KVCache | StepWindow | Window
+    memory: Memory
 
     @property
     def num_envs(self) -> int:
@@ -217,7 +229,7 @@ class FoldedDecisionModel:
             self.resets = self.aaren.score_mask(
                 torch.tensor([[False, False, False], [False, True, False]], device=low.device)
             )
-        elif acting == "window" and not isinstance(model.backbone, AarenBackbone):
+        elif acting == "window" and isinstance(model.backbone, TransformerBackbone):
             self.transformer = FoldedTransformerBackbone(model.backbone)
         backbone = self.aaren or self.transformer
         # the fused step takes one eps for every layer norm, and these ends around it
@@ -318,8 +330,8 @@ class FoldedDecisionModel:
 class DecisionAgent:
     """A trained decision model ready to act in `num_envs` environments at once, towards `target_return`.
 
-    acting: "recurrent" (default for Aaren; O(1) memory and time per step) or "window" (default for
-    the Transformer; re-runs the last `context_steps` timesteps). The model is put in eval mode and
+    acting: "recurrent" (default for Aaren and the LSTM; O(1) memory and time per step) or "window"
+    (default for the Transformer; re-runs the last `context_steps` timesteps). The model is put in eval mode and
     folded for acting (folded again if its weights change). eager: act through the model's own modules
     instead (the unfolded reference; for exactness tests and speed baselines).
     Discrete and MultiDiscrete models take each component's most likely action; sample=True draws it from
@@ -337,7 +349,7 @@ class DecisionAgent:
         sample: bool = False,
         seed: int = 0,
     ):
-        acting = acting or ("recurrent" if model.config.backbone == "aaren" else "window")
+        acting = acting or DEFAULT_ACTING[model.config.backbone]
         if acting not in ACTING:
             raise ValueError(f"acting must be 'recurrent' or 'window', got {acting!r}")
         problem = target_return_problem(float(target_return))
@@ -459,7 +471,7 @@ class DecisionAgent:
 
     def _act_python(
         self, state: AgentState, start: Tensor | None, reward: Tensor | None, obs: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, AarenState | KVCache | StepWindow | Window]:
+    ) -> tuple[Tensor, Tensor, Tensor, Memory]:
         """`act`'s step where no fused call takes it: the bookkeeping, then the folded or eager step."""
         if start is None:
             start = torch.zeros(len(obs), dtype=torch.bool, device=self.device)
@@ -502,7 +514,7 @@ class DecisionAgent:
 
     def _act_folded(
         self, state: AgentState, start: Tensor, rtg: Tensor, obs: Tensor, t: Tensor
-    ) -> tuple[Tensor, AarenState | KVCache | StepWindow]:
+    ) -> tuple[Tensor, RecurrentMemory | StepWindow]:
         folded = self._folded
         inputs = torch.cat([folded.action_inputs(state.actions), rtg.unsqueeze(1), obs], 1)
         times = torch.stack([state.timesteps, t, t], 1).clamp_(max=self.model.config.max_timestep - 1)
@@ -516,7 +528,7 @@ class DecisionAgent:
 
     def _act_eager(
         self, state: AgentState, start: Tensor, rtg: Tensor, obs: Tensor, t: Tensor
-    ) -> tuple[Tensor, AarenState | KVCache | Window]:
+    ) -> tuple[Tensor, RecurrentMemory | Window]:
         model = self.model
         if self.acting == "window":
             prediction, window = self._act_window(state.memory, start, rtg, obs, t)
@@ -563,8 +575,8 @@ def _check_finite(**inputs: Tensor | None) -> None:
 
 
 def _recurrent(
-    backbone: torch.nn.Module, tokens: Tensor, memory: AarenState | KVCache, start: Tensor
-) -> tuple[Tensor, AarenState | KVCache]:
+    backbone: torch.nn.Module, tokens: Tensor, memory: RecurrentMemory, start: Tensor
+) -> tuple[Tensor, RecurrentMemory]:
     """The backbone's output at s_t [n, D] and its next state, through its own forward. When some rows
     start and others continue, every row's a_{t-1} token goes through first, then the starting rows
     are emptied and [R_t, s_t] follows: exact, two calls in such steps, one otherwise."""

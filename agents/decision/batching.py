@@ -2,19 +2,20 @@
 
 A batch holds about `train.batch_steps` supervised timesteps for either backbone (`batch_layout`), and
 what it is depends on the backbone, so that training sees what acting will do:
-- `WindowBatcher` (the Transformer, reference DT): round(batch_steps / K) windows of K =
-  `model.context_steps` timesteps starting at uniformly drawn dataset rows, right-padded at episode ends,
-  each from an empty context (acting re-runs the last K steps).
+- `WindowBatcher` (the Transformer, reference DT; the LSTM's `train.batching` = "windows"):
+  round(batch_steps / K) windows of K = `model.context_steps` timesteps starting at uniformly drawn dataset
+  rows, right-padded at episode ends, each from an empty context (acting re-runs the last K steps).
 - `PackedBatcher` (Aaren, `train.batching` = "packed"): rows as long as the longest episode,
   round(batch_steps / that) of them (at least one), packed end to end with whole episodes from their first
   step (`PackedSampler`: shuffled passes over the episodes, so every dataset step is supervised equally
   often, with little padding at row ends). The episode starts reset the scan ("resets"), so each episode
   is trained exactly as if run alone; the recurrent state while acting summarises the episode from its
   start, and whole episodes train exactly that. With long episodes a batch holds few of them.
-- `EpisodesBatcher` ("episodes"): the same whole episodes, one per row, right-padded to the longest of
-  the batch (each rank's share: of its own rows), round(batch_steps / the mean episode length) of them (at
-  least one), drawn with replacement in proportion to their length (every dataset step equally likely).
-  No resets: each row's padding is what `packed` removes, at the price of fewer episodes per batch.
+- `EpisodesBatcher` ("episodes", Aaren and the LSTM): the same whole episodes, one per row, right-padded to
+  the longest of the batch (each rank's share: of its own rows), round(batch_steps / the mean episode
+  length) of them (at least one), drawn with replacement in proportion to their length (every dataset step
+  equally likely). No resets: each row's padding is what `packed` removes, at the price of fewer episodes
+  per batch. The padding comes after an episode's steps, so it never reaches their outputs.
 - `StoredBatcher` (Aaren, "stored", the default) and `PrefixBatcher` ("prefix"): the Transformer's
   K-windows, each entering with the backbone state of its episode's earlier steps
   (`agents.decision.entering`): read from a table of states that one scan over the dataset rewrites every
@@ -27,7 +28,10 @@ global batch's rows and steps per row), `sample(rng)` (this rank's share of one 
 `action_loss` takes), `after_step(step, metrics)` (after each update, and before a session's first batch)
 and `state_dict` / `load_state_dict` (the entries a checkpoint's trainer state keeps for it: the packed
 sampler's queue as "sampler", the stored table's refresh as "stored_states"). `batcher_type` is the one
-place the configured backbone and `train.batching` decide the batching.
+place the configured backbone and `train.batching` decide the batching, and `check_batching` refuses a
+`train.batching` the backbone does not train with. The LSTM trains on whole episodes or on K-windows from
+the empty state only: it cannot restart inside a packed row, nor enter a window with a stored or
+rescanned state, without changing the method.
 
 Under torchrun every rank draws the whole global batch from the one seeded generator and takes its own
 contiguous share of rows (stored: every rank keeps the same table, and scans its share's burn-ins); the
@@ -138,7 +142,7 @@ class Batcher(ABC):
 
 class WindowBatcher(Batcher):
     """K-windows from uniformly drawn dataset rows, each entering with `entering`'s state of its episode's
-    earlier steps; None (the Transformer's windows): an empty context."""
+    earlier steps; None (the Transformer's windows, the LSTM's batching=windows): an empty context."""
 
     entering: EnteringStates | None = None
 
@@ -248,7 +252,7 @@ class PackedBatcher(Batcher):
 
 
 class EpisodesBatcher(Batcher):
-    """Aaren, batching=episodes: whole episodes from their first step, one per row, drawn with replacement
+    """Aaren and the LSTM, batching=episodes: whole episodes from their first step, one per row, drawn with replacement
     in proportion to their length (so every dataset step is equally likely, as under DT's row sampling),
     as many as hold `train.batch_steps` steps on average; each rank's share is right-padded to its
     longest episode."""
@@ -343,12 +347,38 @@ AAREN_BATCHERS: dict[str, type[Batcher]] = {
     "prefix": PrefixBatcher,
 }
 BATCHINGS = tuple(AAREN_BATCHERS)
+#: The LSTM's batchers by `train.batching`: whole episodes one a row, or K-windows from the empty state.
+LSTM_BATCHERS: dict[str, type[Batcher]] = {"episodes": EpisodesBatcher, "windows": WindowBatcher}
+#: The batchers of the backbones `train.batching` chooses for (the Transformer trains on K-windows whatever
+#: it says), and why each has only its own (for the error naming another).
+BACKBONE_BATCHERS: dict[str, dict[str, type[Batcher]]] = {"aaren": AAREN_BATCHERS, "lstm": LSTM_BATCHERS}
+WHY_ONLY = {
+    "aaren": "acting carries every earlier step of the episode, so its windows enter with that state",
+    "lstm": "an LSTM cannot restart inside a packed row, nor enter a window with a stored or rescanned state",
+}
+#: Every `train.batching` value.
+ALL_BATCHINGS = tuple(dict.fromkeys(name for own in BACKBONE_BATCHERS.values() for name in own))
 
 
 def batcher_type(cfg: Config) -> type[Batcher]:
-    """The batching `cfg` trains with, the one place it is decided: the Aaren agent's by `train.batching`,
-    the Transformer's K-windows whatever it says (its windows start from an empty context)."""
-    return AAREN_BATCHERS[cfg.train.batching] if cfg.model.backbone == "aaren" else WindowBatcher
+    """The batching `cfg` trains with, the one place it is decided: Aaren's and the LSTM's by
+    `train.batching` (`check_batching` has refused one they do not train with), the Transformer's K-windows
+    whatever it says (its windows start from an empty context)."""
+    own = BACKBONE_BATCHERS.get(cfg.model.backbone)
+    return WindowBatcher if own is None else own[cfg.train.batching]
+
+
+def check_batching(cfg: Config) -> None:
+    """A ConfigError naming model.backbone, train.batching and the fix when the backbone does not train
+    with that batching."""
+    backbone, batching = cfg.model.backbone, cfg.train.batching
+    own = BACKBONE_BATCHERS.get(backbone, {})
+    if own and batching not in own:
+        raise ConfigError(
+            f"train.batching = {batching!r} is impossible with model.backbone = {backbone!r}, which trains "
+            f"with train.batching in {list(own)} only ({WHY_ONLY[backbone]}). Fix: --set "
+            f"train.batching={next(iter(own))} (or another of those), or another model.backbone"
+        )
 
 
 def make_batcher(

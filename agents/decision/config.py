@@ -24,7 +24,7 @@ import yaml
 from agents.common.devices import check_device
 from agents.common.overrides import ConfigError, convert_value, parse_override_value, shown
 from agents.decision.agent import TARGET_RETURN_FIX, target_return_problem
-from agents.decision.batching import BATCHINGS
+from agents.decision.batching import ALL_BATCHINGS, check_batching
 from agents.decision.model import BACKBONES, ModelHyperparameters
 
 
@@ -50,7 +50,8 @@ class TrainConfig:
     # anywhere, entering state from a periodically refreshed table; the default: docs/design.md,
     # Training) | "packed" (rows packed with whole episodes) | "episodes" (one whole episode a row,
     # right-padded) | "prefix" (K-windows, entering state rescanned from the episode start each step); the
-    # Transformer always trains on K-windows from an empty context and ignores it
+    # LSTM's: "episodes" | "windows" (K-windows from an empty context); the Transformer always trains on
+    # K-windows from an empty context and ignores it
     state_refresh_every: int = 1000  # batching=stored: gradient steps between rescans of the stored states
     lr: float = 1e-4
     weight_decay: float = 1e-4
@@ -303,7 +304,8 @@ def validate(cfg: Config) -> Config:
         "state_refresh_every",
     ):
         _check(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), "must be >= 1")
-    _check(t.batching in BATCHINGS, "train.batching", t.batching, f"use one of {list(BATCHINGS)}")
+    _check(t.batching in ALL_BATCHINGS, "train.batching", t.batching, f"use one of {list(ALL_BATCHINGS)}")
+    check_batching(cfg)
     for key in ("warmup_steps", "eval_every", "threads"):
         _check(getattr(t, key) >= 0, f"train.{key}", getattr(t, key), "must be >= 0")
     _check(t.lr > 0, "train.lr", t.lr, "must be > 0 (reference 1e-4)")

@@ -6,8 +6,9 @@ a_t is predicted from the backbone output at the s_t token. Box actions are embe
 predicted by a tanh head rescaled to the action bounds; Discrete and MultiDiscrete actions look up an
 embedding table (one row per action of each component, the components' rows summed) and are
 predicted as logits, a categorical head per component. The backbone is `aaren_rl.AarenBackbone`
-(the product) or `TransformerBackbone` (the baseline); both map [B, N, D] -> [B, N, D] with a
-carried state.
+(the product), `TransformerBackbone` (the Decision Transformer baseline) or `LSTMBackbone` (the Decision
+LSTM baseline of Siebenborn et al. 2022, "How crucial is Transformer in Decision Transformer?": the same
+tokens, embeddings and head around an LSTM); each maps [B, N, D] -> [B, N, D] with a carried state.
 
 The model owns its input normalisation (dataset state mean/std, return scale) and the action
 bounds as buffers, so a checkpoint (safetensors weights + the JSON of `DecisionModelConfig`, which
@@ -23,9 +24,15 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from aaren_rl import AarenBackbone, TransformerBackbone
+from aaren_rl import AarenBackbone, LSTMBackbone, TransformerBackbone
 
-BACKBONES = ("aaren", "transformer")
+#: The backbone module of each `model.backbone` name.
+BACKBONE_TYPES: dict[str, type[nn.Module]] = {
+    "aaren": AarenBackbone,
+    "transformer": TransformerBackbone,
+    "lstm": LSTMBackbone,
+}
+BACKBONES = tuple(BACKBONE_TYPES)
 #: The action spaces a decision model acts on (Gymnasium's names, as `DecisionModelConfig.action_space`).
 ACTION_SPACES = ("Box", "Discrete", "MultiDiscrete")
 #: The Aaren score of an ignored (padding) token: exp(IGNORED_SCORE - s) is exactly 0 in float32 and float64
@@ -40,13 +47,13 @@ class ModelHyperparameters:
     Defaults are the reference Decision Transformer hyperparameters (docs/design.md, Decision agents).
     """
 
-    backbone: str = "aaren"  # "aaren" | "transformer"
+    backbone: str = "aaren"  # "aaren" | "transformer" | "lstm" (BACKBONES)
     embed_dim: int = 128
     num_layers: int = 3
     num_heads: int = 1
     ffn_mult: int = 4
     dropout: float = 0.1
-    context_steps: int = 20  # K: the Transformer's training window and acting window, in timesteps
+    context_steps: int = 20  # K: the K-windows' length in training and in window acting, in timesteps
     max_timestep: int = 1000  # size of the timestep embedding; later timesteps are clamped to the last
     return_scale: float = 1e-3  # returns-to-go are multiplied by this before embedding
 
@@ -100,7 +107,7 @@ class DecisionModel(nn.Module):
         nn.init.normal_(self.embed_timestep.weight, std=0.02)
         self.embed_ln = nn.LayerNorm(c.embed_dim)
         args = (c.embed_dim, c.num_layers, c.num_heads, c.ffn_mult, c.dropout)
-        self.backbone = AarenBackbone(*args) if c.backbone == "aaren" else TransformerBackbone(*args)
+        self.backbone = BACKBONE_TYPES[c.backbone](*args)
         self.predict_action = nn.Linear(c.embed_dim, self.action_input_dim)
         # Data statistics and action bounds: saved with the weights, not trained.
         self.register_buffer("state_mean", torch.zeros(c.obs_dim))
@@ -231,7 +238,7 @@ class DecisionModel(nn.Module):
         else:
             raise ValueError(
                 "resets (packed episodes) and ignore (left padding) need the Aaren backbone; the Transformer "
-                "takes neither"
+                "and the LSTM take neither"
             )
         return self.action_head(hidden[:, 1::3]), state
 
