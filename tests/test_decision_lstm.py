@@ -93,6 +93,21 @@ def test_the_model_refuses_resets_for_the_lstm():
         model(r, torch.zeros(1, 3, 2), torch.zeros(1, 3, 1), t, resets=torch.zeros(1, 3, dtype=torch.bool))
 
 
+def test_right_padding_never_reaches_the_real_steps():
+    """What batching=episodes and the K-windows rely on: a row's predictions at its real steps are the same
+    whatever follows them."""
+    model = box.make_model("lstm", torch.float64)
+    g = torch.Generator().manual_seed(0)
+    r, o, a = (
+        torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((2, 12), (2, 12, 5), (2, 12, 3))
+    )
+    t = torch.arange(12).expand(2, 12)
+    with torch.no_grad():
+        padded, _ = model(r, o, a, t)
+        real, _ = model(r[:, :7], o[:, :7], a[:, :7], t[:, :7])
+    torch.testing.assert_close(padded[:, :7], real, rtol=0, atol=1e-12)
+
+
 # ---- acting ---------------------------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ causal forward. Where it can, a whole step runs fused: one C++ call (`fused_agen
 use by `aaren_rl.ops.fused.build`) doing the same bookkeeping, embedding, backbone step and action head.
 The other pairings (the Transformer acting recurrent, Aaren acting on windows, the LSTM either way) have
 no folded or fused backbone step: the embeddings and head are folded and the backbone's own forward runs
-(for the LSTM that is one `nn.LSTM` call, already a single fused kernel).
+(for the LSTM, one `nn.LSTM` call).
 Inputs are checked once per call, here. `DecisionAgent(..., eager=True)` acts through the model's own
 modules instead: the reference that the folded path is tested and benchmarked against.
 
@@ -331,9 +331,9 @@ class DecisionAgent:
     """A trained decision model ready to act in `num_envs` environments at once, towards `target_return`.
 
     acting: "recurrent" (default for Aaren and the LSTM; O(1) memory and time per step) or "window"
-    (default for the Transformer; re-runs the last `context_steps` timesteps). The model is put in eval mode and
-    folded for acting (folded again if its weights change). eager: act through the model's own modules
-    instead (the unfolded reference; for exactness tests and speed baselines).
+    (default for the Transformer; re-runs the last `context_steps` timesteps). The model is put in eval
+    mode and folded for acting (folded again if its weights change). eager: act through the model's own
+    modules instead (the unfolded reference; for exactness tests and speed baselines).
     Discrete and MultiDiscrete models take each component's most likely action; sample=True draws it from
     the head's softmax instead, with a generator seeded with `seed` (on the folded path from Python: the
     fused step is greedy).
