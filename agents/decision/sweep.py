@@ -668,9 +668,9 @@ class Stratum:
 
 @dataclasses.dataclass(frozen=True)
 class AxisComparison:
-    """The report's `compare:`: each stratum where the baseline and another value finished, and the
-    comparison pooled over the strata named in `pooled` (None where there is no such stratum, or only
-    one stratum in the grid), with why each other stratum is left out of it."""
+    """The report's `compare:`: each stratum where the baseline and another value finished; `overall`,
+    the comparison pooled over the strata named in `pooled` (None where none can be pooled, or the grid
+    has one stratum); and why each other stratum is left out of it."""
 
     axis: str
     baseline: str
