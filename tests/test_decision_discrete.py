@@ -349,6 +349,7 @@ gym.register("PointerNoLimit-v0", entry_point=Pointer, kwargs={"ends_at": 30})
 def pointer_data(env_id: str, episodes: int = 24, length: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
     """Episodes of `length` steps (cut short: timeouts) in `env_id`, acting right with probability 0.6."""
     env, rng = gym.make(env_id), np.random.default_rng(seed)
+    env.action_space.seed(seed)  # its off-target actions: the same data in every process
     rows: dict[str, list] = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts")}
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
