@@ -43,7 +43,7 @@ def small_model(backbone: str = "aaren") -> DecisionModel:
         ("aaren", "prefix", PrefixBatcher, "state"),
         ("aaren", "episodes", EpisodesBatcher, None),
         ("transformer", "packed", WindowBatcher, None),
-        ("transformer", "episodes", WindowBatcher, None),
+        ("transformer", "episodes", EpisodesBatcher, None),
         ("transformer", "stored", WindowBatcher, None),
         ("transformer", "prefix", WindowBatcher, None),
     ],

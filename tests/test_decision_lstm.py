@@ -186,6 +186,7 @@ def test_a_batching_the_backbone_does_not_train_with_is_one_config_error(
         ("lstm", "episodes", EpisodesBatcher),
         ("lstm", "windows", WindowBatcher),
         ("transformer", "windows", WindowBatcher),
+        ("transformer", "episodes", EpisodesBatcher),
     ],
 )
 def test_each_allowed_batching_makes_its_batcher(tiny_dataset, tmp_path, backbone, batching, kind):

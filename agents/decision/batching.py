@@ -11,11 +11,12 @@ what it is depends on the backbone, so that training sees what acting will do:
   often, with little padding at row ends). The episode starts reset the scan ("resets"), so each episode
   is trained exactly as if run alone; the recurrent state while acting summarises the episode from its
   start, and whole episodes train exactly that. With long episodes a batch holds few of them.
-- `EpisodesBatcher` ("episodes", Aaren and the LSTM): the same whole episodes, one per row, right-padded to
+- `EpisodesBatcher` ("episodes", every backbone): the same whole episodes, one per row, right-padded to
   the longest of the batch (each rank's share: of its own rows), round(batch_steps / the mean episode
   length) of them (at least one), drawn with replacement in proportion to their length (every dataset step
   equally likely). No resets: each row's padding is what `packed` removes, at the price of fewer episodes
-  per batch. The padding comes after an episode's steps, so it never reaches their outputs.
+  per batch. The padding comes after an episode's steps, so it never reaches their outputs (under the
+  Transformer's causal mask too: its context is then the whole episode from its first step).
 - `StoredBatcher` (Aaren, "stored", the default) and `PrefixBatcher` ("prefix"): the Transformer's
   K-windows, each entering with the backbone state of its episode's earlier steps
   (`agents.decision.entering`): read from a table of states that one scan over the dataset rewrites every
@@ -31,7 +32,8 @@ sampler's queue as "sampler", the stored table's refresh as "stored_states"). `b
 place the configured backbone and `train.batching` decide the batching, and `check_batching` refuses a
 `train.batching` the backbone does not train with. The LSTM trains on whole episodes or on K-windows from
 the empty state only: it cannot restart inside a packed row, nor enter a window with a stored or
-rescanned state, without changing the method.
+rescanned state, without changing the method. The Transformer trains on whole episodes with "episodes" and
+on K-windows from an empty context with any other value (the reference DT).
 
 Under torchrun every rank draws the whole global batch from the one seeded generator and takes its own
 contiguous share of rows (stored: every rank keeps the same table, and scans its share's burn-ins); the
@@ -252,7 +254,7 @@ class PackedBatcher(Batcher):
 
 
 class EpisodesBatcher(Batcher):
-    """Aaren and the LSTM, batching=episodes: whole episodes from their first step, one per row, drawn with replacement
+    """Every backbone, batching=episodes: whole episodes from their first step, one per row, drawn with replacement
     in proportion to their length (so every dataset step is equally likely, as under DT's row sampling),
     as many as hold `train.batch_steps` steps on average; each rank's share is right-padded to its
     longest episode."""
@@ -349,23 +351,28 @@ AAREN_BATCHERS: dict[str, type[Batcher]] = {
 BATCHINGS = tuple(AAREN_BATCHERS)
 #: The LSTM's batchers by `train.batching`: whole episodes one a row, or K-windows from the empty state.
 LSTM_BATCHERS: dict[str, type[Batcher]] = {"episodes": EpisodesBatcher, "windows": WindowBatcher}
-#: The batchers of the backbones `train.batching` chooses for (the Transformer trains on K-windows whatever
-#: it says), and why each has only its own (for the error naming another).
+#: The batchers of the backbones that refuse a `train.batching` they do not train with, and why each has
+#: only its own (for the error naming another).
 BACKBONE_BATCHERS: dict[str, dict[str, type[Batcher]]] = {"aaren": AAREN_BATCHERS, "lstm": LSTM_BATCHERS}
 WHY_ONLY = {
     "aaren": "acting carries every earlier step of the episode, so its windows enter with that state",
     "lstm": "an LSTM cannot restart inside a packed row, nor enter a window with a stored or rescanned state",
 }
+#: The Transformer's batchers apart from its K-windows from an empty context (every other `train.batching`):
+#: whole episodes one a row, so that its context is the whole episode from its first step.
+TRANSFORMER_BATCHERS: dict[str, type[Batcher]] = {"episodes": EpisodesBatcher}
 #: Every `train.batching` value.
 ALL_BATCHINGS = tuple(dict.fromkeys(name for own in BACKBONE_BATCHERS.values() for name in own))
 
 
 def batcher_type(cfg: Config) -> type[Batcher]:
     """The batching `cfg` trains with, the one place it is decided: Aaren's and the LSTM's by
-    `train.batching` (`check_batching` has refused one they do not train with), the Transformer's K-windows
-    whatever it says (its windows start from an empty context)."""
+    `train.batching` (`check_batching` has refused one they do not train with), the Transformer's whole
+    episodes for "episodes" and K-windows from an empty context for any other value."""
     own = BACKBONE_BATCHERS.get(cfg.model.backbone)
-    return WindowBatcher if own is None else own[cfg.train.batching]
+    if own is None:
+        return TRANSFORMER_BATCHERS.get(cfg.train.batching, WindowBatcher)
+    return own[cfg.train.batching]
 
 
 def check_batching(cfg: Config) -> None:

@@ -50,8 +50,8 @@ class TrainConfig:
     # anywhere, entering state from a periodically refreshed table; the default: docs/design.md,
     # Training) | "packed" (rows packed with whole episodes) | "episodes" (one whole episode a row,
     # right-padded) | "prefix" (K-windows, entering state rescanned from the episode start each step); the
-    # LSTM's: "episodes" | "windows" (K-windows from an empty context); the Transformer always trains on
-    # K-windows from an empty context and ignores it
+    # LSTM's: "episodes" | "windows" (K-windows from an empty context); the Transformer's: "episodes", or
+    # K-windows from an empty context for any other value
     state_refresh_every: int = 1000  # batching=stored: gradient steps between rescans of the stored states
     lr: float = 1e-4
     weight_decay: float = 1e-4
