@@ -1,4 +1,4 @@
-"""Train an offline decision agent (Aaren backbone, or the Transformer baseline) from a YAML config."""
+"""Train an offline decision agent (Aaren backbone, or the Transformer or LSTM baseline) from a YAML config."""
 
 from __future__ import annotations
 
