@@ -1,14 +1,16 @@
 """Batch-diversity study: the Aaren agent on packed whole episodes, or on K-windows with stored or
-prefix-rescanned entering states (`train.batching`), at equal supervised steps per batch.
+prefix-rescanned entering states (`train.batching`), beside the reference Transformer-DT (K-windows from
+an empty context, the mode "transformer"), at equal supervised steps per batch.
 
 Every mode trains with the same config (the task's file over configs/base.yaml), seeds, gradient steps and
-`train.batch_steps`, one run at a time in this process (so their timings do not compete), and ends with
-the live evaluation of `agents.train`. The dataset is a `<task>-<recipe>` made like bench_quality's (the
-RL Zoo's behaviour policies by D4RL's recipes, cached in --work) or a D4RL-format file. Per run:
+`train.batch_steps`, and ends with the live evaluation of `agents.train`. The dataset is a
+`<task>-<recipe>` made like bench_quality's (the RL Zoo's behaviour policies by D4RL's recipes, cached in
+--work) or a D4RL-format file. Per run:
 - score: the final evaluation's D4RL-normalised score at the best target (as bench_quality), every run
   on the same evaluation episodes (bench_quality's eval.seed, whatever the mode or training seed);
 - training seconds (`train/seconds`: drawing batches, updates and state refreshes; no checkpoints or
-  evaluations) and supervised steps per training second; the session's wall-clock (evaluations included);
+  evaluations) and supervised steps per training second; the wall-clock of its attempts (evaluations
+  included);
 - for `stored`: just before each refresh, on a fixed probe batch (training windows drawn once), the mean
   relative distance between the stored and the exact entering states' readouts and the loss (dropout off)
   with either (metrics.jsonl's state/* rows);
@@ -16,17 +18,23 @@ RL Zoo's behaviour policies by D4RL's recipes, cached in --work) or a D4RL-forma
   periodic evaluation (first target) reached within T of training. Evaluations are every --eval-every
   steps, so a mode is credited with the score of the last evaluation before T, never after it.
 At equal steps and at equal time, each mode's interquartile mean (IQM) over seeds with its 95%
-stratified-bootstrap interval, and against the training default (train.batching) the probability of
-improvement and a verdict that calls a difference only when the intervals say so (`agents.common.stats`,
-rliable).
+stratified-bootstrap interval and, against the training default (train.batching) and against the
+Transformer where each ran, the probability of improvement and a verdict that calls a difference only when
+the intervals say so (`agents.common.stats`, rliable).
 
-Interrupted? Run the same command again: finished runs (recorded in <work>/finished.json) are skipped,
-an unfinished one resumes from its last checkpoint. A --work folder holds one study's settings; other
-settings need another folder.
+The runs are the trials of one sweep (`agents.decision.sweep`) on Ray, in <work>/runs/<mode>-s<seed>:
+locally, or on a cluster with --address (then --work must be a folder every node shares). Each trial
+reserves --threads CPUs and trains on as many torch threads. Training seconds feed the equal-time
+comparison, and runs side by side share cores, caches and memory bandwidth, so each one's seconds would
+depend on what ran beside it: by default one trial runs at a time. --max-concurrent runs more (on a
+cluster, or where timing does not matter); the JSON records it.
+
+Interrupted? Run the same command again: finished runs are skipped, an unfinished one resumes from its
+last checkpoint. A --work folder holds one study's settings; other settings need another folder.
 
 Writes the tracked batching_hopper_medium_200k_3000steps.json and .png into --out for the study of
 CLAIM's settings, and <out>/variants/batching.json and .png (--quick: batching_quick.*) for any other
-(`benchmarks.common`).
+(`benchmarks.common`); Ray's own output goes to <work>/ray.log.
 """
 
 from __future__ import annotations
@@ -37,19 +45,26 @@ import json
 import math
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from agents import train
 from agents.common import stats
 from agents.common.cli import exits_2_on_user_errors
 from agents.decision.batching import BATCHINGS, batch_layout
-from agents.decision.config import ConfigError, TrainConfig, load_config
-from agents.decision.run_dir import read_metrics
+from agents.decision.config import Config, ConfigError, TrainConfig, from_dict
+from agents.decision.run_dir import RunDir, read_metrics
+from agents.decision.sweep import (
+    RAY_LOG,
+    TRIAL_STATE,
+    Resources,
+    Trial,
+    make_trial,
+    print_failures,
+    read_state,
+    run_trials,
+    write_state,
+)
 from envs import load_dataset
 from envs.files import write_atomic
 
@@ -66,6 +81,11 @@ from benchmarks.common import (  # noqa: E402
     write_png,
 )
 
+#: The reference Transformer-DT's mode: model.backbone=transformer, on K-windows whatever train.batching says.
+TRANSFORMER = "transformer"
+#: Every mode a study may run.
+MODES = (*BATCHINGS, TRANSFORMER)
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -73,7 +93,7 @@ class Settings:
 
     dataset: str = "hopper-medium"  # <task>-<recipe> (collected into --work) or a D4RL-format file
     transitions: int = 1_000_000  # size of a collected dataset
-    modes: tuple[str, ...] = BATCHINGS
+    modes: tuple[str, ...] = MODES
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     steps: int = 20_000
     warmup_steps: int = 2_000
@@ -83,7 +103,7 @@ class Settings:
     eval_every: int = 2_000  # periodic evaluations (and checkpoints): the equal-time comparison's points
     eval_episodes: int = 20  # per target
     device: str = "cpu"
-    threads: int = 0  # torch CPU threads per run; 0 = torch's default
+    threads: int = 1  # torch CPU threads of each run, and the CPUs its Ray trial reserves
 
 
 #: A few minutes on a CPU: checks the whole path, measures nothing worth reporting.
@@ -133,14 +153,12 @@ def dataset_and_config(settings: Settings, work: Path) -> tuple[Path, Path]:
     return path, config if config.is_file() else REPO / "configs" / "base.yaml"
 
 
-def run_config(settings: Settings, mode: str, seed: int, data: Path, config: Path, work: Path):
-    """The config of one run, in work/runs/<mode>-s<seed>."""
+def make_run(settings: Settings, mode: str, seed: int, data: Path, config: Path, work: Path) -> Trial:
+    """One run as a sweep trial, in work/runs/<mode>-s<seed>."""
     overrides = {
         "data.dataset": str(data),
-        "output_dir": str(work / "runs"),
-        "name": f"{mode}-s{seed}",
-        "model.backbone": "aaren",
-        "train.batching": mode,
+        "model.backbone": TRANSFORMER if mode == TRANSFORMER else "aaren",
+        **({} if mode == TRANSFORMER else {"train.batching": mode}),
         "train.state_refresh_every": settings.refresh_every,
         "train.seed": seed,
         "train.steps": settings.steps,
@@ -154,15 +172,17 @@ def run_config(settings: Settings, mode: str, seed: int, data: Path, config: Pat
         "eval.episodes": settings.eval_episodes,
         "eval.seed": QualitySettings.eval_seed,
     }
-    return load_config(config, [f"{key}={value}" for key, value in overrides.items()])
+    point = {"mode": mode, "train.seed": str(seed)}
+    return make_trial(f"{mode}-s{seed}", work / "runs", config, overrides, point)
 
 
-def run_summary(run_dir: Path, mode: str, seed: int, wall_s: float, resumed: bool) -> dict[str, Any]:
-    """A finished run's numbers, read back from its eval/eval.json and metrics.jsonl."""
-    report = json.loads((run_dir / "eval" / "eval.json").read_text())
+def run_summary(trial: Trial, record: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's numbers, read back from its eval/eval.json and metrics.jsonl, and its sweep
+    record (the wall-clock and attempts: more than one when it was interrupted or failed and resumed)."""
+    report = json.loads((trial.run_dir / "eval" / "eval.json").read_text())
     best = max(report["results"], key=lambda r: r["score_mean"])
     first_target = report["results"][0]["target_return"]  # periodic evaluations use the first target
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = read_metrics(trial.run_dir / "metrics.jsonl")
     train_rows = [r for r in rows if "train/seconds" in r]
     seconds_at = {r["step"]: r["train/seconds"] for r in train_rows}
     previous = [0.0] + [r["train/seconds"] for r in train_rows[:-1]]
@@ -172,16 +192,17 @@ def run_summary(run_dir: Path, mode: str, seed: int, wall_s: float, resumed: boo
     )
     stale = [r for r in rows if "state/readout_gap" in r]
     return {
-        "mode": mode,
-        "seed": seed,
+        "mode": trial.point["mode"],
+        "seed": trial.overrides["train.seed"],
         "score": best["score_mean"],
         "best_target": best["target_return"],
         "dataset_score": report["dataset_score_mean"],
         "train_seconds": train_rows[-1]["train/seconds"],
         "supervised_steps_per_s": supervised / train_rows[-1]["train/seconds"],
         "supervised_steps_per_batch": supervised / train_rows[-1]["step"],
-        "wall_s": wall_s,
-        "resumed": resumed,
+        "wall_s": record["wall_s"],
+        "resumed": record["attempts"] > 1,
+        "attempts": record["attempts"],
         "curve": [  # (gradient step, training seconds, score at the first target)
             (r["step"], seconds_at[r["step"]], r["eval/score_mean"])
             for r in rows
@@ -191,7 +212,7 @@ def run_summary(run_dir: Path, mode: str, seed: int, wall_s: float, resumed: boo
             {key.removeprefix("state/"): r[key] for key in r if key == "step" or key.startswith("state/")}
             for r in stale
         ],
-        "run_dir": str(run_dir),
+        "run_dir": str(trial.run_dir),
     }
 
 
@@ -203,7 +224,8 @@ def score_within(curve: list, seconds: float) -> float | None:
 
 def summarise(runs: list[dict], modes: tuple[str, ...]) -> dict[str, Any]:
     """Per mode: means over seeds of the speed and (stored) staleness; the equal-time scores; and the
-    scores compared at equal steps and at equal time."""
+    scores compared at equal steps and at equal time against the training default (train.batching, else
+    the first mode run) and against the Transformer (where it ran and is not that baseline already)."""
     table = {}
     for mode in modes:
         mine = [r for r in runs if r["mode"] == mode]
@@ -224,16 +246,25 @@ def summarise(runs: list[dict], modes: tuple[str, ...]) -> dict[str, Any]:
             row["loss_fresh"] = statistics.mean(s["loss_fresh"] for s in stale)
         table[mode] = row
     points = equal_time(runs)
-    return {"by_mode": table, "equal_time": points, "comparisons": compare_modes(runs, list(table), points)}
+    ran = list(table)
+    default = TrainConfig.batching if TrainConfig.batching in ran else next(iter(ran), None)
+    return {
+        "by_mode": table,
+        "equal_time": points,
+        "comparisons": compare_modes(runs, ran, points, default) if default else {},
+        "comparisons_vs_transformer": (
+            compare_modes(runs, ran, points, TRANSFORMER)
+            if TRANSFORMER in ran and default != TRANSFORMER
+            else {}
+        ),
+    }
 
 
-def compare_modes(runs: list[dict], modes: list[str], points: list[dict]) -> dict[str, stats.Comparison]:
+def compare_modes(
+    runs: list[dict], modes: list[str], points: list[dict], baseline: str
+) -> dict[str, stats.Comparison]:
     """The modes' scores over seeds at equal steps, and within T at equal time (the seeds where every
-    mode has an evaluation within T), against the training default (train.batching) where it was run,
-    else the first mode."""
-    if not modes:
-        return {}
-    baseline = TrainConfig.batching if TrainConfig.batching in modes else modes[0]
+    mode has an evaluation within T), against `baseline`."""
     scores = {m: [[r["score"]] for r in runs if r["mode"] == m] for m in modes}
     out = {"equal steps": stats.compare(scores, baseline)}
     timed = [p["score"] for p in points if all(p["score"].get(m) is not None for m in modes)]
@@ -261,13 +292,14 @@ def equal_time(runs: list[dict]) -> list[dict]:
 
 
 def plot(runs: list[dict], summary: dict, path: Path) -> None:
-    """Score per gradient step and per training second, and the stored states' staleness."""
+    """Score per gradient step and per training second, and the stored states' staleness; below, the
+    scores' IQMs and the probabilities of improvement over the training default and over the Transformer."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(16, 8.4))
+    fig = plt.figure(figsize=(18, 8.4))
     grid = fig.add_gridspec(2, 6)
     by_step, by_time, stale = (fig.add_subplot(grid[0, 2 * i : 2 * i + 2]) for i in range(3))
     for i, mode in enumerate(summary["by_mode"]):
@@ -303,24 +335,30 @@ def plot(runs: list[dict], summary: dict, path: Path) -> None:
     stats.plot_iqm(scores, summary["comparisons"])
     scores.set(ylabel="score (best target; at equal time: first target)")
     scores.legend(fontsize=8)
-    stats.plot_poi(fig.add_subplot(grid[1, 3:]), summary["comparisons"])
+    for column, comparisons in ((2, summary["comparisons"]), (4, summary["comparisons_vs_transformer"])):
+        stats.plot_poi(fig.add_subplot(grid[1, column : column + 2]), comparisons)
     fig.tight_layout()
     write_png(fig, path)
     plt.close(fig)
 
 
-def report(runs: list[dict], settings: Settings, out: Path, name: str, planned: int) -> dict:
-    """Write <out>/<name>.json and .png for the runs so far (partial until all `planned` ran)."""
+def report(runs: list[dict], settings: Settings, out: Path, name: str, planned: int, ray: dict) -> dict:
+    """Write <out>/<name>.json and .png for the runs so far (partial until all `planned` ran); `ray`:
+    how the trials were run (concurrency, address, resources of each)."""
     summary = summarise(runs, settings.modes)
     results = {
         "machine": machine_info(settings.device),
         "settings": dataclasses.asdict(settings),
+        "ray": ray,
         "complete": len(runs) == planned,
         "runs_done": len(runs),
         "runs_planned": planned,
         "statistics": stats.describe(),
         **summary,
-        "comparisons": {label: c.to_json() for label, c in summary["comparisons"].items()},
+        **{
+            key: {label: c.to_json() for label, c in summary[key].items()}
+            for key in ("comparisons", "comparisons_vs_transformer")
+        },
         "runs": runs,
     }
     write_json(out / f"{name}.json", results)
@@ -329,7 +367,7 @@ def report(runs: list[dict], settings: Settings, out: Path, name: str, planned: 
     return results
 
 
-def check_equal_batches(configs: dict[str, Any], data: Path) -> None:
+def check_equal_batches(configs: dict[str, Config], data: Path) -> None:
     """A warning when the modes' batches do not hold the same number of steps: packed rows are as long as
     the longest episode, windows K steps, and `train.batch_steps` rounds to a whole number of either."""
     dataset = load_dataset(str(data))
@@ -348,10 +386,9 @@ def check_equal_batches(configs: dict[str, Any], data: Path) -> None:
 GROWABLE = ("seeds", "modes")
 
 
-def check_work_folder(work: Path, settings: Settings) -> dict[str, dict]:
-    """The finished runs recorded in `work` (none for a new folder); a ConfigError if it holds a study
-    with other settings, whose runs cannot stand beside these. Seeds and modes may differ: each run is
-    its own (mode, seed), so a study can grow by seeds or modes."""
+def check_work_folder(work: Path, settings: Settings) -> None:
+    """A ConfigError if `work` holds a study with other settings, whose runs cannot stand beside these.
+    Seeds and modes may differ: each run is its own (mode, seed), so a study can grow by seeds or modes."""
     work.mkdir(parents=True, exist_ok=True)
     recorded = work / "settings.json"
     mine = json.loads(json.dumps(dataclasses.asdict(settings)))
@@ -365,50 +402,101 @@ def check_work_folder(work: Path, settings: Settings) -> dict[str, dict]:
             )
     else:
         write_atomic(recorded, json.dumps(mine, indent=2))
-    finished = work / "finished.json"
-    return json.loads(finished.read_text()) if finished.is_file() else {}
 
 
-def run(settings: Settings, out: Path, work: Path, name: str) -> dict:
-    """Train and evaluate every (seed, mode) one after another, skipping finished ones; the report is
-    rewritten as each run ends."""
-    finished = check_work_folder(work, settings)
+def adopt_finished_runs(work: Path) -> None:
+    """Runs that the study finished before its runs were sweep trials (listed in <work>/finished.json,
+    with their wall-clock) become finished trials, so that they are not run again."""
+    listed = work / "finished.json"
+    if not listed.is_file():
+        return
+    for key, summary in json.loads(listed.read_text()).items():
+        run = RunDir(work / "runs" / key)
+        if (run.eval / "eval.json").is_file() and not (run.root / TRIAL_STATE).is_file():
+            write_state(
+                run, {**read_state(run), "attempts": 1, "seconds": summary["wall_s"], "finished": True}
+            )
+
+
+def run(
+    settings: Settings,
+    out: Path,
+    work: Path,
+    name: str,
+    *,
+    max_concurrent: int = 1,
+    address: str | None = None,
+) -> tuple[dict, int]:
+    """Train and evaluate every (seed, mode) as a trial of one sweep, `max_concurrent` at a time,
+    skipping finished ones; the report is rewritten as each run ends. Returns it and how many trials
+    failed. Seeds outermost, so a partial study compares the modes on the same seeds."""
+    if settings.threads < 1:
+        raise ConfigError(
+            f"--threads {settings.threads}: each run is a Ray trial that reserves --threads CPUs and trains on "
+            "as many torch threads. Fix: --threads 1 or more"
+        )
+    if max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent {max_concurrent}: expected 1 or more. Fix: --max-concurrent 1")
+    check_work_folder(work, settings)
+    adopt_finished_runs(work)
     data, config = dataset_and_config(settings, work)
-    jobs = [(mode, seed) for seed in settings.seeds for mode in settings.modes]
-    configs = {(mode, seed): run_config(settings, mode, seed, data, config, work) for mode, seed in jobs}
-    check_equal_batches({mode: configs[mode, settings.seeds[0]] for mode in settings.modes}, data)
-    results = report(list(finished.values()), settings, out, name, len(jobs))
-    for mode, seed in (bar := tqdm(jobs, desc="runs")):
-        key = f"{mode}-s{seed}"
-        bar.set_postfix_str(key)
-        if key in finished:
-            continue
-        cfg = configs[mode, seed]
-        resumed = (cfg.run_dir / "checkpoints").exists()
-        tic = time.perf_counter()
-        run_dir = train(resume=cfg.run_dir) if resumed else train(cfg)
-        finished[key] = run_summary(run_dir, mode, seed, time.perf_counter() - tic, resumed)
-        write_atomic(work / "finished.json", json.dumps(finished, indent=2))
-        results = report(list(finished.values()), settings, out, name, len(jobs))
-    return results
+    trials = [
+        make_run(settings, mode, seed, data, config, work)
+        for seed in settings.seeds
+        for mode in settings.modes
+    ]
+    check_equal_batches({t.point["mode"]: from_dict(t.settings) for t in trials[: len(settings.modes)]}, data)
+    resources = Resources(cpus=settings.threads, gpus=1 if settings.device.startswith("cuda") else 0)
+    ray = {"max_concurrent": max_concurrent, "address": address, "resources": dataclasses.asdict(resources)}
+    results: dict = {}
+
+    def write_report(records: list[dict]) -> None:
+        runs = [run_summary(t, r) for t, r in zip(trials, records, strict=True) if r["status"] == "finished"]
+        results.update(report(runs, settings, out, name, len(trials), ray))
+
+    records = run_trials(
+        trials,
+        resources,
+        address=address,
+        max_concurrent=max_concurrent,
+        on_result=write_report,
+        log=work / RAY_LOG,
+    )
+    return results, print_failures(records, work / RAY_LOG)
+
+
+def _against(comparison: dict | None, mode: str) -> tuple[str, str]:
+    """`mode`'s probability of improvement over the comparison's baseline, and its verdict ("baseline"
+    for the baseline itself, blank without the comparison)."""
+    if comparison is None:
+        return "", ""
+    if mode not in comparison["poi"]:
+        return "", "baseline" if mode == comparison["baseline"] else ""
+    return f"{stats.Interval(**comparison['poi'][mode]):.2f}", comparison["verdict"][mode]
 
 
 def print_table(results: dict) -> None:
-    """Per mode: the score's IQM, probability of improvement and verdict against the baseline mode, and
-    the speed and staleness means; then the equal-time scores, on stdout."""
+    """Per mode: the score's IQM, its probability of improvement and verdict against the training default
+    and against the Transformer, and the speed and staleness means; then the equal-time scores, on stdout."""
+    if not results["by_mode"]:
+        return
     same = results["comparisons"]["equal steps"]
     baseline = same["baseline"]
+    vs_transformer = results["comparisons_vs_transformer"]
+    wide = max(map(len, (stats.NO_CALL, stats.FEW_RUNS)))  # the verdicts' columns
     print(
-        f"{'mode':8} {'score IQM [95% CI]':>20} {f'P(> {baseline})':>20} {'verdict':>20} {'steps/batch':>11} "
-        f"{'steps/s':>9} {'train s':>9} {'readout gap':>12} {'dloss stale':>12}"
+        f"{'mode':11} {'score IQM [95% CI]':>20} {f'P(> {baseline})':>20} {'verdict':>{wide}} "
+        f"{f'P(> {TRANSFORMER})':>20} {f'vs {TRANSFORMER}':>{wide}} {'steps/batch':>11} {'steps/s':>9} "
+        f"{'train s':>9} {'readout gap':>12} {'dloss stale':>12}"
     )
     for mode, row in results["by_mode"].items():
-        poi = f"{stats.Interval(**same['poi'][mode]):.2f}" if mode in same["poi"] else ""
         gap = f"{row['readout_gap']:12.3g}" if "readout_gap" in row else f"{'':12}"
         dloss = f"{row['loss_stale_minus_fresh']:12.3g}" if "readout_gap" in row else f"{'':12}"
+        default = _against(same, mode)
+        transformer = _against(vs_transformer.get("equal steps"), mode)
         print(
-            f"{mode:8} {format(stats.Interval(**same['iqm'][mode])):>20} {poi:>20} "
-            f"{same['verdict'].get(mode, 'baseline'):>20} {row['supervised_steps_per_batch']:11.0f} "
+            f"{mode:11} {format(stats.Interval(**same['iqm'][mode])):>20} {default[0]:>20} {default[1]:>{wide}} "
+            f"{transformer[0]:>20} {transformer[1]:>{wide}} {row['supervised_steps_per_batch']:11.0f} "
             f"{row['supervised_steps_per_s']:9.0f} {row['train_seconds']:9.1f} {gap} {dloss}"
         )
     for point in results["equal_time"]:
@@ -417,8 +505,10 @@ def print_table(results: dict) -> None:
     timed = results["comparisons"].get("equal time")
     for mode, iqm in (timed["iqm"] if timed else {}).items():
         line = f"at equal time, {mode}: IQM {stats.Interval(**iqm)}"
-        if mode in timed["poi"]:
-            line += f", P(> {baseline}) {stats.Interval(**timed['poi'][mode]):.2f}: {timed['verdict'][mode]}"
+        for comparison in (timed, vs_transformer.get("equal time")):
+            poi, verdict = _against(comparison, mode)
+            if poi:
+                line += f", P(> {comparison['baseline']}) {poi}: {verdict}"
         print(line)
 
 
@@ -429,7 +519,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny preset that checks the whole path")
     parser.add_argument("--dataset", help="<task>-<recipe> (default hopper-medium) or a D4RL-format file")
     parser.add_argument("--transitions", type=int, help="size of a collected dataset")
-    parser.add_argument("--modes", nargs="+", choices=BATCHINGS, help="the train.batching values to compare")
+    parser.add_argument(
+        "--modes", nargs="+", choices=MODES, help=f"the train.batching values to compare, and {TRANSFORMER}"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, help="override the seeds")
     parser.add_argument("--steps", type=int, help="gradient steps per run")
     parser.add_argument("--warmup-steps", type=int, help="lr warm-up steps")
@@ -437,8 +529,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refresh-every", type=int, help="train.state_refresh_every of the stored mode")
     parser.add_argument("--eval-every", type=int, help="steps between evaluations (and checkpoints)")
     parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation")
-    parser.add_argument("--device", help="train.device: cpu, cuda, cuda:<i>")
-    parser.add_argument("--threads", type=int, help="torch CPU threads per run (0: torch's default)")
+    parser.add_argument(
+        "--device", help="train.device: cpu, cuda, cuda:<i> (cuda: each trial reserves a GPU)"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads of each run, and the CPUs Ray reserves for it"
+    )
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=1,
+        help="trials run at once (default 1, so that training seconds do not depend on neighbours): more on "
+        "a cluster, or where timing does not matter",
+    )
+    parser.add_argument(
+        "--address",
+        help="run on this Ray cluster (auto, or ray://HOST:10001) instead of a local Ray; --work must then "
+        "be a folder every node shares",
+    )
     add_output_arguments(parser)
     parser.add_argument(
         "--work",
@@ -456,9 +564,15 @@ def main(argv: list[str] | None = None) -> int:
         args.work or Path(f"~/.cache/aaren-rl/batching/{stem}{'-quick' if args.quick else ''}").expanduser()
     )
     dest = output_stem(CLAIM, settings, settings.device, name, args.out, args.allow_dirty)
-    results = run(settings, dest.parent, work, dest.name)
+    try:
+        results, failed = run(
+            settings, dest.parent, work, dest.name, max_concurrent=args.max_concurrent, address=args.address
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run the same command again to continue (report so far: {dest}.json)")
+        return 130
     print_table(results)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
