@@ -17,12 +17,12 @@ from test_decision_training import tiny_config
 
 from aaren_rl import AarenBackbone, LSTMBackbone, LSTMState
 from agents import ConfigError, DecisionAgent, evaluate_run, load_agent, train
-from agents.decision.agent import DEFAULT_ACTING
+from agents.common.digests import content_digest
 from agents.decision.batching import EpisodesBatcher, WindowBatcher, make_batcher
 from agents.decision.checkpoint import load_model
 from agents.decision.distributed import DistContext
 from agents.decision.evaluation import evaluate_agent
-from agents.decision.model import DecisionModel, DecisionModelConfig
+from agents.decision.model import DEFAULT_ACTING, DecisionModel, DecisionModelConfig
 from agents.decision.run_dir import latest_checkpoint
 from agents.decision.sb3 import DecisionPolicy, RewardToPolicyVecEnv
 from envs import load_dataset
@@ -193,6 +193,45 @@ def test_each_allowed_batching_makes_its_batcher(tiny_dataset, tmp_path, backbon
     cfg = tiny_config(tiny_dataset, tmp_path, f"model.backbone={backbone}", f"train.batching={batching}")
     batcher = make_batcher(cfg, load_dataset(str(tiny_dataset)), DistContext())
     assert type(batcher) is kind and getattr(batcher, "entering", None) is None
+
+
+@pytest.mark.parametrize(
+    ("backbone", "batching", "acting"),
+    [
+        ("aaren", "stored", "recurrent"),
+        ("aaren", "packed", "recurrent"),
+        ("lstm", "episodes", "recurrent"),
+        ("lstm", "windows", "window"),
+        ("transformer", "episodes", "recurrent"),
+        ("transformer", "windows", "window"),
+    ],
+)
+def test_a_run_acts_as_its_batches_trained_it(tiny_dataset, tmp_path, backbone, batching, acting):
+    """Windows from an empty context act on windows; whole episodes and entered windows act recurrently."""
+    cfg = tiny_config(
+        tiny_dataset, tmp_path, f"model.backbone={backbone}", f"train.batching={batching}", "train.steps=2"
+    )
+    run = train(cfg, progress=False)
+    assert json.loads((latest_checkpoint(run) / "model.json").read_text())["model"]["acting"] == acting
+    assert load_agent(run).acting == acting
+    assert load_agent(run, acting="recurrent" if acting == "window" else "window").acting != acting
+
+
+@pytest.mark.parametrize("backbone", ["aaren", "transformer"])
+def test_a_checkpoint_saved_before_acting_was_recorded_acts_and_resumes_as_before(
+    tiny_dataset, tmp_path, backbone
+):
+    """Its model.json has no "acting": the backbone's default, and --resume accepts the run's config."""
+    run = train(
+        tiny_config(tiny_dataset, tmp_path, f"model.backbone={backbone}"), progress=False, stop_after=6
+    )
+    for meta_path in (run / "checkpoints").glob("*/model.json"):
+        meta = json.loads(meta_path.read_text())
+        del meta["model"]["acting"], meta["digest"]
+        meta_path.write_text(json.dumps({**meta, "digest": content_digest(meta)}))
+    assert load_agent(run).acting == DEFAULT_ACTING[backbone]
+    train(resume=run, progress=False)
+    assert json.loads((latest_checkpoint(run) / "model.json").read_text())["step"] == 8
 
 
 # ---- runs -----------------------------------------------------------------------------------------

@@ -6,15 +6,16 @@ in and out, rows whose `episode_start` is set begin a new episode (return-to-go 
 timestep 0, empty memory), and `rewards` are the rewards the previous actions earned
 (R_t = R_{t-1} - r_{t-1}).
 
-Two ways to act:
-- "recurrent" (the default for Aaren and the LSTM): per env step the new tokens [a_{t-1}, R_t, s_t] go
+Two ways to act; unless told, a model acts as its training batches trained it
+(`DecisionModelConfig.acting`: windows from an empty context -> "window", anything else -> "recurrent"):
+- "recurrent" (Aaren; the LSTM and the Transformer after whole episodes): per env step the new tokens [a_{t-1}, R_t, s_t] go
   through the backbone once with the carried state; at an episode's first step only [R_1, s_1]. This is
   exactly the training sequence R_1 s_1 a_1 R_2 ..., so the chosen action equals the parallel
   forward's prediction. Rows that start a new episode forget their memory and their a_{t-1} token
   inside the same call. Aaren's and the LSTM's states are constant in size; with the Transformer
-  backbone the state is its KV cache over the whole episode (it grows every step, and attends further
-  back than the K-step windows the Transformer trained on: a speed baseline).
-- "window" (the default for the Transformer, the reference DT way): every step re-runs the last K
+  backbone the state is its KV cache over the whole episode (it grows every step; after K-window training
+  it attends further back than the Transformer trained on: then a speed baseline only).
+- "window" (the Transformer and the LSTM after K-windows, the reference DT way): every step re-runs the last K
   timesteps (right-padded, so causality keeps the padding out) and reads the prediction at the last one.
 
 Both run on the model folded for acting (`FoldedDecisionModel` over `aaren_rl.folded`): the three new
@@ -51,13 +52,7 @@ from torch.nn import functional as F
 from aaren_rl import AarenBackbone, AarenState, KVCache, LSTMState, TransformerBackbone
 from aaren_rl.folded import FoldedAarenBackbone, FoldedTransformerBackbone, ParameterVersions
 from aaren_rl.ops import fused
-from agents.decision.model import DecisionModel, discrete_actions
-
-#: The two ways to act (see the module docstring).
-ACTING = ("recurrent", "window")
-#: How each backbone acts unless told: Aaren and the LSTM carry their constant-size state, the Transformer
-#: re-runs its training windows (the reference DT way).
-DEFAULT_ACTING = {"aaren": "recurrent", "transformer": "window", "lstm": "recurrent"}
+from agents.decision.model import ACTING, DecisionModel, discrete_actions
 
 #: The largest |target return| an agent acts towards: returns-to-go are float32 while acting, whose
 #: integers are exact only up to 2**24; beyond it R_t = R_{t-1} - r_{t-1} loses rewards of order 1.
@@ -330,8 +325,8 @@ class FoldedDecisionModel:
 class DecisionAgent:
     """A trained decision model ready to act in `num_envs` environments at once, towards `target_return`.
 
-    acting: "recurrent" (default for Aaren and the LSTM; O(1) memory and time per step) or "window"
-    (default for the Transformer; re-runs the last `context_steps` timesteps). The model is put in eval
+    acting: "recurrent" (O(1) memory and time per step for Aaren and the LSTM) or "window" (re-runs the
+    last `context_steps` timesteps); None: as the model trained (`DecisionModelConfig.acting`). The model is put in eval
     mode and folded for acting (folded again if its weights change). eager: act through the model's own
     modules instead (the unfolded reference; for exactness tests and speed baselines).
     Discrete and MultiDiscrete models take each component's most likely action; sample=True draws it from
@@ -349,7 +344,7 @@ class DecisionAgent:
         sample: bool = False,
         seed: int = 0,
     ):
-        acting = acting or DEFAULT_ACTING[model.config.backbone]
+        acting = acting or model.config.acting
         if acting not in ACTING:
             raise ValueError(f"acting must be 'recurrent' or 'window', got {acting!r}")
         problem = target_return_problem(float(target_return))

@@ -91,6 +91,8 @@ class Batcher(ABC):
 
     #: What a row is, as the error for a batch that does not split across the processes names it.
     rows_are: ClassVar[str] = "windows of"
+    #: How a model trained on these batches acts (`DecisionModelConfig.acting`): as it was trained.
+    acting: ClassVar[str] = "recurrent"
 
     def __init__(
         self, cfg: Config, dataset: OfflineDataset, dist: DistContext, model: DecisionModel | None = None
@@ -147,6 +149,7 @@ class WindowBatcher(Batcher):
     earlier steps; None (the Transformer's windows, the LSTM's batching=windows): an empty context."""
 
     entering: EnteringStates | None = None
+    acting = "window"
 
     def draw(self, rng: np.random.Generator) -> SequenceBatch:
         return self.dataset.sample_windows(rng, *self.layout)
@@ -158,6 +161,8 @@ class WindowBatcher(Batcher):
 class PrefixBatcher(WindowBatcher):
     """Aaren, batching=prefix: K-windows entering with their exact state, rescanned every step."""
 
+    acting = "recurrent"  # the windows enter with their episode's state, as recurrent acting carries it
+
     def __init__(self, cfg: Config, dataset: OfflineDataset, dist: DistContext, model: DecisionModel):
         super().__init__(cfg, dataset, dist, model)
         self.entering = PrefixStates(model, dataset)
@@ -168,6 +173,8 @@ class StoredBatcher(WindowBatcher):
     `train.state_refresh_every` steps; before each refresh rank 0 logs how stale the old table got on a
     fixed probe batch. Its checkpoint entry is the step and the weights of the last refresh, from which the
     same table is rebuilt."""
+
+    acting = "recurrent"  # the windows enter with their episode's state, as recurrent acting carries it
 
     def __init__(self, cfg: Config, dataset: OfflineDataset, dist: DistContext, model: DecisionModel):
         super().__init__(cfg, dataset, dist, model)

@@ -33,6 +33,13 @@ BACKBONE_TYPES: dict[str, type[nn.Module]] = {
     "lstm": LSTMBackbone,
 }
 BACKBONES = tuple(BACKBONE_TYPES)
+#: The two ways a decision agent acts (`agents.decision.agent`): "recurrent" carries the backbone's state
+#: (Aaren's and the LSTM's constant-size state, the Transformer's KV cache) through the whole episode,
+#: "window" re-runs the last `context_steps` timesteps every step.
+ACTING = ("recurrent", "window")
+#: How each backbone acts where its training did not say (`DecisionModelConfig.acting`): Aaren and the
+#: LSTM carry their state, the Transformer re-runs its K-windows (the reference DT way).
+DEFAULT_ACTING = {"aaren": "recurrent", "transformer": "window", "lstm": "recurrent"}
 #: The action spaces a decision model acts on (Gymnasium's names, as `DecisionModelConfig.action_space`).
 ACTION_SPACES = ("Box", "Discrete", "MultiDiscrete")
 #: The Aaren score of an ignored (padding) token: exp(IGNORED_SCORE - s) is exactly 0 in float32 and float64
@@ -70,8 +77,13 @@ class DecisionModelConfig(ModelHyperparameters):
     # "Box", "Discrete" or "MultiDiscrete" (ACTION_SPACES); configs saved before it existed are Box. For a
     # discrete space action_low / action_high are each component's first and last action.
     action_space: str = "Box"
+    # How the agent acts unless told (ACTING), as the training batches decide: "window" after K-windows
+    # from an empty context, "recurrent" after whole episodes or windows entering with their episode's
+    # state (`agents.decision.batching`). "" (configs saved before it existed): DEFAULT_ACTING.
+    acting: str = ""
 
     def __post_init__(self) -> None:
+        self.acting = self.acting or DEFAULT_ACTING[self.backbone]
         if not self.action_low:
             self.action_low = [-1.0] * self.act_dim
         if not self.action_high:

@@ -41,7 +41,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from agents.decision.batching import check_batch_splits, make_batcher
+from agents.decision.batching import batcher_type, check_batch_splits, make_batcher
 from agents.decision.checkpoint import USE_ANOTHER, CheckpointError, load_model, load_trainer_state
 from agents.decision.config import (
     Config,
@@ -72,7 +72,8 @@ class DivergedError(FloatingPointError):
 
 
 def build_model(cfg: Config, data: TrainingData) -> DecisionModel:
-    """The configured model hyperparameters plus what the data decides (dims, horizon, action space)."""
+    """The configured model hyperparameters plus what the data decides (dims, horizon, action space) and
+    the acting its batches train for."""
     model = DecisionModel(
         DecisionModelConfig(
             **{
@@ -83,6 +84,7 @@ def build_model(cfg: Config, data: TrainingData) -> DecisionModel:
                 "action_space": data.action_space,
                 "action_low": data.action_low,
                 "action_high": data.action_high,
+                "acting": batcher_type(cfg).acting,
             }
         )
     )
