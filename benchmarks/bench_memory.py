@@ -1,31 +1,40 @@
-"""Benchmark of memory over long horizons: acting cost against the step index, and T-Maze success against
-corridor length, for each decision backbone.
+"""Benchmark of memory over long horizons: acting cost against the step index, T-Maze success against
+corridor length, and returns on POPGym's memory tasks, for every decision backbone.
+
+The backbones compared (`VARIANTS`, one table used by every section) share the tokens, heads, training
+loop and evaluation; only the backbone and the batching differ: "aaren" (Aaren-DT on packed whole
+episodes, acting recurrently on its constant-size state), "transformer" (the reference Transformer-DT on
+K = 20 windows, acting on its last K steps), "transformer-episode" (the Transformer whose context is the
+whole episode: `model.context_steps` the longest episode, trained on whole episodes from their first step
+and acting through its KV cache over the whole episode) and "lstm" (the Decision-LSTM on whole episodes,
+acting recurrently). Each acts as it trained (`acting`).
 
 1. Acting: per-step seconds and agent state bytes against the step index (log-spaced `checkpoints`)
-   on the T-Maze's shapes (3 observations, Discrete(4) actions), batch 1, one torch thread: Aaren-DT
-   acting recurrently (folded, fused where it can: a constant-size state) against the Transformer-DT
-   re-running its K = 20 window every step, and the Transformer acting on the whole episode through its
-   KV cache (the state grows by 3 tokens a step; driven only up to `kv_max_step`). Each agent is driven
-   through one episode of random observations to every checkpoint; the step at each checkpoint is then
-   repeated from the state entering it (acting leaves its input state unchanged), all agents' and
-   checkpoints' steps timed round-robin so that machine load hits them alike; the median is reported.
-   Untrained models: this measures speed only.
-2. T-Maze: per backbone and seed, train on one oracle dataset mixing corridors of `train_lengths`
-   (collected once into the work folder; Aaren on packed whole episodes, the Transformer on K = 20
-   windows, the `tmaze-100` config otherwise) and evaluate the success rate at target return 1 in
-   corridors of each of `eval_lengths`, without retraining. Each finished run is recorded in
-   work/done/<backbone>-s<seed>.json and skipped when the benchmark runs again; an interrupted run
-   resumes from its last checkpoint. Success is summarised as the IQM over seeds with its interval
-   (`agents.common.stats`) where there are at least 3 seeds. Training seconds per gradient step are
-   compared at equal train.batch_steps (the same supervised timesteps per batch, so per episode trained
-   the ratio is the same).
+   on the T-Maze's shapes (3 observations, Discrete(4) actions), batch 1, one torch thread, for every
+   variant; the KV cache (transformer-episode) grows by 3 tokens a step and is driven only up to
+   `kv_max_step`. Each agent is driven through one episode of random observations to every checkpoint;
+   the step at each checkpoint is then repeated from the state entering it (acting leaves its input state
+   unchanged), all agents' and checkpoints' steps timed round-robin so that machine load hits them alike;
+   the median is reported. Untrained models: this measures speed only.
+2. T-Maze: per variant and seed, train on one oracle dataset mixing corridors of `train_lengths`
+   (collected once into the work folder; the `tmaze-100` config otherwise) and evaluate, in corridors of
+   each of `eval_lengths` without retraining, the success rate at target return 1 and the share of wins
+   at target return 0 (an agent that follows its target loses there on purpose). Training seconds per
+   gradient step are compared at equal train.batch_steps, each variant's over transformer-episode's.
+3. POPGym: per task of `popgym_tasks` (`configs/popgym-<task>-<level>.yaml`), variant and seed, train on
+   the task's oracle dataset (collected once into the work folder) and evaluate the mean return at the
+   task's first target (1, every answer right); per task the best variant by IQM (by mean under 3 seeds).
 
-Not here: a Decision-LSTM backbone (none exists yet), training the Transformer on whole episodes, and
-the POPGym table.
+Every T-Maze and POPGym run is recorded in work/done/<task>-<variant>-s<seed>.json and skipped when the
+benchmark runs again; an interrupted run resumes from its last checkpoint. Scores over seeds are
+summarised by their mean and, from 3 seeds on, their IQM with its 95% interval (`agents.common.stats`).
+
+Not here: the noisy T-Maze, POPGym's Hard level, and live evaluation during training.
 
 Writes memory.json and memory.png into --out: the tracked result for the full preset, into
-<out>/variants/ for any other run (`benchmarks.common`). The full preset (train at corridors up to
-1,000, evaluate at 100, 1,000 and 10,000) is GPU-sized; --quick finishes on two CPU cores in minutes.
+<out>/variants/ for any other run (`benchmarks.common`). The full preset (T-Maze trained at corridors up
+to 1,000 and evaluated at 100, 1,000 and 10,000; six POPGym tasks) is GPU-sized; --quick finishes on two
+CPU cores in minutes.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import functools
 import json
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +53,14 @@ import torch
 
 from agents.common.shipped import find_config
 from agents.decision.agent import AgentState, DecisionAgent
-from agents.decision.config import load_config
+from agents.decision.config import Config, load_config
 from agents.decision.evaluation import evaluate_agent
 from agents.decision.model import DecisionModel, DecisionModelConfig
-from agents.decision.run_dir import load_agent
+from agents.decision.run_dir import load_agent, run_targets
 from agents.decision.training import train
-from envs import collect_recipe
+from envs import collect_recipe, load_dataset
 from envs.files import torch_threads
+from envs.popgym import OFFLINE_TASKS, offline_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.common`
 from agents.common import stats  # noqa: E402
@@ -69,14 +79,34 @@ from benchmarks.common import (  # noqa: E402
 OBS_DIM, NUM_ACTIONS = 3, 4  # the T-Maze's observation [cue, junction, noise] and Discrete(4) actions
 FLAT_GOAL = 1.1  # Aaren's step time at the last checkpoint over its time at FLAT_FROM, at most
 FLAT_FROM = 100
-#: label -> (backbone, acting) of each acting agent compared
-AGENTS = {
-    "aaren": ("aaren", "recurrent"),
-    "transformer-window": ("transformer", "window"),
-    "transformer-kv": ("transformer", "recurrent"),
+#: Stands for the dataset's longest episode in `VARIANTS` (the acting section: its last checkpoint).
+LONGEST_EPISODE = "longest episode"
+#: The backbones compared, by name: the config overrides each trains with (module docstring).
+VARIANTS: dict[str, dict[str, object]] = {
+    "aaren": {"model.backbone": "aaren", "train.batching": "packed"},
+    "transformer": {"model.backbone": "transformer", "train.batching": "windows", "model.context_steps": 20},
+    "transformer-episode": {
+        "model.backbone": "transformer",
+        "train.batching": "episodes",
+        "model.context_steps": LONGEST_EPISODE,
+    },
+    "lstm": {"model.backbone": "lstm", "train.batching": "episodes"},
 }
-BACKBONES = ("aaren", "transformer")  # the T-Maze section's (the Transformer trains and acts on K windows)
+BASELINE = "transformer-episode"  # the variant training seconds per step are compared with
 TARGET = 1.0  # the T-Maze's winning return
+LOSE = 0.0  # the T-Maze's target for losing on purpose
+EVAL_SEED, EVAL_ENVS = 1000, 10
+
+
+def acting(variant: str) -> str:
+    """How a variant acts: as it trained, on its last K steps after K-windows, otherwise recurrently over
+    the whole episode (Aaren's and the LSTM's state, the Transformer's KV cache)."""
+    return "window" if VARIANTS[variant]["train.batching"] == "windows" else "recurrent"
+
+
+def overrides(variant: str, longest: int) -> dict[str, object]:
+    """A variant's config overrides, with the longest episode `longest` filled in."""
+    return {key: longest if value == LONGEST_EPISODE else value for key, value in VARIANTS[variant].items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +120,9 @@ class Settings:
     budget_s: float = 0.1  # per checkpoint and agent, within [min_reps, max_reps] repetitions
     embed_dim: int = 128  # the acting models' width and depth
     num_layers: int = 3
-    train_embed_dim: int = 128  # the T-Maze models'
+    train_embed_dim: int = 128  # the trained models' (T-Maze and POPGym)
     train_layers: int = 3
+    train_threads: int = 0  # train.threads: torch's CPU threads while training (0: torch's default)
     train_lengths: tuple[int, ...] = (250, 500, 1000)  # configs/tmaze-1000.yaml's data and batches
     eval_lengths: tuple[int, ...] = (100, 1000, 10000)
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -99,6 +130,9 @@ class Settings:
     steps: int = 20000
     batch_steps: int = 4096
     eval_episodes: int = 20
+    popgym_tasks: tuple[str, ...] = tuple(offline_name(name) for name in OFFLINE_TASKS)
+    popgym_transitions: int = 400_000
+    popgym_steps: int = 10000  # configs/popgym-*.yaml's; their own train.batch_steps
 
 
 FULL = Settings()
@@ -108,29 +142,46 @@ QUICK = Settings(
     eval_lengths=(50, 100, 1000),
     train_embed_dim=64,
     train_layers=2,
+    train_threads=1,  # on two shared cores one thread trains fastest
     transitions=30_000,
     steps=200,
     batch_steps=320,
     eval_episodes=10,
+    popgym_tasks=("popgym-repeatfirst-easy",),
+    popgym_transitions=20_000,
+    popgym_steps=200,
 )
 CLAIM = Claim("memory", FULL, "cuda")  # the tracked result: the full preset, training on a GPU
 
 
-def _model(backbone: str, settings: Settings) -> DecisionModel:
-    """An untrained T-Maze-shaped decision model in eval mode (seeded, so every run builds the same)."""
+# ---- 1. acting ---------------------------------------------------------------------------------------
+
+
+def _model(variant: str, settings: Settings) -> DecisionModel:
+    """An untrained T-Maze-shaped model of `variant` in eval mode (seeded, so every run builds the same)."""
     torch.manual_seed(0)
+    model = {
+        key.removeprefix("model."): value
+        for key, value in overrides(variant, max(settings.checkpoints)).items()
+        if key.startswith("model.")
+    }
     config = DecisionModelConfig(
         obs_dim=OBS_DIM,
         act_dim=1,
         action_low=[0.0],
         action_high=[NUM_ACTIONS - 1.0],
         action_space="Discrete",
-        backbone=backbone,
         embed_dim=settings.embed_dim,
         num_layers=settings.num_layers,
         return_scale=1.0,
+        **model,
     )
     return DecisionModel(config).eval()
+
+
+def _kv_cache(variant: str) -> bool:
+    """Whether the variant acts on a KV cache (the Transformer acting recurrently), which grows every step."""
+    return VARIANTS[variant]["model.backbone"] == "transformer" and acting(variant) == "recurrent"
 
 
 def _states_at_checkpoints(
@@ -148,23 +199,23 @@ def _states_at_checkpoints(
 
 
 def bench_acting(settings: Settings) -> list[dict]:
-    """One row per agent and checkpoint: the median seconds of the step at that index (the same step
-    repeated from the state entering it: acting does not change its input state), all agents' checkpoints
-    timed round-robin so that machine load hits them alike, and the state bytes after the step."""
+    """One row per variant and checkpoint: the median seconds of the step at that index (the same step
+    repeated from the state entering it: acting does not change its input state), all checkpoints timed
+    round-robin so that machine load hits them alike, and the state bytes after the step."""
     obs = np.random.default_rng(0).standard_normal((max(settings.checkpoints), 1, OBS_DIM)).astype(np.float32)
     rewards = np.zeros(1, dtype=np.float32)
     steps: dict[tuple[str, int], Callable[[], tuple]] = {}
     with torch_threads(1):  # as the evaluation loop acts
-        for label, (backbone, acting) in AGENTS.items():
-            agent = DecisionAgent(_model(backbone, settings), TARGET, acting=acting)
-            reach = settings.kv_max_step if label == "transformer-kv" else max(settings.checkpoints)
+        for variant in VARIANTS:
+            agent = DecisionAgent(_model(variant, settings), TARGET, acting=acting(variant))
+            reach = settings.kv_max_step if _kv_cache(variant) else max(settings.checkpoints)
             checkpoints = [t for t in settings.checkpoints if t <= reach]
             for t, state in _states_at_checkpoints(agent, obs, checkpoints).items():
-                steps[label, t] = functools.partial(
+                steps[variant, t] = functools.partial(
                     agent.act, obs[t - 1], state, None, rewards if state is not None else None
                 )
         times = time_interleaved(
-            {f"{label}@{t}": fn for (label, t), fn in steps.items()},
+            {f"{variant}@{t}": fn for (variant, t), fn in steps.items()},
             "cpu",
             settings.min_reps,
             settings.max_reps,
@@ -172,40 +223,40 @@ def bench_acting(settings: Settings) -> list[dict]:
         )
         return [
             {
-                "agent": label,
+                "agent": variant,
                 "step": t,
-                "step_seconds": statistics.median(times[f"{label}@{t}"]),
+                "step_seconds": statistics.median(times[f"{variant}@{t}"]),
                 "state_bytes": fn()[1].nbytes,
             }
-            for (label, t), fn in steps.items()
+            for (variant, t), fn in steps.items()
         ]
 
 
 def acting_summary(rows: list[dict], settings: Settings) -> dict:
-    """Per agent: its step time at its last checkpoint over its time at FLAT_FROM (or the first
-    checkpoint), and its state bytes there over at step 1; each Transformer's step time over Aaren's at
-    every checkpoint both reached; and Aaren's flatness goal."""
+    """Per variant: its step time at its last checkpoint over its time at FLAT_FROM (or the first
+    checkpoint), and its state bytes there over at step 1; every other variant's step time over Aaren's
+    at each checkpoint both reached; and Aaren's flatness goal."""
     by = {(r["agent"], r["step"]): r for r in rows}
     first = FLAT_FROM if FLAT_FROM in settings.checkpoints else settings.checkpoints[0]
     growth = {}
-    for label in AGENTS:
-        last = max(r["step"] for r in rows if r["agent"] == label)
-        growth[label] = {
+    for variant in VARIANTS:
+        last = max(r["step"] for r in rows if r["agent"] == variant)
+        growth[variant] = {
             "from_step": first,
             "to_step": last,
-            "step_seconds": ratio(by[label, last]["step_seconds"], by[label, first]["step_seconds"]),
+            "step_seconds": ratio(by[variant, last]["step_seconds"], by[variant, first]["step_seconds"]),
             "state_bytes": ratio(
-                by[label, last]["state_bytes"], by[label, settings.checkpoints[0]]["state_bytes"]
+                by[variant, last]["state_bytes"], by[variant, settings.checkpoints[0]]["state_bytes"]
             ),
         }
     over_aaren = {
-        f"{label}_over_aaren": {
-            str(t): ratio(by[label, t]["step_seconds"], by["aaren", t]["step_seconds"])
+        f"{variant}_over_aaren": {
+            str(t): ratio(by[variant, t]["step_seconds"], by["aaren", t]["step_seconds"])
             for t in settings.checkpoints
-            if (label, t) in by
+            if (variant, t) in by
         }
-        for label in AGENTS
-        if label != "aaren"
+        for variant in VARIANTS
+        if variant != "aaren"
     }
     value, last = growth["aaren"]["step_seconds"], growth["aaren"]["to_step"]
     goal = {
@@ -216,41 +267,80 @@ def acting_summary(rows: list[dict], settings: Settings) -> dict:
     return {"growth": growth, **over_aaren, "goal_aaren_flat": goal}
 
 
-def make_dataset(settings: Settings, work: Path) -> Path:
-    """Collect (once) the oracle T-Maze dataset mixing corridors of `train_lengths`."""
-    recipe = f"tmaze-{'-'.join(map(str, settings.train_lengths))}-oracle-v0"
-    path = work / "data" / f"{recipe}-{settings.transitions}.hdf5"
+# ---- runs: training and evaluation shared by the T-Maze and POPGym sections ------------------------
+
+
+def collect_once(recipe: str, transitions: int, work: Path) -> Path:
+    """The dataset of `recipe` with `transitions` steps in work/data, collected on the first call."""
+    path = work / "data" / f"{recipe}-{transitions}.hdf5"
     if not path.is_file():
-        collect_recipe(recipe, path, settings.transitions, num_envs=4, seed=0, progress=False)
+        collect_recipe(recipe, path, transitions, num_envs=4, seed=0, progress=False)
     return path
 
 
-def _train_run(backbone: str, seed: int, data: Path, settings: Settings, work: Path, device: str) -> Path:
-    """Train (or resume) one run on `device` in work/runs/<backbone>-s<seed>; its directory."""
-    run_dir = work / "runs" / f"{backbone}-s{seed}"
-    overrides = [
-        f"data.dataset={data}",
-        f"data.env=tmaze-{max(settings.train_lengths)}",
-        f"output_dir={run_dir.parent}",
-        f"name={run_dir.name}",
-        f"model.backbone={backbone}",
-        f"model.embed_dim={settings.train_embed_dim}",
-        f"model.num_layers={settings.train_layers}",
-        f"train.seed={seed}",
-        f"train.device={device}",
-        f"train.steps={settings.steps}",
-        f"train.batch_steps={settings.batch_steps}",
-        f"train.warmup_steps={max(1, settings.steps // 20)}",
-        f"train.checkpoint_every={max(1, settings.steps // 4)}",
-        "train.eval_every=0",
-        "eval.episodes=2",  # the run's own final evaluation; this benchmark evaluates below
-        "eval.num_envs=2",
-    ]
+def tmaze_dataset(settings: Settings, work: Path) -> Path:
+    """The oracle T-Maze dataset mixing corridors of `train_lengths`."""
+    return collect_once(
+        f"tmaze-{'-'.join(map(str, settings.train_lengths))}-oracle-v0", settings.transitions, work
+    )
+
+
+def popgym_dataset(task: str, settings: Settings, work: Path) -> Path:
+    """The oracle dataset of a POPGym task ("popgym-repeatfirst-easy")."""
+    return collect_once(f"{task}-oracle-v0", settings.popgym_transitions, work)
+
+
+def longest_episode(data: Path) -> int:
+    """The longest episode of a dataset file, in steps."""
+    return int(load_dataset(str(data)).episode_lengths.max())
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What a section trains on: a shipped config, the dataset, its longest episode and what the section
+    sets beyond the variant and the seed."""
+
+    name: str  # the run directories' and records' prefix
+    config: str
+    data: Path
+    longest: int
+    steps: int
+    settings: tuple[str, ...] = ()
+
+
+def run_config(task: Task, variant: str, seed: int, settings: Settings, work: Path, device: str) -> Config:
+    """The config of one run, in work/runs/<task>-<variant>-s<seed>."""
+    run_dir = work / "runs" / f"{task.name}-{variant}-s{seed}"
+    return load_config(
+        find_config(task.config),
+        [
+            f"data.dataset={task.data}",
+            f"output_dir={run_dir.parent}",
+            f"name={run_dir.name}",
+            *(f"{key}={value}" for key, value in overrides(variant, task.longest).items()),
+            f"model.embed_dim={settings.train_embed_dim}",
+            f"model.num_layers={settings.train_layers}",
+            f"train.seed={seed}",
+            f"train.device={device}",
+            f"train.steps={task.steps}",
+            f"train.threads={settings.train_threads}",
+            f"train.warmup_steps={max(1, task.steps // 20)}",
+            f"train.checkpoint_every={max(1, task.steps // 4)}",
+            "train.eval_every=0",
+            "eval.episodes=2",  # the run's own final evaluation; this benchmark evaluates its own way
+            "eval.num_envs=2",
+            *task.settings,
+        ],
+    )
+
+
+def train_run(task: Task, variant: str, seed: int, settings: Settings, work: Path, device: str) -> Path:
+    """Train (or resume) one run; its directory."""
+    cfg = run_config(task, variant, seed, settings, work, device)
+    run_dir = Path(cfg.output_dir) / cfg.name
     if (run_dir / "config.yaml").is_file():
-        train(resume=run_dir, progress=False)
-    else:
-        train(load_config(find_config("tmaze-100"), overrides), progress=False)
-    return run_dir
+        return train(resume=run_dir, progress=False)
+    return train(cfg, progress=False)
 
 
 def training_seconds(run_dir: Path) -> float:
@@ -260,120 +350,318 @@ def training_seconds(run_dir: Path) -> float:
     return [row["train/seconds"] for row in rows if "train/seconds" in row][-1]
 
 
-def tmaze_run(backbone: str, seed: int, data: Path, settings: Settings, work: Path, device: str) -> dict:
-    """One finished run's record (read back if an earlier session finished it): training seconds and the
-    success rate at target 1 in each evaluation corridor."""
-    done = work / "done" / f"{backbone}-s{seed}.json"
+def variant_agent(run_dir: Path, variant: str, target: float, device: str) -> DecisionAgent:
+    """A trained run's agent acting towards `target` as its variant acts."""
+    return load_agent(run_dir, target, device, acting=acting(variant))
+
+
+def eval_returns(
+    run_dir: Path, variant: str, target: float, env: str, settings: Settings, device: str
+) -> np.ndarray:
+    """The returns of `eval_episodes` episodes of `env` acting towards `target`."""
+    agent = variant_agent(run_dir, variant, target, device)
+    result = evaluate_agent(agent, env, settings.eval_episodes, EVAL_ENVS, seed=EVAL_SEED, progress=False)
+    return np.asarray(result.returns)
+
+
+def recorded_run(
+    task: Task,
+    variant: str,
+    seed: int,
+    settings: Settings,
+    work: Path,
+    device: str,
+    measure: Callable[[Path], dict],
+) -> dict:
+    """One finished run's record (read back if an earlier session finished it): its task, variant, seed,
+    training seconds and what `measure(run_dir)` adds."""
+    done = work / "done" / f"{task.name}-{variant}-s{seed}.json"
     if done.is_file():
         return json.loads(done.read_text())
-    run_dir = _train_run(backbone, seed, data, settings, work, device)
+    run_dir = train_run(task, variant, seed, settings, work, device)
     seconds = training_seconds(run_dir)
-    agent = load_agent(run_dir, target_return=TARGET)
-    success = {}
-    for length in settings.eval_lengths:
-        result = evaluate_agent(
-            agent, f"tmaze-{length}", settings.eval_episodes, num_envs=10, seed=1000, progress=False
-        )
-        success[str(length)] = float(np.mean(np.asarray(result.returns) >= TARGET))
     record = {
-        "backbone": backbone,
+        "task": task.name,
+        "variant": variant,
         "seed": seed,
         "train_seconds": seconds,
-        "train_seconds_per_step": seconds / settings.steps,
-        "success": success,
+        "train_seconds_per_step": seconds / task.steps,
+        **measure(run_dir),
     }
     write_json(done, record)
     return record
 
 
+def over_seeds(values: Sequence[float]) -> dict:
+    """Scores over seeds: the values, their mean, and from 3 seeds on their IQM with its interval."""
+    row: dict = {"values": list(values), "mean": float(np.mean(values)) if len(values) else None}
+    if len(values) >= 3:
+        row["iqm"] = dataclasses.asdict(stats.iqm(np.asarray(values, dtype=float)[:, None]))
+    return row
+
+
+def seconds_per_step(runs: list[dict]) -> dict:
+    """Per variant the median over its runs of training seconds per gradient step, and each variant's
+    over BASELINE's."""
+    median = {
+        v: statistics.median([r["train_seconds_per_step"] for r in runs if r["variant"] == v])
+        for v in VARIANTS
+    }
+    return {"median": median, f"over_{BASELINE}": {v: ratio(median[v], median[BASELINE]) for v in VARIANTS}}
+
+
+# ---- 2. T-Maze -----------------------------------------------------------------------------------------
+
+
+def tmaze_task(settings: Settings, work: Path) -> Task:
+    """The T-Maze section's training: `tmaze-100`'s config on the mixed-corridor dataset."""
+    data = tmaze_dataset(settings, work)
+    return Task(
+        "tmaze",
+        "tmaze-100",
+        data,
+        longest_episode(data),
+        settings.steps,
+        (f"data.env=tmaze-{max(settings.train_lengths)}", f"train.batch_steps={settings.batch_steps}"),
+    )
+
+
+def tmaze_measure(variant: str, settings: Settings, device: str) -> Callable[[Path], dict]:
+    """Per evaluation corridor length: the success rate at target 1 and the share of wins at target 0."""
+
+    def measure(run_dir: Path) -> dict:
+        def wins(target: float, length: int) -> float:
+            returns = eval_returns(run_dir, variant, target, f"tmaze-{length}", settings, device)
+            return float(np.mean(returns >= TARGET))
+
+        lengths = settings.eval_lengths
+        return {
+            "success": {str(n): wins(TARGET, n) for n in lengths},
+            "wins_at_target_0": {str(n): wins(LOSE, n) for n in lengths},
+        }
+
+    return measure
+
+
 def tmaze_summary(runs: list[dict], settings: Settings) -> dict:
-    """Per backbone and evaluation length: the seeds' success rates, their mean, and their IQM with its
-    interval where there are at least 3 seeds."""
-    summary: dict = {}
-    for backbone in BACKBONES:
-        mine = [r for r in runs if r["backbone"] == backbone]
-        rows = {}
-        for length in settings.eval_lengths:
-            rates = [r["success"][str(length)] for r in mine]
-            row = {"success": rates, "mean": float(np.mean(rates)) if rates else None}
-            if len(rates) >= 3:
-                row["iqm"] = dataclasses.asdict(stats.iqm(np.asarray(rates)[:, None]))
-            rows[str(length)] = row
-        seconds = [r["train_seconds_per_step"] for r in mine]
-        summary[backbone] = {
-            "by_length": rows,
-            "train_seconds_per_step": statistics.median(seconds) if seconds else None,
+    """Per variant and evaluation length: success at target 1 and wins at target 0 over seeds."""
+    summary = {}
+    for variant in VARIANTS:
+        mine = [r for r in runs if r["variant"] == variant]
+        summary[variant] = {
+            str(n): {
+                key: over_seeds([r[key][str(n)] for r in mine]) for key in ("success", "wins_at_target_0")
+            }
+            for n in settings.eval_lengths
         }
     return summary
 
 
 def bench_tmaze(settings: Settings, work: Path, device: str = "cpu") -> dict:
-    """Every backbone x seed run (seed outermost, so that an interrupted session leaves whole seeds)."""
-    data = make_dataset(settings, work)
-    runs = [tmaze_run(b, s, data, settings, work, device) for s in settings.seeds for b in BACKBONES]
-    summary = tmaze_summary(runs, settings)
-    seconds = {b: summary[b]["train_seconds_per_step"] for b in BACKBONES}
+    """Every variant x seed run (seed outermost, so that an interrupted session leaves whole seeds)."""
+    task = tmaze_task(settings, work)
+    runs = [
+        recorded_run(task, v, s, settings, work, device, tmaze_measure(v, settings, device))
+        for s in settings.seeds
+        for v in VARIANTS
+    ]
+    return {
+        "dataset": str(task.data),
+        "longest_episode": task.longest,
+        "runs": runs,
+        "summary": tmaze_summary(runs, settings),
+        "train_seconds_per_step": seconds_per_step(runs),
+    }
+
+
+# ---- 3. POPGym -----------------------------------------------------------------------------------------
+
+
+def popgym_measure(variant: str, env: str, settings: Settings, device: str) -> Callable[[Path], dict]:
+    """The mean return at the run's first target (the task's best return)."""
+
+    def measure(run_dir: Path) -> dict:
+        target = run_targets(run_dir)[0]
+        returns = eval_returns(run_dir, variant, target, env, settings, device)
+        return {"target": target, "return": float(returns.mean())}
+
+    return measure
+
+
+def best_variant(summary: dict) -> dict:
+    """The variant of the highest IQM (mean where there is none), and whether its interval lies above
+    every other variant's."""
+    point = {v: row["iqm"]["point"] if "iqm" in row else row["mean"] for v, row in summary.items()}
+    best = max(point, key=point.__getitem__)
+    separated = None
+    if all("iqm" in row for row in summary.values()):
+        separated = all(
+            summary[best]["iqm"]["low"] > row["iqm"]["high"] for v, row in summary.items() if v != best
+        )
+    return {"variant": best, "interval_above_the_others": separated}
+
+
+def bench_popgym_task(name: str, settings: Settings, work: Path, device: str) -> dict:
+    """One POPGym task: every variant x seed run, the mean return per variant over seeds and the best."""
+    data = popgym_dataset(name, settings, work)
+    task = Task(name, name, data, longest_episode(data), settings.popgym_steps)
+    runs = [
+        recorded_run(task, v, s, settings, work, device, popgym_measure(v, name, settings, device))
+        for s in settings.seeds
+        for v in VARIANTS
+    ]
+    summary = {v: over_seeds([r["return"] for r in runs if r["variant"] == v]) for v in VARIANTS}
     return {
         "dataset": str(data),
         "runs": runs,
         "summary": summary,
-        "aaren_over_transformer_train_seconds_per_step": ratio(seconds["aaren"], seconds["transformer"]),
+        "best": best_variant(summary),
+        "train_seconds_per_step": seconds_per_step(runs),
     }
 
 
+def bench_popgym(settings: Settings, work: Path, device: str = "cpu") -> dict:
+    """Every task of `popgym_tasks`, by name."""
+    return {name: bench_popgym_task(name, settings, work, device) for name in settings.popgym_tasks}
+
+
+# ---- report --------------------------------------------------------------------------------------------
+
+
+def _colour(variant: str) -> str:
+    return f"C{list(VARIANTS).index(variant)}"
+
+
 def plot(results: dict, path: Path) -> None:
-    """Acting step time and state bytes against the step index; T-Maze success against corridor length."""
+    """Acting step time and state bytes against the step index; T-Maze success (solid) and wins at
+    target 0 (dashed) against corridor length; POPGym returns per task and variant."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = 3 if "tmaze" in results else 2
+    panels = 2 + ("tmaze" in results) + ("popgym" in results)
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.5))
-    for key, ax, ylabel in (
-        ("step_seconds", axes[0], "seconds per step"),
-        ("state_bytes", axes[1], "state bytes"),
+    for key, ax, ylabel, title in (
+        ("step_seconds", axes[0], "seconds per step", "acting time per step (batch 1)"),
+        ("state_bytes", axes[1], "state bytes", "acting memory"),
     ):
-        for i, label in enumerate(AGENTS):
-            pts = [(r["step"], r[key]) for r in results["acting"] if r["agent"] == label]
-            ax.plot(*zip(*pts, strict=True), marker="o", color=f"C{i}", label=label)
-        ax.set(xscale="log", yscale="log", xlabel="step index", ylabel=ylabel)
+        for variant in VARIANTS:
+            pts = [(r["step"], r[key]) for r in results["acting"] if r["agent"] == variant]
+            ax.plot(*zip(*pts, strict=True), marker="o", color=_colour(variant), label=variant)
+        ax.set(xscale="log", yscale="log", xlabel="step index", ylabel=ylabel, title=title)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_title("acting time per step (batch 1)")
-    axes[1].set_title("acting memory")
     axes[0].legend(fontsize=8)
+    rest = iter(axes[2:])
     if "tmaze" in results:
-        ax = axes[2]
-        for i, (backbone, row) in enumerate(results["tmaze"]["summary"].items()):
-            lengths = [int(length) for length in row["by_length"]]
-            means = [row["by_length"][str(length)]["mean"] for length in lengths]
-            ax.plot(lengths, means, marker="o", color=f"C{i}", label=backbone)
-        trained = max(results["settings"]["train_lengths"])
-        ax.axvline(trained, color="grey", ls=":", label=f"longest trained ({trained})")
-        ax.set(
-            xscale="log",
-            ylim=(-0.05, 1.05),
-            xlabel="corridor length",
-            ylabel="success rate (mean over seeds)",
-        )
-        ax.set_title("T-Maze success, target 1")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        _plot_tmaze(next(rest), results)
+    if "popgym" in results:
+        _plot_popgym(next(rest), results["popgym"])
     fig.tight_layout()
     write_png(fig, path)
     plt.close(fig)
 
 
+def _plot_tmaze(ax, results: dict) -> None:
+    for variant, by_length in results["tmaze"]["summary"].items():
+        lengths = [int(n) for n in by_length]
+        for key, style in (("success", "-"), ("wins_at_target_0", "--")):
+            means = [by_length[str(n)][key]["mean"] for n in lengths]
+            ax.plot(
+                lengths,
+                means,
+                style,
+                marker="o",
+                color=_colour(variant),
+                label=variant if style == "-" else None,
+            )
+    trained = max(results["settings"]["train_lengths"])
+    ax.axvline(trained, color="grey", ls=":", label=f"longest trained ({trained})")
+    ax.set(xscale="log", ylim=(-0.05, 1.05), xlabel="corridor length", ylabel="share of episodes won (mean)")
+    ax.set_title("T-Maze: success at target 1 (solid), wins at target 0 (dashed)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _plot_popgym(ax, popgym: dict) -> None:
+    width = 0.8 / len(VARIANTS)
+    for j, variant in enumerate(VARIANTS):
+        rows = [popgym[task]["summary"][variant] for task in popgym]
+        points = np.array([row["iqm"]["point"] if "iqm" in row else row["mean"] for row in rows])
+        spans = np.array(
+            [
+                [row["iqm"]["low"], row["iqm"]["high"]] if "iqm" in row else [p, p]
+                for row, p in zip(rows, points, strict=True)
+            ]
+        )
+        ax.bar(
+            np.arange(len(rows)) + (j - (len(VARIANTS) - 1) / 2) * width,
+            points,
+            width,
+            yerr=np.abs(spans.T - points),
+            color=_colour(variant),
+            label=variant,
+        )
+    ax.set_xticks(
+        range(len(popgym)), [task.removeprefix("popgym-") for task in popgym], rotation=20, fontsize=8
+    )
+    ax.set(ylim=(-1.05, 1.05), ylabel="return at target 1 (IQM over seeds; mean under 3)")
+    ax.set_title("POPGym offline")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.legend(fontsize=8)
+
+
+def make_datasets(settings: Settings, work: Path) -> None:
+    """Collect every section's datasets (once), so that a missing extra stops the run before training."""
+    tmaze_dataset(settings, work)
+    for task in settings.popgym_tasks:
+        popgym_dataset(task, settings, work)
+
+
 def run(settings: Settings, device: str, stem: Path, work: Path | None) -> dict:
-    """The acting section, then (with a work folder) the T-Maze section; writes <stem>.json and .png."""
+    """The acting section, then (with a work folder) the T-Maze and POPGym sections; writes <stem>.json
+    and .png."""
     results: dict = {"machine": machine_info(device), "settings": dataclasses.asdict(settings)}
     results["acting"] = bench_acting(settings)
     results["acting_summary"] = acting_summary(results["acting"], settings)
     if work is not None:
+        results["statistics"] = stats.describe()  # rliable imports, before any training
+        make_datasets(settings, work)
         results["tmaze"] = bench_tmaze(settings, work, device)
+        results["popgym"] = bench_popgym(settings, work, device)
     write_json(stem.with_suffix(".json"), results)
     plot(results, stem.with_suffix(".png"))
     return results
+
+
+def _score(row: dict) -> str:
+    """A summary over seeds as text: the IQM with its interval, or the mean under 3 seeds."""
+    if "iqm" in row:
+        return format(stats.Interval(**row["iqm"]), ".2f")
+    return f"{row['mean']:.2f} (mean)"
+
+
+def report(results: dict) -> None:
+    """Print each section's summary."""
+    for variant, growth in results["acting_summary"]["growth"].items():
+        print(
+            f"{variant:20s} step {growth['to_step']} / step {growth['from_step']}: "
+            f"time x{growth['step_seconds']:.2f}, state bytes x{growth['state_bytes']:.2f}"
+        )
+    if "tmaze" in results:
+        tmaze = results["tmaze"]
+        over = tmaze["train_seconds_per_step"][f"over_{BASELINE}"]
+        for variant, by_length in tmaze["summary"].items():
+            cells = ", ".join(
+                f"L={n}: {_score(row['success'])} (target 0 wins {row['wins_at_target_0']['mean']:.2f})"
+                for n, row in by_length.items()
+            )
+            print(
+                f"T-Maze {variant:20s} success {cells}; seconds per step x{over[variant]:.2f} of {BASELINE}"
+            )
+    for task, section in results.get("popgym", {}).items():
+        cells = ", ".join(f"{v}: {_score(row)}" for v, row in section["summary"].items())
+        print(f"{task}: return {cells}; best {section['best']['variant']}")
 
 
 @exits_2_on_user_errors
@@ -382,20 +670,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="Times are ratios measured side by side in one run; absolute times depend on the machine "
-        "and its load. Interrupted? Run the same command again: finished T-Maze runs are kept.",
+        "and its load. Interrupted? Run the same command again: finished runs are kept.",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="short corridors and a short training, for a CPU"
+        "--quick", action="store_true", help="short corridors, one POPGym task, short training, for a CPU"
     )
     parser.add_argument("--acting-only", action="store_true", help="only the acting section")
     parser.add_argument(
         "--work",
         type=Path,
         default=Path("~/.cache/aaren-rl/memory").expanduser(),
-        help="folder of the T-Maze datasets, run directories and finished-run records, one subfolder per "
-        "preset (reused: finished runs are skipped)",
+        help="folder of the datasets, run directories and finished-run records, one subfolder per preset "
+        "(reused: finished runs are skipped)",
     )
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the T-Maze training device")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the training device")
     add_output_arguments(parser)
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
@@ -403,18 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cpu" if args.acting_only else args.device
     stem = output_stem(CLAIM, settings, device, variant, args.out, args.allow_dirty)
     work = None if args.acting_only else args.work / ("quick" if args.quick else "full")
-    results = run(settings, device, stem, work)
-    for label, growth in results["acting_summary"]["growth"].items():
-        print(
-            f"{label:20s} step {growth['to_step']} / step {growth['from_step']}: time x{growth['step_seconds']:.2f}, "
-            f"state bytes x{growth['state_bytes']:.2f}"
-        )
-    for backbone, row in results.get("tmaze", {}).get("summary", {}).items():
-        rates = ", ".join(f"L={length}: {r['mean']:.2f}" for length, r in row["by_length"].items())
-        print(f"{backbone:12s} T-Maze success (mean over seeds) {rates}")
-    if "tmaze" in results:
-        value = results["tmaze"]["aaren_over_transformer_train_seconds_per_step"]
-        print(f"training seconds per step, aaren over transformer (median over seeds): {value:.2f}")
+    report(run(settings, device, stem, work))
     print(f"wrote {stem}.json and {stem}.png")
     return 0
 

@@ -1,15 +1,27 @@
-"""bench_memory.py at tiny sizes: the acting section's rows, ratios and files, and the T-Maze section's
-resuming (finished runs are read back, not trained again)."""
+"""bench_memory.py at tiny sizes: every variant through the acting, T-Maze and POPGym sections (rows,
+summaries and files), resuming (finished runs are read back, not trained again), and the Transformer
+whose context is the whole episode: trained on whole episodes from their first step, acting through its
+KV cache."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
+from aaren_rl import KVCache
+from agents.decision.agent import StepWindow
+from agents.decision.batching import EpisodesBatcher, WindowBatcher, make_batcher
+from agents.decision.distributed import DistContext
 from benchmarks import bench_memory
-from benchmarks.bench_memory import AGENTS, BACKBONES, Settings
+from benchmarks.bench_memory import VARIANTS, Settings
+from envs import load_dataset
+
+pytest.importorskip("popgym")
+# POPGym's CountRecall returns one info dict object at every step (gymnasium's checker warns of it).
+pytestmark = pytest.mark.filterwarnings("ignore:.*share an object")
 
 TINY = Settings(
     checkpoints=(1, 4, 9),
@@ -21,6 +33,7 @@ TINY = Settings(
     num_layers=1,
     train_embed_dim=16,
     train_layers=1,
+    train_threads=1,
     train_lengths=(3, 5),
     eval_lengths=(5, 9),
     seeds=(0,),
@@ -28,56 +41,150 @@ TINY = Settings(
     steps=2,
     batch_steps=64,
     eval_episodes=2,
+    popgym_tasks=("popgym-repeatfirst-easy",),
+    popgym_transitions=408,  # 8 episodes of 51 steps
+    popgym_steps=2,
 )
+TASK = "popgym-repeatfirst-easy"
 
 
-def test_acting_section_writes_json_and_png_with_every_agent_and_checkpoint(tmp_path):
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """Every section run once at TINY sizes: (the results, the folder holding memory.* and work/)."""
+    folder = tmp_path_factory.mktemp("memory")
+    return bench_memory.run(TINY, "cpu", folder / "memory", folder / "work"), folder
+
+
+def test_acting_section_times_every_variant_at_its_checkpoints(tmp_path):
     results = bench_memory.run(TINY, "cpu", tmp_path / "memory", work=None)
     saved = json.loads((tmp_path / "memory.json").read_text())
     assert (tmp_path / "memory.png").stat().st_size > 0
-    assert {"machine", "settings", "acting", "acting_summary"} <= set(saved) and "tmaze" not in saved
-    steps = {label: [r["step"] for r in saved["acting"] if r["agent"] == label] for label in AGENTS}
-    assert steps == {"aaren": [1, 4, 9], "transformer-window": [1, 4, 9], "transformer-kv": [1, 4]}
+    assert {"machine", "settings", "acting", "acting_summary"} <= set(saved)
+    assert not {"tmaze", "popgym", "statistics"} & set(saved)
+    steps = {v: [r["step"] for r in saved["acting"] if r["agent"] == v] for v in VARIANTS}
+    assert steps == {
+        "aaren": [1, 4, 9],
+        "transformer": [1, 4, 9],
+        "transformer-episode": [1, 4],
+        "lstm": [1, 4, 9],
+    }
     assert all(r["step_seconds"] > 0 for r in saved["acting"])
-    summary = results["acting_summary"]
-    assert summary["growth"]["aaren"]["state_bytes"] == 1.0  # constant-size state
-    assert summary["growth"]["transformer-kv"]["state_bytes"] > 1.0  # the KV cache grows every step
-    assert summary["growth"]["transformer-kv"]["to_step"] == 4
-    assert set(summary["transformer-kv_over_aaren"]) == {"1", "4"}
-    assert set(summary["goal_aaren_flat"]) == {"goal", "value", "met"}
+    growth = results["acting_summary"]["growth"]
+    assert growth["aaren"]["state_bytes"] == growth["lstm"]["state_bytes"] == 1.0  # constant-size states
+    assert growth["transformer"]["state_bytes"] == 1.0  # a window of K steps
+    assert growth["transformer-episode"]["state_bytes"] > 1.0  # the KV cache grows every step
+    assert growth["transformer-episode"]["to_step"] == 4
+    assert set(results["acting_summary"]["transformer-episode_over_aaren"]) == {"1", "4"}
+    assert set(results["acting_summary"]["lstm_over_aaren"]) == {"1", "4", "9"}
+    assert set(results["acting_summary"]["goal_aaren_flat"]) == {"goal", "value", "met"}
 
 
-def test_tmaze_section_records_runs_and_skips_them_when_run_again(tmp_path, monkeypatch):
-    first = bench_memory.bench_tmaze(TINY, tmp_path)
-    assert [(r["backbone"], r["seed"]) for r in first["runs"]] == [(b, 0) for b in BACKBONES]
-    for record in first["runs"]:
-        assert set(record["success"]) == {"5", "9"}
-        assert all(0.0 <= v <= 1.0 for v in record["success"].values())
-        assert record["train_seconds"] > 0 and record["train_seconds_per_step"] == record["train_seconds"] / 2
-    assert sorted(p.name for p in (tmp_path / "done").iterdir()) == [
-        f"{b}-s0.json" for b in sorted(BACKBONES)
+def test_every_section_writes_its_schema_for_every_variant(finished):
+    results, folder = finished
+    saved = json.loads((folder / "memory.json").read_text())
+    assert saved == json.loads(json.dumps(results)) and (folder / "memory.png").stat().st_size > 0
+    assert {"machine", "settings", "acting", "acting_summary", "statistics", "tmaze", "popgym"} <= set(saved)
+
+    tmaze = saved["tmaze"]
+    assert [(r["task"], r["variant"], r["seed"]) for r in tmaze["runs"]] == [
+        ("tmaze", v, 0) for v in VARIANTS
     ]
+    for record in tmaze["runs"]:
+        assert set(record["success"]) == set(record["wins_at_target_0"]) == {"5", "9"}
+        assert all(0.0 <= v <= 1.0 for key in ("success", "wins_at_target_0") for v in record[key].values())
+        assert record["train_seconds"] > 0 and record["train_seconds_per_step"] == record["train_seconds"] / 2
+    assert set(tmaze["summary"]) == set(VARIANTS)
+    row = tmaze["summary"]["lstm"]["9"]
+    assert set(row) == {"success", "wins_at_target_0"} and row["success"]["values"] == [
+        tmaze["runs"][3]["success"]["9"]
+    ]
+    seconds = tmaze["train_seconds_per_step"]
+    assert seconds["over_transformer-episode"]["transformer-episode"] == 1.0
+    assert seconds["median"]["aaren"] == tmaze["runs"][0]["train_seconds_per_step"]
+
+    popgym = saved["popgym"]
+    assert list(popgym) == [TASK]
+    section = popgym[TASK]
+    assert [(r["task"], r["variant"]) for r in section["runs"]] == [(TASK, v) for v in VARIANTS]
+    assert all(r["target"] == 1.0 and -1.0 - 1e-6 <= r["return"] <= 1.0 + 1e-6 for r in section["runs"])
+    assert {v: row["values"] for v, row in section["summary"].items()} == {
+        r["variant"]: [r["return"]] for r in section["runs"]
+    }
+    best = max(section["summary"], key=lambda v: section["summary"][v]["mean"])
+    assert section["best"] == {"variant": best, "interval_above_the_others": None}  # one seed: no interval
+
+
+def test_finished_runs_are_read_back_and_a_new_seed_trains(finished, monkeypatch):
+    results, folder = finished
+    work = folder / "work"
+    assert sorted(p.name for p in (work / "done").iterdir()) == sorted(
+        f"{task}-{v}-s0.json" for task in ("tmaze", TASK) for v in VARIANTS
+    )
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(bench_memory, "train", no_training)
     monkeypatch.setattr(bench_memory, "collect_recipe", no_training)
-    again = bench_memory.bench_tmaze(TINY, tmp_path)
-    assert again["runs"] == first["runs"]
-    assert again["aaren_over_transformer_train_seconds_per_step"] > 0
+    assert bench_memory.bench_tmaze(TINY, work)["runs"] == results["tmaze"]["runs"]
+    assert bench_memory.bench_popgym(TINY, work)[TASK]["runs"] == results["popgym"][TASK]["runs"]
     with pytest.raises(AssertionError, match="trained again"):  # a new seed does train
-        bench_memory.bench_tmaze(dataclasses.replace(TINY, seeds=(0, 1)), tmp_path)
+        bench_memory.bench_tmaze(dataclasses.replace(TINY, seeds=(0, 1)), work)
 
 
-def test_tmaze_summary_gives_an_iqm_interval_from_three_seeds_on():
+def test_transformer_episode_trains_on_whole_episodes_from_their_first_step(finished):
+    _, folder = finished
+    task = bench_memory.tmaze_task(TINY, folder / "work")
+    dataset = load_dataset(str(task.data))
+    assert task.longest == dataset.episode_lengths.max() > TINY.train_lengths[-1]
+    for variant, kind in (("transformer-episode", EpisodesBatcher), ("transformer", WindowBatcher)):
+        cfg = bench_memory.run_config(task, variant, 0, TINY, folder / "other", "cpu")
+        assert cfg.model.backbone == "transformer" and type(make_batcher(cfg, dataset, DistContext())) is kind
+    assert cfg.model.context_steps == 20
+    cfg = bench_memory.run_config(task, "transformer-episode", 0, TINY, folder / "other", "cpu")
+    assert cfg.model.context_steps == task.longest
+    batch = make_batcher(cfg, dataset, DistContext()).sample(np.random.default_rng(0))
+    timesteps, mask = batch["timesteps"].numpy(), batch["mask"].numpy().astype(bool)
+    assert len(timesteps) > 1 and (timesteps[:, 0] == 0).all()  # every row starts an episode
+    lengths = mask.sum(1)
+    assert set(lengths) <= set(dataset.episode_lengths)  # whole episodes, right-padded
+    assert all(mask[i, :n].all() and (timesteps[i, :n] == np.arange(n)).all() for i, n in enumerate(lengths))
+
+
+def test_each_variant_evaluates_as_it_trained(finished):
+    _, folder = finished
+    memory = {}
+    for variant in VARIANTS:
+        run_dir = folder / "work" / "runs" / f"tmaze-{variant}-s0"
+        agent = bench_memory.variant_agent(run_dir, variant, 1.0, "cpu")
+        _, first = agent.act(np.zeros((1, 3), np.float32))
+        _, second = agent.act(np.zeros((1, 3), np.float32), first, None, np.zeros(1, np.float32))
+        memory[variant] = (agent.acting, type(second.memory), first.nbytes < second.nbytes)
+    assert memory["transformer-episode"] == ("recurrent", KVCache, True)  # the cache over the whole episode
+    assert memory["transformer"] == ("window", StepWindow, False)
+    assert memory["aaren"][:1] == memory["lstm"][:1] == ("recurrent",)
+    assert not memory["aaren"][2] and not memory["lstm"][2]
+
+
+def test_summaries_give_an_iqm_interval_from_three_seeds_on():
     runs = [
-        {"backbone": b, "seed": s, "train_seconds_per_step": 0.1, "success": {"5": 0.5 + 0.1 * s, "9": 0.5}}
-        for b in BACKBONES
+        {
+            "variant": v,
+            "seed": s,
+            "success": {"5": 0.5 + 0.1 * s, "9": 0.5},
+            "wins_at_target_0": {"5": 0, "9": 0},
+        }
+        for v in VARIANTS
         for s in range(3)
     ]
-    summary = bench_memory.tmaze_summary(runs, TINY)["aaren"]["by_length"]
-    assert summary["5"]["success"] == [0.5, 0.6, 0.7] and summary["5"]["mean"] == pytest.approx(0.6)
-    assert summary["5"]["iqm"]["low"] <= summary["5"]["iqm"]["point"] <= summary["5"]["iqm"]["high"]
-    two_seeds = bench_memory.tmaze_summary(runs[:2], TINY)["aaren"]["by_length"]
-    assert "iqm" not in two_seeds["5"] and two_seeds["5"]["success"] == [0.5, 0.6]
+    row = bench_memory.tmaze_summary(runs, TINY)["aaren"]["5"]["success"]
+    assert row["values"] == [0.5, 0.6, 0.7] and row["mean"] == pytest.approx(0.6)
+    assert row["iqm"]["low"] <= row["iqm"]["point"] <= row["iqm"]["high"]
+    assert "iqm" not in bench_memory.over_seeds([0.5, 0.6])
+
+    summary = {
+        v: bench_memory.over_seeds([0.1 * j, 0.1 * j + 0.01, 0.1 * j + 0.02]) for j, v in enumerate(VARIANTS)
+    }
+    assert bench_memory.best_variant(summary) == {"variant": "lstm", "interval_above_the_others": True}
+    summary["aaren"] = bench_memory.over_seeds([0.0, 0.0, 0.35])  # reaches into the best's interval
+    assert bench_memory.best_variant(summary) == {"variant": "lstm", "interval_above_the_others": False}
