@@ -23,7 +23,7 @@ acting recurrently). Each acts as it trained (`acting`).
    gradient step are compared at equal train.batch_steps, each variant's over transformer-episode's.
 3. POPGym: per task of `popgym_tasks` (`configs/popgym-<task>-<level>.yaml`), variant and seed, train on
    the task's oracle dataset (collected once into the work folder) and evaluate the mean return at the
-   task's first target (1, every answer right); per task the best variant by IQM (by mean under 3 seeds).
+   task's first target (1, every answer right); per task the best variants by IQM (by mean under 3 seeds).
 
 Every T-Maze and POPGym run is recorded in work/done/<task>-<variant>-s<seed>.json and skipped when the
 benchmark runs again; an interrupted run resumes from its last checkpoint. Scores over seeds are
@@ -96,6 +96,7 @@ BASELINE = "transformer-episode"  # the variant training seconds per step are co
 TARGET = 1.0  # the T-Maze's winning return
 LOSE = 0.0  # the T-Maze's target for losing on purpose
 EVAL_SEED, EVAL_ENVS = 1000, 10
+TIE = 1e-9  # scores this close are the same score (sums of equal rewards in another order)
 
 
 def acting(variant: str) -> str:
@@ -394,7 +395,7 @@ def recorded_run(
 
 def over_seeds(values: Sequence[float]) -> dict:
     """Scores over seeds: the values, their mean, and from 3 seeds on their IQM with its interval."""
-    row: dict = {"values": list(values), "mean": float(np.mean(values)) if len(values) else None}
+    row: dict = {"values": list(values), "mean": float(np.mean(values))}
     if len(values) >= 3:
         row["iqm"] = dataclasses.asdict(stats.iqm(np.asarray(values, dtype=float)[:, None]))
     return row
@@ -488,17 +489,19 @@ def popgym_measure(variant: str, env: str, settings: Settings, device: str) -> C
     return measure
 
 
-def best_variant(summary: dict) -> dict:
-    """The variant of the highest IQM (mean where there is none), and whether its interval lies above
-    every other variant's."""
+def best_variants(summary: dict) -> dict:
+    """The variants of the highest IQM (mean where there is none), several where they tie, and whether
+    the one best's interval lies above every other variant's (None without intervals)."""
     point = {v: row["iqm"]["point"] if "iqm" in row else row["mean"] for v, row in summary.items()}
-    best = max(point, key=point.__getitem__)
+    top = max(point.values())
+    best = [v for v, p in point.items() if p >= top - TIE]
     separated = None
     if all("iqm" in row for row in summary.values()):
-        separated = all(
-            summary[best]["iqm"]["low"] > row["iqm"]["high"] for v, row in summary.items() if v != best
+        low = summary[best[0]]["iqm"]["low"]
+        separated = len(best) == 1 and all(
+            low > row["iqm"]["high"] for v, row in summary.items() if v != best[0]
         )
-    return {"variant": best, "interval_above_the_others": separated}
+    return {"variants": best, "interval_above_the_others": separated}
 
 
 def bench_popgym_task(name: str, settings: Settings, work: Path, device: str) -> dict:
@@ -515,7 +518,7 @@ def bench_popgym_task(name: str, settings: Settings, work: Path, device: str) ->
         "dataset": str(data),
         "runs": runs,
         "summary": summary,
-        "best": best_variant(summary),
+        "best": best_variants(summary),
         "train_seconds_per_step": seconds_per_step(runs),
     }
 
@@ -661,7 +664,7 @@ def report(results: dict) -> None:
             )
     for task, section in results.get("popgym", {}).items():
         cells = ", ".join(f"{v}: {_score(row)}" for v, row in section["summary"].items())
-        print(f"{task}: return {cells}; best {section['best']['variant']}")
+        print(f"{task}: return {cells}; best {', '.join(section['best']['variants'])}")
 
 
 @exits_2_on_user_errors

@@ -110,8 +110,9 @@ def test_every_section_writes_its_schema_for_every_variant(finished):
     assert {v: row["values"] for v, row in section["summary"].items()} == {
         r["variant"]: [r["return"]] for r in section["runs"]
     }
-    best = max(section["summary"], key=lambda v: section["summary"][v]["mean"])
-    assert section["best"] == {"variant": best, "interval_above_the_others": None}  # one seed: no interval
+    top = max(row["mean"] for row in section["summary"].values())
+    best = [v for v, row in section["summary"].items() if row["mean"] == top]
+    assert section["best"] == {"variants": best, "interval_above_the_others": None}  # one seed: no interval
 
 
 def test_finished_runs_are_read_back_and_a_new_seed_trains(finished, monkeypatch):
@@ -185,6 +186,11 @@ def test_summaries_give_an_iqm_interval_from_three_seeds_on():
     summary = {
         v: bench_memory.over_seeds([0.1 * j, 0.1 * j + 0.01, 0.1 * j + 0.02]) for j, v in enumerate(VARIANTS)
     }
-    assert bench_memory.best_variant(summary) == {"variant": "lstm", "interval_above_the_others": True}
+    assert bench_memory.best_variants(summary) == {"variants": ["lstm"], "interval_above_the_others": True}
     summary["aaren"] = bench_memory.over_seeds([0.0, 0.0, 0.35])  # reaches into the best's interval
-    assert bench_memory.best_variant(summary) == {"variant": "lstm", "interval_above_the_others": False}
+    assert bench_memory.best_variants(summary) == {"variants": ["lstm"], "interval_above_the_others": False}
+    summary["aaren"] = summary["lstm"]  # a tie
+    assert bench_memory.best_variants(summary) == {
+        "variants": ["aaren", "lstm"],
+        "interval_above_the_others": False,
+    }
