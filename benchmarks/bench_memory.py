@@ -7,7 +7,7 @@ episodes, acting recurrently on its constant-size state), "transformer" (the ref
 K = 20 windows, acting on its last K steps), "transformer-episode" (the Transformer whose context is the
 whole episode: `model.context_steps` the longest episode, trained on whole episodes from their first step
 and acting through its KV cache over the whole episode) and "lstm" (the Decision-LSTM on whole episodes,
-acting recurrently). Each acts as it trained (`acting`).
+acting recurrently). Each acts as its batches trained it (`acting`).
 
 1. Acting: per-step seconds and agent state bytes against the step index (log-spaced `checkpoints`)
    on the T-Maze's shapes (3 observations, Discrete(4) actions), batch 1, one torch thread, for every
@@ -53,7 +53,8 @@ import torch
 
 from agents.common.shipped import find_config
 from agents.decision.agent import AgentState, DecisionAgent
-from agents.decision.config import Config, load_config
+from agents.decision.batching import batcher_type
+from agents.decision.config import Config, ModelConfig, TrainConfig, load_config
 from agents.decision.evaluation import evaluate_agent
 from agents.decision.model import DecisionModel, DecisionModelConfig
 from agents.decision.run_dir import load_agent, run_targets
@@ -100,9 +101,15 @@ TIE = 1e-9  # scores this close are the same score (sums of equal rewards in ano
 
 
 def acting(variant: str) -> str:
-    """How a variant acts: as it trained, on its last K steps after K-windows, otherwise recurrently over
-    the whole episode (Aaren's and the LSTM's state, the Transformer's KV cache)."""
-    return "window" if VARIANTS[variant]["train.batching"] == "windows" else "recurrent"
+    """How a variant acts: as its batches train it (`Batcher.acting`, which a trained run's checkpoint
+    records): on its last K steps after K-windows, otherwise recurrently over the whole episode (Aaren's and
+    the LSTM's state, the Transformer's KV cache)."""
+    own = VARIANTS[variant]
+    cfg = Config(
+        model=ModelConfig(backbone=str(own["model.backbone"])),
+        train=TrainConfig(batching=str(own["train.batching"])),
+    )
+    return batcher_type(cfg).acting
 
 
 def overrides(variant: str, longest: int) -> dict[str, object]:
@@ -132,7 +139,9 @@ class Settings:
     batch_steps: int = 4096
     eval_episodes: int = 20
     popgym_tasks: tuple[str, ...] = tuple(offline_name(name) for name in OFFLINE_TASKS)
-    popgym_transitions: int = 400_000
+    popgym_transitions: int = (
+        400_000  # as configs/popgym-repeatfirst-medium.yaml collects (the longest episodes)
+    )
     popgym_steps: int = 10000  # configs/popgym-*.yaml's; their own train.batch_steps
 
 
@@ -175,6 +184,7 @@ def _model(variant: str, settings: Settings) -> DecisionModel:
         embed_dim=settings.embed_dim,
         num_layers=settings.num_layers,
         return_scale=1.0,
+        acting=acting(variant),
         **model,
     )
     return DecisionModel(config).eval()
@@ -208,7 +218,7 @@ def bench_acting(settings: Settings) -> list[dict]:
     steps: dict[tuple[str, int], Callable[[], tuple]] = {}
     with torch_threads(1):  # as the evaluation loop acts
         for variant in VARIANTS:
-            agent = DecisionAgent(_model(variant, settings), TARGET, acting=acting(variant))
+            agent = DecisionAgent(_model(variant, settings), TARGET)
             reach = settings.kv_max_step if _kv_cache(variant) else max(settings.checkpoints)
             checkpoints = [t for t in settings.checkpoints if t <= reach]
             for t, state in _states_at_checkpoints(agent, obs, checkpoints).items():
@@ -301,7 +311,7 @@ class Task:
     """What a section trains on: a shipped config, the dataset, its longest episode and what the section
     sets beyond the variant and the seed."""
 
-    name: str  # the run directories' and records' prefix
+    name: str  # the run directories' and records' prefix; a POPGym task's env
     config: str
     data: Path
     longest: int
@@ -351,16 +361,9 @@ def training_seconds(run_dir: Path) -> float:
     return [row["train/seconds"] for row in rows if "train/seconds" in row][-1]
 
 
-def variant_agent(run_dir: Path, variant: str, target: float, device: str) -> DecisionAgent:
-    """A trained run's agent acting towards `target` as its variant acts."""
-    return load_agent(run_dir, target, device, acting=acting(variant))
-
-
-def eval_returns(
-    run_dir: Path, variant: str, target: float, env: str, settings: Settings, device: str
-) -> np.ndarray:
-    """The returns of `eval_episodes` episodes of `env` acting towards `target`."""
-    agent = variant_agent(run_dir, variant, target, device)
+def eval_returns(run_dir: Path, target: float, env: str, settings: Settings, device: str) -> np.ndarray:
+    """The returns of `eval_episodes` episodes of `env`, the run acting towards `target` as it trained."""
+    agent = load_agent(run_dir, target, device)
     result = evaluate_agent(agent, env, settings.eval_episodes, EVAL_ENVS, seed=EVAL_SEED, progress=False)
     return np.asarray(result.returns)
 
@@ -372,10 +375,10 @@ def recorded_run(
     settings: Settings,
     work: Path,
     device: str,
-    measure: Callable[[Path], dict],
+    measure: Callable[[Task, Path, Settings, str], dict],
 ) -> dict:
     """One finished run's record (read back if an earlier session finished it): its task, variant, seed,
-    training seconds and what `measure(run_dir)` adds."""
+    training seconds and what `measure(task, run_dir, settings, device)` adds."""
     done = work / "done" / f"{task.name}-{variant}-s{seed}.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -387,7 +390,7 @@ def recorded_run(
         "seed": seed,
         "train_seconds": seconds,
         "train_seconds_per_step": seconds / task.steps,
-        **measure(run_dir),
+        **measure(task, run_dir, settings, device),
     }
     write_json(done, record)
     return record
@@ -427,21 +430,17 @@ def tmaze_task(settings: Settings, work: Path) -> Task:
     )
 
 
-def tmaze_measure(variant: str, settings: Settings, device: str) -> Callable[[Path], dict]:
+def tmaze_measure(task: Task, run_dir: Path, settings: Settings, device: str) -> dict:
     """Per evaluation corridor length: the success rate at target 1 and the share of wins at target 0."""
 
-    def measure(run_dir: Path) -> dict:
-        def wins(target: float, length: int) -> float:
-            returns = eval_returns(run_dir, variant, target, f"tmaze-{length}", settings, device)
-            return float(np.mean(returns >= TARGET))
+    def wins(target: float, length: int) -> float:
+        return float(np.mean(eval_returns(run_dir, target, f"tmaze-{length}", settings, device) >= TARGET))
 
-        lengths = settings.eval_lengths
-        return {
-            "success": {str(n): wins(TARGET, n) for n in lengths},
-            "wins_at_target_0": {str(n): wins(LOSE, n) for n in lengths},
-        }
-
-    return measure
+    lengths = settings.eval_lengths
+    return {
+        "success": {str(n): wins(TARGET, n) for n in lengths},
+        "wins_at_target_0": {str(n): wins(LOSE, n) for n in lengths},
+    }
 
 
 def tmaze_summary(runs: list[dict], settings: Settings) -> dict:
@@ -462,7 +461,7 @@ def bench_tmaze(settings: Settings, work: Path, device: str = "cpu") -> dict:
     """Every variant x seed run (seed outermost, so that an interrupted session leaves whole seeds)."""
     task = tmaze_task(settings, work)
     runs = [
-        recorded_run(task, v, s, settings, work, device, tmaze_measure(v, settings, device))
+        recorded_run(task, v, s, settings, work, device, tmaze_measure)
         for s in settings.seeds
         for v in VARIANTS
     ]
@@ -478,15 +477,13 @@ def bench_tmaze(settings: Settings, work: Path, device: str = "cpu") -> dict:
 # ---- 3. POPGym -----------------------------------------------------------------------------------------
 
 
-def popgym_measure(variant: str, env: str, settings: Settings, device: str) -> Callable[[Path], dict]:
-    """The mean return at the run's first target (the task's best return)."""
-
-    def measure(run_dir: Path) -> dict:
-        target = run_targets(run_dir)[0]
-        returns = eval_returns(run_dir, variant, target, env, settings, device)
-        return {"target": target, "return": float(returns.mean())}
-
-    return measure
+def popgym_measure(task: Task, run_dir: Path, settings: Settings, device: str) -> dict:
+    """The mean return at the run's first target (the task's best return), in the task's env."""
+    target = run_targets(run_dir)[0]
+    return {
+        "target": target,
+        "return": float(eval_returns(run_dir, target, task.name, settings, device).mean()),
+    }
 
 
 def best_variants(summary: dict) -> dict:
@@ -509,7 +506,7 @@ def bench_popgym_task(name: str, settings: Settings, work: Path, device: str) ->
     data = popgym_dataset(name, settings, work)
     task = Task(name, name, data, longest_episode(data), settings.popgym_steps)
     runs = [
-        recorded_run(task, v, s, settings, work, device, popgym_measure(v, name, settings, device))
+        recorded_run(task, v, s, settings, work, device, popgym_measure)
         for s in settings.seeds
         for v in VARIANTS
     ]

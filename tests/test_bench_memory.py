@@ -15,6 +15,7 @@ from aaren_rl import KVCache
 from agents.decision.agent import StepWindow
 from agents.decision.batching import EpisodesBatcher, WindowBatcher, make_batcher
 from agents.decision.distributed import DistContext
+from agents.decision.run_dir import load_agent
 from benchmarks import bench_memory
 from benchmarks.bench_memory import VARIANTS, Settings
 from envs import load_dataset
@@ -152,12 +153,12 @@ def test_transformer_episode_trains_on_whole_episodes_from_their_first_step(fini
     assert all(mask[i, :n].all() and (timesteps[i, :n] == np.arange(n)).all() for i, n in enumerate(lengths))
 
 
-def test_each_variant_evaluates_as_it_trained(finished):
+def test_each_variant_acts_as_it_trained(finished):
     _, folder = finished
     memory = {}
     for variant in VARIANTS:
         run_dir = folder / "work" / "runs" / f"tmaze-{variant}-s0"
-        agent = bench_memory.variant_agent(run_dir, variant, 1.0, "cpu")
+        agent = load_agent(run_dir, 1.0)  # as bench_memory.eval_returns loads it
         _, first = agent.act(np.zeros((1, 3), np.float32))
         _, second = agent.act(np.zeros((1, 3), np.float32), first, None, np.zeros(1, np.float32))
         memory[variant] = (agent.acting, type(second.memory), first.nbytes < second.nbytes)
