@@ -139,9 +139,7 @@ class Settings:
     batch_steps: int = 4096
     eval_episodes: int = 20
     popgym_tasks: tuple[str, ...] = tuple(offline_name(name) for name in OFFLINE_TASKS)
-    popgym_transitions: int = (
-        400_000  # as configs/popgym-repeatfirst-medium.yaml collects (the longest episodes)
-    )
+    popgym_transitions: int = 400_000  # as configs/popgym-repeatfirst-medium.yaml (the longest episodes)
     popgym_steps: int = 10000  # configs/popgym-*.yaml's; their own train.batch_steps
 
 
