@@ -527,6 +527,7 @@ def bench_popgym(settings: Settings, work: Path, device: str = "cpu") -> dict:
 
 
 def _colour(variant: str) -> str:
+    """The variant's colour in every panel."""
     return f"C{list(VARIANTS).index(variant)}"
 
 
@@ -561,6 +562,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def _plot_tmaze(ax, results: dict) -> None:
+    """Per variant the mean over seeds against corridor length, the longest trained corridor marked."""
     for variant, by_length in results["tmaze"]["summary"].items():
         lengths = [int(n) for n in by_length]
         for key, style in (("success", "-"), ("wins_at_target_0", "--")):
@@ -582,6 +584,7 @@ def _plot_tmaze(ax, results: dict) -> None:
 
 
 def _plot_popgym(ax, popgym: dict) -> None:
+    """Per task a bar per variant: the IQM with its interval (the mean under 3 seeds)."""
     width = 0.8 / len(VARIANTS)
     for j, variant in enumerate(VARIANTS):
         rows = [popgym[task]["summary"][variant] for task in popgym]
