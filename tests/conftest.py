@@ -49,6 +49,18 @@ def expert_policies() -> Path:
     return EXPERTS
 
 
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A local Ray instance with 2 CPUs for a module's tests (new, even where a Ray cluster runs); skips
+    without Ray."""
+    ray = pytest.importorskip("ray")
+    ray.init(
+        address="local", num_cpus=2, log_to_driver=False, runtime_env={"env_vars": {"AAREN_RL_OFFLINE": "1"}}
+    )
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture
 def one_torch_thread():
     """Run a test on one torch thread: tiny per-step batches are fastest that way, and several threads

@@ -75,19 +75,6 @@ def interrupt_after_first_checkpoint(trial: sweep.Trial) -> None:
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    ray.init(
-        address="local",  # a new instance, even where a Ray cluster runs
-        num_cpus=2,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"AAREN_RL_OFFLINE": "1"}},
-    )
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def study(tiny_dataset, tmp_path_factory, local_ray):
     """The study run once, one of its runs interrupted before: (folder, report, the interrupted run's
     metrics rows before it resumed, the printed table)."""

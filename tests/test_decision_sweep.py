@@ -42,16 +42,7 @@ TINY = {
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(
-        address="local",  # a new instance, even where a Ray cluster runs
-        num_cpus=2,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"AAREN_RL_OFFLINE": "1"}},
-    )
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def write_sweep(folder: Path, dataset: Path | str, grid: dict | None = None, retries: int = 1) -> Path:
