@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One prepared check of a GPU machine, meant to finish in under 8 minutes:
 #   1. the CUDA tests (the scan on cuda against cpu, plain and segmented);
-#   2. a few training steps on cuda (train_offline on a tiny random-action dataset collected here);
-#   3. acting on cuda: the trained agent and AarenPPO, folded against eager;
+#   2. a few training steps on cuda (train_offline on a tiny random-action dataset collected here), for
+#      Aaren and for the baselines on whole episodes (the LSTM on cuDNN, the Transformer);
+#   3. acting on cuda: the trained agents and AarenPPO, folded against eager;
 #   4. bench_aaren and bench_agents (quick) with --device cuda.
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]   (default $OUT, else gpu_check_out); everything is
 # written under OUT_DIR, with each stage's log and wall-clock in OUT_DIR/summary.txt.
@@ -53,8 +54,15 @@ rm -rf "$OUT_DIR/runs/gpu_check"  # a rerun into the same folder trains afresh
 stage train 180 "$PY" scripts/train_offline.py --config configs/quickstart.yaml --no-progress --set \
   data.dataset="$OUT_DIR/data/hopper_random.hdf5" output_dir="$OUT_DIR/runs" name=gpu_check \
   train.device="$DEVICE" train.steps=30 train.log_every=10 train.checkpoint_every=30 train.eval_every=0
-stage acting 120 "$PY" - "$OUT_DIR/runs/gpu_check" "$DEVICE" <<'EOF'
-"""Acting on the device: folded equals eager for the trained agent and for AarenPPO."""
+for backbone in lstm transformer; do
+  rm -rf "$OUT_DIR/runs/gpu_check_$backbone"
+  stage "train_$backbone" 180 "$PY" scripts/train_offline.py --config configs/quickstart.yaml --no-progress \
+    --set data.dataset="$OUT_DIR/data/hopper_random.hdf5" output_dir="$OUT_DIR/runs" name="gpu_check_$backbone" \
+    model.backbone="$backbone" train.batching=episodes train.device="$DEVICE" train.steps=10 \
+    train.log_every=10 train.checkpoint_every=10 train.eval_every=0
+done
+stage acting 120 "$PY" - "$DEVICE" "$OUT_DIR"/runs/gpu_check{,_lstm,_transformer} <<'EOF'
+"""Acting on the device: folded equals eager for the trained agents and for AarenPPO."""
 import sys
 
 import numpy as np
@@ -64,18 +72,19 @@ from stable_baselines3.common.env_util import make_vec_env
 from agents.decision.agent import DecisionAgent
 from agents.ppo.algorithm import AarenPPO
 from agents.decision.run_dir import load_agent
-from envs.memory import CARTPOLE_NO_VEL
+from envs.pomdp import CARTPOLE_NO_VEL
 
-run_dir, device = sys.argv[1], sys.argv[2]
-folded = load_agent(run_dir, device=device)
-eager = DecisionAgent(folded.model, folded.target_return, eager=True)
-obs = np.random.default_rng(0).normal(size=(4, folded.model.config.obs_dim))
-state_f = state_e = None
-for _ in range(20):
-    act_f, state_f = folded.act(obs, state_f)
-    act_e, state_e = eager.act(obs, state_e)
-    np.testing.assert_allclose(act_f, act_e, atol=1e-4, rtol=1e-4)
-print("agent: folded equals eager on", device)
+device, run_dirs = sys.argv[1], sys.argv[2:]
+for run_dir in run_dirs:
+    folded = load_agent(run_dir, device=device)
+    eager = DecisionAgent(folded.model, folded.target_return, folded.acting, eager=True)
+    obs = np.random.default_rng(0).normal(size=(4, folded.model.config.obs_dim))
+    state_f = state_e = None
+    for _ in range(20):
+        act_f, state_f = folded.act(obs, state_f)
+        act_e, state_e = eager.act(obs, state_e)
+        np.testing.assert_allclose(act_f, act_e, atol=1e-4, rtol=1e-4)
+    print(f"{folded.model.config.backbone} agent ({folded.acting}): folded equals eager on", device)
 
 model = AarenPPO("MlpAarenPolicy", make_vec_env(CARTPOLE_NO_VEL, n_envs=4, seed=0), n_steps=32,
                  batch_size=64, n_epochs=1, device=device, seed=0)
@@ -90,7 +99,11 @@ for fold in (True, False):
         starts[:] = False
     states[fold] = (actions, state)
 np.testing.assert_array_equal(states[True][0], states[False][0])
-for a, b in zip(states[True][1], states[False][1], strict=True):
+# The memory's (m, u, w) stand for (u e^m, w e^m): the stabiliser m itself may differ by rounding.
+(m_f, u_f, w_f, *rest_f), (m_e, u_e, w_e, *rest_e) = states[True][1], states[False][1]
+top = np.maximum(m_f, m_e)
+for a, b in [(u_f * np.exp(m_f - top), u_e * np.exp(m_e - top)),
+             (w_f * np.exp(m_f - top)[..., None], w_e * np.exp(m_e - top)[..., None]), *zip(rest_f, rest_e)]:
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 print("AarenPPO: folded equals eager on", device, torch.cuda.get_device_name(0) if device == "cuda" else "")
 EOF
