@@ -151,6 +151,7 @@ def test_each_batching_trains(tiny_dataset, tmp_path, batching):
             "'windows']",
         ),
         (["train.state_refresh_every=0"], "train.state_refresh_every = 0 is impossible: must be >= 1"),
+        (["train.state_grid=-1"], "train.state_grid = -1 is impossible: must be >= 0"),
     ],
 )
 def test_bad_batching_settings_are_one_config_error(tiny_dataset, tmp_path, overrides, message):
@@ -164,6 +165,24 @@ def test_stored_is_the_default_and_the_transformer_ignores_batching(tiny_dataset
     # the Transformer's windows start from an empty context: no entering states, whatever the model
     batcher = make_batcher(cfg, load_dataset(str(tiny_dataset)), DistContext())
     assert type(batcher) is WindowBatcher and batcher.entering is None
+
+
+@pytest.mark.parametrize(("setting", "grid"), [([], K), (["train.state_grid=2"], 2)])
+def test_the_stored_table_holds_a_state_every_state_grid_steps_default_k(
+    tiny_dataset, tmp_path, setting, grid
+):
+    """Default: every K-th step; a finer grid gives the same exact entering states right after a refresh,
+    from shorter burn-ins."""
+    cfg = tiny_config(tiny_dataset, tmp_path, "train.batching=stored", f"model.context_steps={K}", *setting)
+    dataset = load_dataset(str(tiny_dataset))
+    model = float64_model()
+    batcher = make_batcher(cfg, dataset, DistContext(), model)
+    assert batcher.entering.grid == grid
+    batcher.entering.refresh(0)
+    windows = dataset.sample_windows(np.random.default_rng(2), 24, K)
+    args = (windows.episode_index, windows.start_step)
+    gap = state_gap(batcher.entering(*args), PrefixStates(model, dataset)(*args), windows.start_step)
+    assert all(value < 1e-12 for value in gap.values())
 
 
 def weights(run: Path) -> dict[str, np.ndarray]:

@@ -19,8 +19,9 @@ what it is depends on the backbone, so that training sees what acting will do:
   Transformer's causal mask too: its context is then the whole episode from its first step).
 - `StoredBatcher` (Aaren, "stored", the default) and `PrefixBatcher` ("prefix"): the Transformer's
   K-windows, each entering with the backbone state of its episode's earlier steps
-  (`agents.decision.entering`): read from a table of states that one scan over the dataset rewrites every
-  `train.state_refresh_every` steps and run on exactly to the window's start ("stored": stale by up to that
+  (`agents.decision.entering`): read from a table of states (one every `train.state_grid` steps, default
+  K) that one scan over the dataset rewrites every `train.state_refresh_every` steps and run on exactly to
+  the window's start ("stored": stale by up to that
   interval; metrics.jsonl's state/* rows measure it on a fixed probe batch just before each refresh), or
   rescanned from the episode start every step ("prefix", exact).
 
@@ -178,7 +179,8 @@ class StoredBatcher(WindowBatcher):
 
     def __init__(self, cfg: Config, dataset: OfflineDataset, dist: DistContext, model: DecisionModel):
         super().__init__(cfg, dataset, dist, model)
-        self.entering: StoredStates = StoredStates(model, dataset, grid=cfg.model.context_steps)
+        grid = cfg.train.state_grid or cfg.model.context_steps
+        self.entering: StoredStates = StoredStates(model, dataset, grid=grid)
         self.probe = dataset.sample_windows(
             np.random.default_rng([cfg.train.seed, PROBE_STREAM]), *self.layout
         )

@@ -53,6 +53,9 @@ class TrainConfig:
     # LSTM's: "episodes" | "windows" (K-windows from an empty context); the Transformer's: "episodes", or
     # K-windows from an empty context for any other value
     state_refresh_every: int = 1000  # batching=stored: gradient steps between rescans of the stored states
+    state_grid: int = 0  # batching=stored: a state stored every this many steps of each episode (0: K); a
+    # window runs on from the stored state before it with the current weights, so a finer grid makes that
+    # burn-in shorter (cheaper) and the entering state staler, for a table of about N / state_grid states
     lr: float = 1e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 10_000
@@ -306,7 +309,7 @@ def validate(cfg: Config) -> Config:
         _check(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), "must be >= 1")
     _check(t.batching in ALL_BATCHINGS, "train.batching", t.batching, f"use one of {list(ALL_BATCHINGS)}")
     check_batching(cfg)
-    for key in ("warmup_steps", "eval_every", "threads"):
+    for key in ("warmup_steps", "eval_every", "threads", "state_grid"):
         _check(getattr(t, key) >= 0, f"train.{key}", getattr(t, key), "must be >= 0")
     _check(t.lr > 0, "train.lr", t.lr, "must be > 0 (reference 1e-4)")
     _check(t.lr_decay in ("none", "cosine"), "train.lr_decay", t.lr_decay, "use 'none' or 'cosine'")
