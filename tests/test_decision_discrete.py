@@ -18,6 +18,7 @@ from agents.common.digests import content_digest
 from agents.decision.agent import DecisionAgent
 from agents.decision.checkpoint import load_model, model_files
 from agents.decision.data import prepare_data
+from agents.decision.evaluation import EvaluationError
 from agents.decision.model import DecisionModel, DecisionModelConfig, action_loss
 from agents.decision.run_dir import latest_checkpoint
 from agents.decision.sb3 import DecisionPolicy, RewardToPolicyVecEnv
@@ -495,6 +496,21 @@ def test_without_a_time_limit_acting_past_the_table_shares_its_last_entry(tmp_pa
     assert prepare_data(cfg).max_timestep == 10
     report = evaluate_run(train(cfg, progress=False), episodes=2, num_envs=2, progress=False)
     assert report["results"][0]["lengths"] == [30, 30]
+
+
+def test_a_run_evaluates_in_another_env_of_the_same_spaces(tmp_path):
+    """env=: a run trained on Pointer-v0 (episodes of 10, limit 40) acts in PointerNoLimit-v0 (30 steps),
+    its report in RUN_DIR/eval-<env>, the run's own eval report untouched; an env of other spaces is
+    refused before any episode, naming both spaces."""
+    path = save_pointer(tmp_path / "d.hdf5", pointer_data("Pointer-v0"), "Pointer-v0")
+    run = train(tiny_config(path, tmp_path, "train.steps=4", "eval.targets=[30]"), progress=False)
+    own = (run / "eval" / "eval.json").read_bytes()
+    report = evaluate_run(run, episodes=2, num_envs=2, env="PointerNoLimit-v0", progress=False)
+    assert report["env"] == "PointerNoLimit-v0" and report["results"][0]["lengths"] == [30, 30]
+    assert Path(report["report_path"]) == run / "eval-PointerNoLimit-v0" / "eval.json"
+    assert (run / "eval" / "eval.json").read_bytes() == own
+    with pytest.raises(EvaluationError, match=r"--env MultiPointer-v0: its action_space MultiDiscrete"):
+        evaluate_run(run, episodes=2, num_envs=2, env="MultiPointer-v0", progress=False)
 
 
 def test_a_timestep_table_shorter_than_the_runs_episodes_is_refused(tmp_path):

@@ -12,10 +12,11 @@ examples:
   aaren-rl evaluate --run runs/hopper-medium-v2-aaren-s0 --episodes 20 --envs 10 --target 3600 1800
   aaren-rl evaluate --hub user/hopper-aaren          # an agent shared with aaren-rl push
   MUJOCO_GL=egl aaren-rl evaluate --run runs/quickstart --video     # needs imageio
+  aaren-rl evaluate --run runs/tmaze-100 --env tmaze-10000  # past the training corridors -> <run>/eval-tmaze-10000/
 
 The Aaren agent acts through its recurrent path (O(1) memory per env); the Transformer re-runs its
-last K steps (--acting window). Writes <run>/eval/eval.json and eval.png (for --hub: eval-<user>--<name>/;
-or --out DIR). A Hub agent is downloaded into the cache ($AAREN_RL_CACHE/hub) and checked against its
+last K steps (--acting window). Writes <run>/eval/eval.json and eval.png (with --env: <run>/eval-<env>/;
+for --hub: eval-<user>--<name>/; or --out DIR). A Hub agent is downloaded into the cache ($AAREN_RL_CACHE/hub) and checked against its
 digests; nothing in it is unpickled.
 """
 
@@ -42,6 +43,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         help="env copies stepped in this process (sync, default) or in worker processes (async)",
     )
     parser.add_argument("--acting", choices=["recurrent", "window"], help="acting path (default: backbone's)")
+    parser.add_argument(
+        "--env",
+        help="evaluate in this env instead of the run's, one with the same spaces (e.g. tmaze-10000 for a "
+        "run trained on shorter corridors)",
+    )
     parser.add_argument("--video", action="store_true", help="also record one episode to eval/episode.mp4")
     parser.add_argument("--out", help="report folder (default RUN_DIR/eval)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
@@ -62,6 +68,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         vectorization=args.vectorization,
         acting=args.acting,
         video=args.video,
+        env=args.env,
         out_dir=args.out,
         progress=not args.no_progress,
     )

@@ -219,6 +219,33 @@ def _checked_targets(targets: list[float] | None, stats: Path, info: dict[str, A
     return [float(target) for target in targets]
 
 
+def _default_out(run: RunDir, env: str | None, trained_in: str) -> Path:
+    """RUN_DIR/eval for the run's own env (what training's final evaluation writes), else RUN_DIR/eval-<env>:
+    evaluating elsewhere never replaces that report."""
+    return run.eval if env is None or env == trained_in else run.root / f"eval-{env}"
+
+
+def _checked_env(env: str | None, trained_in: str) -> str:
+    """The env to evaluate in: the run's own (`trained_in`), or `env`, another registered env with the same
+    observation and action spaces (e.g. a longer T-Maze corridor: acting past the training episodes'
+    lengths); an EvaluationError naming both spaces when they differ."""
+    if env is None or env == trained_in:
+        return trained_in
+    mine, theirs = make_env(trained_in), make_env(env)
+    try:
+        for what in ("observation_space", "action_space"):
+            if getattr(mine, what) != getattr(theirs, what):
+                raise EvaluationError(
+                    f"--env {env}: its {what} {getattr(theirs, what)} differs from {getattr(mine, what)} of "
+                    f"{trained_in}, the env the run trained for. Fix: pick an env with the same spaces, or "
+                    "leave out --env"
+                )
+    finally:
+        mine.close()
+        theirs.close()
+    return env
+
+
 def finite_or_none(value: Any) -> Any:
     """`value` (numbers, lists, dicts of them) with every non-finite float replaced by None: what strict
     JSON can hold (eval.json is read by other tools, which reject NaN and Infinity)."""
@@ -241,10 +268,12 @@ def evaluate_run(
     vectorization: str = "sync",
     acting: str | None = None,
     video: bool = False,
+    env: str | None = None,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate a run's latest checkpoint at several targets (default, or when empty: the run's);
+    """Evaluate a run's latest checkpoint at several targets (default, or when empty: the run's), in the
+    run's env or in `env` (same spaces);
     write eval.json (strict JSON: null for a number that is not finite) and eval.png (and a video) to
     `out_dir` (default RUN_DIR/eval). EvaluationError before any episode when it cannot run as asked."""
     run = RunDir(run_dir)
@@ -255,7 +284,7 @@ def evaluate_run(
         model,
         info,
         run.dataset_stats,
-        Path(out_dir) if out_dir is not None else run.eval,
+        Path(out_dir) if out_dir is not None else _default_out(run, env, info["env"]),
         {"run_dir": str(run.root), "checkpoint": str(checkpoint), "step": step},
         episodes=episodes,
         num_envs=num_envs,
@@ -264,6 +293,7 @@ def evaluate_run(
         vectorization=vectorization,
         acting=acting,
         video=video,
+        env=env,
         progress=progress,
     )
 
@@ -282,15 +312,16 @@ def evaluate_model(
     vectorization: str = "sync",
     acting: str | None = None,
     video: bool = False,
+    env: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `model` at several targets (default: the run's) in the env of `info`, a run's dataset
-    statistics read from `stats`; write eval.json (`source`, where the model came from, first) and
-    eval.png (and a video) to `out` (`evaluate_run`, `agents.hub.evaluate_hub`)."""
+    statistics read from `stats`, or in `env` (see `_checked_env`); write eval.json (`source`, where the
+    model came from, first) and eval.png (and a video) to `out` (`evaluate_run`, `agents.hub.evaluate_hub`)."""
     targets = _checked_targets(targets, stats, info)
     if video:
         _imageio()
-    env_name = info["env"]
+    env_name = _checked_env(env, info["env"])
     out.mkdir(parents=True, exist_ok=True)
     agents = [DecisionAgent(model, target, acting=acting) for target in targets]
     results = [
@@ -301,7 +332,7 @@ def evaluate_model(
             num_envs,
             seed=seed,
             vectorization=vectorization,
-            score_ref=info["score_ref"],
+            score_ref=info["score_ref"] if env_name == info["env"] else None,
             progress=progress,
         )
         for agent in agents
