@@ -519,7 +519,21 @@ def test_a_timestep_table_shorter_than_the_runs_episodes_is_refused(tmp_path):
         ConfigError,
         match=r"model.max_timestep = 12 is below the longest episode this run can see: 10 steps in the "
         r"dataset, "
-        r"40 time limit .* Fix: model.max_timestep=0 \(automatic: 40\) or >= 40",
+        r"40 time limit .* Fix: model.max_timestep=0 \(automatic: 40\), >= 40, or 1 \(no timestep information\)",
     ):
         prepare_data(tiny_config(path, tmp_path, "model.max_timestep=12"))
     assert prepare_data(tiny_config(path, tmp_path, "model.max_timestep=64")).max_timestep == 64
+    assert prepare_data(tiny_config(path, tmp_path, "model.max_timestep=1")).max_timestep == 1
+
+
+@pytest.mark.parametrize("max_timestep,same", [(1, True), (4, False)])
+def test_a_one_entry_timestep_table_gives_no_timestep_information(max_timestep, same):
+    """max_timestep=1: the same steps at timesteps 0-5 or 100-105 give the same predictions (acting in
+    longer episodes than the data changes nothing); a larger table tells them apart."""
+    torch.manual_seed(0)
+    config = DecisionModelConfig(obs_dim=OBS, act_dim=2, embed_dim=8, num_layers=1, max_timestep=max_timestep)
+    model = DecisionModel(config).eval()
+    returns, obs, actions = torch.randn(1, 6), torch.randn(1, 6, OBS), torch.rand(1, 6, 2) * 2 - 1
+    early = torch.arange(6)[None]
+    outputs = [model(returns, obs, actions, times)[0] for times in (early, early + 100)]
+    assert torch.equal(*outputs) == same

@@ -37,7 +37,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig(ModelHyperparameters):
-    max_timestep: int = 0  # timestep-embedding size; 0 = max(env time limit, longest dataset episode)
+    max_timestep: int = 0  # timestep-embedding size; 0 = max(env time limit, longest dataset episode); 1 = no
+    # timestep information (one entry for every step: acting in episodes longer than the data changes nothing)
 
 
 @dataclass

@@ -106,14 +106,15 @@ def action_space_data(space: gym.Space) -> tuple[str, list[float], list[float]]:
 def _timestep_table(configured: int, limit: int, longest: int, env_name: str) -> int:
     """The timestep embedding's size: model.max_timestep, by default (0) the longest episode training or
     evaluation in the env can have, max(env time limit, longest dataset episode). A later timestep would
-    share the table's last entry, so a configured size below that is a ConfigError."""
+    share the table's last entry, so a configured size below that is a ConfigError, except 1: one entry
+    for every step (no timestep information), which acts alike at any episode length."""
     horizon = max(limit, longest)
-    if configured and configured < horizon:
+    if configured > 1 and configured < horizon:
         raise ConfigError(
             f"model.max_timestep = {configured} is below the longest episode this run can see: {longest} "
             f"steps in the dataset, {limit or 'no'} time limit in data.env = {env_name!r}; timesteps from "
             f"{configured} on would all share the embedding's last entry. Fix: model.max_timestep=0 "
-            f"(automatic: {horizon}) or >= {horizon}"
+            f"(automatic: {horizon}), >= {horizon}, or 1 (no timestep information)"
         )
     return configured or horizon
 
