@@ -10,6 +10,7 @@ import pytest
 from agents.common.shipped import find_config
 from agents.decision.config import load_config
 from agents.decision.training import train
+from benchmarks import tmaze_attention
 from envs import collect_recipe, make_env
 from envs.collect import parse_recipe_id
 from envs.tmaze import parse_tmaze_name
@@ -19,6 +20,7 @@ from envs.tmaze import parse_tmaze_name
 def test_configs_train_aaren_on_packed_whole_episodes_and_evaluate_in_one_named_length(name):
     cfg = load_config(find_config(name))
     assert cfg.model.backbone == "aaren" and cfg.train.batching == "packed" and cfg.model.return_scale == 1.0
+    assert cfg.model.max_timestep == 1  # no timestep information: longer corridors act like trained ones
     assert parse_recipe_id(cfg.data.dataset)[0] == "tmaze"
     (length,) = parse_tmaze_name(cfg.data.env).lengths
     assert length == max(parse_tmaze_name(cfg.data.dataset).lengths) == int(name.split("-")[1])
@@ -50,3 +52,11 @@ def test_tiny_run_end_to_end(tmp_path):
     for result in report["results"]:
         assert set(result["returns"]) <= {0.0, 1.0}
         assert result["score_mean"] == pytest.approx(100 * result["return_mean"])  # success rate x 100
+
+    # The cue's attention at the junction, per layer: ten times the corridor, about a tenth of the weight.
+    assert tmaze_attention.main([str(tmp_path / "run"), "--lengths", "8", "80"]) == 0
+    rows = json.loads((tmp_path / "run" / "tmaze_attention.json").read_text())["junctions"]
+    assert [(r["length"], r["cue"]) for r in rows] == [(8, 1.0), (8, -1.0), (80, 1.0), (80, -1.0)]
+    for short, long in zip(rows[:2], rows[2:], strict=True):
+        (near,), (far,) = (r["layers"][0]["cue_weight"] for r in (short, long))
+        assert far < near / 5
