@@ -33,8 +33,9 @@ Not here: the noisy T-Maze, POPGym's Hard level, and live evaluation during trai
 
 Writes memory.json and memory.png into --out: the tracked result for the full preset, into
 <out>/variants/ for any other run (`benchmarks.common`). The full preset (T-Maze trained at corridors up
-to 1,000 and evaluated at 100, 1,000 and 10,000; six POPGym tasks) is GPU-sized; --quick finishes on two
-CPU cores in minutes.
+to 1,000 and evaluated at 100, 1,000 and 10,000; six POPGym tasks) is GPU-sized; --cpu (T-Maze trained
+at corridors up to 100, evaluated at the same lengths, without the whole-episode Transformer) takes hours
+on two CPU cores, resumably; --quick finishes on two CPU cores in minutes.
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ class Settings:
     train_lengths: tuple[int, ...] = (250, 500, 1000)  # configs/tmaze-1000.yaml's data and batches
     eval_lengths: tuple[int, ...] = (100, 1000, 10000)
     seeds: tuple[int, ...] = (0, 1, 2)
+    trained: tuple[str, ...] = tuple(VARIANTS)  # the variants the T-Maze and POPGym sections train
     transitions: int = 1_000_000
     steps: int = 20000
     batch_steps: int = 4096
@@ -144,6 +146,17 @@ class Settings:
 
 
 FULL = Settings()
+#: T-Maze only, trained on corridors up to 100 and evaluated at 100, 1,000 and 10,000, on two CPU cores in
+#: hours: without transformer-episode, whose KV-cache acting over 10,000 steps alone would take longer.
+CPU = Settings(
+    train_lengths=(25, 50, 100),
+    train_threads=1,
+    transitions=300_000,
+    steps=1500,
+    batch_steps=1280,
+    trained=("aaren", "transformer", "lstm"),
+    popgym_tasks=(),
+)
 QUICK = Settings(
     kv_max_step=3000,
     train_lengths=(20, 50),
@@ -403,13 +416,19 @@ def over_seeds(values: Sequence[float]) -> dict:
 
 
 def seconds_per_step(runs: list[dict]) -> dict:
-    """Per variant the median over its runs of training seconds per gradient step, and each variant's
-    over BASELINE's."""
+    """Per variant run the median over its runs of training seconds per gradient step, and each one's over
+    the baseline's: BASELINE's, else (a preset without it) the K = 20 Transformer's."""
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in runs)]
     median = {
         v: statistics.median([r["train_seconds_per_step"] for r in runs if r["variant"] == v])
-        for v in VARIANTS
+        for v in variants
     }
-    return {"median": median, f"over_{BASELINE}": {v: ratio(median[v], median[BASELINE]) for v in VARIANTS}}
+    baseline = BASELINE if BASELINE in median else "transformer"
+    return {
+        "median": median,
+        "baseline": baseline,
+        "over_baseline": {v: ratio(median[v], median[baseline]) for v in variants},
+    }
 
 
 # ---- 2. T-Maze -----------------------------------------------------------------------------------------
@@ -444,7 +463,7 @@ def tmaze_measure(task: Task, run_dir: Path, settings: Settings, device: str) ->
 def tmaze_summary(runs: list[dict], settings: Settings) -> dict:
     """Per variant and evaluation length: success at target 1 and wins at target 0 over seeds."""
     summary = {}
-    for variant in VARIANTS:
+    for variant in settings.trained:
         mine = [r for r in runs if r["variant"] == variant]
         summary[variant] = {
             str(n): {
@@ -461,7 +480,7 @@ def bench_tmaze(settings: Settings, work: Path, device: str = "cpu") -> dict:
     runs = [
         recorded_run(task, v, s, settings, work, device, tmaze_measure)
         for s in settings.seeds
-        for v in VARIANTS
+        for v in settings.trained
     ]
     return {
         "dataset": str(task.data),
@@ -506,9 +525,9 @@ def bench_popgym_task(name: str, settings: Settings, work: Path, device: str) ->
     runs = [
         recorded_run(task, v, s, settings, work, device, popgym_measure)
         for s in settings.seeds
-        for v in VARIANTS
+        for v in settings.trained
     ]
-    summary = {v: over_seeds([r["return"] for r in runs if r["variant"] == v]) for v in VARIANTS}
+    summary = {v: over_seeds([r["return"] for r in runs if r["variant"] == v]) for v in settings.trained}
     return {
         "dataset": str(data),
         "runs": runs,
@@ -585,8 +604,9 @@ def _plot_tmaze(ax, results: dict) -> None:
 
 def _plot_popgym(ax, popgym: dict) -> None:
     """Per task a bar per variant: the IQM with its interval (the mean under 3 seeds)."""
-    width = 0.8 / len(VARIANTS)
-    for j, variant in enumerate(VARIANTS):
+    trained = list(next(iter(popgym.values()))["summary"])
+    width = 0.8 / len(trained)
+    for j, variant in enumerate(trained):
         rows = [popgym[task]["summary"][variant] for task in popgym]
         points = np.array([row["iqm"]["point"] if "iqm" in row else row["mean"] for row in rows])
         spans = np.array(
@@ -596,7 +616,7 @@ def _plot_popgym(ax, popgym: dict) -> None:
             ]
         )
         ax.bar(
-            np.arange(len(rows)) + (j - (len(VARIANTS) - 1) / 2) * width,
+            np.arange(len(rows)) + (j - (len(trained) - 1) / 2) * width,
             points,
             width,
             yerr=np.abs(spans.T - points),
@@ -629,7 +649,8 @@ def run(settings: Settings, device: str, stem: Path, work: Path | None) -> dict:
         results["statistics"] = stats.describe()  # rliable imports, before any training
         make_datasets(settings, work)
         results["tmaze"] = bench_tmaze(settings, work, device)
-        results["popgym"] = bench_popgym(settings, work, device)
+        if settings.popgym_tasks:
+            results["popgym"] = bench_popgym(settings, work, device)
     write_json(stem.with_suffix(".json"), results)
     plot(results, stem.with_suffix(".png"))
     return results
@@ -651,14 +672,15 @@ def report(results: dict) -> None:
         )
     if "tmaze" in results:
         tmaze = results["tmaze"]
-        over = tmaze["train_seconds_per_step"][f"over_{BASELINE}"]
+        seconds = tmaze["train_seconds_per_step"]
+        over, baseline = seconds["over_baseline"], seconds["baseline"]
         for variant, by_length in tmaze["summary"].items():
             cells = ", ".join(
                 f"L={n}: {_score(row['success'])} (target 0 wins {row['wins_at_target_0']['mean']:.2f})"
                 for n, row in by_length.items()
             )
             print(
-                f"T-Maze {variant:20s} success {cells}; seconds per step x{over[variant]:.2f} of {BASELINE}"
+                f"T-Maze {variant:20s} success {cells}; seconds per step x{over[variant]:.2f} of {baseline}"
             )
     for task, section in results.get("popgym", {}).items():
         cells = ", ".join(f"{v}: {_score(row)}" for v, row in section["summary"].items())
@@ -673,8 +695,14 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Times are ratios measured side by side in one run; absolute times depend on the machine "
         "and its load. Interrupted? Run the same command again: finished runs are kept.",
     )
-    parser.add_argument(
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument(
         "--quick", action="store_true", help="short corridors, one POPGym task, short training, for a CPU"
+    )
+    preset.add_argument(
+        "--cpu",
+        action="store_true",
+        help="T-Maze only: corridors to 100 evaluated at 100-10,000, no whole-episode Transformer (hours on a CPU)",
     )
     parser.add_argument("--acting-only", action="store_true", help="only the acting section")
     parser.add_argument(
@@ -687,11 +715,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the training device")
     add_output_arguments(parser)
     args = parser.parse_args(argv)
-    settings = QUICK if args.quick else FULL
-    variant = "memory_acting" if args.acting_only else f"memory_{'quick' if args.quick else 'full'}"
+    name = "quick" if args.quick else "cpu" if args.cpu else "full"
+    settings = {"quick": QUICK, "cpu": CPU, "full": FULL}[name]
+    variant = "memory_acting" if args.acting_only else f"memory_{name}"
     device = "cpu" if args.acting_only else args.device
     stem = output_stem(CLAIM, settings, device, variant, args.out, args.allow_dirty)
-    work = None if args.acting_only else args.work / ("quick" if args.quick else "full")
+    work = None if args.acting_only else args.work / name
     report(run(settings, device, stem, work))
     print(f"wrote {stem}.json and {stem}.png")
     return 0

@@ -100,7 +100,10 @@ def test_every_section_writes_its_schema_for_every_variant(finished):
         tmaze["runs"][3]["success"]["9"]
     ]
     seconds = tmaze["train_seconds_per_step"]
-    assert seconds["over_transformer-episode"]["transformer-episode"] == 1.0
+    assert (
+        seconds["baseline"] == "transformer-episode"
+        and seconds["over_baseline"]["transformer-episode"] == 1.0
+    )
     assert seconds["median"]["aaren"] == tmaze["runs"][0]["train_seconds_per_step"]
 
     popgym = saved["popgym"]
@@ -132,6 +135,21 @@ def test_finished_runs_are_read_back_and_a_new_seed_trains(finished, monkeypatch
     assert bench_memory.bench_popgym(TINY, work)[TASK]["runs"] == results["popgym"][TASK]["runs"]
     with pytest.raises(AssertionError, match="trained again"):  # a new seed does train
         bench_memory.bench_tmaze(dataclasses.replace(TINY, seeds=(0, 1)), work)
+
+
+def test_a_preset_trains_only_its_variants(finished, tmp_path):
+    """`trained` (the --cpu preset leaves out transformer-episode): the T-Maze section runs, summarises and
+    compares training seconds (with the K = 20 Transformer as the baseline) over those variants only, here
+    read back from the finished runs; without POPGym tasks there is no POPGym section."""
+    _, folder = finished
+    settings = dataclasses.replace(TINY, trained=("aaren", "transformer", "lstm"), popgym_tasks=())
+    results = bench_memory.run(settings, "cpu", tmp_path / "memory", folder / "work")
+    assert "popgym" not in results and (tmp_path / "memory.png").stat().st_size > 0
+    tmaze = results["tmaze"]
+    assert [r["variant"] for r in tmaze["runs"]] == list(settings.trained) == list(tmaze["summary"])
+    seconds = tmaze["train_seconds_per_step"]
+    assert seconds["baseline"] == "transformer" and list(seconds["over_baseline"]) == list(settings.trained)
+    assert bench_memory.CPU.popgym_tasks == () and "transformer-episode" not in bench_memory.CPU.trained
 
 
 def test_transformer_episode_trains_on_whole_episodes_from_their_first_step(finished):
