@@ -509,7 +509,9 @@ def test_a_run_evaluates_in_another_env_of_the_same_spaces(tmp_path):
     assert report["env"] == "PointerNoLimit-v0" and report["results"][0]["lengths"] == [30, 30]
     assert Path(report["report_path"]) == run / "eval-PointerNoLimit-v0" / "eval.json"
     assert (run / "eval" / "eval.json").read_bytes() == own
-    with pytest.raises(EvaluationError, match=r"--env MultiPointer-v0: its action_space MultiDiscrete"):
+    with pytest.raises(
+        EvaluationError, match=r"cannot evaluate in MultiPointer-v0: its action_space MultiDiscrete"
+    ):
         evaluate_run(run, episodes=2, num_envs=2, env="MultiPointer-v0", progress=False)
 
 

@@ -16,8 +16,8 @@ examples:
 
 The Aaren agent acts through its recurrent path (O(1) memory per env); the Transformer re-runs its
 last K steps (--acting window). Writes <run>/eval/eval.json and eval.png (with --env: <run>/eval-<env>/;
-for --hub: eval-<user>--<name>/; or --out DIR). A Hub agent is downloaded into the cache ($AAREN_RL_CACHE/hub) and checked against its
-digests; nothing in it is unpickled.
+for --hub: eval-<user>--<name>/; or --out DIR). A Hub agent is downloaded into the cache
+($AAREN_RL_CACHE/hub) and checked against its digests; nothing in it is unpickled.
 """
 
 

@@ -236,9 +236,9 @@ def _checked_env(env: str | None, trained_in: str) -> str:
         for what in ("observation_space", "action_space"):
             if getattr(mine, what) != getattr(theirs, what):
                 raise EvaluationError(
-                    f"--env {env}: its {what} {getattr(theirs, what)} differs from {getattr(mine, what)} of "
-                    f"{trained_in}, the env the run trained for. Fix: pick an env with the same spaces, or "
-                    "leave out --env"
+                    f"cannot evaluate in {env}: its {what} {getattr(theirs, what)} differs from "
+                    f"{getattr(mine, what)} of {trained_in}, the env the run trained for. Fix: pick an env "
+                    f"with the same spaces, or evaluate in {trained_in}"
                 )
     finally:
         mine.close()
