@@ -29,10 +29,29 @@ def tracked(name: str) -> dict:
     return json.loads((RESULTS / f"{name}.json").read_text())
 
 
+SWEEPS = RESULTS / "sweeps"  # tracked sweep reports: one folder per configs/sweeps/<name>.yaml
+
+
 def test_results_folder_holds_only_the_claims() -> None:
-    files = {p.name for p in RESULTS.iterdir() if p.name != VARIANTS and not p.name.startswith(".")}
+    files = {p.name for p in RESULTS.iterdir() if p.name not in (VARIANTS, SWEEPS.name) and p.name[0] != "."}
     claims = {f"{name}{suffix}" for name in CLAIMS for suffix in (".json", ".png")}
     assert files - {"quality.md"} == claims
+
+
+@pytest.mark.parametrize("folder", sorted(SWEEPS.iterdir()) if SWEEPS.is_dir() else [], ids=lambda p: p.name)
+def test_a_tracked_sweep_report_holds_its_finished_trials(folder) -> None:
+    """A sweep report is of a shipped sweep file, and every trial it counts as finished keeps what a later
+    session needs to count it again (its config, bookkeeping and evaluation report, tracked with it)."""
+    report = json.loads((folder / "sweep.json").read_text())
+    assert report["sweep"]["file"].endswith(f"configs/sweeps/{folder.name}.yaml")
+    assert (RESULTS.parents[1] / "configs" / "sweeps" / f"{folder.name}.yaml").is_file()
+    finished = [t for t in report["trials"] if t["status"] == "finished"]
+    assert len(finished) == report["finished"]
+    for trial in finished:
+        run = folder / "runs" / trial["name"]
+        for name in ("config.yaml", "sweep_trial.json", "eval/eval.json"):
+            assert (run / name).is_file(), f"{run / name} is missing: git add -f it with the report"
+        assert json.loads((run / "sweep_trial.json").read_text())["finished"]
 
 
 @pytest.mark.parametrize(
