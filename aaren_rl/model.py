@@ -129,8 +129,8 @@ class Aaren(nn.Module):
             for t in self.key_value(x).split(self.embed_dim, dim=-1)
         )
         scores = (keys @ self.query.to(keys.dtype).unsqueeze(-1)).squeeze(-1) / math.sqrt(self.head_dim)
-        if score_bias is not None:
-            scores = scores + score_bias.to(scores.dtype).expand_as(scores)
+        if score_bias is not None:  # added in the wider dtype: a bias over thousands of steps needs float32
+            scores = scores.to(torch.promote_types(scores.dtype, score_bias.dtype)) + score_bias
         if self.sink is not None and (resets is not None or state is None):  # else nothing starts here
             resets = _starts(resets, state is None, b, n, x.device)
             scores, values = self._join_sink(scores, values, resets)

@@ -27,7 +27,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_model(backbone: str, dtype: torch.dtype) -> DecisionModel:
-    return base_model(backbone, K, dtype=dtype, max_timestep=20)  # episodes of 30 clamp t >= 19
+    """backbone "aaren+slopes": Aaren with step slopes (their bias grows past the table's last row)."""
+    name, _, slopes = backbone.partition("+")
+    return base_model(
+        name, K, dtype=dtype, max_timestep=20, step_slopes=bool(slopes)
+    )  # episodes of 30 clamp t >= 19
 
 
 def drive(agent: DecisionAgent) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -66,7 +70,14 @@ def parallel_actions(model: DecisionModel, starts, obs, rewards, actions, window
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
     "backbone,acting",
-    [("aaren", "recurrent"), ("aaren", "window"), ("transformer", "window"), ("transformer", "recurrent")],
+    [
+        ("aaren", "recurrent"),
+        ("aaren", "window"),
+        ("aaren+slopes", "recurrent"),
+        ("aaren+slopes", "window"),
+        ("transformer", "window"),
+        ("transformer", "recurrent"),
+    ],
 )
 def test_folded_acting_equals_eager_and_parallel_forward(backbone, acting, dtype):
     model = make_model(backbone, dtype)

@@ -47,6 +47,12 @@ def test_bad_value_is_one_config_error(override: str, message: str) -> None:
         config(override)
 
 
+def test_step_slopes_need_the_aaren_backbone() -> None:
+    message = "model.step_slopes = True is impossible: slopes on the scores are Aaren's; set it false"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config("model.backbone=lstm", "model.step_slopes=true")
+
+
 def test_cuda_device_is_checked_against_this_torch(monkeypatch) -> None:
     def no_cuda_question() -> bool:
         raise AssertionError("a CPU config must not ask about CUDA")

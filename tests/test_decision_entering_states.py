@@ -23,11 +23,17 @@ from envs.datasets import SequenceBatch
 K = 5
 
 
-def float64_model(seed: int = 0) -> DecisionModel:
-    """A small Hopper-sized model in float64 with dropout (entering states must switch it off)."""
+def float64_model(seed: int = 0, step_slope: float | None = None) -> DecisionModel:
+    """A small Hopper-sized model in float64 with dropout (entering states must switch it off), with a
+    step slope if given."""
     torch.manual_seed(seed)
-    config = DecisionModelConfig(obs_dim=11, act_dim=3, embed_dim=32, num_layers=2, dropout=0.1)
-    return DecisionModel(config).double().train()
+    config = DecisionModelConfig(
+        obs_dim=11, act_dim=3, embed_dim=32, num_layers=2, dropout=0.1, step_slopes=step_slope is not None
+    )
+    model = DecisionModel(config).double().train()
+    if step_slope is not None:
+        model.step_slope.data.fill_(step_slope)
+    return model
 
 
 def whole_episode_predictions(model: DecisionModel, dataset: OfflineDataset, windows: SequenceBatch) -> list:
@@ -57,10 +63,19 @@ def window_predictions(model: DecisionModel, windows: SequenceBatch, state) -> l
     return [p[: int(m.sum())] for p, m in zip(pred, windows.mask, strict=True)]
 
 
-@pytest.mark.parametrize(("kind", "grid"), [("stored", K), ("stored", 7), ("prefix", None)])
-def test_windows_predict_what_the_whole_episode_predicts(tiny_dataset, kind, grid):
+@pytest.mark.parametrize(
+    ("kind", "grid", "step_slope"),
+    [
+        ("stored", K, None),
+        ("stored", 7, None),
+        ("prefix", None, None),
+        ("stored", 7, -0.05),
+        ("prefix", None, 0.05),
+    ],
+)
+def test_windows_predict_what_the_whole_episode_predicts(tiny_dataset, kind, grid, step_slope):
     dataset = load_dataset(str(tiny_dataset))
-    model = float64_model()
+    model = float64_model(step_slope=step_slope)
     if kind == "stored":
         states = StoredStates(model, dataset, grid)
         states.refresh(0)

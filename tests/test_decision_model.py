@@ -15,10 +15,20 @@ STEPS = 60
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny batches: 1 thread is fastest
 
 
+#: Step slopes of the two heads for `make_model(step_slopes=True)`: one favouring early steps, one recent.
+SLOPES = (-0.3, 0.2)
+
+
 def make_model(
-    backbone: str, context_steps: int = 20, *, dtype: torch.dtype = torch.float64, max_timestep: int = 40
+    backbone: str,
+    context_steps: int = 20,
+    *,
+    dtype: torch.dtype = torch.float64,
+    max_timestep: int = 40,
+    step_slopes: bool = False,
 ) -> DecisionModel:
-    """A small seeded model in eval mode with observation statistics and asymmetric action bounds."""
+    """A small seeded model in eval mode with observation statistics and asymmetric action bounds (and,
+    with `step_slopes`, the heads' slopes set to SLOPES)."""
     torch.manual_seed(0)
     config = DecisionModelConfig(
         obs_dim=OBS,
@@ -32,9 +42,13 @@ def make_model(
         return_scale=0.1,
         action_low=[-2.0, 0.0, -1.0],
         action_high=[1.0, 3.0, 1.0],
+        step_slopes=step_slopes,
     )
     model = DecisionModel(config).to(dtype).eval()
     model.set_state_stats(torch.randn(OBS), torch.rand(OBS) + 0.5)
+    if step_slopes:
+        with torch.no_grad():
+            model.step_slope.copy_(torch.tensor(SLOPES))
     return model
 
 
@@ -74,8 +88,9 @@ def parallel(model, rtg, obs, act, ts) -> np.ndarray:
     return model.to_env_actions(unit)[0].numpy()
 
 
-def test_recurrent_acting_equals_parallel_forward_across_batched_episodes():
-    model = make_model("aaren")
+@pytest.mark.parametrize("step_slopes", [False, True])
+def test_recurrent_acting_equals_parallel_forward_across_batched_episodes(step_slopes):
+    model = make_model("aaren", step_slopes=step_slopes)
     rec = rollout(DecisionAgent(model, TARGET))
     assert rec["actions"].std() > 0.05  # not a degenerate constant policy
     for row, s, rtg, ts in episodes(rec):
@@ -147,3 +162,18 @@ def test_recurrent_acting_is_exact_on_a_live_vectorised_hopper_rollout():
             rtg = 500.0 - np.concatenate([[0.0], np.cumsum(r)[:-1]])
             pred = parallel(model, rtg, o, a, np.arange(len(ep)))
             np.testing.assert_allclose(a, pred, rtol=0, atol=1e-9)
+
+
+def test_step_slopes_see_step_differences_only_and_train_under_bf16_autocast():
+    """The slopes' bias, hundreds at step 5,000, is added in float32 under bfloat16 autocast: shifting every
+    timestep by 5,000 (no timestep table: max_timestep 1) changes no prediction, and the slopes get a gradient."""
+    model = make_model("aaren", dtype=torch.float32, max_timestep=1, step_slopes=True)
+    generator = torch.Generator().manual_seed(2)
+    rtg, obs, act = (torch.randn(2, 30, *shape, generator=generator) for shape in ((), (OBS,), (ACT,)))
+    steps = torch.arange(30).expand(2, 30)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        early, _ = model(rtg, obs, act, steps)
+        late, _ = model(rtg, obs, act, steps + 5000)
+    torch.testing.assert_close(late.float(), early.float(), rtol=0, atol=1e-2)  # a bfloat16 bias: 0.06 off
+    late.float().sum().backward()
+    assert model.step_slope.grad is not None and bool(model.step_slope.grad.abs().min() > 0)

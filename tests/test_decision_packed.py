@@ -21,14 +21,19 @@ def _squared_errors(model: DecisionModel, batch: dict, resets: torch.Tensor | No
     return (pred - model.unit_actions(batch["actions"])).pow(2).mean(-1) * batch["mask"]
 
 
-def test_loss_on_a_packed_row_is_the_sum_over_its_episodes_run_alone(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("step_slopes", [False, True])
+def test_loss_on_a_packed_row_is_the_sum_over_its_episodes_run_alone(tiny_dataset, tmp_path, step_slopes):
     cfg = load_config(
         None, [f"data.dataset={tiny_dataset}", "train.batch_steps=120", "train.batching=packed"]
     )
     dataset = load_dataset(str(tiny_dataset))
     torch.manual_seed(0)
-    model = DecisionModel(DecisionModelConfig(obs_dim=11, act_dim=3, embed_dim=32, num_layers=2, dropout=0.0))
-    model = model.double().eval()
+    config = DecisionModelConfig(
+        obs_dim=11, act_dim=3, embed_dim=32, num_layers=2, dropout=0.0, step_slopes=step_slopes
+    )
+    model = DecisionModel(config).double().eval()
+    if step_slopes:  # each episode's steps are timed from its own start
+        model.step_slope.data.fill_(-0.05)
     batch = make_batcher(cfg, dataset, DistContext()).sample(np.random.default_rng(0))
     batch = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
     assert int(batch["resets"].sum()) >= 4  # several episodes share the rows

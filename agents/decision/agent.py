@@ -52,7 +52,7 @@ from torch.nn import functional as F
 from aaren_rl import AarenBackbone, AarenState, KVCache, LSTMState, TransformerBackbone
 from aaren_rl.folded import FoldedAarenBackbone, FoldedTransformerBackbone, ParameterVersions
 from aaren_rl.ops import fused
-from agents.decision.model import ACTING, DecisionModel, discrete_actions
+from agents.decision.model import ACTING, DecisionModel, discrete_actions, step_score_bias
 
 #: The largest |target return| an agent acts towards: returns-to-go are float32 while acting, whose
 #: integers are exact only up to 2**24; beyond it R_t = R_{t-1} - r_{t-1} loses rewards of order 1.
@@ -204,6 +204,7 @@ class FoldedDecisionModel:
             ]
         )
         self.time_table = model.embed_timestep.weight.detach()
+        self.step_slope = None if model.step_slope is None else model.step_slope.detach()
         self.embed_ln = model.embed_ln
         self.head_t = model.predict_action.weight.detach().t().contiguous()
         self.head_b = model.predict_action.bias.detach()
@@ -254,7 +255,10 @@ class FoldedDecisionModel:
             return None
         discrete = self.model.discrete
         if self.aaren is not None:
-            return module.AarenAgent(self.aaren.flat_weights, self.ends, self.resets, self.eps, discrete)
+            slopes = self.step_slope
+            return module.AarenAgent(
+                self.aaren.flat_weights, self.ends, self.resets, slopes, self.eps, discrete
+            )
         if self.transformer is not None:
             folded = self.transformer
             return module.WindowAgent(folded.flat_weights, self.ends, folded.num_heads, self.eps, discrete)
@@ -271,8 +275,9 @@ class FoldedDecisionModel:
         return hot.scatter_(1, self.model.action_indices(actions), 1)
 
     def tokens(self, inputs: Tensor, times: Tensor) -> Tensor:
+        """Step inputs [..., F] and their token times [..., 3] (later ones share the table's last row)."""
         pre = torch.addmm(self.embed_b, inputs.reshape(-1, inputs.shape[-1]), self.embed_t)
-        pre = pre.view(*times.shape, -1) + self.time_table[times]
+        pre = pre.view(*times.shape, -1) + self.time_table[times.clamp(max=len(self.time_table) - 1)]
         ln = self.embed_ln
         return F.layer_norm(pre, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
@@ -308,7 +313,8 @@ class FoldedDecisionModel:
     ) -> tuple[Tensor, AarenState]:
         """Actions [n, act_dim] and the next Aaren state for one step of step inputs [n, F], token
         times [n, 3], rows at `start` beginning a new episode."""
-        hidden, memory = self.aaren(self.tokens(inputs, times), state, self.resets[start.long()])
+        bias = step_score_bias(self.step_slope, times)
+        hidden, memory = self.aaren(self.tokens(inputs, times), state, self.resets[start.long()], bias)
         return self.actions(hidden), memory
 
     def window_actions(self, memory: StepWindow, backbone: nn.Module) -> Tensor:
@@ -319,7 +325,9 @@ class FoldedDecisionModel:
         tokens = self.tokens(memory.inputs, memory.times).view(n, 3 * k, -1)[:, 1:]
         if self.transformer is not None:
             return self.actions(self.transformer(tokens, read))
-        return self.actions(backbone(tokens)[0][torch.arange(n, device=read.device), read])
+        bias = step_score_bias(self.step_slope, memory.times.view(n, 3 * k)[:, 1:])
+        hidden = backbone(tokens) if bias is None else backbone(tokens, None, bias)
+        return self.actions(hidden[0][torch.arange(n, device=read.device), read])
 
 
 class DecisionAgent:
@@ -512,7 +520,7 @@ class DecisionAgent:
     ) -> tuple[Tensor, RecurrentMemory | StepWindow]:
         folded = self._folded
         inputs = torch.cat([folded.action_inputs(state.actions), rtg.unsqueeze(1), obs], 1)
-        times = torch.stack([state.timesteps, t, t], 1).clamp_(max=self.model.config.max_timestep - 1)
+        times = torch.stack([state.timesteps, t, t], 1)
         if self.acting == "window":
             memory = state.memory.push(inputs, times, start)
             return folded.window_actions(memory, self.model.backbone), memory
@@ -537,7 +545,8 @@ class DecisionAgent:
             ],
             dim=1,
         )
-        hidden, memory = _recurrent(model.backbone, tokens, state.memory, start)
+        bias = model.score_bias(torch.stack([state.timesteps, t, t], 1))
+        hidden, memory = _recurrent(model.backbone, tokens, state.memory, start, bias)
         return model.to_env_actions(model.action_head(hidden), self.generator), memory
 
     def _act_window(
@@ -570,18 +579,28 @@ def _check_finite(**inputs: Tensor | None) -> None:
 
 
 def _recurrent(
-    backbone: torch.nn.Module, tokens: Tensor, memory: RecurrentMemory, start: Tensor
+    backbone: torch.nn.Module,
+    tokens: Tensor,
+    memory: RecurrentMemory,
+    start: Tensor,
+    bias: Tensor | None = None,
 ) -> tuple[Tensor, RecurrentMemory]:
-    """The backbone's output at s_t [n, D] and its next state, through its own forward. When some rows
-    start and others continue, every row's a_{t-1} token goes through first, then the starting rows
-    are emptied and [R_t, s_t] follows: exact, two calls in such steps, one otherwise."""
+    """The backbone's output at s_t [n, D] and its next state, through its own forward (with the Aaren score
+    `bias` [n, H, 3] of the step's tokens, if any). When some rows start and others continue, every row's
+    a_{t-1} token goes through first, then the starting rows are emptied and [R_t, s_t] follows: exact, two
+    calls in such steps, one otherwise."""
+
+    def run(tokens_at: slice, memory: RecurrentMemory) -> tuple[Tensor, RecurrentMemory]:
+        scores = () if bias is None else (bias[..., tokens_at],)
+        return backbone(tokens[:, tokens_at], memory, *scores)
+
     if bool(start.all()):
-        hidden, memory = backbone(tokens[:, 1:], memory.reset(start))
+        hidden, memory = run(slice(1, 3), memory.reset(start))
     elif bool(start.any()):
-        _, memory = backbone(tokens[:, :1], memory)
-        hidden, memory = backbone(tokens[:, 1:], memory.reset(start))
+        _, memory = run(slice(0, 1), memory)
+        hidden, memory = run(slice(1, 3), memory.reset(start))
     else:
-        hidden, memory = backbone(tokens, memory)
+        hidden, memory = run(slice(0, 3), memory)
     return hidden[:, -1], memory
 
 

@@ -299,6 +299,12 @@ def validate(cfg: Config) -> Config:
     _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
     _check(m.max_timestep >= 0, "model.max_timestep", m.max_timestep, "must be >= 1, or 0 for automatic")
     _check(m.return_scale > 0, "model.return_scale", m.return_scale, "must be > 0 (reference 0.001)")
+    _check(
+        not m.step_slopes or m.backbone == "aaren",
+        "model.step_slopes",
+        m.step_slopes,
+        f"slopes on the scores are Aaren's; set it false for model.backbone = {m.backbone}",
+    )
     for key in (
         "steps",
         "batch_steps",

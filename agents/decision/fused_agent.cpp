@@ -17,16 +17,17 @@ namespace {
 // Decision-agent ends around a step, 9 tensors: embed_t [F, 3 D], embed_b [3 D], time_table [steps, D],
 // ln w, ln b, head_t [D, H], head_b, then for Box actions action_mid and action_half [A], for discrete ones
 // each component's first action and its number of actions [A] (H = their sum: the one-hot width).
-// Step inputs [R, F] (a_{t-1}, R_t, s_t) and their token times [R, 3] -> layer-normed tokens [R 3, D].
+// Step inputs [R, F] (a_{t-1}, R_t, s_t) and their token times [R, 3] -> layer-normed tokens [R 3, D]; times
+// past the timestep table share its last row.
 template <typename T>
 Tensor embed_tokens(const Tensor& inputs, const Tensor& times, const std::vector<Tensor>& ends, double eps) {
-  const int64_t d = ends[2].size(1);
+  const int64_t d = ends[2].size(1), last = ends[2].size(0) - 1;
   Tensor pre = linear<T>(ends[1], inputs.contiguous(), ends[0]).view({-1, d});
   const int64_t* tp = times.data_ptr<int64_t>();
   const T* table = ends[2].data_ptr<T>();
   T* p = pre.data_ptr<T>();
   for (int64_t r = 0, rows = pre.size(0); r < rows; ++r, p += d)
-    for (int64_t i = 0; i < d; ++i) p[i] += table[tp[r] * d + i];
+    for (int64_t i = 0; i < d; ++i) p[i] += table[std::min(tp[r], last) * d + i];
   return layer_norm<T>(pre, ends[3], ends[4], eps);
 }
 
@@ -60,7 +61,7 @@ Tensor action_head(const Tensor& hidden, const std::vector<Tensor>& ends, bool d
 
 // One decision-agent step's bookkeeping (agents.decision.agent.DecisionAgent.act): R_t = target where a row
 // starts, else R_{t-1} - r_{t-1}; t = 0 where it starts, else t_{t-1} + 1; the step inputs [n, F] =
-// (a_{t-1}, R_t, s_t) and their token times [n, 3] = (t_{t-1}, t, t) clamped to the timestep table.
+// (a_{t-1}, R_t, s_t) and their token times [n, 3] = (t_{t-1}, t, t).
 // a_{t-1} goes in as it is (Box) or as the one-hot of each component's action (discrete: `first` action and
 // `sizes` of each component, ends[7] and ends[8]; clipped to the component, as DecisionModel.action_indices).
 // reward [n] may be None (no rewards: R_t = R_{t-1}), start [n] bool None (no row starts).
@@ -82,7 +83,6 @@ AgentStep agent_step(const Tensor& obs, const c10::optional<Tensor>& reward, con
   const int64_t* t = timesteps.data_ptr<int64_t>();
   T *in = out.inputs.data_ptr<T>(), *g_new = out.returns_to_go.data_ptr<T>();
   int64_t *times = out.times.data_ptr<int64_t>(), *t_new = out.timesteps.data_ptr<int64_t>();
-  const int64_t last = ends[2].size(0) - 1;
   for (int64_t i = 0; i < n; ++i, in += width, times += 3) {
     const bool begins = start && start[i];
     g_new[i] = begins ? T(target) : (r ? g[i] - r[i] : g[i]);
@@ -99,8 +99,8 @@ AgentStep agent_step(const Tensor& obs, const c10::optional<Tensor>& reward, con
     }
     in[act_width] = g_new[i];
     std::copy(o + i * obs_dim, o + (i + 1) * obs_dim, in + act_width + 1);
-    times[0] = std::min(t[i], last);
-    times[1] = times[2] = std::min(t_new[i], last);
+    times[0] = t[i];
+    times[1] = times[2] = t_new[i];
   }
   return out;
 }
@@ -143,18 +143,33 @@ bool all_finite(const Tensor& obs, const c10::optional<Tensor>& reward) {
   return finite(obs) && (!reward || finite(*reward));
 }
 
+// Each head's step slope [H] times the token times [n, 3] -> the Aaren score bias [n, H, 3]
+// (agents.decision.model.step_score_bias).
+template <typename T>
+Tensor step_score_bias(const Tensor& slopes, const Tensor& times) {
+  const int64_t n = times.size(0), heads = slopes.size(0);
+  Tensor bias = at::empty({n, heads, 3}, slopes.options());
+  const T* slope = slopes.data_ptr<T>();
+  const int64_t* t = times.data_ptr<int64_t>();
+  T* b = bias.data_ptr<T>();
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t j = 0; j < 3; ++j) *b++ = slope[h] * T(t[i * 3 + j]);
+  return bias;
+}
+
 }  // namespace
 
 // One recurrent decision-agent step, bookkeeping included: observations [n, S], rewards [n] or None,
 // starts [n] bool or None, the agent state's returns-to-go [n], timesteps [n] long, last actions [n, A]
 // and Aaren state m, u, w -> actions [n, A], the new returns-to-go, timesteps, m, u and w; nothing where
 // an observation or reward is not finite. masks [2, 1, 3, 4]: the score masks of rows that continue and
-// rows that start.
+// rows that start; slopes [H] or None: the model's step slopes, added to the scores times each token's time.
 std::vector<Tensor> aaren_act(const Tensor& obs, const c10::optional<Tensor>& reward,
                               const c10::optional<Tensor>& start, const Tensor& returns_to_go,
                               const Tensor& timesteps, const Tensor& actions, double target, const Tensor& m,
                               const Tensor& u, const Tensor& w, const Tensor& masks,
-                              const std::vector<Tensor>& weights, const std::vector<Tensor>& ends, double eps,
+                              const c10::optional<Tensor>& slopes, const std::vector<Tensor>& weights, const std::vector<Tensor>& ends, double eps,
                               bool discrete) {
   c10::InferenceMode inference;  // an agent step never needs gradients: skip autograd's dispatch
   const bool* starts = start ? start->data_ptr<bool>() : nullptr;
@@ -165,7 +180,9 @@ std::vector<Tensor> aaren_act(const Tensor& obs, const c10::optional<Tensor>& re
                                           target, ends, discrete);
     Tensor tokens = embed_tokens<scalar_t>(step.inputs, step.times, ends, eps);
     Tensor mask = starts ? masks : masks.narrow(0, 0, 1);  // without starts every row continues
-    auto out = aaren_step_impl<scalar_t>(tokens, m, u, w, mask, starts, c10::nullopt, obs.size(0), weights, eps);
+    c10::optional<Tensor> bias;
+    if (slopes) bias = step_score_bias<scalar_t>(*slopes, step.times);
+    auto out = aaren_step_impl<scalar_t>(tokens, m, u, w, mask, starts, bias, obs.size(0), weights, eps);
     return std::vector<Tensor>{action_head<scalar_t>(out[0], ends, discrete), step.returns_to_go, step.timesteps,
                                out[1], out[2], out[3]};
   });
@@ -203,16 +220,23 @@ std::vector<Tensor> window_act(const Tensor& obs, const c10::optional<Tensor>& r
 // some 40 tensors into vectors on every call would cost a batch-1 step more than some of its matmuls.
 // discrete: the actions are Discrete or MultiDiscrete (see the ends above).
 struct AarenAgent {
-  AarenAgent(std::vector<Tensor> weights, std::vector<Tensor> ends, Tensor masks, double eps, bool discrete)
-      : weights(std::move(weights)), ends(std::move(ends)), masks(std::move(masks)), eps(eps), discrete(discrete) {}
+  AarenAgent(std::vector<Tensor> weights, std::vector<Tensor> ends, Tensor masks, c10::optional<Tensor> slopes,
+             double eps, bool discrete)
+      : weights(std::move(weights)),
+        ends(std::move(ends)),
+        masks(std::move(masks)),
+        slopes(std::move(slopes)),
+        eps(eps),
+        discrete(discrete) {}
   std::vector<Tensor> act(const Tensor& obs, const c10::optional<Tensor>& reward, const c10::optional<Tensor>& start,
                           const Tensor& returns_to_go, const Tensor& timesteps, const Tensor& actions, double target,
                           const Tensor& m, const Tensor& u, const Tensor& w) const {
-    return aaren_act(obs, reward, start, returns_to_go, timesteps, actions, target, m, u, w, masks, weights, ends, eps,
-                     discrete);
+    return aaren_act(obs, reward, start, returns_to_go, timesteps, actions, target, m, u, w, masks, slopes, weights,
+                     ends, eps, discrete);
   }
   std::vector<Tensor> weights, ends;
   Tensor masks;
+  c10::optional<Tensor> slopes;
   double eps;
   bool discrete;
 };
@@ -234,7 +258,7 @@ struct WindowAgent {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   pybind11::class_<AarenAgent>(module, "AarenAgent")
-      .def(pybind11::init<std::vector<Tensor>, std::vector<Tensor>, Tensor, double, bool>())
+      .def(pybind11::init<std::vector<Tensor>, std::vector<Tensor>, Tensor, c10::optional<Tensor>, double, bool>())
       .def("act", &AarenAgent::act, "One recurrent decision-agent step, bookkeeping included");
   pybind11::class_<WindowAgent>(module, "WindowAgent")
       .def(pybind11::init<std::vector<Tensor>, std::vector<Tensor>, int64_t, double, bool>())

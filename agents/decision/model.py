@@ -63,6 +63,11 @@ class ModelHyperparameters:
     context_steps: int = 20  # K: the K-windows' length in training and in window acting, in timesteps
     max_timestep: int = 1000  # size of the timestep embedding; later timesteps are clamped to the last
     return_scale: float = 1e-3  # returns-to-go are multiplied by this before embedding
+    # Aaren only: a learned slope per head on the scores over the timestep (`DecisionModel.score_bias`),
+    # starting at 0. A negative slope keeps early steps weighty however long the episode grows (a cue at
+    # step 0 against thousands of corridor steps), a positive one favours recent steps (docs/design.md,
+    # Tokens and prediction).
+    step_slopes: bool = False
 
 
 @dataclass(kw_only=True)
@@ -121,6 +126,9 @@ class DecisionModel(nn.Module):
         args = (c.embed_dim, c.num_layers, c.num_heads, c.ffn_mult, c.dropout)
         self.backbone = BACKBONE_TYPES[c.backbone](*args)
         self.predict_action = nn.Linear(c.embed_dim, self.action_input_dim)
+        if c.step_slopes and c.backbone != "aaren":
+            raise ValueError(f"step_slopes needs the aaren backbone, got {c.backbone!r}")
+        self.step_slope = nn.Parameter(torch.zeros(c.num_heads)) if c.step_slopes else None
         # Data statistics and action bounds: saved with the weights, not trained.
         self.register_buffer("state_mean", torch.zeros(c.obs_dim))
         self.register_buffer("state_std", torch.ones(c.obs_dim))
@@ -241,12 +249,14 @@ class DecisionModel(nn.Module):
             ],
             dim=2,
         ).reshape(b, 3 * t, self.config.embed_dim)
-        if resets is None and ignore is None:
+        bias = self._ignored_scores(ignore)
+        if self.step_slope is not None:
+            slopes = self.score_bias(timesteps.repeat_interleave(3, dim=1))
+            bias = slopes if bias is None else slopes + bias
+        if resets is None and bias is None:
             hidden, state = self.backbone(tokens, state)
         elif self.config.backbone == "aaren":
-            hidden, state = self.backbone(
-                tokens, state, self._ignored_scores(ignore), resets=self._token_resets(resets)
-            )
+            hidden, state = self.backbone(tokens, state, bias, resets=self._token_resets(resets))
         else:
             raise ValueError(
                 "resets (packed episodes) and ignore (left padding) need the Aaren backbone; the Transformer "
@@ -264,6 +274,13 @@ class DecisionModel(nn.Module):
         token_resets[..., 0] = resets
         return token_resets.reshape(b, 3 * t)
 
+    def score_bias(self, token_times: Tensor) -> Tensor | None:
+        """Token timesteps [B, N] (long, unclamped) -> the Aaren score bias [B, H, N]: each head's slope times
+        the timestep, in the weights' dtype (None without `step_slopes`). Softmax weights depend only on
+        differences of bias, so a head's weight on a step d steps back is scaled by e^(-slope * d): negative
+        slopes keep the oldest steps' share bounded below however long the episode, positive ones decay it."""
+        return step_score_bias(self.step_slope, token_times)
+
     def _ignored_scores(self, ignore: Tensor | None) -> Tensor | None:
         """Per-step ignore [B, T] -> the Aaren score bias [B, 1, 3T]: IGNORED_SCORE on its steps' tokens."""
         if ignore is None:
@@ -273,6 +290,13 @@ class DecisionModel(nn.Module):
 
     def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None):
         return self.backbone.init_state(batch_size, device, dtype)
+
+
+def step_score_bias(slopes: Tensor | None, token_times: Tensor) -> Tensor | None:
+    """Slopes [H] (or None) and token timesteps [B, N] -> slopes x timesteps [B, H, N] in the slopes' dtype."""
+    if slopes is None:
+        return None
+    return slopes[:, None] * token_times.unsqueeze(1).to(slopes.dtype)
 
 
 def discrete_sizes(config: DecisionModelConfig) -> list[int] | None:
