@@ -2,8 +2,8 @@
 corridor length, and returns on POPGym's memory tasks, for every decision backbone.
 
 The backbones compared (`VARIANTS`, one table used by every section) share the tokens, heads, training
-loop and evaluation; only the backbone and the batching differ: "aaren" (Aaren-DT on packed whole
-episodes, acting recurrently on its constant-size state), "transformer" (the reference Transformer-DT on
+loop and evaluation; only the backbone, the batching and Aaren's step slopes differ: "aaren" (Aaren-DT
+with step slopes on packed whole episodes, acting recurrently on its constant-size state), "transformer" (the reference Transformer-DT on
 K = 20 windows, acting on its last K steps), "transformer-episode" (the Transformer whose context is the
 whole episode: `model.context_steps` the longest episode, trained on whole episodes from their first step
 and acting through its KV cache over the whole episode) and "lstm" (the Decision-LSTM on whole episodes,
@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agents.common.overrides import ConfigError
 from agents.common.shipped import find_config
 from agents.decision.agent import AgentState, DecisionAgent
 from agents.decision.batching import batcher_type
@@ -85,14 +86,20 @@ FLAT_FROM = 100
 LONGEST_EPISODE = "longest episode"
 #: The backbones compared, by name: the config overrides each trains with (module docstring).
 VARIANTS: dict[str, dict[str, object]] = {
-    "aaren": {"model.backbone": "aaren", "train.batching": "packed"},
-    "transformer": {"model.backbone": "transformer", "train.batching": "windows", "model.context_steps": 20},
+    "aaren": {"model.backbone": "aaren", "train.batching": "packed", "model.step_slopes": True},
+    "transformer": {
+        "model.backbone": "transformer",
+        "train.batching": "windows",
+        "model.context_steps": 20,
+        "model.step_slopes": False,
+    },
     "transformer-episode": {
         "model.backbone": "transformer",
         "train.batching": "episodes",
         "model.context_steps": LONGEST_EPISODE,
+        "model.step_slopes": False,
     },
-    "lstm": {"model.backbone": "lstm", "train.batching": "episodes"},
+    "lstm": {"model.backbone": "lstm", "train.batching": "episodes", "model.step_slopes": False},
 }
 BASELINE = "transformer-episode"  # the variant training seconds per step are compared with
 TARGET = 1.0  # the T-Maze's winning return
@@ -356,11 +363,38 @@ def run_config(task: Task, variant: str, seed: int, settings: Settings, work: Pa
     )
 
 
-def train_run(task: Task, variant: str, seed: int, settings: Settings, work: Path, device: str) -> Path:
-    """Train (or resume) one run; its directory."""
-    cfg = run_config(task, variant, seed, settings, work, device)
+def learned_settings(cfg: Config) -> dict:
+    """What decides a run's result: its model and train sections, less where and how fast it trains."""
+    sections = cfg.to_dict()
+    train_section = {k: v for k, v in sections["train"].items() if k not in ("device", "threads")}
+    return {"model": sections["model"], "train": train_section}
+
+
+def check_same_settings(path: Path, kept: dict | None, now: dict) -> None:
+    """A ConfigError naming `path` when a kept run or record was made with other settings than the run
+    this benchmark would make now (a changed preset or config): reusing it would mix the two."""
+    if kept == now:
+        return
+    changed = "it records none (an older benchmark's)"
+    if kept is not None:
+        changed = ", ".join(
+            f"{section}.{key} was {kept.get(section, {}).get(key)!r}, now {value!r}"
+            for section, values in now.items()
+            for key, value in values.items()
+            if kept.get(section, {}).get(key) != value
+        )
+    raise ConfigError(
+        f"{path} was made with other settings ({changed}). Fix: delete it to run again with today's, or "
+        "pass another --work folder"
+    )
+
+
+def train_run(cfg: Config) -> Path:
+    """Train (or resume, if its settings are the same) the run of `cfg`; its directory."""
     run_dir = Path(cfg.output_dir) / cfg.name
     if (run_dir / "config.yaml").is_file():
+        saved = load_config(run_dir / "config.yaml", [])
+        check_same_settings(run_dir / "config.yaml", learned_settings(saved), learned_settings(cfg))
         return train(resume=run_dir, progress=False)
     return train(cfg, progress=False)
 
@@ -388,17 +422,21 @@ def recorded_run(
     device: str,
     measure: Callable[[Task, Path, Settings, str], dict],
 ) -> dict:
-    """One finished run's record (read back if an earlier session finished it): its task, variant, seed,
-    training seconds and what `measure(task, run_dir, settings, device)` adds."""
+    """One finished run's record (read back if an earlier session finished it with the same settings): its
+    task, variant, seed, settings, training seconds and what `measure(task, run_dir, settings, device)` adds."""
     done = work / "done" / f"{task.name}-{variant}-s{seed}.json"
+    cfg = run_config(task, variant, seed, settings, work, device)
     if done.is_file():
-        return json.loads(done.read_text())
-    run_dir = train_run(task, variant, seed, settings, work, device)
+        record = json.loads(done.read_text())
+        check_same_settings(done, record.get("settings"), learned_settings(cfg))
+        return record
+    run_dir = train_run(cfg)
     seconds = training_seconds(run_dir)
     record = {
         "task": task.name,
         "variant": variant,
         "seed": seed,
+        "settings": learned_settings(cfg),
         "train_seconds": seconds,
         "train_seconds_per_step": seconds / task.steps,
         **measure(task, run_dir, settings, device),
@@ -713,10 +751,19 @@ def main(argv: list[str] | None = None) -> int:
         "(reused: finished runs are skipped)",
     )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the training device")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="train and report these seeds only (default: the preset's); several processes on one --work "
+        "folder can each take some, then one run without --seeds reads them all back",
+    )
     add_output_arguments(parser)
     args = parser.parse_args(argv)
     name = "quick" if args.quick else "cpu" if args.cpu else "full"
     settings = {"quick": QUICK, "cpu": CPU, "full": FULL}[name]
+    if args.seeds:
+        settings = dataclasses.replace(settings, seeds=tuple(args.seeds))
     variant = "memory_acting" if args.acting_only else f"memory_{name}"
     device = "cpu" if args.acting_only else args.device
     stem = output_stem(CLAIM, settings, device, variant, args.out, args.allow_dirty)

@@ -6,10 +6,11 @@ beats each corridor token's by a fixed margin keeps a weight of about e^margin /
 shows that dilution, layer by layer, next to the action the run chooses.
 
 The episode is the oracle's path (`envs.tmaze`): the cue (+1 up, -1 down) at step 0, moves right along
-the corridor, the junction flag at step L; returns-to-go at target 1 and timestep 0 throughout (the runs
-train with `model.max_timestep: 1`; with a larger table the steps are clamped as acting clamps them). One
+the corridor, the junction flag at step L; returns-to-go at target 1 and each step's own timestep (the
+table clamps those past its end, as acting does; the step slopes of `model.step_slopes` see them all). One
 parallel forward of the run's latest checkpoint per length and cue; each layer's scores are recomputed
-from its input (a forward pre-hook) with its own keys and query. Writes <run>/tmaze_attention.json.
+from its input and score bias (a forward pre-hook) with its own keys and query. Prints each layer's largest
+cue weight over its heads; writes every head's, and the run's step slopes, to <run>/tmaze_attention.json.
 
     .venv/bin/python benchmarks/tmaze_attention.py RUN_DIR [--lengths 100 1000 10000]
 """
@@ -37,12 +38,15 @@ CUE_TOKENS = 3  # the first step's return-to-go, observation (the cue) and actio
 
 
 def layer_scores(model: DecisionModel, run: Callable[[], object]) -> list[torch.Tensor]:
-    """Each Aaren layer's scores [H, N] of one forward `run()` of a batch of one, in layer order."""
+    """Each Aaren layer's scores [H, N] of one forward `run()` of a batch of one, in layer order, its score
+    bias (the step slopes') included."""
     scores: list[torch.Tensor] = []
 
     def record(layer: Aaren, args: tuple) -> None:
         keys = layer.key_value(args[0])[0, :, : layer.embed_dim].view(-1, layer.num_heads, layer.head_dim)
-        scores.append((keys * layer.query).sum(-1).T / math.sqrt(layer.head_dim))
+        layer_scores = (keys * layer.query).sum(-1).T / math.sqrt(layer.head_dim)
+        bias = args[2] if len(args) > 2 else None
+        scores.append(layer_scores if bias is None else layer_scores + bias[0])
 
     hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, Aaren)]
     try:
@@ -61,7 +65,7 @@ def junction(model: DecisionModel, length: int, cue: float) -> dict:
     obs = torch.zeros(1, steps, model.config.obs_dim)
     obs[0, 0, 0], obs[0, length, 1] = cue, 1.0
     actions = torch.full((1, steps, 1), float(RIGHT))
-    returns, times = torch.ones(1, steps), torch.zeros(1, steps, dtype=torch.long)
+    returns, times = torch.ones(1, steps), torch.arange(steps)[None]
     outputs = {}
     scores = layer_scores(model, lambda: outputs.update(logits=model(returns, obs, actions, times)[0]))
     read = 3 * length + 1  # the junction's observation token, where its action is predicted
@@ -91,11 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.run}: give a T-Maze run of the aaren backbone (3 observations)")
     rows = [junction(model, length, cue) for length in args.lengths for cue in (1.0, -1.0)]
     for row in rows:
-        cells = ", ".join(f"layer {i} {layer['cue_weight'][0]:.4f}" for i, layer in enumerate(row["layers"]))
+        cells = ", ".join(
+            f"layer {i} {max(layer['cue_weight']):.4f}" for i, layer in enumerate(row["layers"])
+        )
         verdict = "correct" if row["correct"] else "wrong"
         print(f"corridor {row['length']:6d} cue {row['cue']:+.0f}: {verdict} turn; cue weight {cells}")
     out = args.run / "tmaze_attention.json"
-    write_atomic(out, json.dumps({"run": str(args.run), "step": step, "junctions": rows}, indent=2))
+    slopes = None if model.step_slope is None else model.step_slope.tolist()
+    report = {"run": str(args.run), "step": step, "step_slopes": slopes, "junctions": rows}
+    write_atomic(out, json.dumps(report, indent=2))
     print(f"wrote {out}")
     return 0
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
 
 from aaren_rl import KVCache
+from agents.common.overrides import ConfigError
 from agents.decision.agent import StepWindow
 from agents.decision.batching import EpisodesBatcher, WindowBatcher, make_batcher
 from agents.decision.distributed import DistContext
@@ -135,6 +138,21 @@ def test_finished_runs_are_read_back_and_a_new_seed_trains(finished, monkeypatch
     assert bench_memory.bench_popgym(TINY, work)[TASK]["runs"] == results["popgym"][TASK]["runs"]
     with pytest.raises(AssertionError, match="trained again"):  # a new seed does train
         bench_memory.bench_tmaze(dataclasses.replace(TINY, seeds=(0, 1)), work)
+
+
+def test_runs_kept_with_other_settings_are_refused_not_mixed_in(finished, tmp_path):
+    """A changed preset or config meets the finished record, or else the run directory, that the old one
+    left: one ConfigError naming it and the setting, before any training."""
+    _, folder = finished
+    longer = dataclasses.replace(TINY, steps=3)
+    record = "tmaze-aaren-s0.json was made with other settings (train.steps was 2, now 3"
+    with pytest.raises(ConfigError, match=re.escape(record)):
+        bench_memory.bench_tmaze(longer, folder / "work")
+    work = shutil.copytree(folder / "work", tmp_path / "work")
+    (work / "done" / "tmaze-aaren-s0.json").unlink()  # an interrupted run: its directory only
+    run = "tmaze-aaren-s0/config.yaml was made with other settings (train.steps was 2, now 3"
+    with pytest.raises(ConfigError, match=re.escape(run)):
+        bench_memory.bench_tmaze(longer, work)
 
 
 def test_a_preset_trains_only_its_variants(finished, tmp_path):
