@@ -255,9 +255,9 @@ class FoldedDecisionModel:
             return None
         discrete = self.model.discrete
         if self.aaren is not None:
-            slopes = self.step_slope
+            folded = self.aaren
             return module.AarenAgent(
-                self.aaren.flat_weights, self.ends, self.resets, slopes, self.eps, discrete
+                folded.flat_weights, self.ends, self.resets, self.step_slope, self.eps, discrete
             )
         if self.transformer is not None:
             folded = self.transformer

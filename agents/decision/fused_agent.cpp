@@ -169,8 +169,8 @@ std::vector<Tensor> aaren_act(const Tensor& obs, const c10::optional<Tensor>& re
                               const c10::optional<Tensor>& start, const Tensor& returns_to_go,
                               const Tensor& timesteps, const Tensor& actions, double target, const Tensor& m,
                               const Tensor& u, const Tensor& w, const Tensor& masks,
-                              const c10::optional<Tensor>& slopes, const std::vector<Tensor>& weights, const std::vector<Tensor>& ends, double eps,
-                              bool discrete) {
+                              const c10::optional<Tensor>& slopes, const std::vector<Tensor>& weights,
+                              const std::vector<Tensor>& ends, double eps, bool discrete) {
   c10::InferenceMode inference;  // an agent step never needs gradients: skip autograd's dispatch
   const bool* starts = start ? start->data_ptr<bool>() : nullptr;
   return AT_DISPATCH_FLOATING_TYPES(obs.scalar_type(), "aaren_act", [&] {
