@@ -31,8 +31,8 @@ summarised by their mean and, from 3 seeds on, their IQM with its 95% interval (
 
 Not here: the noisy T-Maze, POPGym's Hard level, and live evaluation during training.
 
-Writes memory.json and memory.png into --out: the tracked result for the full preset, into
-<out>/variants/ for any other run (`benchmarks.common`). The full preset (T-Maze trained at corridors up
+Writes memory.json and memory.png into --out: the tracked result for the full preset (memory_cpu.* for
+--cpu), into <out>/variants/ for any other run (`benchmarks.common`). The full preset (T-Maze trained at corridors up
 to 1,000 and evaluated at 100, 1,000 and 10,000; six POPGym tasks) is GPU-sized; --cpu (T-Maze trained
 at corridors up to 100, evaluated at the same lengths, without the whole-episode Transformer) takes hours
 on two CPU cores, resumably; --quick finishes on two CPU cores in minutes.
@@ -180,6 +180,7 @@ QUICK = Settings(
     popgym_steps=200,
 )
 CLAIM = Claim("memory", FULL, "cuda")  # the tracked result: the full preset, training on a GPU
+CPU_CLAIM = Claim("memory_cpu", CPU)  # and the --cpu preset's, on a CPU
 
 
 # ---- 1. acting ---------------------------------------------------------------------------------------
@@ -766,7 +767,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = dataclasses.replace(settings, seeds=tuple(args.seeds))
     variant = "memory_acting" if args.acting_only else f"memory_{name}"
     device = "cpu" if args.acting_only else args.device
-    stem = output_stem(CLAIM, settings, device, variant, args.out, args.allow_dirty)
+    claim = CPU_CLAIM if args.cpu and not args.acting_only else CLAIM  # an acting-only run claims nothing
+    stem = output_stem(claim, settings, device, variant, args.out, args.allow_dirty)
     work = None if args.acting_only else args.work / name
     report(run(settings, device, stem, work))
     print(f"wrote {stem}.json and {stem}.png")
