@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from benchmarks import bench_aaren, bench_agents, bench_batching, bench_ppo, bench_quality
+from benchmarks import bench_aaren, bench_agents, bench_batching, bench_memory, bench_ppo, bench_quality
 from benchmarks.common import RESULTS, VARIANTS
 
 CLAIMS = {
@@ -17,6 +17,7 @@ CLAIMS = {
         bench_aaren.CLAIM,
         bench_agents.CLAIM,
         bench_batching.CLAIM,
+        bench_memory.CPU_CLAIM,
         bench_ppo.ACTING_CLAIM,
         bench_ppo.POPGYM_CLAIM,
         bench_quality.CLAIM,
