@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from agents.decision.sweep import KEPT_TRIAL_FILES
 from benchmarks import bench_aaren, bench_agents, bench_batching, bench_memory, bench_ppo, bench_quality
 from benchmarks.common import RESULTS, VARIANTS
 
@@ -50,8 +51,10 @@ def test_a_tracked_sweep_report_holds_its_finished_trials(folder) -> None:
     assert len(finished) == report["finished"]
     for trial in finished:
         run = folder / "runs" / trial["name"]
-        for name in ("config.yaml", "sweep_trial.json", "eval/eval.json"):
-            assert (run / name).is_file(), f"{run / name} is missing: git add -f it with the report"
+        for name in KEPT_TRIAL_FILES:
+            assert (run / name).is_file(), (
+                f"{run / name} is missing: git add -f $(aaren-rl sweep --config {folder.name} --out {folder} --kept)"
+            )
         assert json.loads((run / "sweep_trial.json").read_text())["finished"]
 
 

@@ -292,3 +292,28 @@ def test_without_rliable_a_sweep_stops_before_training_with_one_error(tmp_path, 
     assert line.startswith("error: the report's statistics need rliable") and line.endswith(
         "pip install -e '.[ray]'"
     )
+
+
+def test_kept_lists_the_report_and_the_finished_trials_small_files_only(tmp_path, capsys):
+    """`--kept` runs nothing and lists what carries a sweep's finished work: not an unfinished trial's
+    files, nor any trial's checkpoints."""
+    trials = [{"name": "a", "status": "finished"}, {"name": "b", "status": "interrupted"}]
+    (tmp_path / "sweep.json").write_text(json.dumps({"trials": trials}))
+    (tmp_path / "sweep.md").write_text("report")
+    for name in ("a", "b"):
+        for kept in (*engine.KEPT_TRIAL_FILES, "checkpoints/step_1/model.safetensors"):
+            path = tmp_path / "runs" / name / kept
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{}")
+    argv = ["--config", "quality-quick", "--out", str(tmp_path), "--kept"]
+    assert command.main(argv) == 0
+    listed = capsys.readouterr().out.split()
+    assert listed == [
+        str(tmp_path / "sweep.json"),
+        str(tmp_path / "sweep.md"),
+        *(str(tmp_path / "runs" / "a" / kept) for kept in engine.KEPT_TRIAL_FILES),
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        command.main(["--config", "quality-quick", "--out", str(tmp_path / "none"), "--kept"])
+    assert exit_info.value.code == 2
+    assert "none/sweep.json does not exist; run the sweep first" in capsys.readouterr().err

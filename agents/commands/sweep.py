@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agents.common.cli import USER_ERROR_STATUS, ArgumentParser, exits_2_on_user_errors
 from agents.common.shipped import SWEEPS, find_config
-from agents.decision.sweep import RAY_LOG, load_sweep, print_failures, run_sweep
+from agents.decision.sweep import RAY_LOG, kept_files, load_sweep, print_failures, run_sweep
 
 EPILOG = """
 examples:
@@ -48,10 +48,23 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         help="at most N trials at a time (default: as resources allow)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
+    parser.add_argument(
+        "--kept",
+        action="store_true",
+        help="run nothing: list the report and the finished trials' small files, one per line, to carry the "
+        "sweep to another machine (e.g. git add -f $(aaren-rl sweep --config X --out DIR --kept))",
+    )
     args = parser.parse_args(argv)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         parser.error(f"--max-concurrent {args.max_concurrent}: give a number >= 1")
     out = args.out or Path("sweeps") / Path(args.config).stem
+    if args.kept:
+        if not (out / "sweep.json").is_file():
+            parser.error(
+                f"--kept: {out / 'sweep.json'} does not exist; run the sweep first, or give its --out"
+            )
+        print("\n".join(map(str, kept_files(out))))
+        return 0
     try:
         records = run_sweep(
             load_sweep(find_config(args.config, SWEEPS), out),

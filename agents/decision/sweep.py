@@ -83,6 +83,11 @@ SEED_AXIS = "train.seed"
 TRIAL_STATE = "sweep_trial.json"
 #: Where Ray's own output in the driver goes, in the sweep's output folder.
 RAY_LOG = "ray.log"
+#: The report's files, rewritten as trials end.
+REPORT_FILES = ("sweep.json", "sweep.md", "sweep.png")
+#: What a finished trial keeps for another machine to count it as done and report it again (its config,
+#: bookkeeping, learning curve and final evaluation): not its checkpoints or TensorBoard files.
+KEPT_TRIAL_FILES = ("config.yaml", TRIAL_STATE, "metrics.jsonl", "eval/eval.json")
 #: What sweep.json calls a trial: see `trial_record`.
 STATUSES = ("finished", "failed", "interrupted", "pending")
 #: Keys the sweep sets itself (runs go to <out>/runs/<trial name>).
@@ -902,6 +907,17 @@ def write_report(sweep: Sweep, records: list[dict[str, Any]], out: Path) -> None
     write_atomic(out / "sweep.md", markdown(sweep, records, rows, metric, comparison))
     if statuses["finished"]:
         plot(rows, comparison, metric, out / "sweep.png")
+
+
+def kept_files(out: str | Path) -> list[Path]:
+    """The files that carry a sweep's finished work to another machine (e.g. with `git add -f` into a
+    repository that ignores run directories): the report, and each trial it counts as finished's
+    KEPT_TRIAL_FILES. A rerun there counts those trials as done."""
+    out = Path(out)
+    report = json.loads((out / "sweep.json").read_text())
+    finished = [t["name"] for t in report["trials"] if t["status"] == "finished"]
+    trial_files = [out / "runs" / name / kept for name in finished for kept in KEPT_TRIAL_FILES]
+    return [path for path in (*(out / f for f in REPORT_FILES), *trial_files) if path.is_file()]
 
 
 def run_sweep(
