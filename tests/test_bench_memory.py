@@ -231,3 +231,25 @@ def test_summaries_give_an_iqm_interval_from_three_seeds_on():
         "variants": ["aaren", "lstm"],
         "interval_above_the_others": False,
     }
+
+
+@pytest.mark.parametrize(
+    ("argv", "seeds", "stem"),
+    [
+        (["--cpu"], (0, 1, 2), "memory_cpu"),  # the canonical --cpu result
+        (["--cpu", "--seeds", "2", "0"], (2, 0), "variants/memory_cpu"),  # a share of it: a variant
+        (["--cpu", "--acting-only"], (0, 1, 2), "variants/memory_acting"),  # claims nothing
+    ],
+)
+def test_the_command_line_picks_the_preset_seeds_and_where_results_go(
+    monkeypatch, tmp_path, argv, seeds, stem
+):
+    calls = []
+    monkeypatch.setattr(
+        bench_memory, "run", lambda settings, device, out, work: calls.append((settings, out))
+    )
+    monkeypatch.setattr(bench_memory, "report", lambda results: None)
+    assert bench_memory.main([*argv, "--out", str(tmp_path), "--allow-dirty"]) == 0
+    ((settings, out),) = calls
+    assert settings == dataclasses.replace(bench_memory.CPU, seeds=seeds)
+    assert out == tmp_path / stem
