@@ -520,7 +520,7 @@ class DecisionAgent:
     ) -> tuple[Tensor, RecurrentMemory | StepWindow]:
         folded = self._folded
         inputs = torch.cat([folded.action_inputs(state.actions), rtg.unsqueeze(1), obs], 1)
-        times = torch.stack([state.timesteps, t, t], 1)
+        times = _token_times(state, t)
         if self.acting == "window":
             memory = state.memory.push(inputs, times, start)
             return folded.window_actions(memory, self.model.backbone), memory
@@ -545,7 +545,7 @@ class DecisionAgent:
             ],
             dim=1,
         )
-        bias = model.score_bias(torch.stack([state.timesteps, t, t], 1))
+        bias = model.score_bias(_token_times(state, t))
         hidden, memory = _recurrent(model.backbone, tokens, state.memory, start, bias)
         return model.to_env_actions(model.action_head(hidden), self.generator), memory
 
@@ -576,6 +576,11 @@ def _check_finite(**inputs: Tensor | None) -> None:
                 f"`{name}` holds non-finite values (NaN or inf) in rows {rows[:10]}"
                 f"{f' and {len(rows) - 10} more' if len(rows) > 10 else ''}: check those envs' outputs"
             )
+
+
+def _token_times(state: AgentState, t: Tensor) -> Tensor:
+    """The timesteps [n, 3] of a step's tokens a_{t-1}, R_t, s_t: (t - 1, t, t), unclamped."""
+    return torch.stack([state.timesteps, t, t], 1)
 
 
 def _recurrent(
