@@ -56,7 +56,7 @@ from agents.common.overrides import ConfigError
 from agents.common.shipped import find_config
 from agents.decision.agent import AgentState, DecisionAgent
 from agents.decision.batching import batcher_type
-from agents.decision.config import Config, ModelConfig, TrainConfig, load_config
+from agents.decision.config import Config, ModelConfig, TrainConfig, changed_keys, flat_keys, load_config
 from agents.decision.evaluation import evaluate_agent
 from agents.decision.model import DecisionModel, DecisionModelConfig
 from agents.decision.run_dir import load_agent, run_targets
@@ -365,25 +365,23 @@ def run_config(task: Task, variant: str, seed: int, settings: Settings, work: Pa
 
 
 def learned_settings(cfg: Config) -> dict:
-    """What decides a run's result: its model and train sections, less where and how fast it trains."""
+    """What decides a run's result: its model and train sections (`changed_keys` leaves out where and how
+    fast it trains)."""
     sections = cfg.to_dict()
-    train_section = {k: v for k, v in sections["train"].items() if k not in ("device", "threads")}
-    return {"model": sections["model"], "train": train_section}
+    return {"model": sections["model"], "train": sections["train"]}
 
 
 def check_same_settings(path: Path, kept: dict | None, now: dict) -> None:
     """A ConfigError naming `path` when a kept run or record was made with other settings than the run
     this benchmark would make now (a changed preset or config): reusing it would mix the two."""
-    if kept == now:
-        return
-    changed = "it records none (an older benchmark's)"
-    if kept is not None:
-        changed = ", ".join(
-            f"{section}.{key} was {kept.get(section, {}).get(key)!r}, now {value!r}"
-            for section, values in now.items()
-            for key, value in values.items()
-            if kept.get(section, {}).get(key) != value
-        )
+    if kept is None:
+        changed = "it records none (an older benchmark's)"
+    else:
+        old, new = flat_keys(kept), flat_keys(now)
+        keys = changed_keys(kept, now)
+        if not keys:
+            return
+        changed = ", ".join(f"{key} was {old[key]!r}, now {new[key]!r}" for key in keys)
     raise ConfigError(
         f"{path} was made with other settings ({changed}). Fix: delete it to run again with today's, or "
         "pass another --work folder"

@@ -172,6 +172,17 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _merge(merged, raw)
 
 
+#: Keys that may differ from a run being resumed or reused: where and how fast it runs, not what it computes.
+NOT_COMPARED_ON_RESUME = ("name", "output_dir", "train.device", "train.threads")
+
+
+def changed_keys(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The dotted keys that two nested configs both set to different values, less NOT_COMPARED_ON_RESUME:
+    what makes a kept run another run than the one asked for."""
+    old, new = flat_keys(before), flat_keys(now)
+    return sorted(k for k in old.keys() & new.keys() if k not in NOT_COMPARED_ON_RESUME and old[k] != new[k])
+
+
 def flat_keys(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """A nested config dict as {dotted key: value}, the keys `--set` names."""
     out: dict[str, Any] = {}

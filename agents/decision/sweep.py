@@ -69,6 +69,7 @@ from agents.decision.config import (
     ConfigError,
     TrainConfig,
     apply_overrides,
+    changed_keys,
     flat_keys,
     from_dict,
     read_yaml,
@@ -92,8 +93,6 @@ KEPT_TRIAL_FILES = ("config.yaml", TRIAL_STATE, "metrics.jsonl", "eval/eval.json
 STATUSES = ("finished", "failed", "interrupted", "pending")
 #: Keys the sweep sets itself (runs go to <out>/runs/<trial name>).
 RESERVED_KEYS = ("name", "output_dir")
-#: Keys that may differ from the run being resumed: where and how fast it runs, not what it computes.
-NOT_COMPARED_ON_RESUME = (*RESERVED_KEYS, "train.device", "train.threads")
 #: Attempts after the first that a failing or killed trial gets, unless the sweep file says otherwise.
 DEFAULT_RETRIES = 2
 SWEEP_FILE_KEYS = ("config", "grid", "set", "resources", "retries", "compare")
@@ -353,11 +352,7 @@ def _check_same_run(trial: Trial, settings: dict[str, Any]) -> None:
             f"neither resume nor count as trial {trial.name}. Fix: delete {run.root} to train that trial "
             "again, or choose another --out"
         )
-    changed = sorted(
-        key
-        for key in before.keys() & now.keys()
-        if key not in NOT_COMPARED_ON_RESUME and before[key] != now[key]
-    )
+    changed = changed_keys(before, now)
     if changed:
         raise ConfigError(
             f"{run.root} was started with {', '.join(f'{k}={before[k]!r}' for k in changed)}, but trial "
