@@ -27,6 +27,7 @@ MissingExtraError above rather than gymnasium's "doesn't exist".
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -148,10 +149,23 @@ class FlatObservation(gym.ObservationWrapper):
         return spaces.flatten(self.source_space, observation).astype(np.float32)
 
 
+class InfoSnapshots(gym.Wrapper):
+    """Each step's and reset's info as a copy: POPGym's CountRecall puts its live count array in every
+    info, so a kept info would change with later steps (and gymnasium's checker warns)."""
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        obs, info = self.env.reset(**kwargs)
+        return obs, copy.deepcopy(info)
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, copy.deepcopy(info)
+
+
 def popgym_task(name: str, flat: bool = False, **kwargs: Any) -> gym.Env:
-    """The entry point of our ids: POPGym's task `name` (class name), its observations flat
-    (`FlatObservation`) or, as SB3 takes them, with Tuples made MultiDiscrete."""
-    env = _task_classes()[name](**kwargs)
+    """The entry point of our ids: POPGym's task `name` (class name), its infos copied (`InfoSnapshots`),
+    its observations flat (`FlatObservation`) or, as SB3 takes them, with Tuples made MultiDiscrete."""
+    env = InfoSnapshots(_task_classes()[name](**kwargs))
     if flat:
         return FlatObservation(env)
     return TupleToMultiDiscrete(env) if isinstance(env.observation_space, spaces.Tuple) else env

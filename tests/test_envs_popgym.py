@@ -82,13 +82,23 @@ def _trajectory(name: str, seed: int, steps: int = 60) -> list:
     return out
 
 
-@pytest.mark.filterwarnings("ignore:.*share an object")  # POPGym's CountRecall reuses its info dict
 @pytest.mark.parametrize(
     "name", ["AutoencodeEasy", "CountRecallEasy", "MineSweeperEasy", "NoisyPositionOnlyPendulumEasy"]
 )
 def test_reset_and_step_are_deterministic_under_a_seed(name: str) -> None:
     assert _trajectory(name, 3) == _trajectory(name, 3)
     assert _trajectory(name, 3) != _trajectory(name, 4)
+
+
+def test_infos_are_snapshots_that_later_steps_leave_alone() -> None:
+    """CountRecall's info holds POPGym's live count array: a kept info must not change with later steps."""
+    env = make_popgym_env("CountRecallEasy")
+    env.reset(seed=0)
+    *_, info = env.step(env.action_space.sample())
+    kept = info["counts"].copy()
+    for _ in range(5):
+        env.step(env.action_space.sample())
+    np.testing.assert_array_equal(info["counts"], kept)
 
 
 def test_names_in_every_form_resolve_to_our_id() -> None:
