@@ -48,8 +48,11 @@ def test_bad_value_is_one_config_error(override: str, message: str) -> None:
 
 
 def test_step_slopes_need_the_aaren_backbone() -> None:
-    message = "model.step_slopes = True is impossible: slopes on the scores are Aaren's; set it false"
+    message = "model.step_slopes = True is impossible: slopes on the scores are Aaren's, not model.backbone"
+    fix = "Fix: --set model.step_slopes=false"
     with pytest.raises(ConfigError, match=re.escape(message)):
+        config("model.backbone=lstm", "model.step_slopes=true")
+    with pytest.raises(ConfigError, match=re.escape(fix)):
         config("model.backbone=lstm", "model.step_slopes=true")
 
 

@@ -314,7 +314,8 @@ def validate(cfg: Config) -> Config:
         not m.step_slopes or m.backbone == "aaren",
         "model.step_slopes",
         m.step_slopes,
-        f"slopes on the scores are Aaren's; set it false for model.backbone = {m.backbone}",
+        f"slopes on the scores are Aaren's, not model.backbone = {m.backbone}'s (the T-Maze and POPGym "
+        "configs switch them on). Fix: --set model.step_slopes=false",
     )
     for key in (
         "steps",
