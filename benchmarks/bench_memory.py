@@ -320,10 +320,12 @@ def acting_summary(rows: list[dict], settings: Settings) -> dict:
 
 
 def collect_once(recipe: str, transitions: int, work: Path) -> Path:
-    """The dataset of `recipe` with `transitions` steps in work/data, collected on the first call."""
+    """The dataset of `recipe` with `transitions` steps in work/data, collected on the first call. Processes
+    sharing a work folder (--seeds) may collect it at the same time: the same seed makes the same file, so
+    the last one to finish replaces it (atomically) instead of failing."""
     path = work / "data" / f"{recipe}-{transitions}.hdf5"
     if not path.is_file():
-        collect_recipe(recipe, path, transitions, num_envs=4, seed=0, progress=False)
+        collect_recipe(recipe, path, transitions, num_envs=4, seed=0, progress=False, overwrite=True)
     return path
 
 

@@ -256,3 +256,22 @@ def test_the_command_line_picks_the_preset_seeds_and_where_results_go(
     ((settings, out),) = calls
     assert settings == dataclasses.replace(bench_memory.CPU, seeds=seeds)
     assert out == tmp_path / stem
+
+
+def test_processes_sharing_a_work_folder_collect_the_same_dataset(finished, tmp_path, monkeypatch):
+    """--seeds processes may both collect a missing dataset: the same file either way, so the one that
+    finishes last replaces the other's instead of failing on it."""
+    _, folder = finished
+    other = bench_memory.tmaze_dataset(TINY, folder / "work")  # the other process's
+    collect = bench_memory.collect_recipe
+
+    def racing(recipe, path, *args, **kwargs):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"the other process finished first")
+        return collect(recipe, path, *args, **kwargs)
+
+    monkeypatch.setattr(bench_memory, "collect_recipe", racing)
+    mine = bench_memory.tmaze_dataset(TINY, tmp_path)
+    first, second = load_dataset(str(other)), load_dataset(str(mine))
+    for key in ("observations", "actions", "rewards", "terminals", "timeouts"):
+        np.testing.assert_array_equal(getattr(first, key), getattr(second, key))
