@@ -317,3 +317,50 @@ def test_kept_lists_the_report_and_the_finished_trials_small_files_only(tmp_path
         command.main(["--config", "quality-quick", "--out", str(tmp_path / "none"), "--kept"])
     assert exit_info.value.code == 2
     assert "none/sweep.json does not exist; run the sweep first" in capsys.readouterr().err
+
+
+def evaluate_during_training(trial: engine.Trial, scores: list[float]) -> None:
+    """What periodic evaluations leave in a run's metrics.jsonl: one row per 100 steps at the first target
+    (and, at the end, a row at the second that the curve leaves out)."""
+    run = RunDir(trial.run_dir)
+    rows = [
+        {"step": 100 * (i + 1), "eval/target": 3600.0, "eval/return_mean": 10.0 * s, "eval/score_mean": s}
+        for i, s in enumerate(scores)
+    ]
+    rows.append(
+        {"step": 100 * len(scores), "eval/target": 1800.0, "eval/return_mean": 0.0, "eval/score_mean": 0.0}
+    )
+    run.metrics.write_text(
+        "".join(json.dumps(row) + "\n" for row in [{"step": 50, "train/loss": 1.0}, *rows])
+    )
+
+
+def test_learning_curves_are_the_iqm_over_seeds_of_each_periodic_evaluation(tmp_path, capsys):
+    sweep = engine.load_sweep(write_sweep(tmp_path, compare=COMPARE), tmp_path)
+    for trial in sweep.trials:
+        finish(trial, 50.0)
+        seed = int(trial.point["train.seed"])
+        level = 40.0 if trial.point["model.backbone"] == "aaren" else 20.0
+        evaluate_during_training(trial, [level + seed, level + 10 + seed, level + 20 + seed])
+    records = [engine.trial_record(t) for t in sweep.trials]
+    assert records[0]["curve"] == [
+        {"step": 100 * (i + 1), "return_mean": 10.0 * s, "score_mean": s}
+        for i, s in enumerate([40.0, 50.0, 60.0])
+    ]
+    curves = engine.learning_curves(records, sweep.compare, "score")
+    assert list(curves) == DATA and list(curves["hopper"]) == ["aaren", "transformer"]
+    aaren = curves["hopper"]["aaren"]
+    assert len(aaren) == len(SEEDS) and aaren[0] == {100: 40.0, 200: 50.0, 300: 60.0}
+    assert by_hand_iqm([run[300] for run in aaren]) == 62.0
+    by_group = engine.learning_curves(records, None, "return")  # without compare: a panel per group
+    assert by_group["hopper / aaren"]["hopper / aaren"][0] == {100: 400.0, 200: 500.0, 300: 600.0}
+    assert command.main(["--config", str(tmp_path / "sweep.yaml"), "--out", str(tmp_path), "--report"]) == 0
+    assert "| hopper | aaren | 5 |" in capsys.readouterr().out
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "sweep.json").read_text())["finished"] == len(sweep.trials)
+
+
+def test_trials_evaluated_once_draw_no_curves(tmp_path):
+    sweep = engine.load_sweep(write_sweep(tmp_path, compare=COMPARE), tmp_path)
+    report(sweep, scores_of(aaren=60.0, transformer=40.0), tmp_path)
+    assert not (tmp_path / "curves.png").exists()

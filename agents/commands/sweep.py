@@ -8,7 +8,15 @@ from pathlib import Path
 
 from agents.common.cli import USER_ERROR_STATUS, ArgumentParser, exits_2_on_user_errors
 from agents.common.shipped import SWEEPS, find_config
-from agents.decision.sweep import RAY_LOG, kept_files, load_sweep, print_failures, run_sweep
+from agents.decision.sweep import (
+    RAY_LOG,
+    kept_files,
+    load_sweep,
+    print_failures,
+    run_sweep,
+    trial_record,
+    write_report,
+)
 
 EPILOG = """
 examples:
@@ -20,7 +28,8 @@ examples:
 Each trial trains and evaluates in its own run directory, DIR/runs/<name>; DIR gets sweep.json (every
 trial: overrides, status, attempts, final evaluation, wall time), sweep.md (per group the IQM over seeds
 with its 95% interval; with compare: in the sweep file, each value of that axis against its baseline),
-sweep.png, and ray.log (Ray's own messages). Interrupted (Ctrl-C, a lost machine)? Run the same
+sweep.png, curves.png (learning curves, where trials evaluate during training) and ray.log (Ray's own
+messages). Interrupted (Ctrl-C, a lost machine)? Run the same
 command again: finished trials are kept, unfinished ones resume from their last checkpoint. On a cluster DIR must be on a filesystem
 shared by the driver and every node, and every node needs aaren-rl with its ray extra installed. A cluster with
 Ray's token authentication (the default of new Ray clusters) also needs its token on the driver and,
@@ -54,6 +63,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         help="run nothing: list the report and the finished trials' small files, one per line, to carry the "
         "sweep to another machine (e.g. git add -f $(aaren-rl sweep --config X --out DIR --kept))",
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="run nothing: write the report again from the trials' run directories (e.g. after an update of "
+        "aaren-rl that adds to it)",
+    )
     args = parser.parse_args(argv)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         parser.error(f"--max-concurrent {args.max_concurrent}: give a number >= 1")
@@ -65,9 +80,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             )
         print("\n".join(map(str, kept_files(out))))
         return 0
+    sweep = load_sweep(find_config(args.config, SWEEPS), out)
+    if args.report:
+        write_report(sweep, [trial_record(trial) for trial in sweep.trials], out)
+        print((out / "sweep.md").read_text())
+        return 0
     try:
         records = run_sweep(
-            load_sweep(find_config(args.config, SWEEPS), out),
+            sweep,
             out,
             address=args.address,
             max_concurrent=args.max_concurrent,

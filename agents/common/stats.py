@@ -308,3 +308,34 @@ def plot(
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     write_atomic(path, buffer.getvalue())
+
+
+def plot_curves(
+    curves: Mapping[str, Mapping[str, list[dict[int, float]]]], path: Path, *, ylabel: str
+) -> None:
+    """A PNG of learning curves, one panel per label of `curves` ({label: {method: [each run's {step:
+    value}]}}): per method, the IQM over its runs at each step every run evaluated, with its interval as
+    a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
+    for ax, (label, by_method) in zip(axes[0], curves.items(), strict=True):
+        for method, runs in by_method.items():
+            steps = sorted(set.intersection(*(set(run) for run in runs)))
+            estimates = [iqm(np.array([[run[step]] for run in runs])) for step in steps]
+            line = ax.plot(
+                steps, [e.point for e in estimates], marker="o", label=f"{method} ({len(runs)} runs)"
+            )
+            low, high = [e.low for e in estimates], [e.high for e in estimates]
+            ax.fill_between(steps, low, high, color=line[0].get_color(), alpha=0.2)
+        ax.set(title=label, xlabel="gradient step", ylabel=f"{ylabel} (IQM, {CONFIDENCE:.0%} CI)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())

@@ -74,7 +74,7 @@ from agents.decision.config import (
     from_dict,
     read_yaml,
 )
-from agents.decision.run_dir import RunDir
+from agents.decision.run_dir import RunDir, read_metrics
 from envs.files import write_atomic
 from envs.progress import progress_bar
 
@@ -85,7 +85,7 @@ TRIAL_STATE = "sweep_trial.json"
 #: Where Ray's own output in the driver goes, in the sweep's output folder.
 RAY_LOG = "ray.log"
 #: The report's files, rewritten as trials end.
-REPORT_FILES = ("sweep.json", "sweep.md", "sweep.png")
+REPORT_FILES = ("sweep.json", "sweep.md", "sweep.png", "curves.png")
 #: What a finished trial keeps for another machine to count it as done and report it again (its config,
 #: bookkeeping, learning curve and final evaluation): not its checkpoints or TensorBoard files.
 KEPT_TRIAL_FILES = ("config.yaml", TRIAL_STATE, "metrics.jsonl", "eval/eval.json")
@@ -430,6 +430,7 @@ def trial_record(trial: Trial) -> dict[str, Any]:
         results = json.loads((run.eval / "eval.json").read_text())["results"]
         evaluation = [{key: r[key] for key in EVAL_SUMMARY_KEYS if key in r} for r in results]
     return {
+        "curve": learning_curve(run),
         "name": trial.name,
         "point": trial.point,
         "overrides": trial.overrides,
@@ -440,6 +441,21 @@ def trial_record(trial: Trial) -> dict[str, Any]:
         "error": None if evaluation is not None else state["error"],
         "run_dir": str(run.root),
     }
+
+
+def learning_curve(run: RunDir) -> list[dict[str, float]]:
+    """The run's periodic evaluations at its first target (the only one they play): step, return_mean and
+    score_mean (None without reference scores) of each."""
+    rows = [row for row in read_metrics(run.metrics) if "eval/target" in row]
+    return [
+        {
+            "step": row["step"],
+            "return_mean": row["eval/return_mean"],
+            "score_mean": row.get("eval/score_mean"),
+        }
+        for row in rows
+        if row["eval/target"] == rows[0]["eval/target"]
+    ]
 
 
 def _status(state: dict[str, Any], finished: bool) -> str:
@@ -902,6 +918,26 @@ def write_report(sweep: Sweep, records: list[dict[str, Any]], out: Path) -> None
     write_atomic(out / "sweep.md", markdown(sweep, records, rows, metric, comparison))
     if statuses["finished"]:
         plot(rows, comparison, metric, out / "sweep.png")
+    curves = learning_curves(records, sweep.compare, metric)
+    if curves:
+        stats.plot_curves(curves, out / "curves.png", ylabel=f"{metric} at the first target")
+
+
+def learning_curves(
+    records: list[dict[str, Any]], compare: Compare | None, metric: str
+) -> dict[str, dict[str, list[dict[int, float]]]]:
+    """The finished trials' learning curves (those evaluated more than once), for `stats.plot_curves`: a
+    panel per stratum (the grid point less the seed and the compared axis), a line per compared value (per
+    group without compare:), a run per seed."""
+    hidden = (SEED_AXIS, compare.axis) if compare else (SEED_AXIS,)
+    curves: dict[str, dict[str, list[dict[int, float]]]] = {}
+    for record in records:
+        if record["status"] == "finished" and len(record.get("curve") or []) > 1:
+            panel = _name(_without(record["point"], *hidden))
+            line = record["point"][compare.axis] if compare else panel
+            run = {point["step"]: point[f"{metric}_mean"] for point in record["curve"]}
+            curves.setdefault(panel, {}).setdefault(line, []).append(run)
+    return curves
 
 
 def kept_files(out: str | Path) -> list[Path]:
