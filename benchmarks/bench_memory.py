@@ -192,8 +192,8 @@ QUICK = Settings(
 #: needs memory) only, no POPGym.
 CPU_LONG = Settings(train_threads=1, steps=4000, trained=("aaren", "transformer"), popgym_tasks=())
 CLAIM = Claim("memory", FULL, "cuda")  # the tracked result: the full preset, training on a GPU
-CPU_CLAIM = Claim("memory_cpu", CPU)  # and the --cpu and --cpu-long presets', on a CPU
-CPU_LONG_CLAIM = Claim("memory_cpu_long", CPU_LONG)
+CPU_CLAIM = Claim("memory_cpu", CPU)  # and the --cpu preset's, on a CPU
+CPU_LONG_CLAIM = Claim("memory_cpu_long", CPU_LONG)  # and the --cpu-long preset's, on a CPU
 PRESETS = {
     "quick": (QUICK, CLAIM),
     "cpu": (CPU, CPU_CLAIM),

@@ -430,7 +430,6 @@ def trial_record(trial: Trial) -> dict[str, Any]:
         results = json.loads((run.eval / "eval.json").read_text())["results"]
         evaluation = [{key: r[key] for key in EVAL_SUMMARY_KEYS if key in r} for r in results]
     return {
-        "curve": learning_curve(run),
         "name": trial.name,
         "point": trial.point,
         "overrides": trial.overrides,
@@ -438,6 +437,7 @@ def trial_record(trial: Trial) -> dict[str, Any]:
         "attempts": state["attempts"],
         "wall_s": round(state["seconds"], 3),
         "evaluation": evaluation,
+        "curve": learning_curve(run),
         "error": None if evaluation is not None else state["error"],
         "run_dir": str(run.root),
     }
