@@ -171,6 +171,20 @@ def test_a_preset_trains_only_its_variants(finished, tmp_path):
     assert "transformer-episode" not in cpu.trained and set(cpu.popgym_tasks) < set(
         bench_memory.FULL.popgym_tasks
     )
+    alone = dataclasses.replace(TINY, trained=("aaren",), popgym_tasks=())  # as --cpu-long
+    results = bench_memory.run(alone, "cpu", tmp_path / "alone", folder / "work")
+    seconds = results["tmaze"]["train_seconds_per_step"]
+    assert (
+        seconds["baseline"] is None
+        and seconds["over_baseline"] == {}
+        and list(seconds["median"]) == ["aaren"]
+    )
+    bench_memory.report(results)  # prints without a speed comparison
+    long = bench_memory.CPU_LONG
+    assert (
+        long.train_lengths == bench_memory.FULL.train_lengths
+        and long.eval_lengths == bench_memory.FULL.eval_lengths
+    )
 
 
 def test_transformer_episode_trains_on_whole_episodes_from_their_first_step(finished):
