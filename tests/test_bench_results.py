@@ -19,6 +19,7 @@ CLAIMS = {
         bench_agents.CLAIM,
         bench_batching.CLAIM,
         bench_memory.CPU_CLAIM,
+        bench_memory.CPU_LONG_CLAIM,
         bench_ppo.ACTING_CLAIM,
         bench_ppo.POPGYM_CLAIM,
         bench_quality.CLAIM,
