@@ -314,10 +314,11 @@ def report(
 
 
 def print_report(results: dict) -> None:
-    """Per dataset and pooled: each value's IQM and its verdict against the reference."""
+    """Per dataset and pooled (over more than one): each value's IQM and its verdict against the
+    reference."""
     comparison = results["comparison"]
     rows = [(s["point"].get("data", "?"), s) for s in comparison["strata"]]
-    if comparison["overall"]:
+    if comparison["overall"] and len(comparison["overall"]["pooled"]) > 1:
         rows.append((f"all ({', '.join(comparison['overall']['pooled'])})", comparison["overall"]))
     for name, row in rows:
         cells = ", ".join(
