@@ -218,6 +218,11 @@ def train_reference(run: Run, corl: Path, threads: int) -> dict:
     dt = load_dt(corl, stand_ins(dataset, logged))
     targets = default_targets(dataset.metadata["env_id"], float(dataset.episode_returns.max()))
     seq_len = dt.TrainConfig.seq_len
+    if run.batch_steps % seq_len:
+        raise ConfigError(
+            f"train.batch_steps = {run.batch_steps} is not a whole number of dt.py's windows of {seq_len} "
+            "steps. Fix: a sweep whose train.batch_steps is a multiple of 20"
+        )
     config = dt.TrainConfig(
         env_name=run.data,
         train_seed=run.seed,

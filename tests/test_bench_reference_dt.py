@@ -170,6 +170,11 @@ def test_a_record_of_another_run_or_a_missing_checkout_is_one_clear_error(setup,
             setup["work"],
             1,
         )
+    uneven = reference_dt.Run("hopper-tiny", str(setup["data"]), 0, 3, 50, 1, 2, 7)
+    with pytest.raises(
+        ConfigError, match="train.batch_steps = 50 is not a whole number of dt.py's windows of 20"
+    ):
+        reference_dt.train_reference(uneven, Path(setup["args"][1]), 1)
     args = list(setup["args"])
     args[1] = str(setup["work"] / "nowhere")
     assert reference_dt.main(args) == 2
