@@ -32,6 +32,7 @@ into --out (the tracked result for the batching sweep, else into <out>/variants/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -39,7 +40,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -202,9 +203,24 @@ def sweep_runs(sweep: Sweep, settings: Settings) -> list[Run]:
     return list(runs.values())
 
 
-def load_dt(corl: Path, modules: dict[str, ModuleType]) -> ModuleType:
-    """dt.py of the CORL checkout, imported with `modules` standing in for its imports."""
+@contextlib.contextmanager
+def imported_as(modules: dict[str, ModuleType]) -> Iterator[None]:
+    """`modules` in sys.modules for the block, and what those names held before after it (a later import
+    of the real gym, as Stable-Baselines3 checks for, must not find the stand-in)."""
+    before = {name: sys.modules.get(name) for name in modules}
     sys.modules.update(modules)
+    try:
+        yield
+    finally:
+        for name, module in before.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+def load_dt(corl: Path) -> ModuleType:
+    """dt.py of the CORL checkout (imported inside `imported_as` the stand-ins)."""
     spec = importlib.util.spec_from_file_location("corl_dt", corl / DT_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -215,7 +231,12 @@ def train_reference(run: Run, corl: Path, threads: int) -> dict:
     """Train and evaluate dt.py on the run's dataset; its record (scores per target at the last step)."""
     dataset = load_dataset(run.path)
     logged: list[dict] = []
-    dt = load_dt(corl, stand_ins(dataset, logged))
+    with imported_as(stand_ins(dataset, logged)):
+        return _train(load_dt(corl), run, dataset, logged, threads)
+
+
+def _train(dt: ModuleType, run: Run, dataset: OfflineDataset, logged: list[dict], threads: int) -> dict:
+    """dt.train at the run's budget; the run's record from what it logged."""
     targets = default_targets(dataset.metadata["env_id"], float(dataset.episode_returns.max()))
     seq_len = dt.TrainConfig.seq_len
     if run.batch_steps % seq_len:

@@ -5,6 +5,7 @@ each run is trained at the sweep's budget once, and the report puts it beside th
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 
@@ -109,7 +110,9 @@ def expected_return(seed: int, episodes: int, action: float) -> float:
 
 
 def test_each_run_trains_at_the_sweeps_budget_and_scores_as_gym_would(setup) -> None:
+    before = {name: sys.modules.get(name) for name in ("gym", "gym.wrappers", "d4rl", "wandb", "pyrallis")}
     assert reference_dt.main(setup["args"]) == 0
+    assert {name: sys.modules.get(name) for name in before} == before  # the stand-ins are gone
     records = sorted(setup["work"].glob("runs/*.json"))
     assert [p.name for p in records] == ["hopper-tiny-s0.json", "hopper-tiny-s1.json"]
     record = json.loads(records[1].read_text())
