@@ -286,7 +286,7 @@ def recorded(run: Run, corl: Path, work: Path, threads: int) -> dict:
     path = work / "runs" / f"{run.name}.json"
     if path.is_file():
         record = json.loads(path.read_text())
-        kept = {key: record[key] for key in dataclasses.asdict(run)}
+        kept = {key: record.get(key) for key in dataclasses.asdict(run)}
         if kept != dataclasses.asdict(run):
             raise ConfigError(
                 f"{path} was made for another run ({kept}, now {dataclasses.asdict(run)}). Fix: delete it, or "
