@@ -17,7 +17,7 @@
    each round's own ratio.
 3. Training throughput at equal `train.batch_steps`, batches drawn as training draws them
    (`agents.decision.batching.make_batcher`): Transformer-DT on K = 20 windows and Aaren-DT under each
-   `train.batching` (`TRAIN_CASES`: the default stored windows with their burn-ins and table refreshes,
+   `train.batching` (`TRAIN_CASES`: stored windows with their burn-ins and table refreshes,
    packed rows, whole episodes, prefix-rescanned windows), at the reference width, on two synthetic
    datasets (`TRAIN_DATASETS`: hopper-medium-like lengths and widely mixed ones), in `train_rounds`
    rounds of the cases alternating (each ratio: its median round's). Per case: real (supervised) steps per
@@ -25,7 +25,8 @@
    the stored table's refresh spread over the steps it serves), the share of drawing (stored and prefix:
    the burn-in scans), and the peak memory (on CPU the growth of a fresh process's peak RSS from before
    the model is built; torch's peak allocation on CUDA). Per dataset and batch layout: the padded share
-   of a batch's steps and its supervised steps.
+   of a batch's steps and its supervised steps. Goal: at the default `train.batching`, at least the
+   Transformer's supervised steps per second on each dataset.
 
 Writes agents_speed.json and agents_speed.png into --out: the tracked result for --quick, into
 <out>/variants/ for any other run (`benchmarks.common`); --training-only writes the training section
@@ -75,6 +76,7 @@ ACTING_GOALS = {1: 3.0, 16: 10.0}  # Aaren step at least this many times faster 
 STEP_GOAL_SECONDS = 300e-6  # Aaren step at batch 1, at most
 FLAT_GOAL = 1.1  # Aaren latency at the longest episode over the shortest, at most
 ROLLOUT_GOAL = 0.75  # Aaren-driven env steps/s over random-driven, at least
+TRAIN_GOAL = 1.0  # default Aaren training's supervised steps/s over the Transformer's, at least
 #: label -> (backbone, acting, eager) of each agent compared
 AGENTS = {
     "aaren": ("aaren", "recurrent", False),
@@ -291,6 +293,7 @@ def synthetic_dataset(name: str, transitions: int) -> OfflineDataset:
 TRAIN_CASES = {"transformer": ("transformer", None)} | {
     f"aaren-{batching}": ("aaren", batching) for batching in BATCHINGS
 }
+DEFAULT_CASE = f"aaren-{TrainConfig.batching}"  # the training goal's case: Aaren at the default batching
 
 
 def _train_config(label: str, dataset_name: str, settings: Settings) -> Config:
@@ -412,9 +415,9 @@ def bench_training(settings: Settings, device: str) -> dict:
     return results
 
 
-def evaluate_goals(cases: list[dict], acting: list[dict], rollout: dict) -> dict:
+def evaluate_goals(cases: list[dict], acting: list[dict], rollout: dict, training: dict) -> dict:
     """Value and met/not met of each goal: acting speed-up (folded over folded), Aaren's batch-1 latency,
-    its flat latency, rollout ceiling."""
+    its flat latency, rollout ceiling, and per training dataset the default batching's training speed."""
     goals = {}
     batch1 = [c["step_seconds"] for c in cases if c["agent"] == "aaren" and c["batch"] == 1]
     if batch1:
@@ -448,6 +451,9 @@ def evaluate_goals(cases: list[dict], acting: list[dict], rollout: dict) -> dict
             }
     value = rollout["aaren_over_random"]
     goals["rollout_ceiling"] = {"goal": f">= {ROLLOUT_GOAL}", "value": value, "met": value >= ROLLOUT_GOAL}
+    for name, row in training.items():
+        value = row["over_transformer"][DEFAULT_CASE]
+        goals[f"training_{name}"] = {"goal": f">= {TRAIN_GOAL}", "value": value, "met": value >= TRAIN_GOAL}
     return goals
 
 
@@ -505,7 +511,7 @@ def run(settings: Settings, device: str, out_dir: Path) -> dict:
         "acting_ratios": ratios,
         "rollout": rollout,
         "training": training,
-        "goals": evaluate_goals(acting, ratios, rollout),
+        "goals": evaluate_goals(acting, ratios, rollout, training),
     }
     write_json(out_dir / "agents_speed.json", results)
     plot(results, out_dir / "agents_speed.png")
@@ -526,14 +532,13 @@ def run_training_only(settings: Settings, device: str, out_dir: Path) -> dict:
 def print_training(training: dict) -> None:
     """Per dataset: each case's supervised steps/s (the median round's) over the Transformer's, and the
     batch layouts' padding."""
-    default = f"aaren-{TrainConfig.batching}"
     for name, row in training.items():
         print(f"{name}: supervised steps/s over the Transformer's (median of {len(row['rounds'])} rounds)")
         for label, value in row["over_transformer"].items():
             case = row["rounds"][row["over_transformer_rounds"][label].index(value)][label]
             print(
                 f"  {label:16s} {value:5.2f}  ({case['supervised_steps_per_second']:,.0f} steps/s, drawing "
-                f"{case['draw_seconds'] / case['step_seconds']:.0%} of a step){' default' if label == default else ''}"
+                f"{case['draw_seconds'] / case['step_seconds']:.0%} of a step){' default' if label == DEFAULT_CASE else ''}"
             )
         padding = ", ".join(f"{k} {v['padded_fraction']:.1%}" for k, v in row["batches"].items())
         print(f"  padding: {padding}")

@@ -53,6 +53,8 @@ def test_bench_agents_runs_and_reports_round_medians(tmp_path) -> None:
         assert stored["refresh_seconds_per_step"] > 0 and 0 < stored["draw_seconds"] < stored["step_seconds"]
         assert row["rounds"][0]["aaren-packed"]["refresh_seconds_per_step"] == 0
         assert set(row["batches"]) == set(bench.LAYOUTS)
+    for name, row in results["training"].items():  # the goal is the default batching's ratio
+        assert results["goals"][f"training_{name}"]["value"] == row["over_transformer"][bench.DEFAULT_CASE]
 
 
 def test_main_routes_the_claim_and_the_variants(tmp_path, monkeypatch, capsys) -> None:

@@ -23,7 +23,7 @@ from agents.decision.distributed import DistContext
 from agents.decision.entering import StoredStates
 from agents.decision.model import DecisionModel, DecisionModelConfig
 from agents.decision.run_dir import MetricsLog, RunDir, latest_checkpoint
-from envs import load_dataset
+from envs import load_dataset, save_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -53,7 +53,10 @@ def test_the_config_decides_the_batcher(tiny_dataset, tmp_path, backbone, batchi
     dataset = load_dataset(str(tiny_dataset))
     batcher = make_batcher(cfg, dataset, DistContext(), small_model(backbone))
     assert type(batcher) is kind and batcher_type(cfg) is kind
-    layouts = {PackedBatcher: (3, 60), EpisodesBatcher: (5, 60)}  # the longest episode: 60; the mean: 33.3
+    layouts = {
+        PackedBatcher: (3, 60),
+        EpisodesBatcher: (4, 60),
+    }  # longest episode 60; length-weighted mean 40.25
     assert batcher.layout == batch_layout(cfg, dataset) == layouts.get(kind, (36, 5))
     batcher.after_step(0, MetricsLog(RunDir(tmp_path / "run"), enabled=False))  # stored: the first table
     batch = batcher.sample(np.random.default_rng(0))
@@ -61,6 +64,25 @@ def test_the_config_decides_the_batcher(tiny_dataset, tmp_path, backbone, batchi
     assert rows == batcher.layout.rows
     assert row_steps == batcher.layout.row_steps or (kind is EpisodesBatcher and row_steps <= 60)
     assert {"resets", "state"} & batch.keys() == ({extra} if extra else set())
+
+
+def test_whole_episode_batches_hold_batch_steps_on_average(tmp_path):
+    """Episodes drawn in proportion to their length are longer than the mean episode: on lengths as mixed
+    as hopper-mixed's (many short random episodes, few long ones) a batch counted by the plain mean held
+    about 5x train.batch_steps."""
+    lengths = np.array([5] * 90 + [100] * 10)
+    n = int(lengths.sum())
+    path, rng = tmp_path / "hopper_mixed_lengths.hdf5", np.random.default_rng(0)
+    timeouts = np.zeros(n, dtype=bool)
+    timeouts[np.cumsum(lengths) - 1] = True
+    observations, actions = rng.normal(size=(n, 11)), rng.uniform(-1, 1, (n, 3))
+    save_dataset(path, observations, actions, np.ones(n), np.zeros(n, dtype=bool), timeouts)
+    cfg = tiny_config(path, tmp_path, "train.batching=episodes", "train.batch_steps=300")
+    batcher = make_batcher(cfg, load_dataset(str(path)), DistContext(), small_model())
+    draws = np.random.default_rng(1)
+    supervised = [batcher.draw(draws).mask.sum() for _ in range(400)]
+    assert batcher.layout.rows == 4  # 300 / (sum L^2 / sum L = 70.5); by the plain mean 14.5: 21 rows
+    assert np.mean(supervised) == pytest.approx(4 * 70.5, rel=0.1)
 
 
 @pytest.mark.parametrize(
