@@ -6,8 +6,8 @@ recipes (medium = a policy at about 1/3 of expert, medium-expert = medium + expe
 written in the D4RL format and cached. Every (task, dataset, backbone, seed) is trained with the
 reference DT hyperparameters of configs/base.yaml and the same number of gradient steps and
 `train.batch_steps` supervised timesteps per step: the Transformer sees batch_steps / K K-windows, the
-Aaren agent as many K-windows entered from stored recurrent states (`train.batching`'s default,
-stored; `--batching` picks another; agents.decision.batching.batch_layout). Each run ends with a live
+Aaren agent as many steps in rows of its `train.batching` (the config's default; `--batching` picks
+another; agents.decision.batching.batch_layout). Each run ends with a live
 evaluation at the task's target returns (envs on Gymnasium v5), every run on the same evaluation
 episodes (`eval.seed`, whatever the backbone or training seed). A run's score is its best target's
 D4RL-normalised score; the table reports, per pair and over all pairs, each backbone's interquartile

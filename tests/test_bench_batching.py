@@ -22,7 +22,7 @@ from benchmarks import bench_batching
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-MODES = ("packed", "stored", "transformer")  # two batchings (stored: the training default) and the reference
+MODES = ("packed", "stored", "transformer")  # two batchings (packed: the training default) and the reference
 BASE = bench_batching.REPO / "configs" / "base.yaml"
 
 

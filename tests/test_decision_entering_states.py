@@ -174,8 +174,8 @@ def test_bad_batching_settings_are_one_config_error(tiny_dataset, tmp_path, over
         tiny_config(tiny_dataset, tmp_path, *overrides)
 
 
-def test_stored_is_the_default_and_the_transformer_ignores_batching(tiny_dataset, tmp_path):
-    assert tiny_config(tiny_dataset, tmp_path).train.batching == "stored"
+def test_packed_is_the_default_and_the_transformer_ignores_batching(tiny_dataset, tmp_path):
+    assert tiny_config(tiny_dataset, tmp_path).train.batching == "packed"  # the batching sweep's choice
     cfg = tiny_config(tiny_dataset, tmp_path, "model.backbone=transformer", "train.batching=prefix")
     # the Transformer's windows start from an empty context: no entering states, whatever the model
     batcher = make_batcher(cfg, load_dataset(str(tiny_dataset)), DistContext())

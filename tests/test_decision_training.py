@@ -160,7 +160,7 @@ def test_resume_refuses_what_changes_the_run_and_takes_what_does_not(tiny_datase
     run = train(tiny_config(tiny_dataset, tmp_path, "name=r", "train.steps=4"), progress=False)
     config_before = (run / "config.yaml").read_text()
     other = shutil.copy(tiny_dataset, tmp_path / "other.hdf5")
-    for change in (f"data.dataset={other}", "train.seed=1", "model.embed_dim=32", "train.batching=packed"):
+    for change in (f"data.dataset={other}", "train.seed=1", "model.embed_dim=32", "train.batching=stored"):
         with pytest.raises(ConfigError, match=r"would change what the run is .* Fix: drop those overrides"):
             train(resume=run, overrides=[change], progress=False)
     with pytest.raises(ConfigError, match="train.steps = 3 is below step 4"):

@@ -5,7 +5,7 @@ what it is depends on the backbone, so that training sees what acting will do:
 - `WindowBatcher` (the Transformer, reference DT; the LSTM's `train.batching` = "windows"):
   round(batch_steps / K) windows of K = `model.context_steps` timesteps starting at uniformly drawn dataset
   rows, right-padded at episode ends, each from an empty context (acting re-runs the last K steps).
-- `PackedBatcher` (Aaren, `train.batching` = "packed"): rows as long as the longest episode,
+- `PackedBatcher` (Aaren, `train.batching` = "packed", the default): rows as long as the longest episode,
   round(batch_steps / that) of them (at least one), packed end to end with whole episodes from their first
   step (`PackedSampler`: shuffled passes over the episodes, so every dataset step is supervised equally
   often, with little padding at row ends). The episode starts reset the scan ("resets"), so each episode
@@ -17,7 +17,7 @@ what it is depends on the backbone, so that training sees what acting will do:
   (round(batch_steps / sum(L^2) / sum(L)), at least one). No resets: each row's padding is what `packed` removes, at the price of fewer episodes
   per batch. The padding comes after an episode's steps, so it never reaches their outputs (under the
   Transformer's causal mask too: its context is then the whole episode from its first step).
-- `StoredBatcher` (Aaren, "stored", the default) and `PrefixBatcher` ("prefix"): the Transformer's
+- `StoredBatcher` (Aaren, "stored") and `PrefixBatcher` ("prefix"): the Transformer's
   K-windows, each entering with the backbone state of its episode's earlier steps
   (`agents.decision.entering`): read from a table of states (one every `train.state_grid` steps, default
   K) that one scan over the dataset rewrites every `train.state_refresh_every` steps and run on exactly to

@@ -47,9 +47,9 @@ class TrainConfig:
     batch_steps: int = 1280  # supervised timesteps per batch, for both backbones (reference DT: 64 K-windows
     # x K = 20): the Transformer gets round(batch_steps / K) windows, the Aaren agent rows of its batching
     # (agents.decision.batching.batch_layout); under torchrun the global batch, split evenly across the processes
-    batching: str = "stored"  # Aaren batches (agents.decision.batching): "stored" (K-windows from
-    # anywhere, entering state from a periodically refreshed table; the default: docs/design.md,
-    # Training) | "packed" (rows packed with whole episodes) | "episodes" (one whole episode a row,
+    batching: str = "packed"  # Aaren batches (agents.decision.batching): "packed" (rows packed with whole
+    # episodes; the default: docs/design.md, Training) | "stored" (K-windows from anywhere, entering state
+    # from a periodically refreshed table) | "episodes" (one whole episode a row,
     # right-padded) | "prefix" (K-windows, entering state rescanned from the episode start each step); the
     # LSTM's: "episodes" | "windows" (K-windows from an empty context); the Transformer's: "episodes", or
     # K-windows from an empty context for any other value
