@@ -23,7 +23,8 @@ from agents.decision.model import DecisionModel, DecisionModelConfig, action_los
 from envs import load_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-LENGTHS = [40, 25, 60, 10, 35, 30]  # the tiny dataset's episodes: drawn by length, 40.25 on average; longest 60
+# The tiny dataset's episodes: drawn in proportion to length, 40.25 steps on average; the longest 60.
+LENGTHS = [40, 25, 60, 10, 35, 30]
 
 
 def episodes_config(tiny_dataset, tmp_path, *extra):
