@@ -14,8 +14,8 @@ what it is depends on the backbone, so that training sees what acting will do:
 - `EpisodesBatcher` ("episodes", every backbone): the same whole episodes, one per row, right-padded to
   the longest of the batch (each rank's share: of its own rows), drawn with replacement in proportion to
   their length (every dataset step equally likely), as many as hold batch_steps steps on average
-  (round(batch_steps / sum(L^2) / sum(L)), at least one). No resets: each row's padding is what `packed` removes, at the price of fewer episodes
-  per batch. The padding comes after an episode's steps, so it never reaches their outputs (under the
+  (round(batch_steps * sum(L) / sum(L^2)), at least one). No resets: each row's padding is what `packed`
+  removes, at the price of fewer episodes per batch. The padding comes after an episode's steps, so it never reaches their outputs (under the
   Transformer's causal mask too: its context is then the whole episode from its first step).
 - `StoredBatcher` (Aaren, "stored") and `PrefixBatcher` ("prefix"): the Transformer's
   K-windows, each entering with the backbone state of its episode's earlier steps
