@@ -16,7 +16,7 @@ from scratch_git import scratch_checkout  # tests/scratch_git.py (pytest puts te
 
 from agents.common import stats
 from agents.decision import sweep
-from agents.decision.config import from_dict
+from agents.decision.config import TrainConfig, from_dict
 from agents.decision.run_dir import RunDir, read_metrics
 from benchmarks import bench_batching
 
@@ -113,7 +113,10 @@ def test_study_reports_every_mode_against_the_default_and_the_transformer(study)
     assert point["score"][fastest["mode"]] == fastest["curve"][-1][2]  # its final evaluation, within T
     assert (folder / "out" / "variants" / "batching_quick.png").is_file()
     score = {r["mode"]: r["score"] for r in results["runs"]}
-    for key, baseline in (("comparisons", "stored"), ("comparisons_vs_transformer", "transformer")):
+    for key, baseline in (
+        ("comparisons", TrainConfig.batching),
+        ("comparisons_vs_transformer", "transformer"),
+    ):
         same = results[key]["equal steps"]
         assert same["baseline"] == baseline and same["runs"] == dict.fromkeys(MODES, 1)
         assert {mode: iqm["point"] for mode, iqm in same["iqm"].items()} == score
@@ -121,10 +124,9 @@ def test_study_reports_every_mode_against_the_default_and_the_transformer(study)
         timed = results[key].get("equal time")
         assert (timed is not None) == all(s is not None for s in point["score"].values())
     assert "equal time T" in out and "score IQM [95% CI]" in out and "P(> transformer)" in out
-    assert (
-        out.count(stats.FEW_RUNS) >= 4
-    )  # packed and transformer against stored, packed and stored against it
-    assert ("at equal time, stored: IQM" in out) == (results["comparisons"].get("equal time") is not None)
+    assert out.count(stats.FEW_RUNS) >= 4  # each mode against the default, and against the transformer
+    equal_time = f"at equal time, {TrainConfig.batching}: IQM"
+    assert (equal_time in out) == (results["comparisons"].get("equal time") is not None)
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(study):
