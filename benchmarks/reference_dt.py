@@ -242,7 +242,7 @@ def _train(dt: ModuleType, run: Run, dataset: OfflineDataset, logged: list[dict]
     if run.batch_steps % seq_len:
         raise ConfigError(
             f"train.batch_steps = {run.batch_steps} is not a whole number of dt.py's windows of {seq_len} "
-            "steps. Fix: a sweep whose train.batch_steps is a multiple of 20"
+            f"steps. Fix: a sweep whose train.batch_steps is a multiple of {seq_len}"
         )
     config = dt.TrainConfig(
         env_name=run.data,

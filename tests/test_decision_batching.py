@@ -53,10 +53,8 @@ def test_the_config_decides_the_batcher(tiny_dataset, tmp_path, backbone, batchi
     dataset = load_dataset(str(tiny_dataset))
     batcher = make_batcher(cfg, dataset, DistContext(), small_model(backbone))
     assert type(batcher) is kind and batcher_type(cfg) is kind
-    layouts = {
-        PackedBatcher: (3, 60),
-        EpisodesBatcher: (4, 60),
-    }  # longest episode 60; length-weighted mean 40.25
+    # rows of the longest episode (60); whole episodes: round(180 / their length-weighted mean, 40.25)
+    layouts = {PackedBatcher: (3, 60), EpisodesBatcher: (4, 60)}
     assert batcher.layout == batch_layout(cfg, dataset) == layouts.get(kind, (36, 5))
     batcher.after_step(0, MetricsLog(RunDir(tmp_path / "run"), enabled=False))  # stored: the first table
     batch = batcher.sample(np.random.default_rng(0))
